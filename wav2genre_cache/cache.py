@@ -1,0 +1,278 @@
+"""The HDF5 embedding cache: one self-describing file, built from crash-safe shards.
+
+While `embed` runs, finished blocks of tracks are written as small shard files into
+`CACHE.h5.partial/`, each under a temporary name and then renamed (an atomic step), so a
+killed run loses at most the block in flight. At the end the shards are merged in track order
+into `CACHE.h5.tmp`, which is renamed to `CACHE.h5`: the cache is either absent or complete,
+never half-written, and a resumed run gives the same file as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from . import __version__
+
+FORMAT_VERSION = 1
+TRACK_COLUMNS = ("track_id", "path", "label", "split", "artist", "status", "reason", "content_hash")
+_STR = h5py.string_dtype("utf-8")
+
+
+class CacheError(Exception):
+    """A cache that cannot be used as asked; the message says why."""
+
+
+@dataclass
+class TrackResult:
+    """Everything the cache keeps about one track: its row, its segments and their features."""
+
+    track_id: str
+    path: str
+    label: str
+    split: str
+    artist: str
+    status: str  # ok | failed | excluded
+    reason: str = ""
+    duration: float = 0.0
+    content_hash: str = ""
+    starts: list[float] = field(default_factory=list)
+    views: list[int] = field(default_factory=list)
+    features: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [n_seg, layers, dim]
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """Human-readable list of the settings that differ between two embed configs."""
+    keys = sorted(set(old) | set(new))
+    return [
+        f"{k}: cache has {old.get(k)!r}, this run asks for {new.get(k)!r}"
+        for k in keys
+        if old.get(k) != new.get(k)
+    ]
+
+
+class ShardStore:
+    """The in-progress state of an embed run: a folder of atomically written shard files."""
+
+    def __init__(self, out: str | Path, config: dict):
+        self.out = Path(out)
+        self.dir = Path(str(self.out) + ".partial")
+        self.config = config
+
+    def open(self) -> set[str]:
+        """Create or resume the shard folder; return the ids of tracks already finished."""
+        config_file = self.dir / "config.json"
+        if config_file.is_file():
+            old = json.loads(config_file.read_text())
+            diff = config_differences(old, self.config)
+            if diff:
+                raise CacheError(
+                    f"{self.dir} holds an unfinished run with different settings:\n  "
+                    + "\n  ".join(diff)
+                    + f"\nRe-run with the same settings to resume, or delete {self.dir} to start over."
+                )
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(config_file, json.dumps(self.config, indent=1, sort_keys=True))
+        done: set[str] = set()
+        for shard in self.shards():
+            with h5py.File(shard, "r") as f:
+                done.update(json.loads(f.attrs["track_ids"]))
+        return done
+
+    def shards(self) -> list[Path]:
+        """Finished shard files, in the order they were written."""
+        return sorted(self.dir.glob("shard-*.h5"))
+
+    def write(self, block: int, results: list[TrackResult]) -> None:
+        """Write one block of finished tracks as a shard, atomically."""
+        final = self.dir / f"shard-{block:07d}.h5"
+        tmp = final.with_suffix(".tmp")
+        with h5py.File(tmp, "w") as f:
+            f.attrs["track_ids"] = json.dumps([r.track_id for r in results])
+            rows = [{k: getattr(r, k) for k in (*TRACK_COLUMNS, "duration")} for r in results]
+            f.attrs["rows"] = json.dumps(rows)
+            f.create_dataset("n_segments", data=np.array([len(r.starts) for r in results], "i8"))
+            f.create_dataset("starts", data=np.array(sum((r.starts for r in results), []), "f8"))
+            f.create_dataset("views", data=np.array(sum((r.views for r in results), []), "i2"))
+            for name in self.config["features"]:
+                parts = [r.features[name] for r in results if len(r.starts)]
+                if parts:
+                    f.create_dataset(f"features/{name}", data=np.concatenate(parts).astype("f2"))
+            f.flush()
+            os.fsync(f.id.get_vfd_handle())
+        os.replace(tmp, final)
+
+    def finalize(self, order: list[str]) -> Path:
+        """Merge every shard into the final cache, tracks in `order`; remove the shard folder."""
+        rows: dict[str, dict] = {}
+        seg_of: dict[str, tuple[Path, int, int]] = {}
+        for shard in self.shards():
+            with h5py.File(shard, "r") as f:
+                offsets = np.concatenate([[0], np.cumsum(f["n_segments"][:])])
+                for i, row in enumerate(json.loads(f.attrs["rows"])):
+                    rows[row["track_id"]] = row
+                    seg_of[row["track_id"]] = (shard, int(offsets[i]), int(offsets[i + 1]))
+        missing = [t for t in order if t not in rows]
+        if missing:
+            raise CacheError(f"cannot finish {self.out}: {len(missing)} track(s) not embedded yet")
+        tmp = Path(str(self.out) + ".tmp")
+        _write_final(tmp, self.config, [rows[t] for t in order], [seg_of[t] for t in order])
+        os.replace(tmp, self.out)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return self.out
+
+
+def _write_final(
+    path: Path, config: dict, rows: list[dict], segs: list[tuple[Path, int, int]]
+) -> None:
+    n_total = sum(b - a for _, a, b in segs)
+    with h5py.File(path, "w") as f:
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["package_version"] = __version__
+        for key in (
+            "backbone",
+            "backbone_revision",
+            "sample_rate",
+            "segment_seconds",
+            "hop_seconds",
+            "dtype",
+        ):
+            f.attrs[key] = config[key] if config[key] is not None else ""
+        f.attrs["config"] = json.dumps(config, sort_keys=True)
+        tracks = f.create_group("tracks")
+        for col in TRACK_COLUMNS:
+            tracks.create_dataset(
+                col, data=np.array([r[col] for r in rows], dtype=object), dtype=_STR
+            )
+        tracks.create_dataset("duration", data=np.array([r["duration"] for r in rows], "f8"))
+        seg_track = np.concatenate(
+            [np.full(b - a, i, "i8") for i, (_, a, b) in enumerate(segs)] or [np.zeros(0, "i8")]
+        )
+        f.create_dataset("segments/track", data=seg_track)
+        starts = f.create_dataset("segments/start", (n_total,), "f8")
+        views = f.create_dataset("segments/view", (n_total,), "i2")
+        feats = {}
+        pos = 0
+        open_files: dict[Path, h5py.File] = {}
+        try:
+            for shard, a, b in segs:
+                if b == a:
+                    continue
+                src = open_files.get(shard) or open_files.setdefault(shard, h5py.File(shard, "r"))
+                starts[pos : pos + b - a] = src["starts"][a:b]
+                views[pos : pos + b - a] = src["views"][a:b]
+                for name in config["features"]:
+                    block = src[f"features/{name}"][a:b]
+                    if name not in feats:
+                        shape = (n_total, *block.shape[1:])
+                        chunks = (min(n_total, 256), *block.shape[1:])
+                        feats[name] = f.create_dataset(
+                            f"features/{name}", shape, "f2", chunks=chunks
+                        )
+                    feats[name][pos : pos + b - a] = block
+                pos += b - a
+        finally:
+            for src in open_files.values():
+                src.close()
+
+
+class EmbeddingCache:
+    """Read access to a finished cache: attributes, tracks, segments and feature arrays."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            partial = Path(str(self.path) + ".partial")
+            hint = (
+                f" (an unfinished run is in {partial}: re-run embed to finish it)"
+                if partial.is_dir()
+                else ""
+            )
+            raise CacheError(f"{self.path}: no such cache file{hint}")
+        try:
+            with h5py.File(self.path, "r") as f:
+                if "format_version" not in f.attrs or "tracks" not in f:
+                    raise CacheError(
+                        f"{self.path}: not a wav2genre cache (no format_version or tracks)"
+                    )
+                self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
+                self.config = json.loads(self.attrs["config"])
+                self.tracks = pd.DataFrame(
+                    {c: f["tracks"][c].asstr()[:] for c in TRACK_COLUMNS}
+                    | {"duration": f["tracks/duration"][:]}
+                )
+                self.segments = pd.DataFrame(
+                    {k: f[f"segments/{k}"][:] for k in ("track", "start", "view")}
+                )
+                self.feature_names = sorted(f["features"].keys()) if "features" in f else []
+                self.feature_shapes = {n: f["features"][n].shape for n in self.feature_names}
+        except CacheError:
+            raise
+        except Exception as exc:
+            raise CacheError(f"{self.path}: not a readable HDF5 cache ({exc})") from None
+
+    def features(self, name: str = "wav2vec2", layer: int | None = None) -> np.ndarray:
+        """All segments' features as float32: [n, layers, dim], or [n, dim] for one layer."""
+        if name not in self.feature_names:
+            raise CacheError(f"{self.path}: no feature set {name!r}; it has {self.feature_names}")
+        with h5py.File(self.path, "r") as f:
+            data = f["features"][name]
+            if layer is not None:
+                if not -data.shape[1] <= layer < data.shape[1]:
+                    raise CacheError(
+                        f"layer {layer} out of range: {name} has {data.shape[1]} layers (0..{data.shape[1] - 1})"
+                    )
+                return data[:, layer, :].astype(np.float32)
+            return data[:].astype(np.float32)
+
+    def summary(self) -> dict:
+        """What the cache holds, as a JSON-ready dict (what `wav2genre info` prints)."""
+        t = self.tracks
+        ok = t[t.status == "ok"]
+        per_split = {s: int((ok.split == s).sum()) for s in ("train", "valid", "test")}
+        labels = ok.groupby(["label", "split"]).size().unstack(fill_value=0)
+        return {
+            "path": str(self.path),
+            "backbone": self.attrs.get("backbone"),
+            "backbone_revision": self.attrs.get("backbone_revision"),
+            "dtype": self.attrs.get("dtype"),
+            "segment_seconds": self.attrs.get("segment_seconds"),
+            "hop_seconds": self.attrs.get("hop_seconds"),
+            "tracks": {
+                "ok": len(ok),
+                "failed": int((t.status == "failed").sum()),
+                "excluded": int((t.status == "excluded").sum()),
+            },
+            "tracks_per_split": per_split,
+            "tracks_per_label": {
+                lab: {k: int(v) for k, v in row.items()} for lab, row in labels.iterrows()
+            },
+            "segments": len(self.segments),
+            "views": sorted(int(v) for v in self.segments.view.unique()),
+            "features": {n: {"layers": s[1], "dim": s[2]} for n, s in self.feature_shapes.items()},
+            "failures": [
+                {"path": r.path, "reason": r.reason} for r in t[t.status == "failed"].itertuples()
+            ],
+        }
+
+
+def _plain(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,265 @@
+"""Stage one: every track of a dataset to per-layer embeddings in a resumable HDF5 cache."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .audio import SAMPLE_RATE, segment_track, try_load_track
+from .backbone import DEFAULT_MODEL, Backbone, load_backbone
+from .cache import (
+    FORMAT_VERSION,
+    CacheError,
+    EmbeddingCache,
+    ShardStore,
+    TrackResult,
+    config_differences,
+)
+from .datasets import EXCLUDED, Track, assign_splits, detect_layout, discover
+
+FEATURE_SETS = ("wav2vec2",)
+
+
+@dataclass
+class EmbedOptions:
+    """The settings of one `embed` run (the CLI's options)."""
+
+    data: str
+    out: str
+    dataset: str = "auto"
+    model: str = DEFAULT_MODEL
+    segment_seconds: float = 10.0
+    hop_seconds: float | None = None
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+    workers: int | None = None
+    split: str = "random"
+    split_dir: str | None = None
+    seed: int = 0
+    features: tuple[str, ...] = ("wav2vec2",)
+
+
+@dataclass
+class EmbedSummary:
+    """What an embed run did: counts, speed and the failures it skipped."""
+
+    out: Path
+    tracks_ok: int = 0
+    tracks_failed: int = 0
+    tracks_excluded: int = 0
+    tracks_skipped: int = 0  # already done by an earlier, interrupted run
+    segments: int = 0
+    audio_seconds: float = 0.0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    already_complete: bool = False
+
+    @property
+    def audio_seconds_per_second(self) -> float:
+        """Throughput of this run: seconds of audio embedded per wall-clock second."""
+        return self.audio_seconds / self.seconds if self.seconds else 0.0
+
+
+def default_workers() -> int:
+    """Decode workers: all cores but one for the model, at least one, at most eight."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def embed_dataset(
+    opts: EmbedOptions, console: Console | None = None, progress: bool = True
+) -> EmbedSummary:
+    """Run stage one as `wav2genre embed` does; resume an interrupted run with the same settings."""
+    console = console or Console(stderr=True)
+    unknown = set(opts.features) - set(FEATURE_SETS)
+    if unknown:
+        raise CacheError(
+            f"unknown feature set(s) {sorted(unknown)}; available: {', '.join(FEATURE_SETS)}"
+        )
+    if opts.segment_seconds < 1 or (opts.hop_seconds is not None and opts.hop_seconds <= 0):
+        raise CacheError("--segment-seconds must be at least 1 and --hop-seconds positive")
+    layout = detect_layout(Path(opts.data)) if opts.dataset == "auto" else opts.dataset
+    tracks = assign_splits(discover(opts.data, layout), opts.split, opts.seed, opts.split_dir)
+    backbone = load_backbone(opts.model, opts.device, opts.dtype)
+    config = embed_config(opts, layout, backbone)
+    summary = EmbedSummary(Path(opts.out))
+
+    out = Path(opts.out)
+    if out.exists():
+        old = EmbeddingCache(out).config
+        diff = config_differences(old, config)
+        if diff:
+            raise CacheError(
+                f"{out} already exists with different settings:\n  "
+                + "\n  ".join(diff)
+                + "\nUse another --out, or delete the file to rebuild it."
+            )
+        summary.already_complete = True
+        console.print(f"{out} is already complete with these settings; nothing to do.")
+        return _summarise_existing(summary, EmbeddingCache(out))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store = ShardStore(out, config)
+    done = store.open()
+    block_size = max(16, opts.batch_size)
+    blocks = [tracks[i : i + block_size] for i in range(0, len(tracks), block_size)]
+    todo = [(k, b) for k, b in enumerate(blocks) if not all(t.track_id in done for t in b)]
+    summary.tracks_skipped = len(tracks) - sum(len(b) for _, b in todo)
+    to_decode = [t for _, b in todo for t in b if t.split != EXCLUDED]
+    workers = default_workers() if opts.workers is None else opts.workers
+    if summary.tracks_skipped:
+        console.print(
+            f"Resuming: {summary.tracks_skipped} of {len(tracks)} tracks already embedded."
+        )
+
+    start = time.perf_counter()
+    bar = Progress(
+        TextColumn("[bold]embed"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} tracks"),
+        TextColumn("{task.fields[speed]}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not progress,
+    )
+    with bar:
+        task = bar.add_task("embed", total=len(tracks), completed=summary.tracks_skipped, speed="")
+        decoded = ordered_map(
+            try_load_track, [t.path for t in to_decode], workers, window=2 * workers + 2
+        )
+        for k, block in todo:
+            results = _embed_block(block, decoded, backbone, opts)
+            store.write(k, results)
+            for r in results:
+                _count(summary, r, console)
+            summary.seconds = time.perf_counter() - start
+            bar.update(
+                task, advance=len(block), speed=f"{summary.audio_seconds_per_second:,.1f} audio-s/s"
+            )
+    summary.seconds = time.perf_counter() - start
+    store.finalize([t.track_id for t in tracks])
+    return summary
+
+
+def embed_config(opts: EmbedOptions, layout: str, backbone: Backbone) -> dict:
+    """The settings that decide what a cache holds; resuming requires them to be equal."""
+    split_dir = str(Path(opts.split_dir).resolve()) if opts.split_dir else None
+    return {
+        "format_version": FORMAT_VERSION,
+        "data": str(Path(opts.data).resolve()),
+        "dataset": layout,
+        "split": opts.split,
+        "split_dir": split_dir,
+        "seed": opts.seed,
+        "sample_rate": SAMPLE_RATE,
+        "segment_seconds": float(opts.segment_seconds),
+        "hop_seconds": float(opts.hop_seconds or opts.segment_seconds),
+        "backbone": backbone.model_id,
+        "backbone_revision": backbone.revision,
+        "layers": backbone.n_layers,
+        "dim": backbone.dim,
+        "dtype": str(backbone.dtype).removeprefix("torch."),
+        "features": list(opts.features),
+        "augment": [],
+        "augment_copies": 0,
+    }
+
+
+def _embed_block(
+    block: list[Track], decoded: Iterator, backbone: Backbone, opts: EmbedOptions
+) -> list[TrackResult]:
+    """Decode, segment and embed one block of tracks; batches never cross blocks (determinism)."""
+    results: list[TrackResult] = []
+    pending: list[tuple[int, int, np.ndarray]] = []  # (result index, segment index, audio)
+
+    def flush() -> None:
+        if not pending:
+            return
+        emb = backbone.embed(np.stack([p[2] for p in pending]))
+        for (ri, si, _), e in zip(pending, emb, strict=True):
+            results[ri].features["wav2vec2"][si] = e
+        pending.clear()
+
+    for t in block:
+        r = TrackResult(t.track_id, t.path, t.label, t.split, t.artist, status="ok")
+        results.append(r)
+        if t.split == EXCLUDED:
+            r.status, r.reason = "excluded", "not in the chosen split"
+            continue
+        track, reason = next(decoded)
+        if track is None:
+            r.status, r.reason = "failed", reason
+            continue
+        starts, length = segment_track(track.samples, opts.segment_seconds, opts.hop_seconds)
+        r.duration, r.content_hash = track.duration, track.content_hash
+        r.starts = [s / SAMPLE_RATE for s in starts]
+        r.views = [0] * len(starts)
+        r.features["wav2vec2"] = np.zeros(
+            (len(starts), backbone.n_layers, backbone.dim), np.float32
+        )
+        ri = len(results) - 1
+        for si, s in enumerate(starts):
+            audio = track.samples[s : s + length].copy()
+            if length < round(opts.segment_seconds * SAMPLE_RATE):
+                # A track shorter than one segment is embedded alone, never padded.
+                results[ri].features["wav2vec2"][si] = backbone.embed(audio[None])[0]
+                continue
+            pending.append((ri, si, audio))
+            if len(pending) >= opts.batch_size:
+                flush()
+    flush()
+    return results
+
+
+def _count(summary: EmbedSummary, r: TrackResult, console: Console) -> None:
+    if r.status == "ok":
+        summary.tracks_ok += 1
+        summary.segments += len(r.starts)
+        summary.audio_seconds += r.duration
+    elif r.status == "failed":
+        summary.tracks_failed += 1
+        summary.failures.append((r.path, r.reason))
+        console.print(f"[yellow]skipped[/yellow] {r.reason}", highlight=False)
+    else:
+        summary.tracks_excluded += 1
+
+
+def _summarise_existing(summary: EmbedSummary, cache: EmbeddingCache) -> EmbedSummary:
+    t = cache.tracks
+    summary.tracks_ok = int((t.status == "ok").sum())
+    summary.tracks_failed = int((t.status == "failed").sum())
+    summary.tracks_excluded = int((t.status == "excluded").sum())
+    summary.segments = len(cache.segments)
+    summary.failures = [(r.path, r.reason) for r in t[t.status == "failed"].itertuples()]
+    return summary
+
+
+def ordered_map(fn: Callable, items: Iterable, workers: int, window: int) -> Iterator:
+    """map(fn, items) in order, on `workers` processes, with at most `window` results in flight.
+
+    The bound keeps memory flat on datasets of any size: decoded audio waits for the model in
+    a short queue, never in a list of the whole dataset.
+    """
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        it = iter(items)
+        pending = deque(pool.submit(fn, x) for _, x in zip(range(window), it, strict=False))
+        while pending:
+            result = pending.popleft().result()
+            for x in it:
+                pending.append(pool.submit(fn, x))
+                break
+            yield result
