@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,8 +122,10 @@ def normalize_segments(batch: np.ndarray) -> np.ndarray:
 
 
 def _short(exc: Exception) -> str:
+    """libsndfile's message without the noise ('Error opening <_io.BytesIO ...>: ')."""
     text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    return text[:200]
+    text = re.sub(r"^Error opening <[^>]*>: ", "", text).replace("Error : ", "")
+    return text.strip()[:200]
 
 
 def try_load_track(path: str) -> tuple[DecodedTrack | None, str]:

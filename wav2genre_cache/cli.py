@@ -14,8 +14,9 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Music genre (or any label) classification from cached per-layer Wav2Vec2 embeddings.",
 )
-err = Console(stderr=True)
-out = Console()
+# soft_wrap: file paths in messages stay on one line, whatever the terminal width.
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 ModelOpt = Annotated[
     str,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -199,11 +199,14 @@ def _apply_mapping(tracks: list[Track], mapping: dict[str, str], source: str) ->
 def _random_split(tracks: list[Track], seed: int, fractions=(0.8, 0.1, 0.1)) -> list[Track]:
     """Stratified by label; with artists, whole artists go to one side."""
     rng = np.random.default_rng(seed)
-    by_label: dict[str, list[list[int]]] = defaultdict(list)
-    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    # A unit is one artist's tracks (or one track without an artist); it goes to one side,
+    # stratified by its most common label.
+    units: dict[str, list[int]] = defaultdict(list)
     for i, t in enumerate(tracks):
-        groups[(t.label, t.artist or f"\0track{i}")].append(i)
-    for (label, _), members in groups.items():
+        units[t.artist or f"\0track{i}"].append(i)
+    by_label: dict[str, list[list[int]]] = defaultdict(list)
+    for members in units.values():
+        label = Counter(tracks[i].label for i in members).most_common(1)[0][0]
         by_label[label].append(members)
     split_of = [""] * len(tracks)
     for label in sorted(by_label):

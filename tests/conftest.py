@@ -1,0 +1,82 @@
+"""Shared fixtures: the real dev clips in ../shared (skipped when absent) and synthetic audio."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("WAV2GENRE_SHARED", ROOT.parent / "shared"))
+DEV_CLIPS = SHARED / "data" / "gtzan_dev"
+SPLIT_LISTS = SHARED / "data" / "gtzan_splits"
+
+# Tests never reach the network: the Hugging Face hub is off for every test and subprocess.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def dev_clips() -> Path:
+    """The 60 real GTZAN clips of ../shared, or a skip that says why."""
+    if not DEV_CLIPS.is_dir():
+        pytest.skip(f"real clips not found at {DEV_CLIPS} (a clone without ../shared)")
+    return DEV_CLIPS
+
+
+@pytest.fixture(scope="session")
+def split_lists() -> Path:
+    """The fault-filtered GTZAN split lists of ../shared, or a skip that says why."""
+    if not SPLIT_LISTS.is_dir():
+        pytest.skip(f"split lists not found at {SPLIT_LISTS} (a clone without ../shared)")
+    return SPLIT_LISTS
+
+
+def tone(
+    seconds: float, sr: int = 16_000, freq: float = 440.0, channels: int = 1, seed: int = 0
+) -> np.ndarray:
+    """A sine tone with a little noise, [samples] or [samples, channels]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = 0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)
+    x = x.astype(np.float32)
+    return np.stack([x] * channels, axis=1) if channels > 1 else x
+
+
+def write_audio(path: Path, seconds: float, sr: int = 16_000, freq: float = 440.0, **kw) -> Path:
+    """Write a synthetic tone; the format follows the file extension (wav, flac, mp3, ogg, au)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, tone(seconds, sr, freq, **kw), sr)
+    return path
+
+
+def make_label_folder(
+    root: Path, labels=("low", "high"), per_label: int = 4, seconds: float = 3.0
+) -> Path:
+    """A folder-per-label dataset of tones whose pitch depends on the label."""
+    for li, label in enumerate(labels):
+        for i in range(per_label):
+            write_audio(
+                root / label / f"{label}_{i}.wav",
+                seconds,
+                freq=200.0 * (li + 1) * (1 + 0.05 * i),
+                seed=i,
+            )
+    return root
+
+
+def run_cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run `python -m wav2genre_cache ARGS` in a real subprocess."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "wav2genre_cache", *args], capture_output=True, text=True, **kw
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc
