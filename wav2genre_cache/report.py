@@ -1,0 +1,211 @@
+"""`compare`: a training run's model-comparison table (Markdown, CSV, JSON) and figures (PNG)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = [
+    "best",
+    "feature_set",
+    "head",
+    "layer",
+    "track_accuracy",
+    "track_macro_f1",
+    "track_macro_auc",
+    "segment_accuracy",
+    "valid_track_accuracy",
+    "fit_seconds",
+]
+
+
+class ReportError(Exception):
+    """A run folder that cannot be reported on; the message says why."""
+
+
+def load_metrics(run_dir: str | Path) -> dict:
+    """Read RUN_DIR/metrics.json written by train-heads."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise ReportError(
+            f"{path}: not found; run `wav2genre train-heads CACHE --out {run_dir}` first"
+        )
+    return json.loads(path.read_text())
+
+
+def comparison_table(metrics: dict) -> pd.DataFrame:
+    """One row per head x layer x feature set, best first by the selection score."""
+    rows = []
+    for r in metrics["results"]:
+        rows.append(
+            {
+                "best": "*" if r.get("best_overall") else "",
+                "feature_set": r["feature_set"],
+                "head": r["head"],
+                "layer": r["layer"],
+                "track_accuracy": r["test"]["track"]["accuracy"],
+                "track_macro_f1": r["test"]["track"]["macro_f1"],
+                "track_macro_auc": r["test"]["track"]["macro_auc"],
+                "segment_accuracy": r["test"]["segment"]["accuracy"],
+                "valid_track_accuracy": (r.get("valid") or {}).get("accuracy"),
+                "fit_seconds": r["fit_seconds"],
+            }
+        )
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.sort_values(
+        ["valid_track_accuracy", "track_accuracy"],
+        ascending=False,
+        na_position="last",
+        kind="stable",
+    ).reset_index(drop=True)
+
+
+def write_report(run_dir: str | Path) -> dict[str, Path]:
+    """Write comparison.{md,csv,json} and the figures into RUN_DIR; return what was written."""
+    run_dir = Path(run_dir)
+    metrics = load_metrics(run_dir)
+    table = comparison_table(metrics)
+    written = {}
+    table.to_csv(run_dir / "comparison.csv", index=False)
+    written["csv"] = run_dir / "comparison.csv"
+    (run_dir / "comparison.json").write_text(
+        json.dumps(json.loads(table.to_json(orient="records")), indent=1)
+    )
+    written["json"] = run_dir / "comparison.json"
+    (run_dir / "comparison.md").write_text(markdown(table, metrics))
+    written["md"] = run_dir / "comparison.md"
+    written.update(draw_figures(metrics, run_dir))
+    return written
+
+
+def markdown(table: pd.DataFrame, metrics: dict) -> str:
+    """The comparison as a Markdown document with a short header on how it was made."""
+    lines = ["# Model comparison", ""]
+    counts = metrics["counts"]
+    lines.append(
+        f"Backbone `{metrics['backbone']}`, feature set `{metrics['feature_set']}`; tracks: "
+        f"{counts['train']} train, {counts['valid']} valid, {counts['test']} test. Metrics are on the "
+        f"test split at track level (mean of segment probabilities); layers and hyper-parameters "
+        f"were selected on `{metrics['selected_on']}`. `*` marks the selected best model."
+    )
+    if metrics.get("untrained_backbone"):
+        lines += [
+            "",
+            "**These numbers come from an untrained (random) backbone: they test the pipeline, "
+            "not the method.**",
+        ]
+    lines += ["", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
+    """Ablation curve, head comparison, and the best model's confusion matrix and ROC curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = metrics["results"]
+    labels = metrics["labels"]
+    note = " (untrained backbone)" if metrics.get("untrained_backbone") else ""
+    out = {}
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for head in dict.fromkeys(r["head"] for r in results):
+        rs = sorted((r for r in results if r["head"] == head), key=lambda r: r["layer"])
+        ax.plot(
+            [r["layer"] for r in rs],
+            [r["test"]["track"]["accuracy"] for r in rs],
+            marker="o",
+            label=head,
+        )
+    ax.axhline(1 / len(labels), color="grey", linestyle=":", label="chance")
+    ax.set_xticks(sorted({r["layer"] for r in results}))
+    ax.set(
+        xlabel="layer (0 = encoder input, then transformer layers)",
+        ylabel="test track accuracy",
+        title=f"Accuracy by layer for each head{note}",
+        ylim=(0, 1.02),
+    )
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    out["ablation"] = _save(fig, run_dir / "accuracy_by_layer.png")
+
+    best_rows = [r for r in results if r.get("best_of_head")]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    names = [f"{r['head']}\n(layer {r['layer']})" for r in best_rows]
+    acc = [r["test"]["track"]["accuracy"] for r in best_rows]
+    f1 = [r["test"]["track"]["macro_f1"] for r in best_rows]
+    x = np.arange(len(best_rows))
+    ax.bar(x - 0.2, acc, 0.4, label="accuracy")
+    ax.bar(x + 0.2, f1, 0.4, label="macro-F1")
+    ax.set_xticks(x, names)
+    ax.set(ylabel="test (track level)", title=f"Best layer of each head{note}", ylim=(0, 1.05))
+    ax.legend()
+    out["heads"] = _save(fig, run_dir / "model_comparison.png")
+
+    best = next(r for r in results if r.get("best_overall"))
+    detail = best["test_detail"]
+    cm = np.array(detail["confusion"], dtype=float)
+    cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = max(5, 0.55 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if cm[i, j] > 0:
+                ax.text(
+                    j,
+                    i,
+                    f"{cm[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if cm[i, j] > 0.5 else "black",
+                )
+    ax.set(
+        xlabel="predicted",
+        ylabel="true",
+        title=f"Confusion (row-normalised): {best['head']}, layer {best['layer']}{note}",
+    )
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    out["confusion"] = _save(fig, run_dir / "confusion_matrix.png")
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for label, curve in detail.get("roc", {}).items():
+        auc = detail["auc_per_class"].get(label)
+        ax.plot(curve["fpr"], curve["tpr"], label=f"{label} (AUC {auc:.2f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    macro = detail.get("macro_auc")
+    ax.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title=f"One-vs-rest ROC: {best['head']}, layer {best['layer']}, macro AUC {macro:.2f}{note}"
+        if macro is not None
+        else "One-vs-rest ROC",
+    )
+    ax.legend(fontsize=8, loc="lower right")
+    out["roc"] = _save(fig, run_dir / "roc_curves.png")
+    return out
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

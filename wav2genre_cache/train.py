@@ -1,0 +1,344 @@
+"""Stage two: train and compare heads on cached features; select on validation, report on test."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .cache import EmbeddingCache
+from .heads import HEADS, PARAM_GRIDS, HeadError, load_head, make_head, save_head
+from .metrics import aggregate_tracks, classification_metrics
+
+BUNDLE_FORMAT = "wav2genre-bundle"
+BUNDLE_VERSION = 1
+
+
+class TrainError(Exception):
+    """A cache or request that training cannot use; the message says why."""
+
+
+@dataclass
+class TrainingData:
+    """One feature set of a cache, arranged for training: segment rows with labels and splits."""
+
+    cache: EmbeddingCache
+    feature_set: str
+    labels: list[str]
+    y: np.ndarray  # label index per segment
+    track: np.ndarray  # track row per segment
+    train: np.ndarray  # boolean masks over segments
+    valid: np.ndarray
+    test: np.ndarray
+    n_layers: int
+
+    def layer(self, i: int) -> np.ndarray:
+        """Every segment's features at one layer, [segments, dim] float32."""
+        return self.cache.features(self.feature_set, i)
+
+
+def load_training_data(
+    cache_path: str | Path, feature_set: str = "wav2vec2", augmented: bool = True
+) -> TrainingData:
+    """Read a cache and check it can be trained on, with clear errors when it cannot."""
+    cache = EmbeddingCache(cache_path)
+    if feature_set not in cache.feature_names:
+        raise TrainError(
+            f"{cache_path}: no feature set {feature_set!r}; it has {cache.feature_names}"
+        )
+    tracks = cache.tracks
+    ok = tracks[tracks.status == "ok"]
+    if ok.empty:
+        raise TrainError(f"{cache_path}: no successfully embedded tracks")
+    for split in ("train", "test"):
+        if not (ok.split == split).any():
+            raise TrainError(
+                f"{cache_path}: no {split} tracks; re-embed with a split that has some (e.g. --split random)"
+            )
+    counts = ok.label.value_counts()
+    few = sorted(counts[counts < 2].index)
+    if few:
+        raise TrainError(
+            f"{cache_path}: label(s) {few} have fewer than two tracks; add tracks or remove the label"
+        )
+    untrained = sorted(set(ok.label) - set(ok[ok.split == "train"].label))
+    if untrained:
+        raise TrainError(
+            f"{cache_path}: label(s) {untrained} have no training tracks under this split"
+        )
+    labels = sorted(ok.label.unique())
+    seg = cache.segments
+    t = seg.track.to_numpy()
+    split = tracks.split.to_numpy()[t]
+    view = seg.view.to_numpy()
+    lab_index = {lab: i for i, lab in enumerate(labels)}
+    y = np.array([lab_index.get(lab, -1) for lab in tracks.label.to_numpy()[t]])
+    return TrainingData(
+        cache=cache,
+        feature_set=feature_set,
+        labels=labels,
+        y=y,
+        track=t,
+        train=(split == "train") & ((view == 0) | augmented),
+        valid=(split == "valid") & (view == 0),
+        test=(split == "test") & (view == 0),
+        n_layers=cache.feature_shapes[feature_set][1],
+    )
+
+
+def parse_layers(spec: str, n_layers: int) -> list[int] | str:
+    """'all', 'best', or comma-separated layer numbers (negative counts from the top)."""
+    if spec in ("all", "best"):
+        return spec
+    try:
+        layers = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise TrainError(f"--layers {spec!r}: use all, best, or numbers like 0,6,12") from None
+    bad = [i for i in layers if not -n_layers <= i < n_layers]
+    if bad or not layers:
+        raise TrainError(
+            f"--layers {spec!r}: layer(s) {bad} out of range; this feature set has layers 0..{n_layers - 1}"
+        )
+    return sorted({i % n_layers for i in layers})
+
+
+def probe_best_layer(data: TrainingData) -> tuple[int, list[float]]:
+    """Pick the layer a fast linear probe (ridge on standardised features) does best on in validation."""
+    from sklearn.linear_model import RidgeClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    target = data.valid if data.valid.any() else data.train
+    scores = []
+    for i in range(data.n_layers):
+        X = data.layer(i)
+        probe = make_pipeline(StandardScaler(), RidgeClassifier(alpha=10.0)).fit(
+            X[data.train], data.y[data.train]
+        )
+        scores.append(float((probe.predict(X[target]) == data.y[target]).mean()))
+    return int(np.argmax(scores)), scores
+
+
+def evaluate(
+    head, X: np.ndarray, y: np.ndarray, track: np.ndarray, labels: list[str], curves: bool = False
+) -> dict:
+    """Segment- and track-level metrics of a fitted head on the rows given."""
+    proba_cols = head.predict_proba(X)
+    proba = np.zeros((len(X), len(labels)))
+    proba[:, head.classes_.astype(int)] = proba_cols  # heads are fitted on label indices
+    tracks, track_proba = aggregate_tracks(proba, track)
+    y_track = np.array([y[track == t][0] for t in tracks])
+    result = {
+        "segment": classification_metrics(y, proba, labels),
+        "track": classification_metrics(y_track, track_proba, labels, curves=curves),
+    }
+    if curves:
+        result["track"]["y_true"] = y_track.tolist()
+        result["track"]["proba"] = np.round(track_proba, 5).tolist()
+    return result
+
+
+def train_heads(
+    cache_path: str | Path,
+    out_dir: str | Path,
+    heads: list[str] | tuple[str, ...] = HEADS,
+    layers: str = "all",
+    feature_set: str = "wav2vec2",
+    seed: int = 0,
+    augmented: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train every head on every chosen layer; write metrics.json and a bundle per head plus best/."""
+    unknown = [h for h in heads if h not in HEADS]
+    if unknown or not heads:
+        raise TrainError(f"unknown head(s) {unknown}; available: {', '.join(HEADS)}")
+    data = load_training_data(cache_path, feature_set, augmented)
+    chosen = parse_layers(layers, data.n_layers)
+    probe_scores = None
+    if chosen == "all":
+        chosen = list(range(data.n_layers))
+    elif chosen == "best":
+        best_layer, probe_scores = probe_best_layer(data)
+        log(
+            f"layer probe (validation accuracy per layer): {', '.join(f'{s:.2f}' for s in probe_scores)} -> layer {best_layer}"
+        )
+        chosen = [best_layer]
+    select_on = "valid" if data.valid.any() else "test"
+    if select_on == "test":
+        log(
+            "warning: no validation tracks; hyper-parameters and layers are selected on test (optimistic)"
+        )
+
+    rows, best = [], {}
+    for layer in chosen:
+        X = data.layer(layer)
+        for name in heads:
+            row, model = _fit_and_select(name, X, data, seed, select_on)
+            row.update(head=name, layer=layer, feature_set=feature_set)
+            rows.append(row)
+            log(
+                f"{name:>6} layer {layer:>2}: test track accuracy {row['test']['track']['accuracy']:.3f}, "
+                f"macro-F1 {row['test']['track']['macro_f1']:.3f} (fit {row['fit_seconds']:.1f} s)"
+            )
+            key = (row["selection_score"], -layer)
+            if name not in best or key > best[name][0]:
+                best[name] = (key, row, model, X)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, (_, row, model, X) in best.items():
+        row["best_of_head"] = True
+        # The best model of each head keeps its ROC curves and track probabilities for the figures.
+        row["test_detail"] = evaluate(
+            model, X[data.test], data.y[data.test], data.track[data.test], data.labels, curves=True
+        )["track"]
+        write_bundle(out_dir / "bundles" / name, model, row, data)
+    overall = max(best.values(), key=lambda b: (b[0], -HEADS.index(b[1]["head"])))[1]
+    overall["best_overall"] = True
+    if (out_dir / "best").exists():
+        shutil.rmtree(out_dir / "best")
+    shutil.copytree(out_dir / "bundles" / overall["head"], out_dir / "best")
+
+    cache = data.cache
+    metrics = {
+        "package_version": __version__,
+        "cache": str(Path(cache_path).resolve()),
+        "backbone": cache.attrs.get("backbone"),
+        "untrained_backbone": str(cache.attrs.get("backbone", "")).startswith("random-"),
+        "feature_set": feature_set,
+        "labels": data.labels,
+        "selected_on": select_on,
+        "augmented_views": augmented,
+        "seed": seed,
+        "layers": chosen,
+        "probe_scores": probe_scores,
+        "counts": {
+            s: int(len(np.unique(data.track[getattr(data, s)]))) for s in ("train", "valid", "test")
+        },
+        "results": rows,
+        "best": {"head": overall["head"], "layer": overall["layer"]},
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(_finite(metrics), indent=1))
+    return metrics
+
+
+def _fit_and_select(name: str, X: np.ndarray, data: TrainingData, seed: int, select_on: str):
+    """Fit each grid point on train, keep the one with the best validation track accuracy."""
+    sel = getattr(data, select_on)
+    best = None
+    for params in PARAM_GRIDS[name]:
+        head = make_head(name, seed=seed, **params)
+        start = time.perf_counter()
+        if name == "fcnn" and data.valid.any():
+            head.fit(
+                X[data.train], data.y[data.train], X_val=X[data.valid], y_val=data.y[data.valid]
+            )
+        else:
+            head.fit(X[data.train], data.y[data.train])
+        fit_seconds = time.perf_counter() - start
+        scores = evaluate(head, X[sel], data.y[sel], data.track[sel], data.labels)["track"]
+        key = (scores["accuracy"], scores["macro_f1"])
+        if best is None or key > best[0]:
+            best = (key, head, params, fit_seconds)
+    (acc, f1), head, params, fit_seconds = best
+    start = time.perf_counter()
+    test = evaluate(head, X[data.test], data.y[data.test], data.track[data.test], data.labels)
+    predict_seconds = time.perf_counter() - start
+    valid = (
+        evaluate(head, X[data.valid], data.y[data.valid], data.track[data.valid], data.labels)[
+            "track"
+        ]
+        if data.valid.any()
+        else None
+    )
+    row = {
+        "params": params,
+        "selection_score": acc + 1e-3 * f1,
+        "valid": {"accuracy": valid["accuracy"], "macro_f1": valid["macro_f1"]} if valid else None,
+        "test": test,
+        "fit_seconds": fit_seconds,
+        "predict_seconds": predict_seconds,
+    }
+    return row, head
+
+
+def write_bundle(directory: Path, model, row: dict, data: TrainingData) -> Path:
+    """Write a trained head with everything `predict` needs to reproduce the embedding."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    head_file = save_head(model, row["head"], directory)
+    attrs = data.cache.attrs
+    bundle = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "package_version": __version__,
+        "head": row["head"],
+        "params": row["params"],
+        "head_file": head_file,
+        "head_sha256": _sha256(directory / head_file),
+        "labels": data.labels,
+        "feature_set": data.feature_set,
+        "layer": row["layer"],
+        "sample_rate": attrs["sample_rate"],
+        "segment_seconds": attrs["segment_seconds"],
+        "hop_seconds": attrs["hop_seconds"],
+        "backbone": attrs["backbone"],
+        "backbone_revision": attrs["backbone_revision"],
+        "dtype": attrs["dtype"],
+        "metrics": {
+            "test_track_accuracy": row["test"]["track"]["accuracy"],
+            "test_track_macro_f1": row["test"]["track"]["macro_f1"],
+            "test_track_macro_auc": row["test"]["track"]["macro_auc"],
+            "test_segment_accuracy": row["test"]["segment"]["accuracy"],
+            "valid": row["valid"],
+        },
+    }
+    (directory / "bundle.json").write_text(json.dumps(_finite(bundle), indent=1))
+    return directory
+
+
+def load_bundle(directory: str | Path) -> tuple[dict, object]:
+    """Read bundle.json and its head, checking the head file is the one that was written."""
+    directory = Path(directory)
+    meta_file = directory / "bundle.json"
+    if not meta_file.is_file():
+        raise HeadError(
+            f"{directory}: not a bundle (no bundle.json); pass a run folder's best/ or bundles/<head>/ folder"
+        )
+    try:
+        meta = json.loads(meta_file.read_text())
+    except ValueError as exc:
+        raise HeadError(f"{meta_file}: not valid JSON ({exc})") from None
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise HeadError(f"{meta_file}: not a wav2genre bundle")
+    head_path = directory / Path(meta["head_file"]).name
+    if not head_path.is_file():
+        raise HeadError(f"{head_path}: missing from the bundle")
+    if _sha256(head_path) != meta["head_sha256"]:
+        raise HeadError(
+            f"{head_path}: the file was altered after training (checksum mismatch); refusing to load it"
+        )
+    return meta, load_head(meta["head"], head_path)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _finite(obj):
+    """JSON has no NaN: write undefined values (an AUC of a missing class) as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
