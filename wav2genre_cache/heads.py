@@ -86,17 +86,20 @@ class FCNNClassifier(ClassifierMixin, BaseEstimator):
             X_val, y_val_idx = X_val[known], y_val_idx[known]
         self.mean_ = X.mean(axis=0)
         self.scale_ = X.std(axis=0) + 1e-6
-        device = torch.device(
-            "cuda"
-            if self.device == "auto" and torch.cuda.is_available()
-            else "cpu"
-            if self.device == "auto"
-            else self.device
-        )
-        gen = torch.Generator().manual_seed(self.random_state)
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(auto if self.device == "auto" else self.device)
+        # Training draws dropout masks from the global RNG: fork and seed it for determinism.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
-            net = self._build(X.shape[1], len(self.classes_)).to(device)
+            net, best_state, best = self._train(X, y_idx, X_val, y_val_idx, device)
+        net.load_state_dict(best_state)
+        self.best_val_loss_ = float(best)
+        self.net_ = net.cpu().eval()
+        return self
+
+    def _train(self, X, y_idx, X_val, y_val_idx, device):
+        gen = torch.Generator().manual_seed(self.random_state)
+        net = self._build(X.shape[1], len(self.classes_)).to(device)
         xt = torch.from_numpy(self._scale(X)).to(device)
         yt = torch.from_numpy(y_idx.astype(np.int64)).to(device)
         xv = torch.from_numpy(self._scale(X_val)).to(device)
@@ -131,10 +134,7 @@ class FCNNClassifier(ClassifierMixin, BaseEstimator):
                 waited += 1
                 if waited >= self.patience:
                     break
-        net.load_state_dict(best_state)
-        self.best_val_loss_ = float(best)
-        self.net_ = net.cpu().eval()
-        return self
+        return net, best_state, best
 
     def _hold_out(self, X, y_idx):
         n_classes = len(self.classes_)
@@ -162,7 +162,8 @@ class FCNNClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """The most probable class of each row."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 class SVMHead(ClassifierMixin, BaseEstimator):
@@ -212,7 +213,7 @@ class SVMHead(ClassifierMixin, BaseEstimator):
         return np.exp(-self.gamma_ * np.maximum(d2, 0.0)).astype(np.float64)
 
     def decision_function(self, X) -> np.ndarray:
-        """One-vs-rest decision values, [n, classes]."""
+        """One-vs-rest decision values, [n, classes] ([n] for two classes, as in SVC)."""
         check_is_fitted(self, "svc_")
         B = self._scale(validate_data(self, X, dtype=np.float32, reset=False))
         if not self.precomputed_:
@@ -222,17 +223,22 @@ class SVMHead(ClassifierMixin, BaseEstimator):
             K = np.zeros((len(B), self.n_train_))
             K[:, self.svc_.support_] = self._kernel(B, self.support_vectors_)
             values = self.svc_.decision_function(K)
-        return values if values.ndim == 2 else np.stack([-values, values], axis=1)
+        return values
 
     def predict_proba(self, X) -> np.ndarray:
         """Softmax of the decision values, columns in the order of classes_."""
         d = self.decision_function(X)
+        if d.ndim == 1:  # two classes: one value, positive for classes_[1]
+            d = np.stack([-d / 2, d / 2], axis=1)
         e = np.exp(d - d.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, X) -> np.ndarray:
         """The class with the highest decision value."""
-        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+        values = self.decision_function(X)
+        if values.ndim == 1:
+            return self.classes_[(values > 0).astype(int)]
+        return self.classes_[np.argmax(values, axis=1)]
 
 
 class XGBHead(ClassifierMixin, BaseEstimator):
@@ -290,7 +296,8 @@ class XGBHead(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """The most probable class of each row."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 def make_head(name: str, seed: int = 0, **params) -> BaseEstimator:
@@ -409,7 +416,8 @@ def load_head(name: str, path: Path) -> BaseEstimator:
     raise HeadError(f"unknown head {name!r}; available: {', '.join(HEADS)}")
 
 
-_OWN_TYPES = ("wav2genre_cache.heads.SVMHead",)
+# Types skops does not trust by default but that are plain data: our SVM head and sklearn's trees.
+_OWN_TYPES = ("wav2genre_cache.heads.SVMHead", "sklearn.tree._tree.Tree")
 
 
 def _json_params(params: dict) -> dict:

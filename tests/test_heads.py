@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+from sklearn.datasets import make_classification
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from wav2genre_cache.heads import (
+    HEADS,
+    FCNNClassifier,
+    HeadError,
+    SVMHead,
+    XGBHead,
+    load_head,
+    make_head,
+    save_head,
+)
+
+
+@parametrize_with_checks(
+    [
+        FCNNClassifier(max_epochs=40, hidden_layers=(16,), learning_rate=1e-2),
+        SVMHead(),
+        XGBHead(n_estimators=5),
+    ],
+    expected_failed_checks=lambda est: (
+        {
+            # Early stopping holds out a stratified tenth, so sample order changes the fitted weights.
+            "check_sample_weight_equivalence_on_dense_data": "no sample weights",
+        }
+        if isinstance(est, FCNNClassifier)
+        else {}
+    ),
+)
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def separable(n=300, n_classes=4, seed=0):
+    X, y = make_classification(
+        n_samples=n,
+        n_features=20,
+        n_informative=10,
+        n_classes=n_classes,
+        class_sep=4.0,
+        random_state=seed,
+    )
+    return X.astype(np.float32), y
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_every_head_learns_a_separable_task_and_round_trips(name, tmp_path):
+    X, y = separable()
+    head = make_head(name, seed=0).fit(X[:200], y[:200])
+    assert (head.predict(X[200:]) == y[200:]).mean() > 0.85
+    proba = head.predict_proba(X[200:])
+    np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-5)
+    file = save_head(head, name, tmp_path)
+    loaded = load_head(name, tmp_path / file)
+    np.testing.assert_allclose(loaded.predict_proba(X[200:]), proba, rtol=1e-5, atol=1e-6)
+
+
+def test_fcnn_is_deterministic_under_a_seed():
+    X, y = separable()
+    a = FCNNClassifier(max_epochs=10, random_state=3).fit(X, y).predict_proba(X)
+    b = FCNNClassifier(max_epochs=10, random_state=3).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_foreign_or_unsafe_files_are_refused(tmp_path):
+    import json
+
+    import skops.io as sio
+    from sklearn.preprocessing import FunctionTransformer
+
+    sio.dump(FunctionTransformer(func=json.loads), tmp_path / "head.skops")  # a function: not safe
+    with pytest.raises(HeadError, match="not known to be safe"):
+        load_head("svm", tmp_path / "head.skops")
+    (tmp_path / "head.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(HeadError, match="not a valid fcnn head"):
+        load_head("fcnn", tmp_path / "head.safetensors")
+    with pytest.raises(HeadError, match="unknown head"):
+        make_head("knn")
