@@ -69,16 +69,58 @@ def load_track(path: str | os.PathLike) -> DecodedTrack:
     """Read, hash and decode one file; raise AudioError naming the file and the problem."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        digest = hashlib.blake2b(digest_size=16)
+        size = 0
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+                size += len(block)
     except OSError as exc:
         raise AudioError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    samples = decode_bytes(data, str(path))
+    if size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    samples = decode_file(path)
     duration = len(samples) / SAMPLE_RATE
     if duration < MIN_TRACK_SECONDS:
         raise AudioError(
             f"{path}: too short ({duration:.2f} s; at least {MIN_TRACK_SECONDS:g} s is needed)"
         )
-    return DecodedTrack(samples, duration, hashlib.blake2b(data, digest_size=16).hexdigest())
+    return DecodedTrack(samples, duration, digest.hexdigest())
+
+
+def decode_file(path: Path, block_seconds: float = 10.0) -> np.ndarray:
+    """Stream-decode a file to 16 kHz mono float32.
+
+    Blocks are mixed down and resampled as they are read, into one preallocated array, so a long
+    file costs its 16 kHz waveform plus one block, not its whole native-rate decode as well.
+    """
+    try:
+        with sf.SoundFile(path) as f:
+            rate = f.samplerate
+            stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, "float32")
+            out = np.empty(int(np.ceil(max(f.frames, 0) * SAMPLE_RATE / rate)) + 64, np.float32)
+            n = 0
+            for block in f.blocks(blocksize=int(rate * block_seconds), dtype="float32", always_2d=True):
+                mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+                if not np.all(np.isfinite(mono)):
+                    raise AudioError(f"{path}: contains NaN or infinite samples")
+                n, out = _append(out, n, stream.resample_chunk(mono) if stream else mono)
+            if stream is not None:
+                n, out = _append(out, n, stream.resample_chunk(np.zeros(0, np.float32), last=True))
+    except AudioError:
+        raise
+    except Exception as exc:  # libsndfile raises several types; all mean "not decodable"
+        raise AudioError(f"{path}: not a decodable audio file ({_short(exc)})") from None
+    if n == 0:
+        raise AudioError(f"{path}: contains no audio samples")
+    return out[:n]
+
+
+def _append(out: np.ndarray, n: int, chunk: np.ndarray) -> tuple[int, np.ndarray]:
+    if n + len(chunk) > len(out):  # a frame count that was an estimate (some MP3s)
+        out = np.concatenate([out[:n], np.empty(max(len(chunk), len(out) // 4), np.float32)])
+    out[n : n + len(chunk)] = chunk
+    return n + len(chunk), out
 
 
 def segment_starts(n_samples: int, segment: int, hop: int) -> list[int]:
