@@ -51,7 +51,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_reference(data: Path, model_name: str, device: str, out: Path, segment_seconds: float) -> dict:
+def run_reference(
+    data: Path, model_name: str, device: str, out: Path, segment_seconds: float
+) -> dict:
     import soundfile as sf
     import soxr
     import torch
@@ -74,18 +76,32 @@ def run_reference(data: Path, model_name: str, device: str, out: Path, segment_s
         if len(audio) - (starts[-1] + seg) >= seg // 2:
             starts.append(len(audio) - seg)  # same segments as ours, to compare embeddings
         for s in starts:
-            x = torch.tensor(fe(audio[s : s + seg], sampling_rate=16_000).input_values[0])[None].to(device)
+            x = torch.tensor(fe(audio[s : s + seg], sampling_rate=16_000).input_values[0])[None].to(
+                device
+            )
             with torch.no_grad():
                 hs = model(x, output_hidden_states=True).hidden_states
             feats.append(torch.stack([h.mean(dim=1) for h in hs], dim=1)[0].float().cpu().numpy())
     elapsed = time.perf_counter() - start
     np.save(out, np.stack(feats))
-    return {"seconds": elapsed, "audio_seconds": seconds, "peak_rss_mb": peak_rss_mb(),
-            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None}
+    return {
+        "seconds": elapsed,
+        "audio_seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
+    }
 
 
-def run_ours(data: Path, model_name: str, device: str, dtype: str, out: Path, batch_size: int,
-             workers: int | None, segment_seconds: float) -> dict:
+def run_ours(
+    data: Path,
+    model_name: str,
+    device: str,
+    dtype: str,
+    out: Path,
+    batch_size: int,
+    workers: int | None,
+    segment_seconds: float,
+) -> dict:
     import torch
 
     from wav2genre_cache.embed import EmbedOptions, embed_dataset
@@ -93,17 +109,33 @@ def run_ours(data: Path, model_name: str, device: str, dtype: str, out: Path, ba
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    summary = embed_dataset(EmbedOptions(data=str(data), out=str(out), model=model_name, device=device,
-                                         dtype=dtype, batch_size=batch_size, workers=workers,
-                                         segment_seconds=segment_seconds), progress=False)
+    summary = embed_dataset(
+        EmbedOptions(
+            data=str(data),
+            out=str(out),
+            model=model_name,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            workers=workers,
+            segment_seconds=segment_seconds,
+        ),
+        progress=False,
+    )
     elapsed = time.perf_counter() - start  # model load, decode, embed, shard writes and final merge
-    return {"seconds": elapsed, "audio_seconds": summary.audio_seconds, "peak_rss_mb": peak_rss_mb(),
-            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None}
+    return {
+        "seconds": elapsed,
+        "audio_seconds": summary.audio_seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
+    }
 
 
 def child(argv: list[str]) -> dict:
     """Run one path in a fresh process and return its JSON result."""
-    proc = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", *argv], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         sys.exit(f"child {argv} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -116,30 +148,59 @@ def layer_differences(ours_cache: Path, reference: Path) -> list[float]:
     a = EmbeddingCache(ours_cache).features("wav2vec2")
     b = np.load(reference)
     assert a.shape == b.shape, (a.shape, b.shape)
-    return [float(np.abs(a[:, i] - b[:, i]).max() / np.abs(b[:, i]).max()) for i in range(b.shape[1])]
+    return [
+        float(np.abs(a[:, i] - b[:, i]).max() / np.abs(b[:, i]).max()) for i in range(b.shape[1])
+    ]
 
 
 def speed(args, tmp: Path) -> dict:
     data = make_workload(tmp / "data", args.tracks)
-    common = ["--model", args.model, "--device", args.device, "--segment-seconds", str(args.segment_seconds)]
+    common = [
+        "--model",
+        args.model,
+        "--device",
+        args.device,
+        "--segment-seconds",
+        str(args.segment_seconds),
+    ]
     ref = child(["reference", str(data), str(tmp / "ref.npy"), *common])
     ref_rate = ref["audio_seconds"] / ref["seconds"]
-    print(f"reference (transformers, one segment at a time, float32): {ref_rate:,.1f} audio-s/s, "
-          f"peak RSS {ref['peak_rss_mb']:,.0f} MB" + (f", peak GPU {ref['peak_gpu_mb']:,.0f} MB" if ref["peak_gpu_mb"] else ""))
+    print(
+        f"reference (transformers, one segment at a time, float32): {ref_rate:,.1f} audio-s/s, "
+        f"peak RSS {ref['peak_rss_mb']:,.0f} MB"
+        + (f", peak GPU {ref['peak_gpu_mb']:,.0f} MB" if ref["peak_gpu_mb"] else "")
+    )
     rows = {"reference": {**ref, "audio_seconds_per_second": ref_rate}}
     for dtype in args.dtypes.split(","):
         cache = tmp / f"ours_{dtype}.h5"
-        r = child(["ours", str(data), str(cache), *common, "--dtype", dtype, "--batch-size", str(args.batch_size),
-                   *(["--workers", str(args.workers)] if args.workers is not None else [])])
+        r = child(
+            [
+                "ours",
+                str(data),
+                str(cache),
+                *common,
+                "--dtype",
+                dtype,
+                "--batch-size",
+                str(args.batch_size),
+                *(["--workers", str(args.workers)] if args.workers is not None else []),
+            ]
+        )
         rate = r["audio_seconds"] / r["seconds"]
         diffs = layer_differences(cache, tmp / "ref.npy")
-        rows[f"ours_{dtype}"] = {**r, "audio_seconds_per_second": rate, "ratio": rate / ref_rate,
-                                 "max_relative_difference_per_layer": diffs}
-        print(f"ours ({dtype}, batch {args.batch_size}): {rate:,.1f} audio-s/s = {rate / ref_rate:.2f}x the "
-              f"reference, peak RSS {r['peak_rss_mb']:,.0f} MB"
-              + (f", peak GPU {r['peak_gpu_mb']:,.0f} MB" if r["peak_gpu_mb"] else "")
-              + f"; max relative difference per layer {max(diffs):.2e} (worst), "
-              f"{', '.join(f'{d:.1e}' for d in diffs)}")
+        rows[f"ours_{dtype}"] = {
+            **r,
+            "audio_seconds_per_second": rate,
+            "ratio": rate / ref_rate,
+            "max_relative_difference_per_layer": diffs,
+        }
+        print(
+            f"ours ({dtype}, batch {args.batch_size}): {rate:,.1f} audio-s/s = {rate / ref_rate:.2f}x the "
+            f"reference, peak RSS {r['peak_rss_mb']:,.0f} MB"
+            + (f", peak GPU {r['peak_gpu_mb']:,.0f} MB" if r["peak_gpu_mb"] else "")
+            + f"; max relative difference per layer {max(diffs):.2e} (worst), "
+            f"{', '.join(f'{d:.1e}' for d in diffs)}"
+        )
     return rows
 
 
@@ -149,8 +210,23 @@ def memory(args, tmp: Path) -> dict:
     out = {}
     for n in (100, 1000):
         data = make_workload(tmp / f"mem{n}", n)
-        r = child(["ours", str(data), str(tmp / f"mem{n}.h5"), "--model", "random-tiny", "--device", "cpu",
-                   "--dtype", "float32", "--batch-size", "8", "--segment-seconds", "10"])
+        r = child(
+            [
+                "ours",
+                str(data),
+                str(tmp / f"mem{n}.h5"),
+                "--model",
+                "random-tiny",
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+                "--batch-size",
+                "8",
+                "--segment-seconds",
+                "10",
+            ]
+        )
         out[f"tracks_{n}"] = r
         print(f"memory: {n} tracks -> peak RSS {r['peak_rss_mb']:,.0f} MB")
     out["growth_1000_vs_100"] = out["tracks_1000"]["peak_rss_mb"] / out["tracks_100"]["peak_rss_mb"]
@@ -161,19 +237,40 @@ def memory(args, tmp: Path) -> dict:
     hour = tmp / "hour" / "long"
     hour.mkdir(parents=True)
     clips = sorted(DEV.glob("*/*.flac"))
-    with sf.SoundFile(hour / "one_hour.wav", "w", samplerate=22_050, channels=1, subtype="PCM_16") as f:
+    with sf.SoundFile(
+        hour / "one_hour.wav", "w", samplerate=22_050, channels=1, subtype="PCM_16"
+    ) as f:
         written = 0
         while written < 3600 * 22_050:
             audio, _ = sf.read(clips[(written // (30 * 22_050)) % len(clips)], dtype="float32")
             f.write(audio)
             written += len(audio)
-    r = child(["ours", str(tmp / "hour"), str(tmp / "hour.h5"), "--model", "random-tiny", "--device", "cpu",
-               "--dtype", "float32", "--batch-size", "8", "--segment-seconds", "10", "--workers", "0"])
+    r = child(
+        [
+            "ours",
+            str(tmp / "hour"),
+            str(tmp / "hour.h5"),
+            "--model",
+            "random-tiny",
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--batch-size",
+            "8",
+            "--segment-seconds",
+            "10",
+            "--workers",
+            "0",
+        ]
+    )
     waveform_mb = r["audio_seconds"] * 16_000 * 4 / 2**20
     r["decoded_waveform_mb"] = waveform_mb
     out["one_hour_file"] = r
-    print(f"memory: one 1-hour file -> peak RSS {r['peak_rss_mb']:,.0f} MB; its 16 kHz float32 waveform is "
-          f"{waveform_mb:,.0f} MB, so the rest (Python, torch, model, one block) is {r['peak_rss_mb'] - waveform_mb:,.0f} MB")
+    print(
+        f"memory: one 1-hour file -> peak RSS {r['peak_rss_mb']:,.0f} MB; its 16 kHz float32 waveform is "
+        f"{waveform_mb:,.0f} MB, so the rest (Python, torch, model, one block) is {r['peak_rss_mb'] - waveform_mb:,.0f} MB"
+    )
     return out
 
 
@@ -193,7 +290,16 @@ def main() -> None:
         if a.path == "reference":
             result = run_reference(a.data, a.model, a.device, a.out, a.segment_seconds)
         else:
-            result = run_ours(a.data, a.model, a.device, a.dtype, a.out, a.batch_size, a.workers, a.segment_seconds)
+            result = run_ours(
+                a.data,
+                a.model,
+                a.device,
+                a.dtype,
+                a.out,
+                a.batch_size,
+                a.workers,
+                a.segment_seconds,
+            )
         print(json.dumps(result))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -205,12 +311,19 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--segment-seconds", type=float, default=10.0)
     p.add_argument("--memory", action="store_true", help="also run the memory checks")
-    p.add_argument("--out", default=None, help="JSON result (default benchmarks/results/embed_<device>.json)")
+    p.add_argument(
+        "--out", default=None, help="JSON result (default benchmarks/results/embed_<device>.json)"
+    )
     args = p.parse_args()
     args.dtypes = args.dtypes or "float32,bfloat16"
     with tempfile.TemporaryDirectory() as tmp:
-        record = {"benchmark": "embed_throughput", "machine": machine(args.device), "model": args.model,
-                  "tracks": args.tracks, "speed": speed(args, Path(tmp))}
+        record = {
+            "benchmark": "embed_throughput",
+            "machine": machine(args.device),
+            "model": args.model,
+            "tracks": args.tracks,
+            "speed": speed(args, Path(tmp)),
+        }
         if args.memory:
             record["memory"] = memory(args, Path(tmp))
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"embed_{args.device}.json")

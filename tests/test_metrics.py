@@ -38,3 +38,20 @@ def test_auc_skips_a_class_missing_from_the_truth():
     proba = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1]])
     m = classification_metrics(y, proba, ["a", "b", "c"])
     assert set(m["auc_per_class"]) == {"a", "b"} and m["macro_auc"] == 1.0
+
+
+def test_agrees_with_scikit_learn_on_random_predictions():
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 200)
+    proba = rng.dirichlet(np.ones(5), 200)
+    proba[np.arange(0, 200, 3), y[::3]] += 0.5  # some signal
+    proba = np.round(proba, 2)  # ties, which AUC must count as one half
+    m = classification_metrics(y, proba, list("abcde"))
+    pred = proba.argmax(1)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert m["confusion"] == confusion_matrix(y, pred).tolist()
+    for k, label in enumerate("abcde"):
+        assert m["auc_per_class"][label] == pytest.approx(roc_auc_score(y == k, proba[:, k]))

@@ -97,10 +97,16 @@ def decode_file(path: Path, block_seconds: float = 10.0) -> np.ndarray:
     try:
         with sf.SoundFile(path) as f:
             rate = f.samplerate
-            stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, "float32")
+            stream = (
+                None
+                if rate == SAMPLE_RATE
+                else soxr.ResampleStream(rate, SAMPLE_RATE, 1, "float32")
+            )
             out = np.empty(int(np.ceil(max(f.frames, 0) * SAMPLE_RATE / rate)) + 64, np.float32)
             n = 0
-            for block in f.blocks(blocksize=int(rate * block_seconds), dtype="float32", always_2d=True):
+            for block in f.blocks(
+                blocksize=int(rate * block_seconds), dtype="float32", always_2d=True
+            ):
                 mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
                 if not np.all(np.isfinite(mono)):
                     raise AudioError(f"{path}: contains NaN or infinite samples")

@@ -110,20 +110,26 @@ def parse_layers(spec: str, n_layers: int) -> list[int] | str:
     return sorted({i % n_layers for i in layers})
 
 
-def probe_best_layer(data: TrainingData) -> tuple[int, list[float]]:
-    """Pick the layer a fast linear probe (ridge on standardised features) does best on in validation."""
-    from sklearn.linear_model import RidgeClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+def probe_best_layer(data: TrainingData, alpha: float = 10.0) -> tuple[int, list[float]]:
+    """Pick the layer a fast linear probe (ridge on standardised features) does best on in validation.
 
+    The ridge is solved in closed form in float32 (one 768 x 768 system per layer), which keeps
+    the probe of 13 layers well under a second on a GTZAN-sized cache.
+    """
     target = data.valid if data.valid.any() else data.train
+    Y = np.eye(len(data.labels), dtype=np.float32)[data.y[data.train]] * 2 - 1
     scores = []
     for i in range(data.n_layers):
         X = data.layer(i)
-        probe = make_pipeline(StandardScaler(), RidgeClassifier(alpha=10.0)).fit(
-            X[data.train], data.y[data.train]
-        )
-        scores.append(float((probe.predict(X[target]) == data.y[target]).mean()))
+        mean, std = X[data.train].mean(0), X[data.train].std(0) + 1e-6
+        A = (X[data.train] - mean) / std
+        A1 = np.hstack([A, np.ones((len(A), 1), np.float32)])
+        reg = alpha * np.eye(A1.shape[1], dtype=np.float32)
+        reg[-1, -1] = 0  # no penalty on the intercept
+        W = np.linalg.solve(A1.T @ A1 + reg, A1.T @ Y)
+        B = (X[target] - mean) / std
+        pred = np.argmax(B @ W[:-1] + W[-1], axis=1)
+        scores.append(float((pred == data.y[target]).mean()))
     return int(np.argmax(scores)), scores
 
 
@@ -247,8 +253,8 @@ def _fit_and_select(name: str, X: np.ndarray, data: TrainingData, seed: int, sel
         scores = evaluate(head, X[sel], data.y[sel], data.track[sel], data.labels)["track"]
         key = (scores["accuracy"], scores["macro_f1"])
         if best is None or key > best[0]:
-            best = (key, head, params, fit_seconds)
-    (acc, f1), head, params, fit_seconds = best
+            best = (key, head, params, fit_seconds, scores)
+    (acc, f1), head, params, fit_seconds, valid = best
     start = time.perf_counter()
     test = evaluate(head, X[data.test], data.y[data.test], data.track[data.test], data.labels)
     predict_seconds = time.perf_counter() - start
