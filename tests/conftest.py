@@ -80,3 +80,26 @@ def run_cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess
             f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
     return proc
+
+
+@pytest.fixture(scope="session")
+def dev_bundle(tmp_path_factory, dev_clips) -> Path:
+    """A bundle trained with random-tiny on 30 real clips (3 per genre), via the real CLI."""
+    root = tmp_path_factory.mktemp("bundle")
+    rows = ["path,label"]
+    for genre_dir in sorted(dev_clips.iterdir()):
+        rows += [f"{p},{genre_dir.name}" for p in sorted(genre_dir.glob("*.flac"))[:3]]
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    run_cli(
+        "run",
+        str(root / "manifest.csv"),
+        "--out",
+        str(root / "run"),
+        "--model",
+        "random-tiny",
+        "--heads",
+        "logreg,svm",
+        "--layers",
+        "best",
+    )
+    return root / "run" / "best"

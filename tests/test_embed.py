@@ -193,3 +193,18 @@ def test_dev_clips_end_to_end_with_mp3_and_44k_stereo(tmp_path, dev_clips, split
     m = EmbeddingCache(tmp_path / "mixed.h5")
     assert list(m.tracks.status) == ["ok", "ok"] and len(m.segments) == 6
     assert m.tracks.duration.between(29.9, 30.5).all()
+
+
+def crash_on(item):
+    """A worker function that dies (as a segfaulting decoder would) on the item 'crash'."""
+    if item == "crash":
+        os._exit(3)
+    return item * 2
+
+
+def test_a_worker_that_dies_is_replaced_and_the_item_reported():
+    from wav2genre_cache.embed import ordered_map
+
+    items = ["a", "b", "crash", "c", "d", "e"]
+    out = list(ordered_map(crash_on, items, workers=2, window=3, on_crash=lambda x: f"failed {x}"))
+    assert out == ["aa", "bb", "failed crash", "cc", "dd", "ee"]

@@ -137,11 +137,15 @@ def embed(
     hop_seconds: Annotated[
         float | None, typer.Option(help="Hop between segment starts (default: the segment length).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Segments per model call.")] = 8,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Segments per model call (default: 2 on CPU, 64 on CUDA).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     dtype: Annotated[
         str,
-        typer.Option(help="auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16"),
+        typer.Option(
+            help="auto (bfloat16 on CUDA and on CPUs with native bfloat16, else float32) | float32 | bfloat16 | float16"
+        ),
     ] = "auto",
     workers: Annotated[
         int | None, typer.Option(help="Decode worker processes (0: decode in the main process).")
@@ -313,7 +317,9 @@ def run(
     model: ModelOpt = "facebook/wav2vec2-base-960h",
     segment_seconds: Annotated[float, typer.Option(help="Segment length in seconds.")] = 10.0,
     hop_seconds: Annotated[float | None, typer.Option(help="Hop between segment starts.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Segments per model call.")] = 8,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Segments per model call (default: 2 on CPU, 64 on CUDA).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
     workers: Annotated[int | None, typer.Option(help="Decode worker processes.")] = None,
@@ -352,6 +358,72 @@ def run(
         _run_embed(opts, strict)
         _train(cache, run_dir, heads, layers, "wav2vec2", seed, True)
         _compare(run_dir)
+    except _user_errors() as exc:
+        _fail(exc)
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Audio files or folders of audio files.")],
+    bundle: Annotated[
+        Path, typer.Option(help="A bundle folder: RUN_DIR/best or RUN_DIR/bundles/<head>.")
+    ],
+    top_k: Annotated[int, typer.Option(help="How many genres to show per file.")] = 3,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON with the per-segment timeline.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Segments per model call.")] = 8,
+) -> None:
+    """Label songs with a trained bundle: top-k genres per file (and a timeline with --json)."""
+    from .predict import Predictor, expand_inputs
+
+    try:
+        bundle = bundle / "best" if (bundle / "best" / "bundle.json").is_file() else bundle
+        predictor = Predictor(bundle, device=device, batch_size=batch_size)
+        results = predictor.predict_paths(expand_inputs(inputs), top_k=top_k)
+    except _user_errors() as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            if "error" in r:
+                err.print(f"[yellow]skipped[/yellow] {r['error']}", highlight=False)
+            else:
+                top = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top"])
+                out.print(f"{r['file']}\t{top}", highlight=False)
+    if results and all("error" in r for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    bundle: Annotated[
+        Path, typer.Option(help="A bundle folder: RUN_DIR/best or RUN_DIR/bundles/<head>.")
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted, in MB.")] = 50,
+    max_minutes: Annotated[float, typer.Option(help="Longest audio accepted, in minutes.")] = 15,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Serve the web page and JSON API: upload a song, see its genre segment by segment."""
+    from .server import serve as run_server
+
+    try:
+        bundle = bundle / "best" if (bundle / "best" / "bundle.json").is_file() else bundle
+        err.print(f"Serving {bundle} on http://{host}:{port}/", highlight=False)
+        run_server(
+            bundle,
+            host=host,
+            port=port,
+            max_upload_mb=max_upload_mb,
+            max_minutes=max_minutes,
+            device=device,
+        )
     except _user_errors() as exc:
         _fail(exc)
 

@@ -8,7 +8,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .audio import SAMPLE_RATE, segment_track, try_load_track
-from .backbone import DEFAULT_MODEL, Backbone, load_backbone
+from .backbone import DEFAULT_MODEL, Backbone, default_batch_size, load_backbone
 from .cache import (
     FORMAT_VERSION,
     CacheError,
@@ -40,7 +42,7 @@ class EmbedOptions:
     model: str = DEFAULT_MODEL
     segment_seconds: float = 10.0
     hop_seconds: float | None = None
-    batch_size: int = 8
+    batch_size: int | None = None  # None: by device (backbone.default_batch_size)
     device: str = "auto"
     dtype: str = "auto"
     workers: int | None = None
@@ -91,6 +93,8 @@ def embed_dataset(
     layout = detect_layout(Path(opts.data)) if opts.dataset == "auto" else opts.dataset
     tracks = assign_splits(discover(opts.data, layout), opts.split, opts.seed, opts.split_dir)
     backbone = load_backbone(opts.model, opts.device, opts.dtype)
+    if opts.batch_size is None:
+        opts = replace(opts, batch_size=default_batch_size(backbone.device))
     config = embed_config(opts, layout, backbone)
     summary = EmbedSummary(Path(opts.out))
 
@@ -135,7 +139,11 @@ def embed_dataset(
     with bar:
         task = bar.add_task("embed", total=len(tracks), completed=summary.tracks_skipped, speed="")
         decoded = ordered_map(
-            try_load_track, [t.path for t in to_decode], workers, window=2 * workers + 2
+            try_load_track,
+            [t.path for t in to_decode],
+            workers,
+            window=2 * workers + 2,
+            on_crash=_decoder_crashed,
         )
         for k, block in todo:
             results = _embed_block(block, decoded, backbone, opts)
@@ -175,49 +183,75 @@ def embed_config(opts: EmbedOptions, layout: str, backbone: Backbone) -> dict:
     }
 
 
+def embed_tracks(
+    backbone: Backbone,
+    tracks: Iterable[np.ndarray],
+    segment_seconds: float,
+    hop_seconds: float | None,
+    batch_size: int,
+) -> list[np.ndarray]:
+    """Per-layer embeddings [n_segments, layers, dim] of each decoded 16 kHz track.
+
+    Full-length segments of all the tracks are batched together; a track shorter than one
+    segment is embedded alone. Nothing is ever padded (Wav2Vec2-base has no attention mask).
+    Tracks are consumed one at a time and segments copied into the batch, so memory holds one
+    track and one batch, whatever the number or length of the tracks.
+    """
+    full = int(round(segment_seconds * SAMPLE_RATE))
+    out, pending = [], []
+
+    def flush() -> None:
+        if pending:
+            emb = backbone.embed(np.stack([audio for _, _, audio in pending]))
+            for (ti, si, _), e in zip(pending, emb, strict=True):
+                out[ti][si] = e
+            pending.clear()
+
+    for ti, samples in enumerate(tracks):
+        starts, length = segment_track(samples, segment_seconds, hop_seconds)
+        out.append(np.zeros((len(starts), backbone.n_layers, backbone.dim), np.float32))
+        for si, s in enumerate(starts):
+            audio = samples[s : s + length].copy()
+            if length < full:
+                out[ti][si] = backbone.embed(audio[None])[0]
+                continue
+            pending.append((ti, si, audio))
+            if len(pending) >= batch_size:
+                flush()
+    flush()
+    return out
+
+
 def _embed_block(
     block: list[Track], decoded: Iterator, backbone: Backbone, opts: EmbedOptions
 ) -> list[TrackResult]:
     """Decode, segment and embed one block of tracks; batches never cross blocks (determinism)."""
     results: list[TrackResult] = []
-    pending: list[tuple[int, int, np.ndarray]] = []  # (result index, segment index, audio)
+    embedded: list[TrackResult] = []
 
-    def flush() -> None:
-        if not pending:
-            return
-        emb = backbone.embed(np.stack([p[2] for p in pending]))
-        for (ri, si, _), e in zip(pending, emb, strict=True):
-            results[ri].features["wav2vec2"][si] = e
-        pending.clear()
-
-    for t in block:
-        r = TrackResult(t.track_id, t.path, t.label, t.split, t.artist, status="ok")
-        results.append(r)
-        if t.split == EXCLUDED:
-            r.status, r.reason = "excluded", "not in the chosen split"
-            continue
-        track, reason = next(decoded)
-        if track is None:
-            r.status, r.reason = "failed", reason
-            continue
-        starts, length = segment_track(track.samples, opts.segment_seconds, opts.hop_seconds)
-        r.duration, r.content_hash = track.duration, track.content_hash
-        r.starts = [s / SAMPLE_RATE for s in starts]
-        r.views = [0] * len(starts)
-        r.features["wav2vec2"] = np.zeros(
-            (len(starts), backbone.n_layers, backbone.dim), np.float32
-        )
-        ri = len(results) - 1
-        for si, s in enumerate(starts):
-            audio = track.samples[s : s + length].copy()
-            if length < round(opts.segment_seconds * SAMPLE_RATE):
-                # A track shorter than one segment is embedded alone, never padded.
-                results[ri].features["wav2vec2"][si] = backbone.embed(audio[None])[0]
+    def decoded_audio() -> Iterator[np.ndarray]:
+        for t in block:
+            r = TrackResult(t.track_id, t.path, t.label, t.split, t.artist, status="ok")
+            results.append(r)
+            if t.split == EXCLUDED:
+                r.status, r.reason = "excluded", "not in the chosen split"
                 continue
-            pending.append((ri, si, audio))
-            if len(pending) >= opts.batch_size:
-                flush()
-    flush()
+            track, reason = next(decoded)
+            if track is None:
+                r.status, r.reason = "failed", reason
+                continue
+            starts, _ = segment_track(track.samples, opts.segment_seconds, opts.hop_seconds)
+            r.duration, r.content_hash = track.duration, track.content_hash
+            r.starts = [s / SAMPLE_RATE for s in starts]
+            r.views = [0] * len(starts)
+            embedded.append(r)
+            yield track.samples
+
+    feats = embed_tracks(
+        backbone, decoded_audio(), opts.segment_seconds, opts.hop_seconds, opts.batch_size
+    )
+    for r, f in zip(embedded, feats, strict=True):
+        r.features["wav2vec2"] = f
     return results
 
 
@@ -244,22 +278,47 @@ def _summarise_existing(summary: EmbedSummary, cache: EmbeddingCache) -> EmbedSu
     return summary
 
 
-def ordered_map(fn: Callable, items: Iterable, workers: int, window: int) -> Iterator:
+def ordered_map(
+    fn: Callable, items: Iterable, workers: int, window: int, on_crash: Callable | None = None
+) -> Iterator:
     """map(fn, items) in order, on `workers` processes, with at most `window` results in flight.
 
     The bound keeps memory flat on datasets of any size: decoded audio waits for the model in
-    a short queue, never in a list of the whole dataset.
+    a short queue, never in a list of the whole dataset. If a worker dies (a decoder crash, the
+    kernel's OOM killer), the pool is rebuilt, the item in question is retried alone, and if it
+    kills a worker again `on_crash(item)` stands in for its result: one file never ends a run.
     """
     if workers <= 0:
         yield from map(fn, items)
         return
     # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    context = mp.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context)
+    try:
         it = iter(items)
-        pending = deque(pool.submit(fn, x) for _, x in zip(range(window), it, strict=False))
+        pending = deque((x, pool.submit(fn, x)) for x in islice(it, window))
         while pending:
-            result = pending.popleft().result()
-            for x in it:
-                pending.append(pool.submit(fn, x))
-                break
+            item, future = pending.popleft()
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                if on_crash is None:
+                    raise
+                pool.shutdown(wait=True, cancel_futures=True)
+                pool = ProcessPoolExecutor(workers, mp_context=context)
+                try:
+                    result = pool.submit(fn, item).result()
+                except BrokenProcessPool:
+                    result = on_crash(item)
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    pool = ProcessPoolExecutor(workers, mp_context=context)
+                pending = deque((x, pool.submit(fn, x)) for x, _ in pending)
+            for x in islice(it, 1):
+                pending.append((x, pool.submit(fn, x)))
             yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _decoder_crashed(path: str) -> tuple[None, str]:
+    return None, f"{path}: the decoder crashed on this file (its worker process died)"

@@ -1,0 +1,181 @@
+"""The web API against a real uvicorn server, and the page in a real headless Chromium."""
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import ROOT
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(dev_bundle):
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wav2genre_cache",
+            "serve",
+            "--bundle",
+            str(dev_bundle),
+            "--port",
+            str(port),
+            "--max-upload-mb",
+            "3",
+            "--max-minutes",
+            "0.6",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/api/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read()}")
+    else:
+        proc.kill()
+        pytest.fail("server did not start in 60 s")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def post(url, name, content, **kw):
+    return httpx.post(url + "/api/predict", files={"file": (name, content)}, timeout=60, **kw)
+
+
+def test_a_real_clip_gets_one_timeline_entry_per_segment(server, dev_clips):
+    clip = sorted(dev_clips.glob("reggae/*.flac"))[0]
+    r = post(server, clip.name, clip.read_bytes())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    model = httpx.get(server + "/api/model").json()
+    assert body["file"] == clip.name and body["label"] in model["labels"]
+    assert len(body["timeline"]) == 3 and body["duration"] == pytest.approx(30, abs=0.5)
+    assert sum(body["timeline"][0]["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+    assert set(body["timings_ms"]) == {"upload", "decode", "model", "total"}
+    assert model["head"] in ("logreg", "svm") and model["backbone"] == "random-tiny"
+    assert model["untrained_backbone"] is True and "test_track_accuracy" in model["metrics"]
+
+
+def test_bad_uploads_get_clear_json_errors(server):
+    r = post(server, "empty.wav", b"")
+    assert r.status_code == 422 and "empty file" in r.json()["detail"]
+    r = post(server, "song.mp3", b"just some text, not audio\n" * 40)
+    assert r.status_code == 422 and "song.mp3: not a decodable audio file" in r.json()["detail"]
+    r = httpx.post(server + "/api/predict", data={"other": "x"})
+    assert r.status_code == 400 and "no file uploaded" in r.json()["detail"]
+    # A name that looks like a path is only ever used in messages.
+    r = post(server, "../../etc/passwd.mp3", b"text")
+    assert r.status_code == 422 and r.json()["detail"].startswith("passwd.mp3:")
+
+
+def test_uploads_over_the_limit_are_refused_while_streaming(server):
+    big = os.urandom(4 * 2**20)
+    r = post(server, "big.wav", big)
+    assert r.status_code == 413 and "limit is 3 MB" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: counted as it streams
+        boundary = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n\r\n'
+        yield boundary
+        for _ in range(8):
+            yield os.urandom(2**20)
+        yield b"\r\n--b--\r\n"
+
+    r = httpx.post(
+        server + "/api/predict",
+        content=chunks(),
+        timeout=60,
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert r.status_code == 413
+
+
+def test_audio_over_the_duration_limit(server):
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(16_000 * 40, np.float32) + 0.01, 16_000, format="WAV", subtype="PCM_16")
+    r = post(server, "long.wav", buf.getvalue())
+    assert r.status_code == 413 and "the limit is 0.6 minutes" in r.json()["detail"]
+
+
+def test_concurrent_requests_are_all_answered_alike(server, dev_clips):
+    clip = sorted(dev_clips.glob("rock/*.flac"))[0].read_bytes()
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: post(server, "rock.flac", clip), range(6)))
+    assert [a.status_code for a in answers] == [200] * 6
+    assert len({json.dumps(a.json()["top"]) for a in answers}) == 1
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_page_in_a_real_browser(server, dev_clips, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    clip = sorted(dev_clips.glob("disco/*.flac"))[0]
+    expected = post(server, clip.name, clip.read_bytes()).json()
+    bad = tmp_path / "broken.mp3"
+    bad.write_text("this is not a song")
+    shots = ROOT / "artifacts"
+    shots.mkdir(exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-sync",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        page.goto(server + "/")
+        page.wait_for_function(
+            "document.getElementById('model-info').textContent.includes('random-tiny')"
+        )
+        page.set_input_files("#file-input", str(clip))
+        page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+        assert page.text_content("#top-label") == expected["label"]
+        assert page.is_hidden("#status")  # the "Analysing..." line is gone once the answer shows
+        assert page.locator("#bars li").count() == 5
+        assert page.locator("#timeline .cell").count() == 3
+        page.locator("#timeline .cell").nth(1).focus()
+        assert "0:10" in page.text_content("#cell-detail")
+        assert page.get_attribute("#player", "src").startswith("blob:")
+        page.screenshot(path=str(shots / "serve_page.png"), full_page=True)
+
+        page.set_input_files("#file-input", str(bad))
+        page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+        assert "broken.mp3: not a decodable audio file" in page.text_content("#error")
+        phone = browser.new_page(viewport={"width": 390, "height": 844})
+        phone.goto(server + "/")
+        phone.set_input_files("#file-input", str(clip))
+        phone.wait_for_selector("#result:not([hidden])", timeout=60_000)
+        phone.screenshot(path=str(shots / "serve_page_phone.png"), full_page=True)
+        assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        browser.close()
+    assert (shots / "serve_page.png").stat().st_size > 10_000

@@ -1,0 +1,137 @@
+"use strict";
+// The wav2genre page: upload a song, show its genre, the top-k bars and a segment timeline.
+const $ = (id) => document.getElementById(id);
+const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
+                 "#ff9da7", "#9c755f", "#bab0ac", "#2f4b7c", "#a05195", "#d45087", "#665191"];
+let labels = [];
+let objectUrl = null;
+
+function colour(label) {
+  const i = labels.indexOf(label);
+  return PALETTE[(i < 0 ? 0 : i) % PALETTE.length];
+}
+function pct(p) { return (100 * p).toFixed(1) + "%"; }
+function fmtTime(s) { const m = Math.floor(s / 60); return m + ":" + String(Math.floor(s % 60)).padStart(2, "0"); }
+
+function showError(message) {
+  $("status").hidden = true;
+  $("error").textContent = message;
+  $("error").hidden = false;
+}
+
+function setStatus(text, value) {
+  $("error").hidden = true;
+  $("status").hidden = false;
+  $("status-text").textContent = text;
+  const bar = $("progress");
+  if (value === null) bar.removeAttribute("value"); else bar.value = value;
+}
+
+async function loadModel() {
+  try {
+    const r = await fetch("/api/model");
+    const m = await r.json();
+    labels = m.labels;
+    const acc = m.metrics && m.metrics.test_track_accuracy;
+    $("model-info").textContent =
+      `Model: ${m.backbone}, layer ${m.layer}, ${m.head} head` +
+      (acc != null ? `, test accuracy ${pct(acc)}` : "") +
+      (m.untrained_backbone ? " (untrained backbone: a demonstration, not a real model)" : "") +
+      ` · ${m.segment_seconds} s segments · uploads up to ${m.limits.max_upload_mb} MB and ${m.limits.max_minutes} min`;
+  } catch (e) {
+    $("model-info").textContent = "Could not load model information.";
+  }
+}
+
+function upload(file) {
+  $("result").hidden = true;
+  if (objectUrl) URL.revokeObjectURL(objectUrl);
+  objectUrl = URL.createObjectURL(file);
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const xhr = new XMLHttpRequest();
+  xhr.open("POST", "/api/predict?top_k=5");
+  xhr.responseType = "json";
+  xhr.upload.onprogress = (e) => {
+    if (e.lengthComputable) setStatus(`Uploading ${file.name}... ${Math.round(100 * e.loaded / e.total)}%`, 100 * e.loaded / e.total);
+  };
+  xhr.upload.onload = () => setStatus(`Analysing ${file.name}...`, null);
+  xhr.onerror = () => showError("The upload failed: the server could not be reached.");
+  xhr.onload = () => {
+    const body = xhr.response;
+    if (xhr.status !== 200) {
+      const detail = body && body.detail ? (typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail)) : xhr.statusText;
+      showError(`Could not analyse this file: ${detail}`);
+      return;
+    }
+    $("status").hidden = true;
+    render(body);
+  };
+  setStatus(`Uploading ${file.name}...`, 0);
+  xhr.send(form);
+}
+
+function render(r) {
+  $("result").hidden = false;
+  $("player").src = objectUrl;
+  $("top-label").textContent = r.label;
+  $("top-confidence").textContent = `${pct(r.top[0].probability)} confidence`;
+
+  const bars = $("bars");
+  bars.replaceChildren();
+  for (const t of r.top) {
+    const li = document.createElement("li");
+    const name = document.createElement("span"); name.className = "name"; name.textContent = t.label;
+    const track = document.createElement("div");
+    const bar = document.createElement("div"); bar.className = "bar";
+    bar.style.width = pct(t.probability); bar.style.background = colour(t.label);
+    track.appendChild(bar);
+    const value = document.createElement("span"); value.className = "pct"; value.textContent = pct(t.probability);
+    li.append(name, track, value);
+    bars.appendChild(li);
+  }
+
+  const timeline = $("timeline");
+  timeline.replaceChildren();
+  const seen = new Set();
+  r.timeline.forEach((seg, i) => {
+    seen.add(seg.label);
+    const cell = document.createElement("button");
+    cell.type = "button";
+    cell.className = "cell";
+    cell.setAttribute("role", "listitem");
+    cell.style.background = colour(seg.label);
+    const ranked = Object.entries(seg.probabilities).sort((a, b) => b[1] - a[1]);
+    const detail = `${fmtTime(seg.start)}–${fmtTime(seg.end)}: ` + ranked.slice(0, 3).map(([l, p]) => `${l} ${pct(p)}`).join(", ");
+    cell.title = detail;
+    cell.setAttribute("aria-label", `Segment ${i + 1}, ${detail}`);
+    const show = () => { $("cell-detail").textContent = detail; };
+    cell.addEventListener("mouseenter", show);
+    cell.addEventListener("focus", show);
+    cell.addEventListener("click", () => {
+      const player = $("player");
+      player.currentTime = seg.start;
+      player.play().catch(() => {});
+      document.querySelectorAll(".cell.playing").forEach((c) => c.classList.remove("playing"));
+      cell.classList.add("playing");
+      show();
+    });
+    timeline.appendChild(cell);
+  });
+  const legend = $("legend");
+  legend.replaceChildren();
+  for (const label of labels.filter((l) => seen.has(l))) {
+    const li = document.createElement("li");
+    const swatch = document.createElement("i"); swatch.style.background = colour(label);
+    li.append(swatch, document.createTextNode(label));
+    legend.appendChild(li);
+  }
+}
+
+const drop = $("upload-form");
+$("pick").addEventListener("click", () => $("file-input").click());
+$("file-input").addEventListener("change", (e) => { if (e.target.files[0]) upload(e.target.files[0]); });
+["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
+drop.addEventListener("drop", (e) => { if (e.dataTransfer.files[0]) upload(e.dataTransfer.files[0]); });
+loadModel();
