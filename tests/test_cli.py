@@ -37,3 +37,48 @@ def test_errors_are_one_clear_line_and_exit_2(tmp_path):
     assert proc.returncode == 2 and "no such file or folder" in proc.stderr
     proc = run_cli("train-heads", str(tmp_path / "x.h5"), "--out", str(tmp_path / "r"), check=False)
     assert proc.returncode == 2 and "no such cache file" in proc.stderr
+
+
+@pytest.mark.slow
+def test_run_with_handcrafted_features_and_augmentation(tmp_path, dev_clips):
+    rows = ["path,label"]
+    for genre in sorted(dev_clips.iterdir()):
+        rows += [f"{p},{genre.name}" for p in sorted(genre.glob("*.flac"))[:3]]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    run_cli(
+        "run",
+        str(tmp_path / "m.csv"),
+        "--out",
+        str(run),
+        "--model",
+        "random-tiny",
+        "--features",
+        "wav2vec2,handcrafted",
+        "--augment",
+        "pitch,stretch,noise",
+        "--heads",
+        "logreg,svm",
+        "--segment-seconds",
+        "10",
+    )
+    info = json.loads(run_cli("info", str(run / "cache.h5"), "--json").stdout)
+    assert info["features"]["handcrafted"]["layers"] == 1 and info["views"] == [0, 1]
+    from wav2genre_cache.cache import EmbeddingCache
+
+    cache = EmbeddingCache(run / "cache.h5")
+    split = cache.tracks.split.to_numpy()[cache.segments.track.to_numpy()]
+    augmented = cache.segments.view.to_numpy() > 0
+    assert augmented.any() and set(split[augmented]) == {"train"}  # never valid or test
+    metrics = json.loads((run / "metrics.json").read_text())
+    combos = {(r["feature_set"], r["augmented"]) for r in metrics["results"]}
+    assert combos == {
+        ("wav2vec2", True),
+        ("wav2vec2", False),
+        ("handcrafted", True),
+        ("handcrafted", False),
+    }
+    table = (run / "comparison.md").read_text()
+    assert "handcrafted" in table and "| no |" in table
+    assert (run / "bundles" / "svm-handcrafted" / "bundle.json").is_file()
+    assert json.loads((run / "best" / "bundle.json").read_text())["feature_set"] == "wav2vec2"

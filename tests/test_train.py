@@ -47,7 +47,7 @@ def test_layers_best_finds_the_informative_layer(separable_cache, tmp_path):
     m = train_heads(
         separable_cache, tmp_path / "run", heads=["logreg"], layers="best", log=lambda _: None
     )
-    assert m["layers"] == [2] and np.argmax(m["probe_scores"]) == 2
+    assert m["layers"] == [2] and np.argmax(m["probe_scores"]["wav2vec2"]) == 2
 
 
 def test_bundles_round_trip_and_altered_files_are_refused(separable_cache, tmp_path):
@@ -77,7 +77,7 @@ def test_clear_errors(separable_cache, tmp_path):
     with pytest.raises(TrainError, match="use all, best"):
         train_heads(separable_cache, tmp_path / "r", layers="deep")
     with pytest.raises(TrainError, match="no feature set 'logmel'"):
-        train_heads(separable_cache, tmp_path / "r", feature_set="logmel")
+        train_heads(separable_cache, tmp_path / "r", feature_sets="logmel")
     (tmp_path / "empty.h5").write_bytes(b"")
     with pytest.raises(CacheError, match="not a readable HDF5 cache"):
         train_heads(tmp_path / "empty.h5", tmp_path / "r")

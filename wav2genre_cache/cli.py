@@ -73,8 +73,13 @@ def _embed_options(
     split_dir,
     seed,
     features,
+    augment="",
+    augment_copies=0,
+    noise_dir=None,
 ):
     from .embed import EmbedOptions
+
+    kinds = tuple(a.strip() for a in augment.split(",") if a.strip())
 
     return EmbedOptions(
         data=str(data),
@@ -91,6 +96,9 @@ def _embed_options(
         split_dir=str(split_dir) if split_dir else None,
         seed=seed,
         features=tuple(f.strip() for f in features.split(",") if f.strip()),
+        augment=kinds,
+        augment_copies=augment_copies or (1 if kinds else 0),
+        noise_dir=str(noise_dir) if noise_dir else None,
     )
 
 
@@ -162,8 +170,22 @@ def embed(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random split.")] = 0,
     features: Annotated[
-        str, typer.Option(help="Feature sets to compute, comma-separated.")
+        str, typer.Option(help="Feature sets to compute, comma-separated: wav2vec2, handcrafted.")
     ] = "wav2vec2",
+    augment: Annotated[
+        str,
+        typer.Option(help="Augment training tracks: any of pitch,stretch,noise (comma-separated)."),
+    ] = "",
+    augment_copies: Annotated[
+        int,
+        typer.Option(
+            help="Augmented copies per training track (default 1 when --augment is given)."
+        ),
+    ] = 0,
+    noise_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder of noise clips for --augment noise (default: white or pink)."),
+    ] = None,
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any track fails.")] = False,
 ) -> None:
     """Stage one: decode, segment and embed every track into an HDF5 cache (resumable)."""
@@ -183,6 +205,9 @@ def embed(
             split_dir,
             seed,
             features,
+            augment,
+            augment_copies,
+            noise_dir,
         )
         _run_embed(opts, strict)
     except _user_errors() as exc:
@@ -243,7 +268,7 @@ def _train(
     layers: str,
     feature_set: str,
     seed: int,
-    augmented: bool,
+    augmented: bool | str,
 ) -> dict:
     from .train import train_heads
 
@@ -252,7 +277,7 @@ def _train(
         run_dir,
         heads=[h.strip() for h in heads.split(",") if h.strip()],
         layers=layers,
-        feature_set=feature_set,
+        feature_sets=feature_set,
         seed=seed,
         augmented=augmented,
         log=lambda m: err.print(m, highlight=False),
@@ -278,11 +303,18 @@ def train_heads_cmd(
     heads: HeadsOpt = "fcnn,svm,rf,xgb,logreg",
     layers: LayersOpt = "all",
     feature_set: Annotated[
-        str, typer.Option(help="Which cached feature set to train on.")
+        str,
+        typer.Option(
+            help="Cached feature set(s) to train on, comma-separated (wav2vec2, handcrafted)."
+        ),
     ] = "wav2vec2",
     seed: Annotated[int, typer.Option(help="Seed of every head.")] = 0,
     augmented: Annotated[
-        bool, typer.Option("--augmented/--no-augmented", help="Train on augmented views too.")
+        bool,
+        typer.Option(
+            "--augmented/--no-augmented",
+            help="Train on the augmented views of training tracks too (--no-augmented: original views only).",
+        ),
     ] = True,
 ) -> None:
     """Stage two: train and compare heads on cached features (no audio, no GPU)."""
@@ -294,6 +326,52 @@ def train_heads_cmd(
         )
     except _user_errors() as exc:
         _fail(exc)
+
+
+@app.command("cross-validate")
+def cross_validate_cmd(
+    cache: Annotated[Path, typer.Argument(help="An HDF5 cache written by embed.")],
+    feature_set: Annotated[
+        str, typer.Option(help="Cached feature set: handcrafted, wav2vec2, ...")
+    ] = "handcrafted",
+    layer: Annotated[int, typer.Option(help="Layer of the feature set (0 for handcrafted).")] = 0,
+    heads: HeadsOpt = "svm,rf,xgb,logreg",
+    folds: Annotated[int, typer.Option(help="Folds (by track, stratified by label).")] = 5,
+    repeats: Annotated[int, typer.Option(help="Repetitions with different fold assignments.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed of the folds and heads.")] = 0,
+    out_json: Annotated[
+        Path | None, typer.Option("--out", help="Also write the result as JSON.")
+    ] = None,
+) -> None:
+    """Repeated stratified k-fold by track over every track: accuracy with its spread, for small sets."""
+    from .train import cross_validate
+
+    try:
+        r = cross_validate(
+            cache,
+            feature_set,
+            [h.strip() for h in heads.split(",") if h.strip()],
+            layer,
+            folds,
+            repeats,
+            seed,
+        )
+    except _user_errors() as exc:
+        _fail(exc)
+    out.print(
+        f"{r['feature_set']} (layer {r['layer']}), {r['tracks']} tracks, {len(r['labels'])} labels "
+        f"(chance {r['chance']:.2f}), {r['folds']}-fold x {r['repeats']} by track:",
+        highlight=False,
+    )
+    for head, s in r["heads"].items():
+        out.print(
+            f"  {head:>6}: track accuracy {s['accuracy_mean']:.3f} +/- {s['accuracy_std']:.3f}, "
+            f"macro-F1 {s['macro_f1_mean']:.3f} +/- {s['macro_f1_std']:.3f}",
+            highlight=False,
+        )
+    if out_json:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(r, indent=1) + "\n")
 
 
 @app.command()
@@ -330,7 +408,23 @@ def run(
         Path | None, typer.Option(help="Folder of *_filtered.txt for gtzan-ff.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split and the heads.")] = 0,
-    features: Annotated[str, typer.Option(help="Feature sets to compute.")] = "wav2vec2",
+    features: Annotated[
+        str, typer.Option(help="Feature sets to compute and compare: wav2vec2, handcrafted.")
+    ] = "wav2vec2",
+    augment: Annotated[
+        str,
+        typer.Option(help="Augment training tracks: any of pitch,stretch,noise (comma-separated)."),
+    ] = "",
+    augment_copies: Annotated[
+        int,
+        typer.Option(
+            help="Augmented copies per training track (default 1 when --augment is given)."
+        ),
+    ] = 0,
+    noise_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder of noise clips for --augment noise (default: white or pink)."),
+    ] = None,
     heads: HeadsOpt = "fcnn,svm,rf,xgb,logreg",
     layers: LayersOpt = "all",
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any track fails.")] = False,
@@ -354,9 +448,21 @@ def run(
             split_dir,
             seed,
             features,
+            augment,
+            augment_copies,
+            noise_dir,
         )
         _run_embed(opts, strict)
-        _train(cache, run_dir, heads, layers, "wav2vec2", seed, True)
+        # With augmentation, train with and without the augmented views: the ablation.
+        _train(
+            cache,
+            run_dir,
+            heads,
+            layers,
+            ",".join(opts.features),
+            seed,
+            "both" if opts.augment else True,
+        )
         _compare(run_dir)
     except _user_errors() as exc:
         _fail(exc)

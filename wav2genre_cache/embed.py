@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .audio import SAMPLE_RATE, segment_track, try_load_track
+from .audio import SAMPLE_RATE, segment_track
+from .augment import AUGMENTATIONS
 from .backbone import DEFAULT_MODEL, Backbone, default_batch_size, load_backbone
 from .cache import (
     FORMAT_VERSION,
@@ -28,8 +30,9 @@ from .cache import (
     config_differences,
 )
 from .datasets import EXCLUDED, Track, assign_splits, detect_layout, discover
+from .features import PreparePlan, prepare_track
 
-FEATURE_SETS = ("wav2vec2",)
+FEATURE_SETS = ("wav2vec2", "handcrafted")
 
 
 @dataclass
@@ -50,6 +53,9 @@ class EmbedOptions:
     split_dir: str | None = None
     seed: int = 0
     features: tuple[str, ...] = ("wav2vec2",)
+    augment: tuple[str, ...] = ()  # any of pitch, stretch, noise; applied to training tracks only
+    augment_copies: int = 0
+    noise_dir: str | None = None
 
 
 @dataclass
@@ -88,13 +94,23 @@ def embed_dataset(
         raise CacheError(
             f"unknown feature set(s) {sorted(unknown)}; available: {', '.join(FEATURE_SETS)}"
         )
+    bad_aug = set(opts.augment) - set(AUGMENTATIONS)
+    if bad_aug:
+        raise CacheError(
+            f"unknown augmentation(s) {sorted(bad_aug)}; use any of {', '.join(AUGMENTATIONS)}"
+        )
+    if opts.augment and opts.augment_copies < 1:
+        raise CacheError("--augment needs --augment-copies of at least 1")
     if opts.segment_seconds < 1 or (opts.hop_seconds is not None and opts.hop_seconds <= 0):
         raise CacheError("--segment-seconds must be at least 1 and --hop-seconds positive")
     layout = detect_layout(Path(opts.data)) if opts.dataset == "auto" else opts.dataset
     tracks = assign_splits(discover(opts.data, layout), opts.split, opts.seed, opts.split_dir)
-    backbone = load_backbone(opts.model, opts.device, opts.dtype)
+    # Only the wav2vec2 feature set needs the model; hand-crafted features alone never load it.
+    backbone = (
+        load_backbone(opts.model, opts.device, opts.dtype) if "wav2vec2" in opts.features else None
+    )
     if opts.batch_size is None:
-        opts = replace(opts, batch_size=default_batch_size(backbone.device))
+        opts = replace(opts, batch_size=default_batch_size(backbone.device) if backbone else 2)
     config = embed_config(opts, layout, backbone)
     summary = EmbedSummary(Path(opts.out))
 
@@ -138,9 +154,18 @@ def embed_dataset(
     )
     with bar:
         task = bar.add_task("embed", total=len(tracks), completed=summary.tracks_skipped, speed="")
+        plan = PreparePlan(
+            opts.segment_seconds,
+            opts.hop_seconds,
+            handcrafted="handcrafted" in opts.features,
+            augment=tuple(opts.augment),
+            copies=opts.augment_copies if opts.augment else 0,
+            seed=opts.seed,
+            noise_dir=opts.noise_dir,
+        )
         decoded = ordered_map(
-            try_load_track,
-            [t.path for t in to_decode],
+            partial(prepare_track, plan=plan),
+            [(t.path, t.track_id, t.split == "train") for t in to_decode],
             workers,
             window=2 * workers + 2,
             on_crash=_decoder_crashed,
@@ -159,7 +184,7 @@ def embed_dataset(
     return summary
 
 
-def embed_config(opts: EmbedOptions, layout: str, backbone: Backbone) -> dict:
+def embed_config(opts: EmbedOptions, layout: str, backbone: Backbone | None) -> dict:
     """The settings that decide what a cache holds; resuming requires them to be equal."""
     split_dir = str(Path(opts.split_dir).resolve()) if opts.split_dir else None
     return {
@@ -172,14 +197,15 @@ def embed_config(opts: EmbedOptions, layout: str, backbone: Backbone) -> dict:
         "sample_rate": SAMPLE_RATE,
         "segment_seconds": float(opts.segment_seconds),
         "hop_seconds": float(opts.hop_seconds or opts.segment_seconds),
-        "backbone": backbone.model_id,
-        "backbone_revision": backbone.revision,
-        "layers": backbone.n_layers,
-        "dim": backbone.dim,
-        "dtype": str(backbone.dtype).removeprefix("torch."),
+        "backbone": backbone.model_id if backbone else "none",
+        "backbone_revision": backbone.revision if backbone else "",
+        "layers": backbone.n_layers if backbone else 0,
+        "dim": backbone.dim if backbone else 0,
+        "dtype": str(backbone.dtype).removeprefix("torch.") if backbone else "",
         "features": list(opts.features),
-        "augment": [],
-        "augment_copies": 0,
+        "augment": list(opts.augment),
+        "augment_copies": opts.augment_copies if opts.augment else 0,
+        "noise_dir": str(Path(opts.noise_dir).resolve()) if opts.noise_dir else None,
     }
 
 
@@ -223,13 +249,17 @@ def embed_tracks(
 
 
 def _embed_block(
-    block: list[Track], decoded: Iterator, backbone: Backbone, opts: EmbedOptions
+    block: list[Track], decoded: Iterator, backbone: Backbone | None, opts: EmbedOptions
 ) -> list[TrackResult]:
-    """Decode, segment and embed one block of tracks; batches never cross blocks (determinism)."""
-    results: list[TrackResult] = []
-    embedded: list[TrackResult] = []
+    """Decode, segment and embed one block of tracks; batches never cross blocks (determinism).
 
-    def decoded_audio() -> Iterator[np.ndarray]:
+    Every view of a track (the original, then its augmented copies) is segmented alike; the
+    segments of all views are stored in order, view by view.
+    """
+    results: list[TrackResult] = []
+    view_owner: list[TrackResult] = []  # the track of each view sent to the model, in order
+
+    def views_to_embed() -> Iterator[np.ndarray]:
         for t in block:
             r = TrackResult(t.track_id, t.path, t.label, t.split, t.artist, status="ok")
             results.append(r)
@@ -240,18 +270,31 @@ def _embed_block(
             if track is None:
                 r.status, r.reason = "failed", reason
                 continue
-            starts, _ = segment_track(track.samples, opts.segment_seconds, opts.hop_seconds)
             r.duration, r.content_hash = track.duration, track.content_hash
-            r.starts = [s / SAMPLE_RATE for s in starts]
-            r.views = [0] * len(starts)
-            embedded.append(r)
-            yield track.samples
+            for v, samples in enumerate(track.views):
+                starts, _ = segment_track(samples, opts.segment_seconds, opts.hop_seconds)
+                r.starts += [s / SAMPLE_RATE for s in starts]
+                r.views += [v] * len(starts)
+            if track.handcrafted is not None:
+                r.features["handcrafted"] = np.concatenate(track.handcrafted)
+            if backbone is not None:
+                for samples in track.views:
+                    view_owner.append(r)
+                    yield samples
 
+    if backbone is None:
+        for _ in views_to_embed():
+            pass
+        return results
     feats = embed_tracks(
-        backbone, decoded_audio(), opts.segment_seconds, opts.hop_seconds, opts.batch_size
+        backbone, views_to_embed(), opts.segment_seconds, opts.hop_seconds, opts.batch_size
     )
-    for r, f in zip(embedded, feats, strict=True):
-        r.features["wav2vec2"] = f
+    per_track: dict[int, list[np.ndarray]] = {}
+    for r, f in zip(view_owner, feats, strict=True):
+        per_track.setdefault(id(r), []).append(f)
+    for r in results:
+        if id(r) in per_track:
+            r.features["wav2vec2"] = np.concatenate(per_track[id(r)])
     return results
 
 
@@ -320,5 +363,5 @@ def ordered_map(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _decoder_crashed(path: str) -> tuple[None, str]:
-    return None, f"{path}: the decoder crashed on this file (its worker process died)"
+def _decoder_crashed(item: tuple[str, str, bool]) -> tuple[None, str]:
+    return None, f"{item[0]}: the decoder crashed on this file (its worker process died)"

@@ -13,6 +13,7 @@ COLUMNS = [
     "feature_set",
     "head",
     "layer",
+    "augmented",
     "track_accuracy",
     "track_macro_f1",
     "track_macro_auc",
@@ -46,6 +47,7 @@ def comparison_table(metrics: dict) -> pd.DataFrame:
                 "feature_set": r["feature_set"],
                 "head": r["head"],
                 "layer": r["layer"],
+                "augmented": "yes" if r.get("augmented", True) else "no",
                 "track_accuracy": r["test"]["track"]["accuracy"],
                 "track_macro_f1": r["test"]["track"]["macro_f1"],
                 "track_macro_auc": r["test"]["track"]["macro_auc"],
@@ -86,7 +88,7 @@ def markdown(table: pd.DataFrame, metrics: dict) -> str:
     lines = ["# Model comparison", ""]
     counts = metrics["counts"]
     lines.append(
-        f"Backbone `{metrics['backbone']}`, feature set `{metrics['feature_set']}`; tracks: "
+        f"Backbone `{metrics['backbone']}`, feature sets `{', '.join(metrics['feature_sets'])}`; tracks: "
         f"{counts['train']} train, {counts['valid']} valid, {counts['test']} test. Metrics are on the "
         f"test split at track level (mean of segment probabilities); layers and hyper-parameters "
         f"were selected on `{metrics['selected_on']}`. `*` marks the selected best model."
@@ -121,9 +123,18 @@ def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
     note = " (untrained backbone)" if metrics.get("untrained_backbone") else ""
     out = {}
 
+    best = next(r for r in results if r.get("best_overall"))
+    # The ablation curve: one line per head over the layers of the best model's feature set
+    # and augmentation setting (other feature sets have one layer and show in the bar chart).
+    curve = [
+        r
+        for r in results
+        if r["feature_set"] == best["feature_set"]
+        and r.get("augmented", True) == best.get("augmented", True)
+    ]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for head in dict.fromkeys(r["head"] for r in results):
-        rs = sorted((r for r in results if r["head"] == head), key=lambda r: r["layer"])
+    for head in dict.fromkeys(r["head"] for r in curve):
+        rs = sorted((r for r in curve if r["head"] == head), key=lambda r: r["layer"])
         ax.plot(
             [r["layer"] for r in rs],
             [r["test"]["track"]["accuracy"] for r in rs],
@@ -131,11 +142,11 @@ def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
             label=head,
         )
     ax.axhline(1 / len(labels), color="grey", linestyle=":", label="chance")
-    ax.set_xticks(sorted({r["layer"] for r in results}))
+    ax.set_xticks(sorted({r["layer"] for r in curve}))
     ax.set(
         xlabel="layer (0 = encoder input, then transformer layers)",
         ylabel="test track accuracy",
-        title=f"Accuracy by layer for each head{note}",
+        title=f"Accuracy by layer for each head: {best['feature_set']}{note}",
         ylim=(0, 1.02),
     )
     ax.legend(loc="best")
@@ -143,19 +154,22 @@ def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
     out["ablation"] = _save(fig, run_dir / "accuracy_by_layer.png")
 
     best_rows = [r for r in results if r.get("best_of_head")]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    names = [f"{r['head']}\n(layer {r['layer']})" for r in best_rows]
+    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(best_rows)), 4.5))
+    names = [f"{r['head']}\n{r['feature_set']} L{r['layer']}" for r in best_rows]
     acc = [r["test"]["track"]["accuracy"] for r in best_rows]
     f1 = [r["test"]["track"]["macro_f1"] for r in best_rows]
     x = np.arange(len(best_rows))
     ax.bar(x - 0.2, acc, 0.4, label="accuracy")
     ax.bar(x + 0.2, f1, 0.4, label="macro-F1")
     ax.set_xticks(x, names)
-    ax.set(ylabel="test (track level)", title=f"Best layer of each head{note}", ylim=(0, 1.05))
+    ax.set(
+        ylabel="test (track level)",
+        title=f"Best model of each head and feature set{note}",
+        ylim=(0, 1.05),
+    )
     ax.legend()
     out["heads"] = _save(fig, run_dir / "model_comparison.png")
 
-    best = next(r for r in results if r.get("best_overall"))
     detail = best["test_detail"]
     cm = np.array(detail["confusion"], dtype=float)
     cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)

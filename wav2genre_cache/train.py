@@ -157,80 +157,108 @@ def train_heads(
     out_dir: str | Path,
     heads: list[str] | tuple[str, ...] = HEADS,
     layers: str = "all",
-    feature_set: str = "wav2vec2",
+    feature_sets: str | list[str] | tuple[str, ...] = ("wav2vec2",),
     seed: int = 0,
-    augmented: bool = True,
+    augmented: bool | str = True,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Train every head on every chosen layer; write metrics.json and a bundle per head plus best/."""
+    """Train every head on every chosen layer of every feature set; write metrics.json and bundles.
+
+    augmented: True trains on every view of the training tracks, False on the original views
+    only, "both" does each (the augmentation ablation). Each head's best model per feature set
+    is written to bundles/<head>[-<feature set>]/, and the best of all to best/ (a wav2vec2
+    model when there is one, since predict and serve embed audio with the backbone).
+    """
     unknown = [h for h in heads if h not in HEADS]
     if unknown or not heads:
         raise TrainError(f"unknown head(s) {unknown}; available: {', '.join(HEADS)}")
-    data = load_training_data(cache_path, feature_set, augmented)
-    chosen = parse_layers(layers, data.n_layers)
-    probe_scores = None
-    if chosen == "all":
-        chosen = list(range(data.n_layers))
-    elif chosen == "best":
-        best_layer, probe_scores = probe_best_layer(data)
-        log(
-            f"layer probe (validation accuracy per layer): {', '.join(f'{s:.2f}' for s in probe_scores)} -> layer {best_layer}"
-        )
-        chosen = [best_layer]
-    select_on = "valid" if data.valid.any() else "test"
-    if select_on == "test":
-        log(
-            "warning: no validation tracks; hyper-parameters and layers are selected on test (optimistic)"
-        )
-
-    rows, best = [], {}
-    for layer in chosen:
-        X = data.layer(layer)
-        for name in heads:
-            row, model = _fit_and_select(name, X, data, seed, select_on)
-            row.update(head=name, layer=layer, feature_set=feature_set)
-            rows.append(row)
-            log(
-                f"{name:>6} layer {layer:>2}: test track accuracy {row['test']['track']['accuracy']:.3f}, "
-                f"macro-F1 {row['test']['track']['macro_f1']:.3f} (fit {row['fit_seconds']:.1f} s)"
-            )
-            key = (row["selection_score"], -layer)
-            if name not in best or key > best[name][0]:
-                best[name] = (key, row, model, X)
+    if isinstance(feature_sets, str):
+        feature_sets = [f.strip() for f in feature_sets.split(",") if f.strip()]
+    variants = [True, False] if augmented == "both" else [bool(augmented)]
+    rows, best, probes, first = [], {}, {}, None
+    for fs in feature_sets:
+        for aug in variants:
+            data = load_training_data(cache_path, fs, aug)
+            first = first or data
+            if aug and len(variants) == 2 and not (data.cache.segments.view.to_numpy() > 0).any():
+                log(f"{fs}: the cache has no augmented views; training once, on the original views")
+                continue
+            chosen = parse_layers(layers, data.n_layers)
+            if chosen == "all":
+                chosen = list(range(data.n_layers))
+            elif chosen == "best":
+                best_layer, probes[fs] = probe_best_layer(data)
+                log(
+                    f"{fs} layer probe (validation accuracy per layer): "
+                    f"{', '.join(f'{x:.2f}' for x in probes[fs])} -> layer {best_layer}"
+                )
+                chosen = [best_layer]
+            select_on = "valid" if data.valid.any() else "test"
+            if select_on == "test":
+                log(
+                    "warning: no validation tracks; hyper-parameters and layers are selected on test (optimistic)"
+                )
+            for layer in chosen:
+                X = data.layer(layer)
+                for name in heads:
+                    row, model = _fit_and_select(name, X, data, seed, select_on)
+                    row.update(
+                        head=name, layer=layer, feature_set=fs, augmented=aug, selected_on=select_on
+                    )
+                    rows.append(row)
+                    log(
+                        f"{name:>6} {fs} layer {layer:>2}{'' if aug else ' (original views only)'}: "
+                        f"test track accuracy {row['test']['track']['accuracy']:.3f}, "
+                        f"macro-F1 {row['test']['track']['macro_f1']:.3f} (fit {row['fit_seconds']:.1f} s)"
+                    )
+                    key = name if fs == "wav2vec2" else f"{name}-{fs}"
+                    score = (row["selection_score"], aug, -layer)
+                    if key not in best or score > best[key][0]:
+                        best[key] = (score, row, model, X, data)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, (_, row, model, X) in best.items():
+    for key, (_, row, model, X, data) in best.items():
         row["best_of_head"] = True
+        row["bundle"] = f"bundles/{key}"
         # The best model of each head keeps its ROC curves and track probabilities for the figures.
         row["test_detail"] = evaluate(
             model, X[data.test], data.y[data.test], data.track[data.test], data.labels, curves=True
         )["track"]
-        write_bundle(out_dir / "bundles" / name, model, row, data)
-    overall = max(best.values(), key=lambda b: (b[0], -HEADS.index(b[1]["head"])))[1]
+        write_bundle(out_dir / "bundles" / key, model, row, data)
+    candidates = [b for b in best.values() if b[1]["feature_set"] == "wav2vec2"] or list(
+        best.values()
+    )
+    overall = max(candidates, key=lambda b: (b[0], -HEADS.index(b[1]["head"])))[1]
     overall["best_overall"] = True
     if (out_dir / "best").exists():
         shutil.rmtree(out_dir / "best")
-    shutil.copytree(out_dir / "bundles" / overall["head"], out_dir / "best")
+    shutil.copytree(out_dir / overall["bundle"], out_dir / "best")
 
-    cache = data.cache
+    cache = first.cache
     metrics = {
         "package_version": __version__,
         "cache": str(Path(cache_path).resolve()),
         "backbone": cache.attrs.get("backbone"),
         "untrained_backbone": str(cache.attrs.get("backbone", "")).startswith("random-"),
-        "feature_set": feature_set,
-        "labels": data.labels,
-        "selected_on": select_on,
+        "feature_sets": list(feature_sets),
+        "labels": first.labels,
+        "selected_on": "valid" if first.valid.any() else "test",
         "augmented_views": augmented,
         "seed": seed,
-        "layers": chosen,
-        "probe_scores": probe_scores,
+        "layers": sorted({r["layer"] for r in rows}),
+        "probe_scores": probes,
         "counts": {
-            s: int(len(np.unique(data.track[getattr(data, s)]))) for s in ("train", "valid", "test")
+            s: int(len(np.unique(first.track[getattr(first, s)])))
+            for s in ("train", "valid", "test")
         },
         "results": rows,
-        "best": {"head": overall["head"], "layer": overall["layer"]},
+        "best": {
+            "head": overall["head"],
+            "layer": overall["layer"],
+            "feature_set": overall["feature_set"],
+            "bundle": overall["bundle"],
+        },
     }
     (out_dir / "metrics.json").write_text(json.dumps(_finite(metrics), indent=1))
     return metrics
@@ -348,3 +376,71 @@ def _finite(obj):
     if isinstance(obj, list | tuple):
         return [_finite(v) for v in obj]
     return obj
+
+
+def cross_validate(
+    cache_path: str | Path,
+    feature_set: str = "handcrafted",
+    heads: list[str] | tuple[str, ...] = ("svm", "rf", "xgb", "logreg"),
+    layer: int = 0,
+    folds: int = 5,
+    repeats: int = 3,
+    seed: int = 0,
+) -> dict:
+    """Repeated stratified k-fold by track over every embedded track, for sets too small to split.
+
+    Folds are by track (a track's segments never straddle train and test) and use original
+    views only; track predictions are the mean of segment probabilities. Returns per head the
+    mean and standard deviation of track accuracy and macro-F1 over the folds x repeats.
+    """
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    unknown = [h for h in heads if h not in HEADS]
+    if unknown:
+        raise TrainError(f"unknown head(s) {unknown}; available: {', '.join(HEADS)}")
+    cache = EmbeddingCache(cache_path)
+    tracks = cache.tracks
+    ok = np.flatnonzero(tracks.status.to_numpy() == "ok")
+    labels = sorted(set(tracks.label.to_numpy()[ok]))
+    y_track = np.array([labels.index(lab) for lab in tracks.label.to_numpy()[ok]])
+    if np.bincount(y_track).min() < folds:
+        raise TrainError(
+            f"{cache_path}: every label needs at least {folds} tracks for {folds}-fold cross-validation"
+        )
+    seg = cache.segments
+    original = seg.view.to_numpy() == 0
+    X = cache.features(feature_set, layer)[original]
+    seg_track = seg.track.to_numpy()[original]
+    y_seg = np.array(
+        [labels.index(lab) if lab in labels else -1 for lab in tracks.label.to_numpy()[seg_track]]
+    )
+    scores: dict[str, list[tuple[float, float]]] = {h: [] for h in heads}
+    splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
+    for train_idx, test_idx in splitter.split(ok, y_track):
+        train_rows = np.isin(seg_track, ok[train_idx])
+        test_rows = np.isin(seg_track, ok[test_idx])
+        for name in heads:
+            head = make_head(name, seed=seed).fit(X[train_rows], y_seg[train_rows])
+            m = evaluate(head, X[test_rows], y_seg[test_rows], seg_track[test_rows], labels)[
+                "track"
+            ]
+            scores[name].append((m["accuracy"], m["macro_f1"]))
+    result = {
+        "feature_set": feature_set,
+        "layer": layer,
+        "folds": folds,
+        "repeats": repeats,
+        "tracks": len(ok),
+        "labels": labels,
+        "chance": 1 / len(labels),
+        "heads": {
+            h: {
+                "accuracy_mean": float(np.mean([a for a, _ in s])),
+                "accuracy_std": float(np.std([a for a, _ in s])),
+                "macro_f1_mean": float(np.mean([f for _, f in s])),
+                "macro_f1_std": float(np.std([f for _, f in s])),
+            }
+            for h, s in scores.items()
+        },
+    }
+    return result
