@@ -40,7 +40,7 @@ def test_errors_are_one_clear_line_and_exit_2(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_with_handcrafted_features_and_augmentation(tmp_path, dev_clips):
+def test_run_with_every_feature_set_and_augmentation(tmp_path, dev_clips):
     rows = ["path,label"]
     for genre in sorted(dev_clips.iterdir()):
         rows += [f"{p},{genre.name}" for p in sorted(genre.glob("*.flac"))[:3]]

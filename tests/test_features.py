@@ -37,3 +37,14 @@ def test_prepare_track_augments_training_tracks_only(tmp_path):
     assert not np.array_equal(train.views[1], train.views[2])  # copies differ
     failed, reason = prepare_track((str(tmp_path / "missing.wav"), "m", True), plan)
     assert failed is None and "cannot read file" in reason
+
+
+def test_logmel_rows_have_the_whole_segment_shape():
+    from wav2genre_cache.features import N_MELS, logmel_features, logmel_frames
+
+    frames = logmel_frames(2.0)
+    full = logmel_features(tone(2.0), frames)
+    short = logmel_features(tone(1.2), frames)  # a short track: padded, same width
+    assert full.shape == short.shape == (N_MELS * frames,)
+    image = full.reshape(N_MELS, frames)
+    assert np.argmax(image.mean(axis=1)) < N_MELS // 3  # a 440 Hz tone lights the low bands

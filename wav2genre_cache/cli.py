@@ -258,7 +258,13 @@ LayersOpt = Annotated[
         "head on it (seconds); or numbers like 0,6,12.",
     ),
 ]
-HeadsOpt = Annotated[str, typer.Option(help="Comma-separated heads: fcnn, svm, rf, xgb, logreg.")]
+HeadsOpt = Annotated[
+    str,
+    typer.Option(
+        help="Comma-separated heads: fcnn, svm, rf, xgb, logreg on vectors; cnn, lstm, cnn-lstm on the "
+        "logmel feature set (all three by default when logmel is trained on)."
+    ),
+]
 
 
 def _train(

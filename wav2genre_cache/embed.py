@@ -32,7 +32,7 @@ from .cache import (
 from .datasets import EXCLUDED, Track, assign_splits, detect_layout, discover
 from .features import PreparePlan, prepare_track
 
-FEATURE_SETS = ("wav2vec2", "handcrafted")
+FEATURE_SETS = ("wav2vec2", "handcrafted", "logmel")
 
 
 @dataclass
@@ -158,6 +158,7 @@ def embed_dataset(
             opts.segment_seconds,
             opts.hop_seconds,
             handcrafted="handcrafted" in opts.features,
+            logmel="logmel" in opts.features,
             augment=tuple(opts.augment),
             copies=opts.augment_copies if opts.augment else 0,
             seed=opts.seed,
@@ -277,6 +278,8 @@ def _embed_block(
                 r.views += [v] * len(starts)
             if track.handcrafted is not None:
                 r.features["handcrafted"] = np.concatenate(track.handcrafted)
+            if track.logmel is not None:
+                r.features["logmel"] = np.concatenate(track.logmel)
             if backbone is not None:
                 for samples in track.views:
                     view_owner.append(r)

@@ -76,6 +76,31 @@ def handcrafted_features(segment: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarr
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)  # silence gives NaN chroma
 
 
+N_MELS = 128
+LOGMEL_HOP = 512
+
+
+def logmel_frames(segment_seconds: float) -> int:
+    """Frames of a whole segment's log-mel spectrogram (every stored row has this many)."""
+    return 1 + int(round(segment_seconds * SAMPLE_RATE)) // LOGMEL_HOP
+
+
+def logmel_features(segment: np.ndarray, frames: int, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """A segment's log-mel spectrogram (dB), N_MELS x frames flattened to one float32 row.
+
+    A segment shorter than a whole one (a short track) is padded with the lowest level.
+    """
+    import librosa
+
+    mel = librosa.feature.melspectrogram(
+        y=np.asarray(segment, np.float32), sr=sr, n_fft=1024, hop_length=LOGMEL_HOP, n_mels=N_MELS
+    )
+    db = librosa.power_to_db(mel, ref=1.0, top_db=80.0)[:, :frames]
+    if db.shape[1] < frames:
+        db = np.pad(db, ((0, 0), (0, frames - db.shape[1])), constant_values=float(db.min()))
+    return db.astype(np.float32).reshape(-1)
+
+
 @dataclass(frozen=True)
 class PreparePlan:
     """What the decode workers do to each track besides decoding (picklable)."""
@@ -83,6 +108,7 @@ class PreparePlan:
     segment_seconds: float
     hop_seconds: float | None
     handcrafted: bool = False
+    logmel: bool = False
     augment: tuple[str, ...] = ()
     copies: int = 0
     seed: int = 0
@@ -97,6 +123,7 @@ class PreparedTrack:
     duration: float
     content_hash: str
     handcrafted: list[np.ndarray] | None = None  # per view: [segments, 1, HANDCRAFTED_DIM]
+    logmel: list[np.ndarray] | None = None  # per view: [segments, 1, N_MELS * frames]
 
 
 def prepare_track(

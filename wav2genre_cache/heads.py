@@ -19,58 +19,22 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 HEADS = ("fcnn", "svm", "rf", "xgb", "logreg")
+# Heads over log-mel spectrograms (the `logmel` feature set) rather than embedding vectors.
+SPECTROGRAM_HEADS = ("cnn", "lstm", "cnn-lstm")
+ALL_HEADS = HEADS + SPECTROGRAM_HEADS
 
 
 class HeadError(Exception):
     """A head that cannot be built, saved or loaded; the message says why."""
 
 
-class FCNNClassifier(ClassifierMixin, BaseEstimator):
-    """The paper's fully connected network: dense layers with BatchNorm, ReLU and Dropout.
+class TorchClassifier(ClassifierMixin, BaseEstimator):
+    """The training loop the torch heads share: Adam, a plateau scheduler, early stopping on a
+    validation set, seeded for determinism. Subclasses define `_build` (and may override
+    `_fit_scaler`); hyper-parameters live in their __init__ as scikit-learn requires."""
 
-    Inputs are standardised inside the head. Adam with a plateau scheduler (halving the rate);
-    early stopping on the validation set passed to fit (or a stratified hold-out of the training
-    data). The paper starts Adam at 1e-4 with small batches; on a GTZAN-sized cache that took
-    about 130 epochs (11 s per layer here) for the validation accuracy that batches of 512 at
-    2e-3 reach in about 45 epochs (1.4 s), so those are the defaults (benchmarks/README.md).
-    """
-
-    def __init__(
-        self,
-        hidden_layers: tuple[int, ...] = (256, 128),
-        dropout: float = 0.3,
-        learning_rate: float = 2e-3,
-        weight_decay: float = 1e-4,
-        batch_size: int = 512,
-        max_epochs: int = 100,
-        patience: int = 6,
-        validation_fraction: float = 0.1,
-        device: str = "cpu",
-        random_state: int = 0,
-    ):
-        self.hidden_layers = hidden_layers
-        self.dropout = dropout
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.validation_fraction = validation_fraction
-        self.device = device
-        self.random_state = random_state
-
-    def _build(self, n_in: int, n_out: int) -> torch.nn.Sequential:
-        layers: list[torch.nn.Module] = []
-        for width in self.hidden_layers:
-            layers += [
-                torch.nn.Linear(n_in, width),
-                torch.nn.BatchNorm1d(width),
-                torch.nn.ReLU(),
-                torch.nn.Dropout(self.dropout),
-            ]
-            n_in = width
-        layers.append(torch.nn.Linear(n_in, n_out))
-        return torch.nn.Sequential(*layers)
+    def _build(self, n_in: int, n_out: int) -> torch.nn.Module:
+        raise NotImplementedError
 
     def fit(self, X, y, X_val=None, y_val=None):
         """Train with early stopping on (X_val, y_val), or on a hold-out of (X, y)."""
@@ -84,8 +48,7 @@ class FCNNClassifier(ClassifierMixin, BaseEstimator):
             y_val_idx = np.searchsorted(self.classes_, np.asarray(y_val))
             known = np.isin(np.asarray(y_val), self.classes_)
             X_val, y_val_idx = X_val[known], y_val_idx[known]
-        self.mean_ = X.mean(axis=0)
-        self.scale_ = X.std(axis=0) + 1e-6
+        self._fit_scaler(X)
         auto = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(auto if self.device == "auto" else self.device)
         # Training draws dropout masks from the global RNG: fork and seed it for determinism.
@@ -146,6 +109,10 @@ class FCNNClassifier(ClassifierMixin, BaseEstimator):
             X, y_idx, test_size=n_val, stratify=y_idx, random_state=self.random_state
         )
 
+    def _fit_scaler(self, X: np.ndarray) -> None:
+        self.mean_ = X.mean(axis=0)
+        self.scale_ = X.std(axis=0) + 1e-6
+
     def _scale(self, X) -> np.ndarray:
         return ((np.asarray(X, dtype=np.float32) - self.mean_) / self.scale_).astype(np.float32)
 
@@ -164,6 +131,151 @@ class FCNNClassifier(ClassifierMixin, BaseEstimator):
         """The most probable class of each row."""
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
+
+
+class FCNNClassifier(TorchClassifier):
+    """The paper's fully connected network: dense layers with BatchNorm, ReLU and Dropout.
+
+    Inputs are standardised inside the head. Adam with a plateau scheduler (halving the rate);
+    early stopping on the validation set passed to fit (or a stratified hold-out of the training
+    data). The paper starts Adam at 1e-4 with small batches; on a GTZAN-sized cache that took
+    about 130 epochs (11 s per layer here) for the validation accuracy that batches of 512 at
+    2e-3 reach in about 45 epochs (1.4 s), so those are the defaults (benchmarks/README.md).
+    """
+
+    def __init__(
+        self,
+        hidden_layers: tuple[int, ...] = (256, 128),
+        dropout: float = 0.3,
+        learning_rate: float = 2e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 512,
+        max_epochs: int = 100,
+        patience: int = 6,
+        validation_fraction: float = 0.1,
+        device: str = "cpu",
+        random_state: int = 0,
+    ):
+        self.hidden_layers = hidden_layers
+        self.dropout = dropout
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.device = device
+        self.random_state = random_state
+
+    def _build(self, n_in: int, n_out: int) -> torch.nn.Sequential:
+        layers: list[torch.nn.Module] = []
+        for width in self.hidden_layers:
+            layers += [
+                torch.nn.Linear(n_in, width),
+                torch.nn.BatchNorm1d(width),
+                torch.nn.ReLU(),
+                torch.nn.Dropout(self.dropout),
+            ]
+            n_in = width
+        layers.append(torch.nn.Linear(n_in, n_out))
+        return torch.nn.Sequential(*layers)
+
+
+class SpectrogramClassifier(TorchClassifier):
+    """CNN, LSTM or CNN-LSTM over a log-mel spectrogram (the paper's spectrogram baselines).
+
+    X rows are flattened [n_mels x frames] log-mel images (the `logmel` feature set); each mel
+    band is standardised with its training mean and deviation.
+    """
+
+    def __init__(
+        self,
+        kind: str = "cnn",
+        n_mels: int = 128,
+        channels: int = 32,
+        hidden: int = 64,
+        dropout: float = 0.3,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 32,
+        max_epochs: int = 40,
+        patience: int = 5,
+        validation_fraction: float = 0.1,
+        device: str = "cpu",
+        random_state: int = 0,
+    ):
+        self.kind = kind
+        self.n_mels = n_mels
+        self.channels = channels
+        self.hidden = hidden
+        self.dropout = dropout
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.device = device
+        self.random_state = random_state
+
+    def _fit_scaler(self, X: np.ndarray) -> None:
+        if X.shape[1] % self.n_mels:
+            raise ValueError(f"{X.shape[1]} features are not n_mels={self.n_mels} bands x frames")
+        bands = X.reshape(len(X), self.n_mels, -1)
+        frames = bands.shape[2]
+        self.mean_ = np.repeat(bands.mean(axis=(0, 2)), frames).astype(np.float32)
+        self.scale_ = np.repeat(bands.std(axis=(0, 2)) + 1e-6, frames).astype(np.float32)
+
+    def _build(self, n_in: int, n_out: int) -> torch.nn.Module:
+        if self.kind not in SPECTROGRAM_HEADS:
+            raise ValueError(f"unknown kind {self.kind!r}; use {', '.join(SPECTROGRAM_HEADS)}")
+        return _SpectrogramNet(
+            self.kind, self.n_mels, self.channels, self.hidden, self.dropout, n_out
+        )
+
+
+class _SpectrogramNet(torch.nn.Module):
+    def __init__(
+        self, kind: str, n_mels: int, channels: int, hidden: int, dropout: float, n_out: int
+    ):
+        super().__init__()
+        self.kind, self.n_mels = kind, n_mels
+
+        def block(c_in: int, c_out: int) -> torch.nn.Sequential:
+            return torch.nn.Sequential(
+                torch.nn.Conv2d(c_in, c_out, 3, padding=1),
+                torch.nn.BatchNorm2d(c_out),
+                torch.nn.ReLU(),
+                torch.nn.MaxPool2d(2),
+            )
+
+        c = channels
+        if kind == "cnn":
+            self.conv = torch.nn.Sequential(
+                block(1, c // 2), block(c // 2, c), block(c, 2 * c), block(2 * c, 2 * c)
+            )
+            width = 2 * c
+        elif kind == "cnn-lstm":
+            self.conv = torch.nn.Sequential(block(1, c // 2), block(c // 2, c))
+            self.lstm = torch.nn.LSTM(
+                c * (n_mels // 4), hidden, batch_first=True, bidirectional=True
+            )
+            width = 2 * hidden
+        else:  # lstm over the frames
+            self.lstm = torch.nn.LSTM(n_mels, hidden, batch_first=True, bidirectional=True)
+            width = 2 * hidden
+        self.out = torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(width, n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(len(x), 1, self.n_mels, -1)  # [batch, 1, mels, frames]
+        if self.kind == "cnn":
+            return self.out(self.conv(x).mean(dim=(2, 3)))
+        if self.kind == "cnn-lstm":
+            x = self.conv(x)  # [batch, channels, mels / 4, frames / 4]
+            x = x.flatten(1, 2).transpose(1, 2)  # a sequence over frames
+        else:
+            x = x[:, 0].transpose(1, 2)  # [batch, frames, mels]
+        return self.out(self.lstm(x)[0].mean(dim=1))
 
 
 class SVMHead(ClassifierMixin, BaseEstimator):
@@ -301,9 +413,11 @@ class XGBHead(ClassifierMixin, BaseEstimator):
 
 
 def make_head(name: str, seed: int = 0, **params) -> BaseEstimator:
-    """A fresh, unfitted head by name (fcnn, svm, rf, xgb, logreg)."""
+    """A fresh, unfitted head by name (fcnn, svm, rf, xgb, logreg, cnn, lstm, cnn-lstm)."""
     if name == "fcnn":
         return FCNNClassifier(random_state=seed, **params)
+    if name in SPECTROGRAM_HEADS:
+        return SpectrogramClassifier(kind=name, random_state=seed, **params)
     if name == "svm":
         return SVMHead(random_state=seed, **params)
     if name == "rf":
@@ -318,18 +432,21 @@ def make_head(name: str, seed: int = 0, **params) -> BaseEstimator:
             StandardScaler(),
             LogisticRegression(max_iter=300, **_prefixed(params, "logisticregression")),
         )
-    raise HeadError(f"unknown head {name!r}; available: {', '.join(HEADS)}")
+    raise HeadError(f"unknown head {name!r}; available: {', '.join(ALL_HEADS)}")
 
 
 # A few hyper-parameter values per head, chosen on the validation split.
 # Small on purpose: every head on every layer of a GTZAN-sized cache fits in about a minute on
 # two cores (benchmarks/train_heads.py).
 PARAM_GRIDS: dict[str, list[dict]] = {
-    "fcnn": [{"learning_rate": 1e-3}],
+    "fcnn": [{}],  # its early stopping and scheduler already adapt it to the data
     "svm": [{"C": 10.0}],
     "rf": [{"min_samples_leaf": 1}],
     "xgb": [{"max_depth": 3}],
     "logreg": [{"C": 0.1}, {"C": 1.0}],
+    "cnn": [{}],
+    "lstm": [{}],
+    "cnn-lstm": [{}],
 }
 
 
@@ -343,7 +460,7 @@ def _prefixed(params: dict, step: str) -> dict:
 def save_head(head: BaseEstimator, name: str, directory: Path) -> str:
     """Write a fitted head in a safe format; return the file name."""
     directory.mkdir(parents=True, exist_ok=True)
-    if name == "fcnn":
+    if isinstance(head, TorchClassifier):
         from safetensors.torch import save_file
 
         tensors = {f"net.{k}": v.contiguous() for k, v in head.net_.state_dict().items()}
@@ -377,15 +494,18 @@ def save_head(head: BaseEstimator, name: str, directory: Path) -> str:
 def load_head(name: str, path: Path) -> BaseEstimator:
     """Load a head saved by save_head; foreign content raises HeadError, nothing is unpickled."""
     try:
-        if name == "fcnn":
+        if name == "fcnn" or name in SPECTROGRAM_HEADS:
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata()
                 tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
             params = json.loads(meta["params"])
-            params["hidden_layers"] = tuple(params["hidden_layers"])
-            head = FCNNClassifier(**params)
+            if name == "fcnn":
+                params["hidden_layers"] = tuple(params["hidden_layers"])
+                head = FCNNClassifier(**params)
+            else:
+                head = SpectrogramClassifier(**params)
             head.classes_ = np.array(json.loads(meta["classes"]))
             head.n_features_in_ = int(meta["n_features_in"])
             head.mean_, head.scale_ = tensors.pop("mean").numpy(), tensors.pop("scale").numpy()
@@ -416,7 +536,7 @@ def load_head(name: str, path: Path) -> BaseEstimator:
         raise
     except Exception as exc:
         raise HeadError(f"{path}: not a valid {name} head ({type(exc).__name__}: {exc})") from None
-    raise HeadError(f"unknown head {name!r}; available: {', '.join(HEADS)}")
+    raise HeadError(f"unknown head {name!r}; available: {', '.join(ALL_HEADS)}")
 
 
 # Types skops does not trust by default but that are plain data: our SVM head and sklearn's trees.

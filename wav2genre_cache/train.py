@@ -15,7 +15,16 @@ import numpy as np
 
 from . import __version__
 from .cache import EmbeddingCache
-from .heads import HEADS, PARAM_GRIDS, HeadError, load_head, make_head, save_head
+from .heads import (
+    ALL_HEADS,
+    HEADS,
+    PARAM_GRIDS,
+    SPECTROGRAM_HEADS,
+    HeadError,
+    load_head,
+    make_head,
+    save_head,
+)
 from .metrics import aggregate_tracks, classification_metrics
 
 BUNDLE_FORMAT = "wav2genre-bundle"
@@ -169,9 +178,9 @@ def train_heads(
     is written to bundles/<head>[-<feature set>]/, and the best of all to best/ (a wav2vec2
     model when there is one, since predict and serve embed audio with the backbone).
     """
-    unknown = [h for h in heads if h not in HEADS]
+    unknown = [h for h in heads if h not in ALL_HEADS]
     if unknown or not heads:
-        raise TrainError(f"unknown head(s) {unknown}; available: {', '.join(HEADS)}")
+        raise TrainError(f"unknown head(s) {unknown}; available: {', '.join(ALL_HEADS)}")
     if isinstance(feature_sets, str):
         feature_sets = [f.strip() for f in feature_sets.split(",") if f.strip()]
     variants = [True, False] if augmented == "both" else [bool(augmented)]
@@ -200,7 +209,7 @@ def train_heads(
                 )
             for layer in chosen:
                 X = data.layer(layer)
-                for name in heads:
+                for name in heads_for(fs, heads):
                     row, model = _fit_and_select(name, X, data, seed, select_on)
                     row.update(
                         head=name, layer=layer, feature_set=fs, augmented=aug, selected_on=select_on
@@ -264,6 +273,13 @@ def train_heads(
     return metrics
 
 
+def heads_for(feature_set: str, heads) -> list[str]:
+    """Spectrogram heads train on log-mel images only, the other heads on vectors only."""
+    if feature_set == "logmel":
+        return [h for h in heads if h in SPECTROGRAM_HEADS] or list(SPECTROGRAM_HEADS)
+    return [h for h in heads if h not in SPECTROGRAM_HEADS]
+
+
 def _fit_and_select(name: str, X: np.ndarray, data: TrainingData, seed: int, select_on: str):
     """Fit each grid point on train, keep the one with the best validation track accuracy."""
     sel = getattr(data, select_on)
@@ -271,7 +287,7 @@ def _fit_and_select(name: str, X: np.ndarray, data: TrainingData, seed: int, sel
     for params in PARAM_GRIDS[name]:
         head = make_head(name, seed=seed, **params)
         start = time.perf_counter()
-        if name == "fcnn" and data.valid.any():
+        if (name == "fcnn" or name in SPECTROGRAM_HEADS) and data.valid.any():
             head.fit(
                 X[data.train], data.y[data.train], X_val=X[data.valid], y_val=data.y[data.valid]
             )
@@ -395,9 +411,9 @@ def cross_validate(
     """
     from sklearn.model_selection import RepeatedStratifiedKFold
 
-    unknown = [h for h in heads if h not in HEADS]
+    unknown = [h for h in heads if h not in ALL_HEADS]
     if unknown:
-        raise TrainError(f"unknown head(s) {unknown}; available: {', '.join(HEADS)}")
+        raise TrainError(f"unknown head(s) {unknown}; available: {', '.join(ALL_HEADS)}")
     cache = EmbeddingCache(cache_path)
     tracks = cache.tracks
     ok = np.flatnonzero(tracks.status.to_numpy() == "ok")
