@@ -54,11 +54,11 @@ def test_run_with_every_feature_set_and_augmentation(tmp_path, dev_clips):
         "--model",
         "random-tiny",
         "--features",
-        "wav2vec2,handcrafted",
+        "wav2vec2,handcrafted,logmel",
         "--augment",
         "pitch,stretch,noise",
         "--heads",
-        "logreg,svm",
+        "logreg,svm,cnn,lstm,cnn-lstm",
         "--segment-seconds",
         "10",
     )
@@ -72,12 +72,14 @@ def test_run_with_every_feature_set_and_augmentation(tmp_path, dev_clips):
     assert augmented.any() and set(split[augmented]) == {"train"}  # never valid or test
     metrics = json.loads((run / "metrics.json").read_text())
     combos = {(r["feature_set"], r["augmented"]) for r in metrics["results"]}
-    assert combos == {
-        ("wav2vec2", True),
-        ("wav2vec2", False),
-        ("handcrafted", True),
-        ("handcrafted", False),
+    assert combos == {(f, a) for f in ("wav2vec2", "handcrafted", "logmel") for a in (True, False)}
+    spectro = {r["head"] for r in metrics["results"] if r["feature_set"] == "logmel"}
+    assert spectro == {"cnn", "lstm", "cnn-lstm"}
+    assert {r["head"] for r in metrics["results"] if r["feature_set"] != "logmel"} == {
+        "logreg",
+        "svm",
     }
+    assert (run / "bundles" / "cnn-lstm-logmel" / "head.safetensors").is_file()
     table = (run / "comparison.md").read_text()
     assert "handcrafted" in table and "| no |" in table
     assert (run / "bundles" / "svm-handcrafted" / "bundle.json").is_file()

@@ -146,14 +146,21 @@ def prepare_track(
                 )[0]
                 for k in range(1, plan.copies + 1)
             ]
-        hand = None
-        if plan.handcrafted:
-            hand = []
-            for y in views:
-                starts, length = segment_track(y, plan.segment_seconds, plan.hop_seconds)
+        hand = [] if plan.handcrafted else None
+        mel = [] if plan.logmel else None
+        frames = logmel_frames(plan.segment_seconds)
+        for y in views:
+            starts, length = segment_track(y, plan.segment_seconds, plan.hop_seconds)
+            if hand is not None:
                 hand.append(
                     np.stack([handcrafted_features(y[s : s + length]) for s in starts])[:, None, :]
                 )
-        return PreparedTrack(views, decoded.duration, decoded.content_hash, hand), ""
+            if mel is not None:
+                mel.append(
+                    np.stack([logmel_features(y[s : s + length], frames) for s in starts])[
+                        :, None, :
+                    ]
+                )
+        return PreparedTrack(views, decoded.duration, decoded.content_hash, hand, mel), ""
     except Exception as exc:  # a feature or augmentation failure is this file's, not the run's
         return None, f"{path}: could not prepare the audio ({type(exc).__name__}: {exc})"

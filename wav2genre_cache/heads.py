@@ -198,8 +198,8 @@ class SpectrogramClassifier(TorchClassifier):
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-4,
         batch_size: int = 32,
-        max_epochs: int = 40,
-        patience: int = 5,
+        max_epochs: int = 30,
+        patience: int = 4,
         validation_fraction: float = 0.1,
         device: str = "cpu",
         random_state: int = 0,
@@ -250,15 +250,21 @@ class _SpectrogramNet(torch.nn.Module):
             )
 
         c = channels
+        # A stride-2 stem first: the full-resolution image costs 4x more in every later block.
+        stem = torch.nn.Sequential(
+            torch.nn.Conv2d(1, c // 2, 3, stride=2, padding=1),
+            torch.nn.BatchNorm2d(c // 2),
+            torch.nn.ReLU(),
+        )
         if kind == "cnn":
             self.conv = torch.nn.Sequential(
-                block(1, c // 2), block(c // 2, c), block(c, 2 * c), block(2 * c, 2 * c)
+                stem, block(c // 2, c), block(c, 2 * c), block(2 * c, 2 * c)
             )
             width = 2 * c
         elif kind == "cnn-lstm":
-            self.conv = torch.nn.Sequential(block(1, c // 2), block(c // 2, c))
+            self.conv = torch.nn.Sequential(stem, block(c // 2, c), block(c, c))  # 8x smaller
             self.lstm = torch.nn.LSTM(
-                c * (n_mels // 4), hidden, batch_first=True, bidirectional=True
+                c * (n_mels // 8), hidden, batch_first=True, bidirectional=True
             )
             width = 2 * hidden
         else:  # lstm over the frames
@@ -271,7 +277,7 @@ class _SpectrogramNet(torch.nn.Module):
         if self.kind == "cnn":
             return self.out(self.conv(x).mean(dim=(2, 3)))
         if self.kind == "cnn-lstm":
-            x = self.conv(x)  # [batch, channels, mels / 4, frames / 4]
+            x = self.conv(x)  # [batch, channels, mels / 8, frames / 8]
             x = x.flatten(1, 2).transpose(1, 2)  # a sequence over frames
         else:
             x = x[:, 0].transpose(1, 2)  # [batch, frames, mels]
