@@ -128,3 +128,51 @@ def test_caches_that_cannot_be_trained_on(tmp_path):
     )
     with pytest.raises(TrainError, match=r"label\(s\) \['c'\] have fewer than two tracks"):
         train_heads(lonely, tmp_path / "r")
+
+
+def test_fcnn_search_is_bounded_seeded_and_reported(separable_cache, tmp_path):
+    from wav2genre_cache.report import write_report
+    from wav2genre_cache.train import fcnn_trials
+
+    assert fcnn_trials(5, seed=1) == fcnn_trials(5, seed=1) and len(fcnn_trials(5, 1)) == 5
+    m = train_heads(
+        separable_cache, tmp_path / "run", heads=["fcnn"], layers="2", trials=4, log=lambda _: None
+    )
+    row = m["results"][0]
+    assert len(row["trials"]) == 4 and m["fcnn_search"]["trials"] == 4
+    best = max(row["trials"], key=lambda t: (t["valid_accuracy"], t["valid_macro_f1"]))
+    assert row["params"] == best["params"]
+    write_report(tmp_path / "run")
+    text = (tmp_path / "run" / "comparison.md").read_text()
+    assert "FCNN hyper-parameter search (4 trials" in text and "Search space: depth" in text
+    meta, model = load_bundle(tmp_path / "run" / "bundles" / "fcnn")
+    assert meta["params"] == row["params"]
+
+
+def test_learned_layer_weights_sum_to_one_and_find_the_informative_layer(tmp_path):
+    from wav2genre_cache.report import write_report
+
+    cache = write_synthetic_cache(
+        tmp_path / "c.h5",
+        n_tracks=200,
+        segments_per_track=2,
+        n_layers=5,
+        dim=16,
+        n_labels=4,
+        informative_layers=(3,),
+        signal=1.5,
+        seed=2,
+    )
+    m = train_heads(
+        cache, tmp_path / "run", heads=["logreg", "fcnn-weighted"], layers="all", log=lambda _: None
+    )
+    row = next(r for r in m["results"] if r["head"] == "fcnn-weighted")
+    weights = np.array(row["layer_weights"])
+    assert row["layer"] == -1 and weights.sum() == pytest.approx(1, abs=1e-4)
+    assert np.argmax(weights) == 3 and weights[3] > 0.4
+    assert row["test"]["track"]["accuracy"] >= 0.9
+    written = write_report(tmp_path / "run")
+    assert written["layer_weights"].is_file()
+    assert "| weighted |" in (tmp_path / "run" / "comparison.md").read_text()
+    meta, model = load_bundle(tmp_path / "run" / "bundles" / "fcnn-weighted")
+    assert meta["layer"] == -1 and np.allclose(model.layer_weights_, weights, atol=1e-4)

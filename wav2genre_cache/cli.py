@@ -275,6 +275,7 @@ def _train(
     feature_set: str,
     seed: int,
     augmented: bool | str,
+    trials: int = 0,
 ) -> dict:
     from .train import train_heads
 
@@ -286,6 +287,7 @@ def _train(
         feature_sets=feature_set,
         seed=seed,
         augmented=augmented,
+        trials=trials,
         log=lambda m: err.print(m, highlight=False),
     )
 
@@ -322,10 +324,16 @@ def train_heads_cmd(
             help="Train on the augmented views of training tracks too (--no-augmented: original views only).",
         ),
     ] = True,
+    trials: Annotated[
+        int,
+        typer.Option(
+            help="Random-search trials for the FCNN's hyper-parameters on validation (0: defaults)."
+        ),
+    ] = 0,
 ) -> None:
     """Stage two: train and compare heads on cached features (no audio, no GPU)."""
     try:
-        _train(cache, run_dir, heads, layers, feature_set, seed, augmented)
+        _train(cache, run_dir, heads, layers, feature_set, seed, augmented, trials)
         err.print(
             f"Wrote {run_dir / 'metrics.json'} and bundles under {run_dir}; next: wav2genre compare {run_dir}",
             highlight=False,
@@ -433,6 +441,12 @@ def run(
     ] = None,
     heads: HeadsOpt = "fcnn,svm,rf,xgb,logreg",
     layers: LayersOpt = "all",
+    trials: Annotated[
+        int,
+        typer.Option(
+            help="Random-search trials for the FCNN's hyper-parameters on validation (0: defaults)."
+        ),
+    ] = 0,
     strict: Annotated[bool, typer.Option(help="Exit non-zero if any track fails.")] = False,
 ) -> None:
     """embed + train-heads + compare in one go."""
@@ -468,6 +482,7 @@ def run(
             ",".join(opts.features),
             seed,
             "both" if opts.augment else True,
+            trials,
         )
         _compare(run_dir)
     except _user_errors() as exc:

@@ -21,7 +21,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 HEADS = ("fcnn", "svm", "rf", "xgb", "logreg")
 # Heads over log-mel spectrograms (the `logmel` feature set) rather than embedding vectors.
 SPECTROGRAM_HEADS = ("cnn", "lstm", "cnn-lstm")
-ALL_HEADS = HEADS + SPECTROGRAM_HEADS
+# Heads that read every layer at once (a row is all layers of a segment, flattened).
+ALL_LAYER_HEADS = ("fcnn-weighted",)
+ALL_HEADS = HEADS + SPECTROGRAM_HEADS + ALL_LAYER_HEADS
 
 
 class HeadError(Exception):
@@ -35,6 +37,9 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
 
     def _build(self, n_in: int, n_out: int) -> torch.nn.Module:
         raise NotImplementedError
+
+    def _param_groups(self, net: torch.nn.Module) -> list[dict]:
+        return [{"params": list(net.parameters())}]
 
     def fit(self, X, y, X_val=None, y_val=None):
         """Train with early stopping on (X_val, y_val), or on a hold-out of (X, y)."""
@@ -68,7 +73,7 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
         xv = torch.from_numpy(self._scale(X_val)).to(device)
         yv = torch.from_numpy(y_val_idx.astype(np.int64)).to(device)
         opt = torch.optim.Adam(
-            net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+            self._param_groups(net), lr=self.learning_rate, weight_decay=self.weight_decay
         )
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, factor=0.5, patience=max(1, self.patience // 3)
@@ -181,6 +186,77 @@ class FCNNClassifier(TorchClassifier):
         return torch.nn.Sequential(*layers)
 
 
+class LayerWeightedClassifier(TorchClassifier):
+    """The FCNN over a learned softmax-weighted sum of all layers, as the SUPERB benchmark does.
+
+    X rows are a segment's layers flattened ([n_layers x dim]); each feature is standardised.
+    After fitting, `layer_weights_` holds the learned weights (they sum to one).
+    """
+
+    def __init__(
+        self,
+        n_layers: int = 13,
+        weights_learning_rate: float = 5e-2,
+        hidden_layers: tuple[int, ...] = (256, 128),
+        dropout: float = 0.3,
+        learning_rate: float = 2e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 512,
+        max_epochs: int = 100,
+        patience: int = 6,
+        validation_fraction: float = 0.1,
+        device: str = "cpu",
+        random_state: int = 0,
+    ):
+        self.n_layers = n_layers
+        self.weights_learning_rate = weights_learning_rate
+        self.hidden_layers = hidden_layers
+        self.dropout = dropout
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.device = device
+        self.random_state = random_state
+
+    def _build(self, n_in: int, n_out: int) -> torch.nn.Module:
+        if n_in % self.n_layers:
+            raise ValueError(
+                f"{n_in} features are not n_layers={self.n_layers} layers of equal width"
+            )
+        mlp = FCNNClassifier(self.hidden_layers, self.dropout)._build(n_in // self.n_layers, n_out)
+        return _LayerWeightedNet(self.n_layers, mlp)
+
+    def _param_groups(self, net: torch.nn.Module) -> list[dict]:
+        # The layer weights learn faster than the MLP and without decay; otherwise the MLP
+        # fits first and early stopping ends training with the weights still near uniform.
+        rest = [p for n, p in net.named_parameters() if n != "logits"]
+        return [
+            {"params": rest},
+            {"params": [net.logits], "lr": self.weights_learning_rate, "weight_decay": 0.0},
+        ]
+
+    @property
+    def layer_weights_(self) -> np.ndarray:
+        """The learned weight of each layer (softmax: positive, summing to one)."""
+        check_is_fitted(self, "net_")
+        return torch.softmax(self.net_.logits.detach(), dim=0).numpy()
+
+
+class _LayerWeightedNet(torch.nn.Module):
+    def __init__(self, n_layers: int, mlp: torch.nn.Module):
+        super().__init__()
+        self.n_layers = n_layers
+        self.logits = torch.nn.Parameter(torch.zeros(n_layers))  # uniform weights at the start
+        self.mlp = mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = x.view(len(x), self.n_layers, -1)
+        return self.mlp((torch.softmax(self.logits, dim=0)[None, :, None] * layers).sum(dim=1))
+
+
 class SpectrogramClassifier(TorchClassifier):
     """CNN, LSTM or CNN-LSTM over a log-mel spectrogram (the paper's spectrogram baselines).
 
@@ -280,7 +356,8 @@ class _SpectrogramNet(torch.nn.Module):
             x = self.conv(x)  # [batch, channels, mels / 8, frames / 8]
             x = x.flatten(1, 2).transpose(1, 2)  # a sequence over frames
         else:
-            x = x[:, 0].transpose(1, 2)  # [batch, frames, mels]
+            # Frames averaged in fours (128 ms steps): an LSTM's steps run one after another.
+            x = torch.nn.functional.avg_pool1d(x[:, 0], 4, ceil_mode=True).transpose(1, 2)
         return self.out(self.lstm(x)[0].mean(dim=1))
 
 
@@ -421,9 +498,13 @@ class XGBHead(ClassifierMixin, BaseEstimator):
 def make_head(name: str, seed: int = 0, **params) -> BaseEstimator:
     """A fresh, unfitted head by name (fcnn, svm, rf, xgb, logreg, cnn, lstm, cnn-lstm)."""
     if name == "fcnn":
+        if "hidden_layers" in params:
+            params = {**params, "hidden_layers": tuple(params["hidden_layers"])}
         return FCNNClassifier(random_state=seed, **params)
     if name in SPECTROGRAM_HEADS:
         return SpectrogramClassifier(kind=name, random_state=seed, **params)
+    if name == "fcnn-weighted":
+        return LayerWeightedClassifier(random_state=seed, **params)
     if name == "svm":
         return SVMHead(random_state=seed, **params)
     if name == "rf":
@@ -453,6 +534,7 @@ PARAM_GRIDS: dict[str, list[dict]] = {
     "cnn": [{}],
     "lstm": [{}],
     "cnn-lstm": [{}],
+    "fcnn-weighted": [{}],
 }
 
 
@@ -500,7 +582,7 @@ def save_head(head: BaseEstimator, name: str, directory: Path) -> str:
 def load_head(name: str, path: Path) -> BaseEstimator:
     """Load a head saved by save_head; foreign content raises HeadError, nothing is unpickled."""
     try:
-        if name == "fcnn" or name in SPECTROGRAM_HEADS:
+        if name in ("fcnn", "fcnn-weighted") or name in SPECTROGRAM_HEADS:
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
@@ -510,6 +592,9 @@ def load_head(name: str, path: Path) -> BaseEstimator:
             if name == "fcnn":
                 params["hidden_layers"] = tuple(params["hidden_layers"])
                 head = FCNNClassifier(**params)
+            elif name == "fcnn-weighted":
+                params["hidden_layers"] = tuple(params["hidden_layers"])
+                head = LayerWeightedClassifier(**params)
             else:
                 head = SpectrogramClassifier(**params)
             head.classes_ = np.array(json.loads(meta["classes"]))

@@ -73,7 +73,8 @@ class Predictor:
         feats = embed_tracks(self.backbone, waveforms, seg, hop, self.batch_size)
         results = []
         for samples, f in zip(waveforms, feats, strict=True):
-            proba = self._proba(f[:, self.meta["layer"], :])
+            layer = self.meta["layer"]  # -1: a head that weighs every layer
+            proba = self._proba(f.reshape(len(f), -1) if layer == -1 else f[:, layer, :])
             starts, length = segment_track(samples, seg, hop)
             results.append(self._result(samples, starts, length, proba, top_k))
         return results

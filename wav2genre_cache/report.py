@@ -46,7 +46,7 @@ def comparison_table(metrics: dict) -> pd.DataFrame:
                 "best": "*" if r.get("best_overall") else "",
                 "feature_set": r["feature_set"],
                 "head": r["head"],
-                "layer": r["layer"],
+                "layer": "weighted" if r["layer"] == -1 else r["layer"],
                 "augmented": "yes" if r.get("augmented", True) else "no",
                 "track_accuracy": r["test"]["track"]["accuracy"],
                 "track_macro_f1": r["test"]["track"]["macro_f1"],
@@ -102,7 +102,37 @@ def markdown(table: pd.DataFrame, metrics: dict) -> str:
     lines += ["", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     for row in table.itertuples(index=False):
         lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    lines += _search_section(metrics)
     return "\n".join(lines) + "\n"
+
+
+def _search_section(metrics: dict) -> list[str]:
+    """The FCNN hyper-parameter search of the best FCNN row: space, trials, chosen values."""
+    search = metrics.get("fcnn_search")
+    rows = [
+        r
+        for r in metrics["results"]
+        if r["head"] == "fcnn" and r.get("best_of_head") and r.get("trials")
+    ]
+    if not search or not rows:
+        return []
+    r = rows[0]
+    lines = [
+        "",
+        f"## FCNN hyper-parameter search ({search['trials']} trials, {r['feature_set']} layer {r['layer']})",
+        "",
+        "Search space: " + "; ".join(f"{k} {v}" for k, v in search["space"].items()) + ".",
+        f"Chosen on validation: `{json.dumps(r['params'])}` (empty: the defaults).",
+        "",
+        "| trial | parameters | valid accuracy | valid macro-F1 | fit seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for i, t in enumerate(r["trials"]):
+        lines.append(
+            f"| {i} | `{json.dumps(t['params'])}` | {t['valid_accuracy']:.3f} | "
+            f"{t['valid_macro_f1']:.3f} | {t['fit_seconds']:.1f} |"
+        )
+    return lines
 
 
 def _cell(v) -> str:
@@ -131,6 +161,7 @@ def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
         for r in results
         if r["feature_set"] == best["feature_set"]
         and r.get("augmented", True) == best.get("augmented", True)
+        and r["layer"] >= 0
     ]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for head in dict.fromkeys(r["head"] for r in curve):
@@ -213,6 +244,25 @@ def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
     )
     ax.legend(fontsize=8, loc="lower right")
     out["roc"] = _save(fig, run_dir / "roc_curves.png")
+
+    weighted = [r for r in results if r.get("layer_weights") and r.get("best_of_head")]
+    if weighted:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        width = 0.8 / len(weighted)
+        for i, r in enumerate(weighted):
+            w = r["layer_weights"]
+            ax.bar(
+                np.arange(len(w)) + i * width, w, width, label=f"{r['head']} ({r['feature_set']})"
+            )
+        ax.axhline(
+            1 / len(weighted[0]["layer_weights"]), color="grey", linestyle=":", label="uniform"
+        )
+        ax.set_xticks(np.arange(len(weighted[0]["layer_weights"])))
+        ax.set(
+            xlabel="layer", ylabel="learned weight (softmax)", title=f"Learned layer weights{note}"
+        )
+        ax.legend()
+        out["layer_weights"] = _save(fig, run_dir / "layer_weights.png")
     return out
 
 

@@ -17,6 +17,7 @@ from . import __version__
 from .cache import EmbeddingCache
 from .heads import (
     ALL_HEADS,
+    ALL_LAYER_HEADS,
     HEADS,
     PARAM_GRIDS,
     SPECTROGRAM_HEADS,
@@ -52,6 +53,11 @@ class TrainingData:
     def layer(self, i: int) -> np.ndarray:
         """Every segment's features at one layer, [segments, dim] float32."""
         return self.cache.features(self.feature_set, i)
+
+    def all_layers(self) -> np.ndarray:
+        """Every segment's features at every layer, flattened: [segments, layers * dim]."""
+        features = self.cache.features(self.feature_set)
+        return features.reshape(len(features), -1)
 
 
 def load_training_data(
@@ -169,6 +175,7 @@ def train_heads(
     feature_sets: str | list[str] | tuple[str, ...] = ("wav2vec2",),
     seed: int = 0,
     augmented: bool | str = True,
+    trials: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train every head on every chosen layer of every feature set; write metrics.json and bundles.
@@ -207,23 +214,32 @@ def train_heads(
                 log(
                     "warning: no validation tracks; hyper-parameters and layers are selected on test (optimistic)"
                 )
-            for layer in chosen:
-                X = data.layer(layer)
-                for name in heads_for(fs, heads):
-                    row, model = _fit_and_select(name, X, data, seed, select_on)
-                    row.update(
-                        head=name, layer=layer, feature_set=fs, augmented=aug, selected_on=select_on
-                    )
-                    rows.append(row)
-                    log(
-                        f"{name:>6} {fs} layer {layer:>2}{'' if aug else ' (original views only)'}: "
-                        f"test track accuracy {row['test']['track']['accuracy']:.3f}, "
-                        f"macro-F1 {row['test']['track']['macro_f1']:.3f} (fit {row['fit_seconds']:.1f} s)"
-                    )
-                    key = name if fs == "wav2vec2" else f"{name}-{fs}"
-                    score = (row["selection_score"], aug, -layer)
-                    if key not in best or score > best[key][0]:
-                        best[key] = (score, row, model, X, data)
+            # Per-layer heads on each chosen layer; then heads that weigh all layers at once
+            # (layer -1 in the results), once per feature set.
+            jobs = [(layer, h) for layer in chosen for h in heads_for(fs, heads)]
+            if fs != "logmel" and data.n_layers > 1:
+                jobs += [(-1, h) for h in heads if h in ALL_LAYER_HEADS]
+            X, X_layer = None, None
+            for layer, name in jobs:
+                if X_layer != layer:
+                    X, X_layer = (data.all_layers() if layer == -1 else data.layer(layer)), layer
+                row, model = _fit_and_select(name, X, data, seed, select_on, trials)
+                row.update(
+                    head=name, layer=layer, feature_set=fs, augmented=aug, selected_on=select_on
+                )
+                if name in ALL_LAYER_HEADS:
+                    row["layer_weights"] = [round(float(w), 5) for w in model.layer_weights_]
+                rows.append(row)
+                where = "all layers, learned weights" if layer == -1 else f"layer {layer:>2}"
+                log(
+                    f"{name:>6} {fs} {where}{'' if aug else ' (original views only)'}: "
+                    f"test track accuracy {row['test']['track']['accuracy']:.3f}, "
+                    f"macro-F1 {row['test']['track']['macro_f1']:.3f} (fit {row['fit_seconds']:.1f} s)"
+                )
+                key = name if fs == "wav2vec2" else f"{name}-{fs}"
+                score = (row["selection_score"], aug, -layer)
+                if key not in best or score > best[key][0]:
+                    best[key] = (score, row, model, X, data)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -238,7 +254,7 @@ def train_heads(
     candidates = [b for b in best.values() if b[1]["feature_set"] == "wav2vec2"] or list(
         best.values()
     )
-    overall = max(candidates, key=lambda b: (b[0], -HEADS.index(b[1]["head"])))[1]
+    overall = max(candidates, key=lambda b: (b[0], -ALL_HEADS.index(b[1]["head"])))[1]
     overall["best_overall"] = True
     if (out_dir / "best").exists():
         shutil.rmtree(out_dir / "best")
@@ -255,6 +271,7 @@ def train_heads(
         "selected_on": "valid" if first.valid.any() else "test",
         "augmented_views": augmented,
         "seed": seed,
+        "fcnn_search": {"trials": trials, "space": FCNN_SEARCH_SPACE} if trials > 1 else None,
         "layers": sorted({r["layer"] for r in rows}),
         "probe_scores": probes,
         "counts": {
@@ -277,17 +294,47 @@ def heads_for(feature_set: str, heads) -> list[str]:
     """Spectrogram heads train on log-mel images only, the other heads on vectors only."""
     if feature_set == "logmel":
         return [h for h in heads if h in SPECTROGRAM_HEADS] or list(SPECTROGRAM_HEADS)
-    return [h for h in heads if h not in SPECTROGRAM_HEADS]
+    return [h for h in heads if h in HEADS]
 
 
-def _fit_and_select(name: str, X: np.ndarray, data: TrainingData, seed: int, select_on: str):
-    """Fit each grid point on train, keep the one with the best validation track accuracy."""
+# The FCNN's search space for --trials (random search on the validation split).
+FCNN_SEARCH_SPACE = {
+    "depth": [1, 2, 3],
+    "width": [128, 256, 512],
+    "dropout": [0.1, 0.3, 0.5],
+    "batch_size": [128, 256, 512],
+    "learning_rate": [1e-4, 3e-4, 1e-3, 2e-3, 5e-3],
+}
+
+
+def fcnn_trials(n: int, seed: int) -> list[dict]:
+    """n seeded random draws from FCNN_SEARCH_SPACE, the first being the defaults."""
+    rng = np.random.default_rng(seed)
+    trials = [{}]
+    while len(trials) < n:
+        pick = {k: v[int(rng.integers(len(v)))] for k, v in FCNN_SEARCH_SPACE.items()}
+        width, depth = pick.pop("width"), pick.pop("depth")
+        # Funnel-shaped networks: each layer half as wide as the one before.
+        pick["hidden_layers"] = tuple(max(32, width // 2**i) for i in range(depth))
+        if pick not in trials:
+            trials.append(pick)
+    return trials
+
+
+def _fit_and_select(
+    name: str, X: np.ndarray, data: TrainingData, seed: int, select_on: str, trials: int = 0
+):
+    """Fit each grid point (or search trial) on train, keep the best on validation track accuracy."""
     sel = getattr(data, select_on)
     best = None
-    for params in PARAM_GRIDS[name]:
+    grid = fcnn_trials(trials, seed) if name == "fcnn" and trials > 1 else PARAM_GRIDS[name]
+    if name in ALL_LAYER_HEADS:
+        grid = [{**p, "n_layers": data.n_layers} for p in grid]
+    tried = []
+    for params in grid:
         head = make_head(name, seed=seed, **params)
         start = time.perf_counter()
-        if (name == "fcnn" or name in SPECTROGRAM_HEADS) and data.valid.any():
+        if (name in ("fcnn", *ALL_LAYER_HEADS) or name in SPECTROGRAM_HEADS) and data.valid.any():
             head.fit(
                 X[data.train], data.y[data.train], X_val=X[data.valid], y_val=data.y[data.valid]
             )
@@ -296,6 +343,14 @@ def _fit_and_select(name: str, X: np.ndarray, data: TrainingData, seed: int, sel
         fit_seconds = time.perf_counter() - start
         scores = evaluate(head, X[sel], data.y[sel], data.track[sel], data.labels)["track"]
         key = (scores["accuracy"], scores["macro_f1"])
+        tried.append(
+            {
+                "params": _json_ready(params),
+                "valid_accuracy": scores["accuracy"],
+                "valid_macro_f1": scores["macro_f1"],
+                "fit_seconds": fit_seconds,
+            }
+        )
         if best is None or key > best[0]:
             best = (key, head, params, fit_seconds, scores)
     (acc, f1), head, params, fit_seconds, valid = best
@@ -310,7 +365,8 @@ def _fit_and_select(name: str, X: np.ndarray, data: TrainingData, seed: int, sel
         else None
     )
     row = {
-        "params": params,
+        "params": _json_ready(params),
+        "trials": tried if len(tried) > 1 else None,
         "selection_score": acc + 1e-3 * f1,
         "valid": {"accuracy": valid["accuracy"], "macro_f1": valid["macro_f1"]} if valid else None,
         "test": test,
@@ -460,3 +516,7 @@ def cross_validate(
         },
     }
     return result
+
+
+def _json_ready(params: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
