@@ -111,3 +111,36 @@ def test_spectrogram_heads_learn_and_round_trip(name, tmp_path):
     )
     with pytest.raises(ValueError, match="not n_mels=16 bands"):
         make_head(name, n_mels=16).fit(X[:, :-1], y)
+
+
+def test_attention_pooling_finds_the_segment_that_carries_the_label(tmp_path):
+    from wav2genre_cache.metrics import aggregate_tracks
+
+    rng = np.random.default_rng(0)
+    n_tracks, segs, dim = 240, 4, 16
+    y_track = np.arange(n_tracks) % 3
+    centres = rng.standard_normal((3, dim)) * 1.6
+    X = rng.standard_normal((n_tracks, segs, dim)).astype(np.float32)
+    key = rng.integers(0, segs, n_tracks)  # the one informative segment of each track
+    X[np.arange(n_tracks), key] += centres[y_track] + 3.0  # louder, and labelled
+    groups = np.repeat(np.arange(n_tracks), segs)
+    y = np.repeat(y_track, segs)
+    X = X.reshape(-1, dim)
+    train, test = groups < 180, groups >= 180
+    head = make_head("attention", seed=0).fit(X[train], y[train], groups=groups[train])
+    att = head.predict(X[test], groups=groups[test])
+    att_acc = (att[::segs] == y_track[180:]).mean()
+    mean_head = make_head("logreg").fit(X[train], y[train])
+    _, track_proba = aggregate_tracks(mean_head.predict_proba(X[test]), groups[test])
+    mean_acc = (track_proba.argmax(1) == y_track[180:]).mean()
+    assert att_acc >= 0.9 and att_acc > mean_acc
+    weights = head.attention_(X[test], groups[test]).reshape(-1, segs)
+    np.testing.assert_allclose(weights.sum(1), 1, atol=1e-5)
+    assert (weights.argmax(1) == key[180:]).mean() > 0.8
+    file = save_head(head, "attention", tmp_path)
+    loaded = load_head("attention", tmp_path / file)
+    np.testing.assert_allclose(
+        loaded.predict_proba(X[test], groups=groups[test]),
+        head.predict_proba(X[test], groups=groups[test]),
+        atol=1e-6,
+    )

@@ -176,3 +176,17 @@ def test_learned_layer_weights_sum_to_one_and_find_the_informative_layer(tmp_pat
     assert "| weighted |" in (tmp_path / "run" / "comparison.md").read_text()
     meta, model = load_bundle(tmp_path / "run" / "bundles" / "fcnn-weighted")
     assert meta["layer"] == -1 and np.allclose(model.layer_weights_, weights, atol=1e-4)
+
+
+def test_attention_head_trains_per_track_in_the_comparison(separable_cache, tmp_path):
+    m = train_heads(
+        separable_cache,
+        tmp_path / "run",
+        heads=["logreg", "attention"],
+        layers="2",
+        log=lambda _: None,
+    )
+    att = next(r for r in m["results"] if r["head"] == "attention")
+    assert att["test"]["track"]["accuracy"] >= 0.9
+    meta, model = load_bundle(tmp_path / "run" / "bundles" / "attention")
+    assert meta["head"] == "attention" and model.needs_groups

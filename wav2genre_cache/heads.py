@@ -23,7 +23,9 @@ HEADS = ("fcnn", "svm", "rf", "xgb", "logreg")
 SPECTROGRAM_HEADS = ("cnn", "lstm", "cnn-lstm")
 # Heads that read every layer at once (a row is all layers of a segment, flattened).
 ALL_LAYER_HEADS = ("fcnn-weighted",)
-ALL_HEADS = HEADS + SPECTROGRAM_HEADS + ALL_LAYER_HEADS
+# Heads that predict a whole track from its segments (fit and predict take the track groups).
+TRACK_HEADS = ("attention",)
+ALL_HEADS = HEADS + SPECTROGRAM_HEADS + ALL_LAYER_HEADS + TRACK_HEADS
 
 
 class HeadError(Exception):
@@ -255,6 +257,162 @@ class _LayerWeightedNet(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layers = x.view(len(x), self.n_layers, -1)
         return self.mlp((torch.softmax(self.logits, dim=0)[None, :, None] * layers).sum(dim=1))
+
+
+class AttentionPoolingClassifier(TorchClassifier):
+    """Attention over a track's segment embeddings, predicting the track (the paper's future work).
+
+    Each segment is encoded by a small dense layer, scored, and the track is the softmax-weighted
+    sum of its segments: segments that carry the genre count more than, say, a silent intro,
+    unlike the mean of segment probabilities. fit and predict_proba take `groups` (the track of
+    each row); predict_proba gives every row its track's probabilities.
+    """
+
+    needs_groups = True
+
+    def __init__(
+        self,
+        hidden: int = 128,
+        dropout: float = 0.3,
+        learning_rate: float = 2e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 64,
+        max_epochs: int = 100,
+        patience: int = 8,
+        device: str = "cpu",
+        random_state: int = 0,
+    ):
+        self.hidden = hidden
+        self.dropout = dropout
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.device = device
+        self.random_state = random_state
+
+    def _build(self, n_in: int, n_out: int) -> torch.nn.Module:
+        return _AttentionNet(n_in, self.hidden, self.dropout, n_out)
+
+    def fit(self, X, y, groups=None, X_val=None, y_val=None, groups_val=None):
+        """Train on tracks (bags of segments); early stopping on the validation tracks."""
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
+        groups = np.arange(len(X)) if groups is None else np.asarray(groups)
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        self._fit_scaler(X)
+        bags, labels = self._bags(self._scale(X), groups, y_idx)
+        if X_val is not None and len(X_val):
+            known = np.isin(np.asarray(y_val), self.classes_)
+            val_bags, val_labels = self._bags(
+                self._scale(np.asarray(X_val, np.float32)[known]),
+                np.asarray(groups_val)[known],
+                np.searchsorted(self.classes_, np.asarray(y_val)[known]),
+            )
+        else:
+            val_bags, val_labels = bags, labels
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.random_state)
+            net = self._build(X.shape[1], len(self.classes_))
+            opt = torch.optim.Adam(
+                net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+            )
+            loss_fn = torch.nn.CrossEntropyLoss()
+            gen = torch.Generator().manual_seed(self.random_state)
+            best, best_state, waited = np.inf, copy.deepcopy(net.state_dict()), 0
+            self.n_epochs_ = 0
+            for _ in range(self.max_epochs):
+                net.train()
+                order = torch.randperm(len(bags[0]), generator=gen)
+                for i in range(0, len(order), self.batch_size):
+                    idx = order[i : i + self.batch_size]
+                    opt.zero_grad()
+                    loss_fn(net(bags[0][idx], bags[1][idx]), labels[idx]).backward()
+                    opt.step()
+                self.n_epochs_ += 1
+                net.eval()
+                with torch.no_grad():
+                    val_loss = loss_fn(net(*val_bags), val_labels).item()
+                if val_loss < best * (1 - 1e-3):
+                    best, best_state, waited = val_loss, copy.deepcopy(net.state_dict()), 0
+                else:
+                    waited += 1
+                    if waited >= self.patience:
+                        break
+        net.load_state_dict(best_state)
+        self.best_val_loss_ = float(best)
+        self.net_ = net.eval()
+        return self
+
+    @staticmethod
+    def _bags(X: np.ndarray, groups: np.ndarray, y_idx: np.ndarray | None = None):
+        """Pad each track's segments to [tracks, most segments, dim] with a mask of real rows."""
+        tracks, inverse = np.unique(groups, return_inverse=True)
+        counts = np.bincount(inverse)
+        padded = np.zeros((len(tracks), counts.max(), X.shape[1]), np.float32)
+        mask = np.zeros((len(tracks), counts.max()), bool)
+        slot = np.zeros(len(X), int)
+        seen = np.zeros(len(tracks), int)
+        for row, t in enumerate(inverse):
+            slot[row] = seen[t]
+            seen[t] += 1
+        padded[inverse, slot] = X
+        mask[inverse, slot] = True
+        bags = (torch.from_numpy(padded), torch.from_numpy(mask))
+        if y_idx is None:
+            return bags, inverse
+        labels = np.zeros(len(tracks), np.int64)
+        labels[inverse] = y_idx
+        return bags, torch.from_numpy(labels)
+
+    def predict_proba(self, X, groups=None) -> np.ndarray:
+        """Each row gets its track's probabilities (rows of one track share one answer)."""
+        check_is_fitted(self, "net_")
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        groups = np.arange(len(X)) if groups is None else np.asarray(groups)
+        bags, inverse = self._bags(self._scale(X), groups)
+        with torch.no_grad():
+            proba = torch.softmax(self.net_(*bags), dim=1).numpy().astype(np.float64)
+        return proba[inverse]
+
+    def predict(self, X, groups=None) -> np.ndarray:
+        """The most probable class of each row's track."""
+        proba = self.predict_proba(X, groups)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def attention_(self, X, groups) -> np.ndarray:
+        """The weight each row gets within its track (they sum to one per track)."""
+        bags, inverse = self._bags(self._scale(np.asarray(X, np.float32)), np.asarray(groups))
+        with torch.no_grad():
+            weights = self.net_.weights(*bags).numpy()
+        slot = np.zeros(len(inverse), int)
+        seen = np.zeros(inverse.max() + 1, int)
+        for row, t in enumerate(inverse):
+            slot[row] = seen[t]
+            seen[t] += 1
+        return weights[inverse, slot]
+
+
+class _AttentionNet(torch.nn.Module):
+    def __init__(self, n_in: int, hidden: int, dropout: float, n_out: int):
+        super().__init__()
+        self.encode = torch.nn.Sequential(
+            torch.nn.Linear(n_in, hidden), torch.nn.ReLU(), torch.nn.Dropout(dropout)
+        )
+        self.score = torch.nn.Sequential(
+            torch.nn.Linear(hidden, hidden // 2), torch.nn.Tanh(), torch.nn.Linear(hidden // 2, 1)
+        )
+        self.out = torch.nn.Linear(hidden, n_out)
+
+    def weights(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = self.score(self.encode(x)).squeeze(-1).masked_fill(~mask, float("-inf"))
+        return torch.softmax(scores, dim=1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.encode(x)
+        scores = self.score(h).squeeze(-1).masked_fill(~mask, float("-inf"))
+        return self.out((torch.softmax(scores, dim=1).unsqueeze(-1) * h).sum(dim=1))
 
 
 class SpectrogramClassifier(TorchClassifier):
@@ -505,6 +663,8 @@ def make_head(name: str, seed: int = 0, **params) -> BaseEstimator:
         return SpectrogramClassifier(kind=name, random_state=seed, **params)
     if name == "fcnn-weighted":
         return LayerWeightedClassifier(random_state=seed, **params)
+    if name == "attention":
+        return AttentionPoolingClassifier(random_state=seed, **params)
     if name == "svm":
         return SVMHead(random_state=seed, **params)
     if name == "rf":
@@ -535,6 +695,7 @@ PARAM_GRIDS: dict[str, list[dict]] = {
     "lstm": [{}],
     "cnn-lstm": [{}],
     "fcnn-weighted": [{}],
+    "attention": [{}],
 }
 
 
@@ -582,7 +743,7 @@ def save_head(head: BaseEstimator, name: str, directory: Path) -> str:
 def load_head(name: str, path: Path) -> BaseEstimator:
     """Load a head saved by save_head; foreign content raises HeadError, nothing is unpickled."""
     try:
-        if name in ("fcnn", "fcnn-weighted") or name in SPECTROGRAM_HEADS:
+        if name in ("fcnn", "fcnn-weighted", "attention") or name in SPECTROGRAM_HEADS:
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
@@ -595,6 +756,8 @@ def load_head(name: str, path: Path) -> BaseEstimator:
             elif name == "fcnn-weighted":
                 params["hidden_layers"] = tuple(params["hidden_layers"])
                 head = LayerWeightedClassifier(**params)
+            elif name == "attention":
+                head = AttentionPoolingClassifier(**params)
             else:
                 head = SpectrogramClassifier(**params)
             head.classes_ = np.array(json.loads(meta["classes"]))

@@ -80,7 +80,10 @@ class Predictor:
         return results
 
     def _proba(self, X: np.ndarray) -> np.ndarray:
-        cols = self.head.predict_proba(X)
+        if getattr(self.head, "needs_groups", False):  # attention over the track's segments
+            cols = self.head.predict_proba(X, groups=np.zeros(len(X), int))
+        else:
+            cols = self.head.predict_proba(X)
         proba = np.zeros((len(X), len(self.labels)))
         proba[:, np.asarray(self.head.classes_).astype(int)] = cols
         return proba

@@ -21,6 +21,7 @@ from .heads import (
     HEADS,
     PARAM_GRIDS,
     SPECTROGRAM_HEADS,
+    TRACK_HEADS,
     HeadError,
     load_head,
     make_head,
@@ -45,6 +46,7 @@ class TrainingData:
     labels: list[str]
     y: np.ndarray  # label index per segment
     track: np.ndarray  # track row per segment
+    view: np.ndarray  # 0 = original audio, 1..K = augmented copies
     train: np.ndarray  # boolean masks over segments
     valid: np.ndarray
     test: np.ndarray
@@ -102,6 +104,7 @@ def load_training_data(
         labels=labels,
         y=y,
         track=t,
+        view=view,
         train=(split == "train") & ((view == 0) | augmented),
         valid=(split == "valid") & (view == 0),
         test=(split == "test") & (view == 0),
@@ -152,7 +155,10 @@ def evaluate(
     head, X: np.ndarray, y: np.ndarray, track: np.ndarray, labels: list[str], curves: bool = False
 ) -> dict:
     """Segment- and track-level metrics of a fitted head on the rows given."""
-    proba_cols = head.predict_proba(X)
+    if getattr(head, "needs_groups", False):
+        proba_cols = head.predict_proba(X, groups=track)  # one answer per track
+    else:
+        proba_cols = head.predict_proba(X)
     proba = np.zeros((len(X), len(labels)))
     proba[:, head.classes_.astype(int)] = proba_cols  # heads are fitted on label indices
     tracks, track_proba = aggregate_tracks(proba, track)
@@ -294,7 +300,7 @@ def heads_for(feature_set: str, heads) -> list[str]:
     """Spectrogram heads train on log-mel images only, the other heads on vectors only."""
     if feature_set == "logmel":
         return [h for h in heads if h in SPECTROGRAM_HEADS] or list(SPECTROGRAM_HEADS)
-    return [h for h in heads if h in HEADS]
+    return [h for h in heads if h in HEADS or h in TRACK_HEADS]
 
 
 # The FCNN's search space for --trials (random search on the validation split).
@@ -334,7 +340,18 @@ def _fit_and_select(
     for params in grid:
         head = make_head(name, seed=seed, **params)
         start = time.perf_counter()
-        if (name in ("fcnn", *ALL_LAYER_HEADS) or name in SPECTROGRAM_HEADS) and data.valid.any():
+        if name in TRACK_HEADS:
+            # One bag per (track, view): an augmented copy is its own example.
+            bag = data.track * 1000 + data.view
+            head.fit(
+                X[data.train],
+                data.y[data.train],
+                groups=bag[data.train],
+                X_val=X[data.valid],
+                y_val=data.y[data.valid],
+                groups_val=bag[data.valid],
+            )
+        elif (name in ("fcnn", *ALL_LAYER_HEADS) or name in SPECTROGRAM_HEADS) and data.valid.any():
             head.fit(
                 X[data.train], data.y[data.train], X_val=X[data.valid], y_val=data.y[data.valid]
             )
