@@ -5,8 +5,10 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from wav2genre_cache.heads import (
     HEADS,
+    AttentionPoolingClassifier,
     FCNNClassifier,
     HeadError,
+    LayerWeightedClassifier,
     SVMHead,
     XGBHead,
     load_head,
@@ -20,13 +22,16 @@ from wav2genre_cache.heads import (
         FCNNClassifier(max_epochs=40, hidden_layers=(16,), learning_rate=1e-2),
         SVMHead(),
         XGBHead(n_estimators=5),
+        # One layer: the checks feed plain feature matrices. No groups: each row is its own track.
+        LayerWeightedClassifier(n_layers=1, max_epochs=40, hidden_layers=(16,), learning_rate=1e-2),
+        AttentionPoolingClassifier(hidden=16, max_epochs=40, learning_rate=1e-2),
     ],
     expected_failed_checks=lambda est: (
         {
             # Early stopping holds out a stratified tenth, so sample order changes the fitted weights.
             "check_sample_weight_equivalence_on_dense_data": "no sample weights",
         }
-        if isinstance(est, FCNNClassifier)
+        if isinstance(est, FCNNClassifier | LayerWeightedClassifier | AttentionPoolingClassifier)
         else {}
     ),
 )

@@ -261,8 +261,9 @@ LayersOpt = Annotated[
 HeadsOpt = Annotated[
     str,
     typer.Option(
-        help="Comma-separated heads: fcnn, svm, rf, xgb, logreg on vectors; cnn, lstm, cnn-lstm on the "
-        "logmel feature set (all three by default when logmel is trained on)."
+        help="Comma-separated heads: fcnn, svm, rf, xgb, logreg per layer; attention (over a track's "
+        "segments) per layer; fcnn-weighted (learned weights over all layers); cnn, lstm, cnn-lstm on "
+        "the logmel feature set (all three by default when logmel is trained on)."
     ),
 ]
 

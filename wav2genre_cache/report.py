@@ -91,7 +91,12 @@ def markdown(table: pd.DataFrame, metrics: dict) -> str:
         f"Backbone `{metrics['backbone']}`, feature sets `{', '.join(metrics['feature_sets'])}`; tracks: "
         f"{counts['train']} train, {counts['valid']} valid, {counts['test']} test. Metrics are on the "
         f"test split at track level (mean of segment probabilities); layers and hyper-parameters "
-        f"were selected on `{metrics['selected_on']}`. `*` marks the selected best model."
+        f"were selected on `{metrics['selected_on']}`. `*` marks the selected best model"
+        + (
+            " among the wav2vec2 rows (the one in `best/`, which predict and serve embed audio for)."
+            if len(metrics.get("feature_sets", [])) > 1 and "wav2vec2" in metrics["feature_sets"]
+            else "."
+        )
     )
     if metrics.get("untrained_backbone"):
         lines += [
@@ -186,7 +191,11 @@ def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
 
     best_rows = [r for r in results if r.get("best_of_head")]
     fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(best_rows)), 4.5))
-    names = [f"{r['head']}\n{r['feature_set']} L{r['layer']}" for r in best_rows]
+    names = [
+        f"{r['head']}\n{r['feature_set']} "
+        + ("all layers" if r["layer"] == -1 else f"L{r['layer']}")
+        for r in best_rows
+    ]
     acc = [r["test"]["track"]["accuracy"] for r in best_rows]
     f1 = [r["test"]["track"]["macro_f1"] for r in best_rows]
     x = np.arange(len(best_rows))
