@@ -28,6 +28,60 @@ ModelOpt = Annotated[
 ]
 
 
+# Stage-one options, shared by `embed` and `run`.
+DatasetOpt = Annotated[str, typer.Option(help="auto | gtzan | folder | csv | fma")]
+SegmentOpt = Annotated[float, typer.Option(help="Segment length in seconds.")]
+HopOpt = Annotated[
+    float | None, typer.Option(help="Hop between segment starts (default: the segment length).")
+]
+BatchOpt = Annotated[
+    int | None, typer.Option(help="Segments per model call (default: 2 on CPU, 64 on CUDA).")
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto (bfloat16 on CUDA and on CPUs with native bfloat16, else float32) | float32 | "
+        "bfloat16 | float16"
+    ),
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option(help="Decode worker processes (0: decode in the main process).")
+]
+SplitOpt = Annotated[
+    str,
+    typer.Option(
+        help="random (stratified 80/10/10, or the dataset's own) | gtzan-ff | a CSV of track_id,split"
+    ),
+]
+SplitDirOpt = Annotated[
+    Path | None, typer.Option(help="Folder of train/valid/test_filtered.txt for --split gtzan-ff.")
+]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the random split (and of the heads in run).")]
+FeaturesOpt = Annotated[
+    str,
+    typer.Option(help="Feature sets to compute, comma-separated: wav2vec2, handcrafted, logmel."),
+]
+AugmentOpt = Annotated[
+    str, typer.Option(help="Augment training tracks: any of pitch,stretch,noise (comma-separated).")
+]
+CopiesOpt = Annotated[
+    int,
+    typer.Option(help="Augmented copies per training track (default 1 when --augment is given)."),
+]
+NoiseDirOpt = Annotated[
+    Path | None,
+    typer.Option(help="Folder of noise clips for --augment noise (default: white or pink)."),
+]
+StrictOpt = Annotated[bool, typer.Option(help="Exit non-zero if any track fails.")]
+TrialsOpt = Annotated[
+    int,
+    typer.Option(
+        help="Random-search trials for the FCNN's hyper-parameters on validation (0: defaults)."
+    ),
+]
+
+
 class UserError(Exception):
     """Any of the package's own errors: printed as one clear message, exit status 2."""
 
@@ -139,54 +193,22 @@ def embed(
         typer.Argument(help="Dataset folder (GTZAN, FMA, one folder per label) or CSV manifest."),
     ],
     out_path: Annotated[Path, typer.Option("--out", help="The HDF5 cache to write.")],
-    dataset: Annotated[str, typer.Option(help="auto | gtzan | folder | csv | fma")] = "auto",
+    dataset: DatasetOpt = "auto",
     model: ModelOpt = "facebook/wav2vec2-base-960h",
-    segment_seconds: Annotated[float, typer.Option(help="Segment length in seconds.")] = 10.0,
-    hop_seconds: Annotated[
-        float | None, typer.Option(help="Hop between segment starts (default: the segment length).")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Segments per model call (default: 2 on CPU, 64 on CUDA).")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    dtype: Annotated[
-        str,
-        typer.Option(
-            help="auto (bfloat16 on CUDA and on CPUs with native bfloat16, else float32) | float32 | bfloat16 | float16"
-        ),
-    ] = "auto",
-    workers: Annotated[
-        int | None, typer.Option(help="Decode worker processes (0: decode in the main process).")
-    ] = None,
-    split: Annotated[
-        str,
-        typer.Option(
-            help="random (stratified 80/10/10, or the dataset's own) | gtzan-ff | a CSV of track_id,split"
-        ),
-    ] = "random",
-    split_dir: Annotated[
-        Path | None,
-        typer.Option(help="Folder of train/valid/test_filtered.txt for --split gtzan-ff."),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random split.")] = 0,
-    features: Annotated[
-        str, typer.Option(help="Feature sets to compute, comma-separated: wav2vec2, handcrafted.")
-    ] = "wav2vec2",
-    augment: Annotated[
-        str,
-        typer.Option(help="Augment training tracks: any of pitch,stretch,noise (comma-separated)."),
-    ] = "",
-    augment_copies: Annotated[
-        int,
-        typer.Option(
-            help="Augmented copies per training track (default 1 when --augment is given)."
-        ),
-    ] = 0,
-    noise_dir: Annotated[
-        Path | None,
-        typer.Option(help="Folder of noise clips for --augment noise (default: white or pink)."),
-    ] = None,
-    strict: Annotated[bool, typer.Option(help="Exit non-zero if any track fails.")] = False,
+    segment_seconds: SegmentOpt = 10.0,
+    hop_seconds: HopOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    workers: WorkersOpt = None,
+    split: SplitOpt = "random",
+    split_dir: SplitDirOpt = None,
+    seed: SeedOpt = 0,
+    features: FeaturesOpt = "wav2vec2",
+    augment: AugmentOpt = "",
+    augment_copies: CopiesOpt = 0,
+    noise_dir: NoiseDirOpt = None,
+    strict: StrictOpt = False,
 ) -> None:
     """Stage one: decode, segment and embed every track into an HDF5 cache (resumable)."""
     try:
@@ -325,12 +347,7 @@ def train_heads_cmd(
             help="Train on the augmented views of training tracks too (--no-augmented: original views only).",
         ),
     ] = True,
-    trials: Annotated[
-        int,
-        typer.Option(
-            help="Random-search trials for the FCNN's hyper-parameters on validation (0: defaults)."
-        ),
-    ] = 0,
+    trials: TrialsOpt = 0,
 ) -> None:
     """Stage two: train and compare heads on cached features (no audio, no GPU)."""
     try:
@@ -406,49 +423,25 @@ def run(
     run_dir: Annotated[
         Path, typer.Option("--out", help="Run folder; the cache goes to RUN_DIR/cache.h5.")
     ],
-    dataset: Annotated[str, typer.Option(help="auto | gtzan | folder | csv | fma")] = "auto",
+    dataset: DatasetOpt = "auto",
     model: ModelOpt = "facebook/wav2vec2-base-960h",
-    segment_seconds: Annotated[float, typer.Option(help="Segment length in seconds.")] = 10.0,
-    hop_seconds: Annotated[float | None, typer.Option(help="Hop between segment starts.")] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Segments per model call (default: 2 on CPU, 64 on CUDA).")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
-    workers: Annotated[int | None, typer.Option(help="Decode worker processes.")] = None,
-    split: Annotated[
-        str, typer.Option(help="random | gtzan-ff | a CSV of track_id,split")
-    ] = "random",
-    split_dir: Annotated[
-        Path | None, typer.Option(help="Folder of *_filtered.txt for gtzan-ff.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the split and the heads.")] = 0,
-    features: Annotated[
-        str, typer.Option(help="Feature sets to compute and compare: wav2vec2, handcrafted.")
-    ] = "wav2vec2",
-    augment: Annotated[
-        str,
-        typer.Option(help="Augment training tracks: any of pitch,stretch,noise (comma-separated)."),
-    ] = "",
-    augment_copies: Annotated[
-        int,
-        typer.Option(
-            help="Augmented copies per training track (default 1 when --augment is given)."
-        ),
-    ] = 0,
-    noise_dir: Annotated[
-        Path | None,
-        typer.Option(help="Folder of noise clips for --augment noise (default: white or pink)."),
-    ] = None,
+    segment_seconds: SegmentOpt = 10.0,
+    hop_seconds: HopOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    workers: WorkersOpt = None,
+    split: SplitOpt = "random",
+    split_dir: SplitDirOpt = None,
+    seed: SeedOpt = 0,
+    features: FeaturesOpt = "wav2vec2",
+    augment: AugmentOpt = "",
+    augment_copies: CopiesOpt = 0,
+    noise_dir: NoiseDirOpt = None,
     heads: HeadsOpt = "fcnn,svm,rf,xgb,logreg",
     layers: LayersOpt = "all",
-    trials: Annotated[
-        int,
-        typer.Option(
-            help="Random-search trials for the FCNN's hyper-parameters on validation (0: defaults)."
-        ),
-    ] = 0,
-    strict: Annotated[bool, typer.Option(help="Exit non-zero if any track fails.")] = False,
+    trials: TrialsOpt = 0,
+    strict: StrictOpt = False,
 ) -> None:
     """embed + train-heads + compare in one go."""
     try:
