@@ -47,7 +47,7 @@ def comparison_table(metrics: dict) -> pd.DataFrame:
                 "feature_set": r["feature_set"],
                 "head": r["head"],
                 "layer": "weighted" if r["layer"] == -1 else r["layer"],
-                "augmented": "yes" if r.get("augmented", True) else "no",
+                "augmented": {True: "yes", False: "no"}.get(r.get("augmented"), "-"),
                 "track_accuracy": r["test"]["track"]["accuracy"],
                 "track_macro_f1": r["test"]["track"]["macro_f1"],
                 "track_macro_auc": r["test"]["track"]["macro_auc"],

@@ -202,7 +202,8 @@ def train_heads(
         for aug in variants:
             data = load_training_data(cache_path, fs, aug)
             first = first or data
-            if aug and len(variants) == 2 and not (data.cache.segments.view.to_numpy() > 0).any():
+            has_views = bool((data.cache.segments.view.to_numpy() > 0).any())
+            if aug and len(variants) == 2 and not has_views:
                 log(f"{fs}: the cache has no augmented views; training once, on the original views")
                 continue
             chosen = parse_layers(layers, data.n_layers)
@@ -230,8 +231,13 @@ def train_heads(
                 if X_layer != layer:
                     X, X_layer = (data.all_layers() if layer == -1 else data.layer(layer)), layer
                 row, model = _fit_and_select(name, X, data, seed, select_on, trials)
+                # augmented is None where the cache has no augmented views: no such question.
                 row.update(
-                    head=name, layer=layer, feature_set=fs, augmented=aug, selected_on=select_on
+                    head=name,
+                    layer=layer,
+                    feature_set=fs,
+                    augmented=aug if has_views else None,
+                    selected_on=select_on,
                 )
                 if name in ALL_LAYER_HEADS:
                     row["layer_weights"] = [round(float(w), 5) for w in model.layer_weights_]
