@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ from .audio import (
     AUDIO_EXTENSIONS,
     SAMPLE_RATE,
     AudioError,
-    decode_bytes,
     load_track,
     segment_track,
 )
@@ -109,22 +107,6 @@ class Predictor:
                 for s, p in zip(starts, proba, strict=True)
             ],
         }
-
-    def predict_bytes(
-        self, data: bytes, name: str, top_k: int = 3, max_seconds: float | None = None
-    ) -> dict:
-        """Decode uploaded bytes (the name is only for messages) and predict; with timings."""
-        t0 = time.perf_counter()
-        samples = decode_bytes(data, name)
-        check_duration(samples, name, max_seconds)
-        t1 = time.perf_counter()
-        result = self.predict_waveforms([samples], top_k)[0]
-        t2 = time.perf_counter()
-        result["timings_ms"] = {
-            "decode": round(1000 * (t1 - t0), 1),
-            "model": round(1000 * (t2 - t1), 1),
-        }
-        return result
 
     def predict_paths(self, paths: list[Path], top_k: int = 3, group: int = 16) -> list[dict]:
         """Predict files in groups whose segments are batched together; a bad file gets an error entry."""
