@@ -112,47 +112,32 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _embed_options(
-    data,
-    out_path,
-    dataset,
-    model,
-    segment_seconds,
-    hop_seconds,
-    batch_size,
-    device,
-    dtype,
-    workers,
-    split,
-    split_dir,
-    seed,
-    features,
-    augment="",
-    augment_copies=0,
-    noise_dir=None,
-):
+def _embed_options(params: dict, out: Path):
+    """EmbedOptions from a command's stage-one parameters (embed's and run's share their names)."""
     from .embed import EmbedOptions
 
-    kinds = tuple(a.strip() for a in augment.split(",") if a.strip())
-
+    kinds = tuple(a.strip() for a in params["augment"].split(",") if a.strip())
+    same = (
+        "dataset",
+        "model",
+        "segment_seconds",
+        "hop_seconds",
+        "batch_size",
+        "device",
+        "dtype",
+        "workers",
+        "split",
+        "seed",
+    )
     return EmbedOptions(
-        data=str(data),
-        out=str(out_path),
-        dataset=dataset,
-        model=model,
-        segment_seconds=segment_seconds,
-        hop_seconds=hop_seconds,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        workers=workers,
-        split=split,
-        split_dir=str(split_dir) if split_dir else None,
-        seed=seed,
-        features=tuple(f.strip() for f in features.split(",") if f.strip()),
+        data=str(params["data"]),
+        out=str(out),
+        split_dir=str(params["split_dir"]) if params["split_dir"] else None,
+        features=tuple(f.strip() for f in params["features"].split(",") if f.strip()),
         augment=kinds,
-        augment_copies=augment_copies or (1 if kinds else 0),
-        noise_dir=str(noise_dir) if noise_dir else None,
+        augment_copies=params["augment_copies"] or (1 if kinds else 0),
+        noise_dir=str(params["noise_dir"]) if params["noise_dir"] else None,
+        **{k: params[k] for k in same},
     )
 
 
@@ -188,6 +173,7 @@ def _run_embed(opts, strict: bool, progress: bool = True):
 
 @app.command()
 def embed(
+    ctx: typer.Context,
     data: Annotated[
         Path,
         typer.Argument(help="Dataset folder (GTZAN, FMA, one folder per label) or CSV manifest."),
@@ -212,25 +198,7 @@ def embed(
 ) -> None:
     """Stage one: decode, segment and embed every track into an HDF5 cache (resumable)."""
     try:
-        opts = _embed_options(
-            data,
-            out_path,
-            dataset,
-            model,
-            segment_seconds,
-            hop_seconds,
-            batch_size,
-            device,
-            dtype,
-            workers,
-            split,
-            split_dir,
-            seed,
-            features,
-            augment,
-            augment_copies,
-            noise_dir,
-        )
+        opts = _embed_options(ctx.params, out_path)
         _run_embed(opts, strict)
     except _user_errors() as exc:
         _fail(exc)
@@ -419,6 +387,7 @@ def compare(
 
 @app.command()
 def run(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="Dataset folder or CSV manifest.")],
     run_dir: Annotated[
         Path, typer.Option("--out", help="Run folder; the cache goes to RUN_DIR/cache.h5.")
@@ -447,25 +416,7 @@ def run(
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         cache = run_dir / "cache.h5"
-        opts = _embed_options(
-            data,
-            cache,
-            dataset,
-            model,
-            segment_seconds,
-            hop_seconds,
-            batch_size,
-            device,
-            dtype,
-            workers,
-            split,
-            split_dir,
-            seed,
-            features,
-            augment,
-            augment_copies,
-            noise_dir,
-        )
+        opts = _embed_options(ctx.params, cache)
         _run_embed(opts, strict)
         # With augmentation, train with and without the augmented views: the ablation.
         _train(
