@@ -127,11 +127,15 @@ class Predictor:
         return sorted(out, key=lambda r: order[r["file"]])
 
 
+class AudioTooLong(AudioError):
+    """Audio longer than a service accepts (the server answers 413, not 422)."""
+
+
 def check_duration(samples: np.ndarray, name: str, max_seconds: float | None) -> None:
     """Refuse audio longer than max_seconds (uploads are bounded in duration, not just size)."""
     seconds = len(samples) / SAMPLE_RATE
     if max_seconds is not None and seconds > max_seconds:
-        raise AudioError(
+        raise AudioTooLong(
             f"{name}: {seconds / 60:.1f} minutes of audio; the limit is {max_seconds / 60:g} minutes"
         )
     if seconds < 1.0:

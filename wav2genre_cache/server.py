@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from .audio import AudioError, decode_bytes
-from .predict import Predictor, check_duration
+from .predict import AudioTooLong, Predictor, check_duration
 
 STATIC = Path(str(files("wav2genre_cache") / "static"))
 
@@ -97,8 +97,7 @@ def create_app(
             samples = await run_in_threadpool(decode_bytes, data, name)
             check_duration(samples, name, max_minutes * 60)
         except AudioError as exc:
-            status = 413 if "the limit is" in str(exc) else 422
-            raise HTTPException(status, str(exc)) from None
+            raise HTTPException(413 if isinstance(exc, AudioTooLong) else 422, str(exc)) from None
         del data
         if await request.is_disconnected():
             raise HTTPException(499, "client disconnected")  # nobody is waiting: skip the model
