@@ -72,14 +72,19 @@ def run_reference(
     import soundfile as sf
     import soxr
     import torch
-    from transformers import Wav2Vec2FeatureExtractor
+    from transformers import AutoModel, Wav2Vec2FeatureExtractor
 
-    from wav2genre_cache.backbone import load_backbone
+    from wav2genre_cache.backbone import BUILTIN_MODELS, builtin_model
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()  # both paths are timed from before the model is loaded
-    model = load_backbone(model_name, device=device, dtype="float32").model
+    # Plain transformers: none of the tuning load_backbone applies.
+    if model_name in BUILTIN_MODELS:
+        model = builtin_model(model_name)
+    else:
+        model = AutoModel.from_pretrained(model_name)
+    model.eval().to(device)
     fe = Wav2Vec2FeatureExtractor(do_normalize=True)
     seg = int(segment_seconds * 16_000)
     feats, seconds = [], 0.0
