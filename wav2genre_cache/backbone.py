@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
-import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .audio import normalize_segments
+from .cpu_tuning import tune_for_cpu
 
 DEFAULT_MODEL = "facebook/wav2vec2-base-960h"
 BUILTIN_MODELS = ("random-base", "random-tiny")
@@ -144,111 +142,6 @@ def load_backbone(
     if dev.type == "cpu":
         tune_for_cpu(model)
     return Backbone(model, model_id, revision, dev, torch_dtype)
-
-
-class ChannelsLastFeatureEncoder(torch.nn.Module):
-    """Wav2Vec2's convolutional feature encoder, computed channels-last on the CPU.
-
-    Same weights and arithmetic as the original. The first layer (one input channel) becomes a
-    matrix multiply over strided windows of the waveform, the others channels-last convolutions:
-    in bfloat16, oneDNN runs those 30% faster than the channels-first ones transformers uses
-    (measured on AVX-512; see benchmarks/README.md). Output: [batch, channels, frames], as the
-    original's.
-    """
-
-    def __init__(self, encoder: torch.nn.Module):
-        super().__init__()
-        self.conv_layers = encoder.conv_layers
-
-    @staticmethod
-    def supports(encoder: torch.nn.Module) -> bool:
-        """True for the plain conv stacks of Wav2Vec2, HuBERT, WavLM and their relatives."""
-        layers = getattr(encoder, "conv_layers", None)
-        if not layers or not all(
-            isinstance(getattr(la, "conv", None), torch.nn.Conv1d) for la in layers
-        ):
-            return False
-        plain = all(
-            la.conv.padding == (0,) and la.conv.dilation == (1,) and la.conv.groups == 1
-            for la in layers
-        )
-        norms = all(
-            isinstance(
-                getattr(la, "layer_norm", None),
-                (torch.nn.GroupNorm, torch.nn.LayerNorm, type(None)),
-            )
-            for la in layers
-        )
-        return plain and norms and layers[0].conv.in_channels == 1
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        first = self.conv_layers[0].conv
-        (k,), (s,) = first.kernel_size, first.stride
-        x = waveform.contiguous()
-        frames = (x.shape[1] - k) // s + 1
-        windows = x.as_strided((x.shape[0], frames, k), (x.stride(0), s, 1))
-        h = windows @ first.weight[:, 0, :].t()  # [batch, frames, channels]
-        if first.bias is not None:
-            h = h + first.bias
-        # [batch, channels, 1, frames] in channels-last memory: the layout of h, no copy.
-        h = self._norm_activation(self.conv_layers[0], h.transpose(1, 2).unsqueeze(2))
-        for layer in self.conv_layers[1:]:
-            conv = layer.conv
-            weight = conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-            h = F.conv2d(h, weight, conv.bias, stride=(1, conv.stride[0]))
-            h = self._norm_activation(layer, h)
-        return h.squeeze(2)
-
-    @staticmethod
-    def _norm_activation(layer: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
-        norm = getattr(layer, "layer_norm", None)
-        if isinstance(norm, torch.nn.GroupNorm) and h.dtype == torch.float32:
-            # The channels-last kernel sums in another order: 1e-5 off in float32, so float32
-            # (the exact path) takes the channels-first one, for a copy that costs 1%.
-            h = norm(h.contiguous()).contiguous(memory_format=torch.channels_last)
-        elif isinstance(norm, torch.nn.GroupNorm):
-            h = norm(h)  # keeps 4-d channels-last input channels-last
-        elif isinstance(norm, torch.nn.LayerNorm):
-            h = norm(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return layer.activation(h)
-
-
-def tune_for_cpu(model: torch.nn.Module) -> None:
-    """The CPU levers that measured faster with the same results (benchmarks/README.md)."""
-    encoder = getattr(model, "feature_extractor", None)
-    # Channels-last pays in bfloat16 only: in float32 it measured 30% slower here.
-    bfloat16 = next(model.parameters()).dtype == torch.bfloat16
-    if bfloat16 and encoder is not None and ChannelsLastFeatureEncoder.supports(encoder):
-        model.feature_extractor = ChannelsLastFeatureEncoder(encoder)
-    # transformers' default (SDPA) runs its CPU flash kernel, slower here than the plain
-    # matmul-softmax-matmul on 500 frames: 7 ms against 11 ms per layer in bfloat16.
-    if hasattr(model, "set_attn_implementation"):
-        try:
-            model.set_attn_implementation("eager")
-        except (ValueError, ImportError):
-            pass
-    keep_freed_memory()
-
-
-def keep_freed_memory() -> None:
-    """Stop glibc from returning large freed blocks to the system after every model call.
-
-    Each hidden state of a 10 s segment is tens of MB: glibc serves those with mmap and unmaps
-    them on free, so every call page-faults its activations in afresh (16% of a bfloat16 call
-    here). Keeping them in the heap is what jemalloc/tcmalloc do, as PyTorch's CPU tuning
-    guide advises; this is the same with glibc alone. Process-wide, Linux/glibc only.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    mallopt = getattr(libc, "mallopt", None)
-    if mallopt is not None:
-        m_trim_threshold, m_mmap_max = -1, -4
-        mallopt(m_mmap_max, 0)
-        mallopt(m_trim_threshold, 1 << 30)
 
 
 def _load_pretrained(model_id: str) -> tuple[torch.nn.Module, str]:

@@ -30,7 +30,7 @@ from .cache import (
     config_differences,
 )
 from .datasets import EXCLUDED, Track, assign_splits, detect_layout, discover
-from .features import PreparePlan, prepare_track
+from .features import PreparePlan, prepare_track, ready
 
 FEATURE_SETS = ("wav2vec2", "handcrafted", "logmel")
 
@@ -105,10 +105,32 @@ def embed_dataset(
         raise CacheError("--segment-seconds must be at least 1 and --hop-seconds positive")
     layout = detect_layout(Path(opts.data)) if opts.dataset == "auto" else opts.dataset
     tracks = assign_splits(discover(opts.data, layout), opts.split, opts.seed, opts.split_dir)
-    # Only the wav2vec2 feature set needs the model; hand-crafted features alone never load it.
-    backbone = (
-        load_backbone(opts.model, opts.device, opts.dtype) if "wav2vec2" in opts.features else None
-    )
+    workers = default_workers() if opts.workers is None else opts.workers
+    # Decode workers start (a second of imports each) while the model loads.
+    pool = start_workers(workers) if not Path(opts.out).exists() else None
+    try:
+        # Only the wav2vec2 feature set needs the model; hand-crafted features alone never load it.
+        backbone = (
+            load_backbone(opts.model, opts.device, opts.dtype)
+            if "wav2vec2" in opts.features
+            else None
+        )
+        return _embed(opts, layout, tracks, backbone, workers, pool, console, progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _embed(
+    opts: EmbedOptions,
+    layout: str,
+    tracks: list[Track],
+    backbone: Backbone | None,
+    workers: int,
+    pool: ProcessPoolExecutor | None,
+    console: Console,
+    progress: bool,
+) -> EmbedSummary:
     if opts.batch_size is None:
         opts = replace(opts, batch_size=default_batch_size(backbone.device) if backbone else 2)
     config = embed_config(opts, layout, backbone)
@@ -136,7 +158,6 @@ def embed_dataset(
     todo = [(k, b) for k, b in enumerate(blocks) if not all(t.track_id in done for t in b)]
     summary.tracks_skipped = len(tracks) - sum(len(b) for _, b in todo)
     to_decode = [t for _, b in todo for t in b if t.split != EXCLUDED]
-    workers = default_workers() if opts.workers is None else opts.workers
     if summary.tracks_skipped:
         console.print(
             f"Resuming: {summary.tracks_skipped} of {len(tracks)} tracks already embedded."
@@ -170,6 +191,7 @@ def embed_dataset(
             workers,
             window=2 * workers + 2,
             on_crash=_decoder_crashed,
+            pool=pool,
         )
         for k, block in todo:
             results = _embed_block(block, decoded, backbone, opts)
@@ -324,8 +346,24 @@ def _summarise_existing(summary: EmbedSummary, cache: EmbeddingCache) -> EmbedSu
     return summary
 
 
+def start_workers(workers: int) -> ProcessPoolExecutor | None:
+    """A pool of decode processes, started now: each imports the decoders straight away."""
+    if workers <= 0:
+        return None
+    # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    for _ in range(workers):
+        pool.submit(ready)
+    return pool
+
+
 def ordered_map(
-    fn: Callable, items: Iterable, workers: int, window: int, on_crash: Callable | None = None
+    fn: Callable,
+    items: Iterable,
+    workers: int,
+    window: int,
+    on_crash: Callable | None = None,
+    pool: ProcessPoolExecutor | None = None,
 ) -> Iterator:
     """map(fn, items) in order, on `workers` processes, with at most `window` results in flight.
 
@@ -333,13 +371,14 @@ def ordered_map(
     a short queue, never in a list of the whole dataset. If a worker dies (a decoder crash, the
     kernel's OOM killer), the pool is rebuilt, the item in question is retried alone, and if it
     kills a worker again `on_crash(item)` stands in for its result: one file never ends a run.
+    A `pool` from start_workers is used first, and shut down here.
     """
     if workers <= 0:
         yield from map(fn, items)
         return
     # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
     context = mp.get_context("spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context)
+    pool = pool or ProcessPoolExecutor(workers, mp_context=context)
     try:
         it = iter(items)
         pending = deque((x, pool.submit(fn, x)) for x in islice(it, window))

@@ -15,6 +15,13 @@ from .audio import SAMPLE_RATE, segment_track, try_load_track
 from .augment import augment_track
 
 N_MFCC = 20
+
+
+def ready() -> bool:
+    """Nothing to do: a worker that runs this has imported the decoders (a warm-up task)."""
+    return True
+
+
 # Name and width of each block of the vector, in order (documented in the cache's attributes).
 HANDCRAFTED_BLOCKS = (
     ("mfcc_mean", N_MFCC),

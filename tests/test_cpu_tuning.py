@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+from conftest import tone
+from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+from wav2genre_cache.backbone import builtin_model
+from wav2genre_cache.cpu_tuning import (
+    ChannelsLastFeatureEncoder,
+    ChannelsLastPositionalConv,
+    PackedLinear,
+    onednn_available,
+    pack_linear_layers,
+    tune_for_cpu,
+)
+
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="torch without oneDNN ops")
+
+
+def tiny_model(**overrides) -> Wav2Vec2Model:
+    config = Wav2Vec2Config(**{**builtin_model("random-tiny").config.to_dict(), **overrides})
+    torch.manual_seed(0)
+    return Wav2Vec2Model(config).eval()
+
+
+def waveforms(seconds: float = 1.3) -> torch.Tensor:
+    return torch.from_numpy(np.stack([tone(seconds, freq=300), tone(seconds, freq=500, seed=1)]))
+
+
+def rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want.float()).abs().max() / want.float().abs().max())
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_channels_last_feature_encoder_equals_the_original(norm):
+    original = tiny_model(feat_extract_norm=norm, conv_bias=True).feature_extractor
+    assert ChannelsLastFeatureEncoder.supports(original)
+    x = waveforms()
+    with torch.no_grad():
+        want = original(x)
+        got = ChannelsLastFeatureEncoder(original)(x)
+    assert got.shape == want.shape
+    assert rel(got, want) < 1e-5
+
+
+def test_channels_last_positional_conv_equals_the_original():
+    pos = tiny_model().encoder.pos_conv_embed
+    assert ChannelsLastPositionalConv.supports(pos)
+    hidden = torch.randn(2, 37, 32)
+    with torch.no_grad():
+        want = pos(hidden)
+        got = ChannelsLastPositionalConv(pos)(hidden)
+    assert got.shape == want.shape
+    assert rel(got, want) < 1e-5
+
+
+@needs_onednn
+def test_fused_kernels_match_in_bfloat16():
+    model = tiny_model()
+    pos = model.encoder.pos_conv_embed
+    dense = torch.nn.Linear(32, 64)
+    hidden = torch.randn(2, 37, 32)
+    with torch.no_grad():
+        want_pos = pos(hidden)
+        want_dense = torch.nn.functional.gelu(dense(hidden))
+        model.to(torch.bfloat16)
+        dense.to(torch.bfloat16)
+        got_pos = ChannelsLastPositionalConv(pos, fuse=True)(hidden.bfloat16())
+        got_dense = PackedLinear(dense, activation="gelu")(hidden.bfloat16())
+    assert rel(got_pos, want_pos) < 2e-2
+    assert rel(got_dense, want_dense) < 2e-2
+
+
+@needs_onednn
+def test_packing_swaps_every_linear_and_fuses_the_feed_forward_gelu():
+    model = tiny_model().to(torch.bfloat16)
+    pack_linear_layers(model.encoder)
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.encoder.modules())
+    ff = model.encoder.layers[0].feed_forward
+    assert ff.intermediate_dense.activation == "gelu"
+    assert isinstance(ff.intermediate_act_fn, torch.nn.Identity)
+
+
+def test_tuned_model_stays_close_to_the_untouched_one():
+    plain = tiny_model()
+    tuned = tiny_model().to(torch.bfloat16)
+    tune_for_cpu(tuned)
+    assert isinstance(tuned.feature_extractor, ChannelsLastFeatureEncoder)
+    x = waveforms(2.0)
+    with torch.no_grad():
+        want = plain(x, output_hidden_states=True).hidden_states
+        got = tuned(x.bfloat16(), output_hidden_states=True).hidden_states
+    for w, g in zip(want, got, strict=True):
+        assert rel(g.mean(dim=1), w.mean(dim=1)) < 2e-2
+
+
+def test_float32_keeps_transformers_modules():
+    model = tiny_model()
+    tune_for_cpu(model)
+    assert not isinstance(model.feature_extractor, ChannelsLastFeatureEncoder)
+    assert any(isinstance(m, torch.nn.Linear) for m in model.encoder.modules())
