@@ -30,7 +30,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/train_heads.py
-	$(BIN)/python benchmarks/embed_throughput.py
+	$(BIN)/python benchmarks/embed_throughput.py --tracks 48 --memory
 
 clean:
 	rm -rf artifacts .pytest_cache
