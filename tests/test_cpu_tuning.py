@@ -81,11 +81,20 @@ def test_packing_swaps_every_linear_and_fuses_the_feed_forward_gelu():
     assert isinstance(ff.intermediate_act_fn, torch.nn.Identity)
 
 
-def test_tuned_model_stays_close_to_the_untouched_one():
-    plain = tiny_model()
-    tuned = tiny_model().to(torch.bfloat16)
+def tiny_hubert():
+    from transformers import HubertConfig, HubertModel
+
+    torch.manual_seed(0)
+    return HubertModel(HubertConfig(**builtin_model("random-tiny").config.to_dict())).eval()
+
+
+@pytest.mark.parametrize("make", [tiny_model, tiny_hubert], ids=["wav2vec2", "hubert"])
+def test_tuned_model_stays_close_to_the_untouched_one(make):
+    plain = make()
+    tuned = make().to(torch.bfloat16)
     tune_for_cpu(tuned)
     assert isinstance(tuned.feature_extractor, ChannelsLastFeatureEncoder)
+    assert isinstance(tuned.encoder.pos_conv_embed, ChannelsLastPositionalConv)
     x = waveforms(2.0)
     with torch.no_grad():
         want = plain(x, output_hidden_states=True).hidden_states

@@ -13,6 +13,10 @@ import sys
 import torch
 import torch.nn.functional as F
 
+# Models whose modules the swaps below were checked against (tests/test_cpu_tuning.py). Others,
+# WavLM for one (its attention reads q_proj.weight directly), keep transformers' modules.
+TUNED_MODELS = ("Wav2Vec2Model", "HubertModel")
+
 
 def tune_for_cpu(model: torch.nn.Module) -> None:
     """Apply the CPU levers to a model already in its final dtype, in place."""
@@ -25,7 +29,7 @@ def tune_for_cpu(model: torch.nn.Module) -> None:
             pass
     keep_freed_memory()
     # The rest pays in bfloat16 only: channels-last convolutions measured 30% slower in float32.
-    if next(model.parameters()).dtype != torch.bfloat16:
+    if next(model.parameters()).dtype != torch.bfloat16 or type(model).__name__ not in TUNED_MODELS:
         return
     fuse = onednn_available()
     encoder = getattr(model, "feature_extractor", None)
@@ -105,10 +109,10 @@ class ChannelsLastFeatureEncoder(torch.nn.Module):
         super().__init__()
         self.conv_layers = encoder.conv_layers
         self.fuse = fuse
-        # Reordered once: channels-last [out, in, 1, kernel].
+        # Reordered once: channels-last [out, in, 1, kernel] (the first layer is a matmul).
         self.weights = [
             layer.conv.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
-            for layer in self.conv_layers
+            for layer in self.conv_layers[1:]
         ]
 
     @staticmethod
@@ -143,7 +147,7 @@ class ChannelsLastFeatureEncoder(torch.nn.Module):
             h = h + first.bias
         # [batch, channels, 1, frames] in channels-last memory: the layout of h, no copy.
         h = self._norm_activation(self.conv_layers[0], h.transpose(1, 2).unsqueeze(2))
-        for layer, weight in zip(self.conv_layers[1:], self.weights[1:], strict=True):
+        for layer, weight in zip(self.conv_layers[1:], self.weights, strict=True):
             conv = layer.conv
             stride = [1, conv.stride[0]]
             if (

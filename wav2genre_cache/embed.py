@@ -131,6 +131,7 @@ def _embed(
     console: Console,
     progress: bool,
 ) -> EmbedSummary:
+    """embed_dataset once the model is loaded and the decode workers are starting."""
     if opts.batch_size is None:
         opts = replace(opts, batch_size=default_batch_size(backbone.device) if backbone else 2)
     config = embed_config(opts, layout, backbone)
