@@ -101,3 +101,13 @@ def test_not_a_model_directory(tmp_path):
     (tmp_path / "junk").mkdir()
     with pytest.raises(BackboneError, match="not a loadable model directory"):
         load_backbone(str(tmp_path / "junk"), device="cpu")
+
+
+def test_normalize_on_device_matches_the_numpy_path():
+    from wav2genre_cache.audio import normalize_segments
+    from wav2genre_cache.backbone import normalize_on_device
+
+    batch = np.stack([tone(2.0, freq=220) * 5 + 0.3, np.zeros(32_000, np.float32)])
+    got = normalize_on_device(torch.from_numpy(batch)).numpy()
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, normalize_segments(batch), atol=1e-5)

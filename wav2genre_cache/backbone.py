@@ -50,9 +50,13 @@ class Backbone:
         All rows must have the same length: Wav2Vec2-base was trained without attention
         masks, so padding would change the output.
         """
-        x = torch.from_numpy(normalize_segments(segments))
         if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
+            # Raw audio up, normalised there: the main thread's numpy pass was a third of its
+            # per-batch work, and a GPU feeds on that thread.
+            x = torch.from_numpy(np.ascontiguousarray(segments, dtype=np.float32))
+            x = normalize_on_device(x.pin_memory().to(self.device, non_blocking=True))
+        else:
+            x = torch.from_numpy(normalize_segments(segments))
         # bfloat16 runs on bfloat16 weights (12% faster than autocast on the CPU, same accuracy);
         # float16 keeps float32 weights under autocast, whose fp32 islands avoid overflow.
         x = x.to(torch.bfloat16) if self.dtype == torch.bfloat16 else x
@@ -63,8 +67,14 @@ class Backbone:
         )
         with autocast:
             out = self.model(x, output_hidden_states=True)
-        pooled = torch.stack([h.float().mean(dim=1) for h in out.hidden_states], dim=1)
+        pooled = torch.stack([h.mean(dim=1, dtype=torch.float32) for h in out.hidden_states], dim=1)
         return pooled.cpu().numpy()
+
+
+def normalize_on_device(x: torch.Tensor) -> torch.Tensor:
+    """normalize_segments in torch, on the tensor's device (float32 [batch, samples])."""
+    var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
+    return (x - mean) / torch.sqrt(var + 1e-7)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -249,11 +249,12 @@ def embed_tracks(
     """
     full = int(round(segment_seconds * SAMPLE_RATE))
     out, pending = [], []
+    batch = np.empty((batch_size, full), np.float32)  # segments are copied in once, here
 
     def flush() -> None:
         if pending:
-            emb = backbone.embed(np.stack([audio for _, _, audio in pending]))
-            for (ti, si, _), e in zip(pending, emb, strict=True):
+            emb = backbone.embed(batch[: len(pending)])
+            for (ti, si), e in zip(pending, emb, strict=True):
                 out[ti][si] = e
             pending.clear()
 
@@ -261,11 +262,11 @@ def embed_tracks(
         starts, length = segment_track(samples, segment_seconds, hop_seconds)
         out.append(np.zeros((len(starts), backbone.n_layers, backbone.dim), np.float32))
         for si, s in enumerate(starts):
-            audio = samples[s : s + length].copy()
             if length < full:
-                out[ti][si] = backbone.embed(audio[None])[0]
+                out[ti][si] = backbone.embed(samples[None, s : s + length])[0]
                 continue
-            pending.append((ti, si, audio))
+            batch[len(pending)] = samples[s : s + length]
+            pending.append((ti, si))
             if len(pending) >= batch_size:
                 flush()
     flush()
