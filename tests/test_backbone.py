@@ -73,15 +73,7 @@ def test_local_ctc_checkpoint_loads_as_the_bare_encoder(tmp_path):
 def test_hubert_loads_through_the_same_code(tmp_path):
     from transformers import HubertConfig, HubertModel
 
-    cfg = HubertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(32,) * 7,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-    )
+    cfg = HubertConfig(**builtin_model("random-tiny").config.to_dict())
     HubertModel(cfg).save_pretrained(tmp_path / "hubert")
     backbone = load_backbone(str(tmp_path / "hubert"), device="cpu")
     assert backbone.embed(tone(1.5)[None]).shape == (1, 3, 32)

@@ -70,7 +70,6 @@ class PackedLinear(torch.nn.Module):
 
     def __init__(self, linear: torch.nn.Linear, activation: str = "none", rows_hint: int = 1000):
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
         self.activation = activation
         # Plain attributes, not parameters: an inference-only, opaque oneDNN tensor.
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows_hint)

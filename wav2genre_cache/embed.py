@@ -352,11 +352,15 @@ def start_workers(workers: int) -> ProcessPoolExecutor | None:
     """A pool of decode processes, started now: each imports the decoders straight away."""
     if workers <= 0:
         return None
-    # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    pool = _process_pool(workers)
     for _ in range(workers):
         pool.submit(ready)
     return pool
+
+
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
 
 
 def ordered_map(
@@ -378,9 +382,7 @@ def ordered_map(
     if workers <= 0:
         yield from map(fn, items)
         return
-    # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
-    context = mp.get_context("spawn")
-    pool = pool or ProcessPoolExecutor(workers, mp_context=context)
+    pool = pool or _process_pool(workers)
     try:
         it = iter(items)
         pending = deque((x, pool.submit(fn, x)) for x in islice(it, window))
@@ -392,13 +394,13 @@ def ordered_map(
                 if on_crash is None:
                     raise
                 pool.shutdown(wait=True, cancel_futures=True)
-                pool = ProcessPoolExecutor(workers, mp_context=context)
+                pool = _process_pool(workers)
                 try:
                     result = pool.submit(fn, item).result()
                 except BrokenProcessPool:
                     result = on_crash(item)
                     pool.shutdown(wait=True, cancel_futures=True)
-                    pool = ProcessPoolExecutor(workers, mp_context=context)
+                    pool = _process_pool(workers)
                 pending = deque((x, pool.submit(fn, x)) for x, _ in pending)
             for x in islice(it, 1):
                 pending.append((x, pool.submit(fn, x)))
