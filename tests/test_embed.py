@@ -208,3 +208,64 @@ def test_a_worker_that_dies_is_replaced_and_the_item_reported():
     items = ["a", "b", "crash", "c", "d", "e"]
     out = list(ordered_map(crash_on, items, workers=2, window=3, on_crash=lambda x: f"failed {x}"))
     assert out == ["aa", "bb", "failed crash", "cc", "dd", "ee"]
+
+
+def session_processes(sid: int) -> dict[int, str]:
+    """The live processes of session `sid`, pid -> command line, read from /proc (no psutil)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # gone while we looked
+            continue
+        # Fields after "(comm)": state, ppid, pgrp, session, ...; a zombie has already exited.
+        state, _, _, session = stat[stat.rindex(")") + 2 :].split()[:4]
+        if int(session) == sid and state != "Z":
+            found[int(entry.name)] = cmdline
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux's /proc")
+def test_sigkill_leaves_no_decode_worker_or_resource_tracker_behind(tmp_path):
+    data = make_label_folder(tmp_path / "data", per_label=4, seconds=10.0)
+    out = tmp_path / "c.h5"
+    # Its own session: every descendant keeps the session id after the parent is gone.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wav2genre_cache", "embed", str(data), "--out", str(out)]
+        + ["--model", "random-tiny", "--workers", "2", "--segment-seconds", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 60
+        workers: list[int] = []
+        # Killed once both workers run and decoding is under way (the store is open).
+        while time.time() < deadline and proc.poll() is None:
+            children = session_processes(proc.pid)
+            workers = [p for p, cmd in children.items() if "spawn_main" in cmd]
+            if len(workers) == 2 and Path(str(out) + ".partial").is_dir():
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None and len(workers) == 2, "the run ended before it could be killed"
+        assert any("resource_tracker" in cmd for cmd in session_processes(proc.pid).values())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 5
+        left = session_processes(proc.pid)
+        while left and time.time() < deadline:
+            time.sleep(0.1)
+            left = session_processes(proc.pid)
+        assert not left, f"left behind after the parent was killed: {left}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in session_processes(proc.pid):  # only this test's own processes
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

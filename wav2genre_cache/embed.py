@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +31,7 @@ from .cache import (
     config_differences,
 )
 from .datasets import EXCLUDED, Track, assign_splits, detect_layout, discover
-from .features import PreparePlan, prepare_track, ready
+from .features import PreparePlan, prepare_track, ready, watch_parent
 
 FEATURE_SETS = ("wav2vec2", "handcrafted", "logmel")
 
@@ -360,7 +361,16 @@ def start_workers(workers: int) -> ProcessPoolExecutor | None:
 
 def _process_pool(workers: int) -> ProcessPoolExecutor:
     # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    # Each worker exits when this process dies (kill -9 included), so no run leaves orphans; with
+    # spawn its parent pid is ours. The workers are spawned by the thread that submits to the pool
+    # (ProcessPoolExecutor._adjust_process_count, Python 3.11 to 3.13), here the one creating it:
+    # the kernel's parent-death signal, tied to that thread, is armed only for the main thread.
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=watch_parent,
+        initargs=(os.getpid(), threading.current_thread() is threading.main_thread()),
+    )
 
 
 def ordered_map(
