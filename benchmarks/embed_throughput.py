@@ -124,8 +124,10 @@ def run_ours(
 ) -> dict:
     import torch
 
+    from wav2genre_cache.cpu_tuning import keep_freed_memory
     from wav2genre_cache.embed import EmbedOptions, embed_dataset
 
+    keep_freed_memory()  # as `wav2genre embed` does by default
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()

@@ -16,6 +16,12 @@ from wav2genre_cache.cpu_tuning import (
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="torch without oneDNN ops")
 
+# oneDNN's bfloat16 grouped convolution is wrong on Intel AMX for 8 channels per group
+# (random-tiny's 4 groups of 8 came out 0.95 off there, F.conv1d included; the base model's 16
+# groups of 48 are right): the bfloat16 kernels are checked here on a shape oneDNN gets right,
+# and load_backbone's precision check catches the other (tests/test_backbone.py).
+RIGHT_IN_BFLOAT16 = {"num_conv_pos_embedding_groups": 2}
+
 
 def tiny_model(**overrides) -> Wav2Vec2Model:
     config = Wav2Vec2Config(**{**builtin_model("random-tiny").config.to_dict(), **overrides})
@@ -56,7 +62,7 @@ def test_channels_last_positional_conv_equals_the_original():
 
 @needs_onednn
 def test_fused_kernels_match_in_bfloat16():
-    model = tiny_model()
+    model = tiny_model(**RIGHT_IN_BFLOAT16)
     pos = model.encoder.pos_conv_embed
     dense = torch.nn.Linear(32, 64)
     hidden = torch.randn(2, 37, 32)
@@ -81,17 +87,18 @@ def test_packing_swaps_every_linear_and_fuses_the_feed_forward_gelu():
     assert isinstance(ff.intermediate_act_fn, torch.nn.Identity)
 
 
-def tiny_hubert():
+def tiny_hubert(**overrides):
     from transformers import HubertConfig, HubertModel
 
     torch.manual_seed(0)
-    return HubertModel(HubertConfig(**builtin_model("random-tiny").config.to_dict())).eval()
+    config = {**builtin_model("random-tiny").config.to_dict(), **overrides}
+    return HubertModel(HubertConfig(**config)).eval()
 
 
 @pytest.mark.parametrize("make", [tiny_model, tiny_hubert], ids=["wav2vec2", "hubert"])
 def test_tuned_model_stays_close_to_the_untouched_one(make):
-    plain = make()
-    tuned = make().to(torch.bfloat16)
+    plain = make(**RIGHT_IN_BFLOAT16)
+    tuned = make(**RIGHT_IN_BFLOAT16).to(torch.bfloat16)
     tune_for_cpu(tuned)
     assert isinstance(tuned.feature_extractor, ChannelsLastFeatureEncoder)
     assert isinstance(tuned.encoder.pos_conv_embed, ChannelsLastPositionalConv)

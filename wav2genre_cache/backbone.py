@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import os
+import platform
+import socket
+import sys
+import urllib.parse
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,12 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import normalize_segments
+from .audio import SAMPLE_RATE, normalize_segments
 from .cpu_tuning import tune_for_cpu
 
 DEFAULT_MODEL = "facebook/wav2vec2-base-960h"
 BUILTIN_MODELS = ("random-base", "random-tiny")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Download sizes of the models we know; any other model's size goes unsaid.
+_DOWNLOAD_SIZES = {DEFAULT_MODEL: "about 360 MB"}
+# Reduced precision must stay this close to float32 (largest per-layer max |a - b| / max |b|)
+# on the probe signal, or a slower path that does is used instead.
+PRECISION_TOLERANCE = 2e-2
 
 
 class BackboneError(Exception):
@@ -48,8 +60,16 @@ class Backbone:
         """Per-layer mean over frames of every hidden state, float32 [batch, layers, dim].
 
         All rows must have the same length: Wav2Vec2-base was trained without attention
-        masks, so padding would change the output.
+        masks, so padding would change the output. On the CPU each row is its own model call:
+        oneDNN picks its bfloat16 kernels by shape, so a row's result would otherwise depend on
+        how many rows share its call (1e-3 apart here), and `predict` must give what `embed`
+        gave whatever the batch size. One row per call cost 8% in bfloat16 on this CPU.
         """
+        if self.device.type == "cpu" and len(segments) > 1:
+            return np.concatenate([self._embed(segments[i : i + 1]) for i in range(len(segments))])
+        return self._embed(segments)
+
+    def _embed(self, segments: np.ndarray) -> np.ndarray:
         if self.device.type == "cuda":
             # Raw audio up, normalised there: the main thread's numpy pass was a third of its
             # per-batch work, and a GPU feeds on that thread.
@@ -137,9 +157,16 @@ def builtin_model(name: str, seed: int = 0) -> torch.nn.Module:
 
 
 def load_backbone(
-    model_id: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto"
+    model_id: str = DEFAULT_MODEL,
+    device: str = "auto",
+    dtype: str = "auto",
+    log: Callable[[str], None] | None = None,
 ) -> Backbone:
-    """Load a backbone by Hugging Face id, local save_pretrained directory, or built-in name."""
+    """Load a backbone by Hugging Face id, local save_pretrained directory, or built-in name.
+
+    On the CPU a reduced precision is used only where it passes `check_precision` on this
+    machine; otherwise the fastest path that does is taken and `log` says so in one line.
+    """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     if model_id in BUILTIN_MODELS:
@@ -147,40 +174,210 @@ def load_backbone(
     else:
         model, revision = _load_pretrained(model_id)
     model.eval().to(dev)
+    if dev.type == "cpu":
+        backbone, note = _cpu_backbone(model, model_id, revision, torch_dtype)
+        if note:
+            (log or _print_stderr)(note)
+        return backbone
     if torch_dtype == torch.bfloat16:
         model.to(torch.bfloat16)
-    if dev.type == "cpu":
-        tune_for_cpu(model)
     return Backbone(model, model_id, revision, dev, torch_dtype)
+
+
+# ---- reduced precision on the CPU, checked before use ----------------------------------------
+#
+# oneDNN's bfloat16 kernels are not right for every shape on every CPU: on Intel AMX a grouped
+# convolution with 8 channels per group (random-tiny's position convolution) came out 0.95 off,
+# plain F.conv1d included, while the same model was fine on AMD Zen 4. So each reduced-precision
+# path is compared with float32 on a fixed probe signal at load, once per model and machine.
+
+# The CPU paths for each requested dtype, fastest first; float32 always passes.
+_CPU_PATHS = {
+    torch.bfloat16: ("bfloat16 (tuned kernels)", "bfloat16 (transformers' kernels)", "float32"),
+    torch.float16: ("float16 (autocast)", "float32"),
+}
+
+
+def _cpu_backbone(
+    model: torch.nn.Module, model_id: str, revision: str, dtype: torch.dtype
+) -> tuple[Backbone, str]:
+    """The fastest CPU path for `dtype` that stays within PRECISION_TOLERANCE of float32."""
+    cpu = torch.device("cpu")
+    if dtype == torch.float32:
+        tune_for_cpu(model)
+        return Backbone(model, model_id, revision, cpu, dtype), ""
+    paths = _CPU_PATHS[dtype]
+    key = _precision_key(model_id, revision, dtype)
+    known = _read_precision_checks().get(key)
+    if known and known.get("path") in paths:
+        chosen, errors = known["path"], known.get("errors", {})
+        backbone = _cpu_path(model, chosen, model_id, revision)
+    else:
+        reference = _cpu_path(copy.deepcopy(model), "float32", model_id, revision)
+        want = reference.embed(probe_signal()[None])[0]
+        del reference
+        errors = {}
+        for chosen in paths:
+            # The last path reuses the model itself: no copy is kept once one is chosen.
+            candidate = model if chosen == paths[-1] else copy.deepcopy(model)
+            backbone = _cpu_path(candidate, chosen, model_id, revision)
+            if chosen == "float32":
+                break
+            errors[chosen] = relative_error(backbone.embed(probe_signal()[None])[0], want)
+            if errors[chosen] <= PRECISION_TOLERANCE:
+                break
+        _write_precision_check(key, {"path": chosen, "errors": errors})
+    if chosen == paths[0]:
+        return backbone, ""
+    first = paths[0]
+    return backbone, (
+        f"note: {first} is {errors.get(first, float('nan')):.2g} off float32 for {model_id} on "
+        f"this CPU (limit {PRECISION_TOLERANCE:g}); using {chosen} instead"
+    )
+
+
+def _cpu_path(model: torch.nn.Module, path: str, model_id: str, revision: str) -> Backbone:
+    """The model set up for one of the _CPU_PATHS."""
+    cpu = torch.device("cpu")
+    if path.startswith("bfloat16"):
+        model.to(torch.bfloat16)
+        if path == "bfloat16 (tuned kernels)":
+            tune_for_cpu(model)
+        return Backbone(model, model_id, revision, cpu, torch.bfloat16)
+    model.to(torch.float32)
+    if path == "float32":
+        tune_for_cpu(model)
+    return Backbone(model, model_id, revision, cpu, _DTYPES[path.split()[0]])
+
+
+def probe_signal(seconds: float = 2.0) -> np.ndarray:
+    """A fixed, music-like test signal: a chord with vibrato, a pulse and a little noise."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    x = sum(np.sin(2 * np.pi * f * t * (1 + 0.002 * np.sin(5 * t))) for f in (220, 277, 330, 440))
+    x = x * (0.6 + 0.4 * (np.sin(2 * np.pi * 2 * t) > 0))
+    x = x + 0.05 * np.random.default_rng(0).standard_normal(t.size)
+    return (0.2 * x).astype(np.float32)
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """Largest per-layer max |got - want| / max |want| of [layers, dim] embeddings."""
+    return float(
+        max(np.abs(got[i] - want[i]).max() / np.abs(want[i]).max() for i in range(len(want)))
+    )
+
+
+def _precision_key(model_id: str, revision: str, dtype: torch.dtype) -> str:
+    """Model, revision, dtype, torch and the CPU: what the check's outcome depends on."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line]
+    cpu = names[0] if names else platform.processor() or platform.machine()
+    flags = [f for f in ("avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16") if f in info]
+    return json.dumps([model_id, revision, str(dtype), torch.__version__, cpu, flags])
+
+
+def _precision_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "wav2genre" / "precision_checks.json"
+
+
+def _read_precision_checks() -> dict:
+    try:
+        return json.loads(_precision_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_precision_check(key: str, value: dict) -> None:
+    """Remember a check's outcome; a cache that cannot be written only costs a re-check."""
+    path = _precision_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checks = {**_read_precision_checks(), key: value}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(checks, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _print_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _load_pretrained(model_id: str) -> tuple[torch.nn.Module, str]:
     from transformers import AutoModel
 
     local = Path(model_id).expanduser()
-    try:
-        # A CTC checkpoint (wav2vec2-base-960h) loads as the bare encoder through AutoModel.
-        model = AutoModel.from_pretrained(str(local) if local.is_dir() else model_id)
-    except Exception as exc:
-        if local.is_dir():
+    if _looks_like_path(model_id) or local.exists():
+        if not local.exists():
+            raise BackboneError(f"--model {model_id}: no such directory")
+        if not local.is_dir():
+            raise BackboneError(
+                f"--model {model_id}: a file, not a model directory (pass the folder that "
+                "save_pretrained wrote, with config.json and the weights)"
+            )
+        try:
+            model = AutoModel.from_pretrained(str(local), local_files_only=True)
+        except Exception as exc:
             raise BackboneError(f"{local}: not a loadable model directory ({exc})") from None
-        raise BackboneError(_offline_message(model_id, exc)) from None
+        revision = _dir_hash(local)
+    else:
+        # Offline, the hub client retries for half a minute before giving up: find out first,
+        # and then use only what the local cache holds.
+        offline = _hub_offline()
+        try:
+            # A CTC checkpoint (wav2vec2-base-960h) loads as the bare encoder through AutoModel.
+            model = AutoModel.from_pretrained(model_id, local_files_only=offline)
+        except Exception as exc:
+            raise BackboneError(_offline_message(model_id, exc, offline)) from None
+        revision = getattr(model.config, "_commit_hash", None) or ""
     if not hasattr(model.config, "num_hidden_layers"):
         raise BackboneError(f"{model_id}: not an audio encoder with hidden states")
-    revision = getattr(model.config, "_commit_hash", None) or _dir_hash(local)
     return model, revision
 
 
-def _offline_message(model_id: str, exc: Exception) -> str:
-    offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
+def _looks_like_path(model_id: str) -> bool:
+    """A hub id is `name` or `org/name`; anything else is meant as a folder."""
+    return (
+        model_id.startswith(("/", ".", "~"))
+        or model_id.count("/") > 1
+        or os.sep != "/"
+        and os.sep in model_id
+    )
+
+
+def _hub_offline(timeout: float = 3.0) -> bool:
+    """True when HF_HUB_OFFLINE is set or the hub's host cannot be reached within `timeout`."""
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get(
+        "TRANSFORMERS_OFFLINE", ""
+    ) not in ("", "0"):
+        return True
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False  # through a proxy a direct connection proves nothing: let the client try
+    url = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return False
+    except OSError:
+        return True
+
+
+def _offline_message(model_id: str, exc: Exception, offline: bool) -> str:
+    size = _DOWNLOAD_SIZES.get(model_id)
+    detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     return (
         f"Could not load the model {model_id!r}: it is not in the local Hugging Face cache and "
-        f"could not be downloaded{' (HF_HUB_OFFLINE is set)' if offline else ''}. Fix it in one "
-        "of two ways: run the same command once on a machine with internet access (the weights, "
-        "about 360 MB, are then kept in ~/.cache/huggingface and later runs work offline), or "
-        "download the model elsewhere, save it with `save_pretrained(DIR)` and pass "
-        "`--model DIR`. For a quick test without any download use `--model random-tiny`. "
-        f"(Underlying error: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__})"
+        + ("the hub cannot be reached" if offline else "could not be downloaded")
+        + ". Fix it in one of two ways: run the same command once on a machine with internet "
+        f"access (the weights{', ' + size + ',' if size else ''} are then kept in "
+        "~/.cache/huggingface and later runs work offline; set HF_HUB_OFFLINE=1 there to skip "
+        "the hub check), or download the model elsewhere, save it with `save_pretrained(DIR)` "
+        "and pass `--model DIR`. For a quick test without any download use `--model random-tiny`. "
+        f"(Underlying error: {detail})"
     )
 
 

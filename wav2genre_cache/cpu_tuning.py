@@ -27,7 +27,6 @@ def tune_for_cpu(model: torch.nn.Module) -> None:
             model.set_attn_implementation("eager")
         except (ValueError, ImportError):
             pass
-    keep_freed_memory()
     # The rest pays in bfloat16 only: channels-last convolutions measured 30% slower in float32.
     if next(model.parameters()).dtype != torch.bfloat16 or type(model).__name__ not in TUNED_MODELS:
         return
@@ -236,7 +235,9 @@ def keep_freed_memory() -> None:
     Each hidden state of a 10 s segment is tens of MB: glibc serves those with mmap and unmaps
     them on free, so every call page-faults its activations in afresh (16% of a bfloat16 call
     here). Keeping them in the heap is what jemalloc/tcmalloc do, as PyTorch's CPU tuning
-    guide advises; this is the same with glibc alone. Process-wide, Linux/glibc only.
+    guide advises; this is the same with glibc alone. Process-wide, Linux/glibc only: so only
+    a command that owns its process asks for it (`embed` and `run`; `--release-freed-memory`
+    opts out), never a library call such as load_backbone.
     """
     if not sys.platform.startswith("linux"):
         return
