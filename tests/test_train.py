@@ -190,3 +190,262 @@ def test_attention_head_trains_per_track_in_the_comparison(separable_cache, tmp_
     assert att["test"]["track"]["accuracy"] >= 0.9
     meta, model = load_bundle(tmp_path / "run" / "bundles" / "attention")
     assert meta["head"] == "attention" and model.needs_groups
+
+
+# ---- every file a bundle loads is checksummed ---------------------------------------------
+
+# Tiny settings: each head fits in well under a second on 40 rows of 256 features.
+TINY_HEADS = {
+    "fcnn": dict(hidden_layers=(8,), max_epochs=2),
+    "fcnn-weighted": dict(n_layers=2, hidden_layers=(8,), max_epochs=2),
+    "attention": dict(hidden=8, max_epochs=2),
+    "svm": {},
+    "rf": {},
+    "logreg": {},
+    "xgb": dict(n_estimators=3),
+    "cnn": dict(n_mels=16, channels=4, max_epochs=1),  # 16 mels x 16 frames
+}
+
+
+def tiny_bundle(name: str, directory, seed: int = 0):
+    """A bundle of a tiny fitted head, written by write_bundle as train_heads writes it."""
+    from types import SimpleNamespace
+
+    from wav2genre_cache.heads import make_head
+    from wav2genre_cache.train import write_bundle
+
+    rng = np.random.default_rng(seed)
+    y = np.arange(40) % 2
+    X = (rng.standard_normal((40, 256)) + 2.0 * y[:, None]).astype(np.float32)
+    head = make_head(name, seed=seed, **TINY_HEADS[name]).fit(X, y)
+    metric = {"accuracy": 1.0, "macro_f1": 1.0, "macro_auc": 1.0}
+    row = {
+        "head": name,
+        "params": TINY_HEADS[name],
+        "layer": -1 if name == "fcnn-weighted" else 0,
+        "test": {"track": metric, "segment": metric},
+        "valid": None,
+    }
+    attrs = {
+        "sample_rate": 16000,
+        "segment_seconds": 10.0,
+        "hop_seconds": 10.0,
+        "backbone": "synthetic",
+        "backbone_revision": "",
+        "dtype": "float32",
+    }
+    data = SimpleNamespace(
+        cache=SimpleNamespace(attrs=attrs), labels=["blues", "rock"], feature_set="wav2vec2"
+    )
+    write_bundle(directory, head, row, data)
+    return head, X
+
+
+@pytest.mark.parametrize("name", list(TINY_HEADS))
+def test_altering_any_byte_of_any_bundle_file_is_refused(name, tmp_path):
+    import shutil
+
+    head, X = tiny_bundle(name, tmp_path / "b")
+    meta, loaded = load_bundle(tmp_path / "b")
+    np.testing.assert_allclose(loaded.predict_proba(X), head.predict_proba(X), atol=1e-6)
+    files = sorted(p.name for p in (tmp_path / "b").iterdir() if p.name != "bundle.json")
+    for file in files:
+        altered = tmp_path / f"altered-{file}"
+        shutil.copytree(tmp_path / "b", altered)
+        data = bytearray((altered / file).read_bytes())
+        data[len(data) // 2] ^= 0x01  # one bit of one byte
+        (altered / file).write_bytes(bytes(data))
+        with pytest.raises(HeadError, match=rf"{file}: the file was altered after training"):
+            load_bundle(altered)
+    assert files and sorted(meta.get("files", {})) == files  # every file the head consists of
+
+
+def test_reversed_xgb_classes_are_refused(tmp_path):
+    tiny_bundle("xgb", tmp_path)
+    params = tmp_path / "head_params.json"
+    info = json.loads(params.read_text())
+    info["classes"] = info["classes"][::-1]  # the review's attack: blues 0.80 became rock 0.80
+    params.write_text(json.dumps(info))
+    with pytest.raises(HeadError, match=r"head_params.json: the file was altered after training"):
+        load_bundle(tmp_path)
+
+
+def test_bundle_json_must_cover_every_file_the_head_needs(tmp_path):
+    tiny_bundle("xgb", tmp_path)
+    meta = json.loads((tmp_path / "bundle.json").read_text())
+    del meta["files"]["head_params.json"]  # a bundle.json edited to leave a file unchecked
+    (tmp_path / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(HeadError, match="no checksum for head_params.json"):
+        load_bundle(tmp_path)
+
+
+def test_bundles_of_the_old_format_load_or_say_how_to_recreate_them(tmp_path):
+    # Before per-file checksums a bundle recorded only head_file and head_sha256.
+    for name in ("svm", "xgb"):
+        tiny_bundle(name, tmp_path / name)
+        meta = json.loads((tmp_path / name / "bundle.json").read_text())
+        meta.pop("files", None)
+        (tmp_path / name / "bundle.json").write_text(json.dumps({**meta, "format_version": 1}))
+    meta, model = load_bundle(tmp_path / "svm")  # one file, checked by head_sha256: still fine
+    assert meta["head"] == "svm" and hasattr(model, "predict_proba")
+    head_file = tmp_path / "svm" / meta["head_file"]
+    head_file.write_bytes(head_file.read_bytes() + b"\x00")
+    with pytest.raises(HeadError, match="altered after training"):
+        load_bundle(tmp_path / "svm")
+    # An old XGBoost bundle's head_params.json has no checksum: refused, with the remedy.
+    with pytest.raises(HeadError, match=r"head_params.json.*no checksum.*re-run train-heads"):
+        load_bundle(tmp_path / "xgb")
+    # A current bundle whose bundle.json lost its checksum map is not taken for an old one.
+    tiny_bundle("svm", tmp_path / "new")
+    meta = json.loads((tmp_path / "new" / "bundle.json").read_text())
+    del meta["files"]
+    (tmp_path / "new" / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(HeadError, match="has no 'files' checksums"):
+        load_bundle(tmp_path / "new")
+
+
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ("../../etc/passwd", "outside the bundle folder"),
+        ("/etc/passwd", "outside the bundle folder"),
+        ("..", "outside the bundle folder"),
+        ("..\\..\\etc\\passwd", "outside the bundle folder"),
+        ("sub/head.skops", "not a plain file name in the bundle folder"),
+    ],
+)
+def test_file_names_outside_the_bundle_folder_are_rejected(bad, why, tmp_path):
+    import re
+
+    tiny_bundle("svm", tmp_path / "b")
+    json_file = tmp_path / "b" / "bundle.json"
+    meta = json.loads(json_file.read_text())
+    # In head_file (the first format's field, still written) ...
+    json_file.write_text(json.dumps({**meta, "head_file": bad}))
+    with pytest.raises(HeadError, match=rf"names head file {re.escape(repr(bad))}, which is {why}"):
+        load_bundle(tmp_path / "b")
+    # ... and in the checksum map.
+    files = {**meta.get("files", {}), bad: "0" * 64}
+    json_file.write_text(json.dumps({**meta, "files": files}))
+    with pytest.raises(HeadError, match=rf"names file {re.escape(repr(bad))}, which is {why}"):
+        load_bundle(tmp_path / "b")
+
+
+# ---- a head asked for trains on the feature set it needs, or the run is refused ------------
+
+
+def cache_of(path, feature_sets=("wav2vec2", "logmel"), n_tracks=16, seed=0):
+    """A small cache of two labels holding wav2vec2 (3 layers x 8, which tells them apart) and/or
+    logmel (128 mels x 16 frames of noise)."""
+    from wav2genre_cache.cache import ShardStore, TrackResult
+
+    rng = np.random.default_rng(seed)
+    shapes = {"wav2vec2": (3, 8), "logmel": (1, 128 * 16)}
+    config = {
+        "backbone": "synthetic",
+        "backbone_revision": "",
+        "sample_rate": 16000,
+        "segment_seconds": 1.0,
+        "hop_seconds": 1.0,
+        "dtype": "float32",
+        "features": list(feature_sets),
+    }
+    store = ShardStore(path, config)
+    store.open()
+    splits = ["test", "test", "valid", "valid"] + ["train"] * (n_tracks - 4)
+    results = []
+    for i, split in enumerate(splits):
+        label = i % 2
+        features = {
+            fs: rng.standard_normal((2, *shapes[fs])).astype(np.float32) for fs in feature_sets
+        }
+        if "wav2vec2" in features:
+            features["wav2vec2"] += 2.0 * label
+        results.append(
+            TrackResult(
+                f"t{i}",
+                "p",
+                f"genre{label}",
+                split,
+                "",
+                "ok",
+                duration=2.0,
+                content_hash=f"{i:032x}",
+                starts=[0.0, 1.0],
+                views=[0, 0],
+                features=features,
+            )
+        )
+    store.write(0, results)
+    return store.finalize([f"t{i}" for i in range(n_tracks)])
+
+
+def test_spectrogram_heads_asked_for_train_on_the_caches_logmel(tmp_path, monkeypatch):
+    from wav2genre_cache.heads import PARAM_GRIDS
+
+    for name in ("cnn", "lstm"):  # tiny networks: this is about which heads train, and on what
+        monkeypatch.setitem(PARAM_GRIDS, name, [dict(channels=4, hidden=4, max_epochs=2)])
+    # train-heads CACHE --heads svm,cnn,lstm: --feature-set is wav2vec2 by default.
+    cache = cache_of(tmp_path / "both.h5")
+    said = []
+    m = train_heads(cache, tmp_path / "run", heads=["svm", "cnn", "lstm"], log=said.append)
+    trained = {(r["head"], r["feature_set"]) for r in m["results"]}
+    assert trained == {("svm", "wav2vec2"), ("cnn", "logmel"), ("lstm", "logmel")}
+    assert m["feature_sets"] == ["wav2vec2", "logmel"]
+    assert any("head cnn trains on logmel" in line for line in said)
+    assert (tmp_path / "run" / "bundles" / "lstm-logmel" / "bundle.json").is_file()
+    assert m["best"]["feature_set"] == "wav2vec2"  # predict and serve embed with the backbone
+
+
+def test_a_head_whose_feature_set_the_cache_lacks_is_refused_with_the_set_to_add(
+    separable_cache, tmp_path
+):
+    with pytest.raises(
+        TrainError,
+        match=r"head cnn trains on the logmel feature set, which this cache does not hold; "
+        r"re-run embed with --features wav2vec2,logmel",
+    ):
+        train_heads(separable_cache, tmp_path / "r", heads=["svm", "cnn", "lstm"])
+    logmel_only = cache_of(tmp_path / "logmel.h5", feature_sets=("logmel",))
+    with pytest.raises(
+        TrainError,
+        match=r"head svm trains on a vector feature set \(wav2vec2 or handcrafted\), which this "
+        r"cache does not hold; re-run embed with --features logmel,wav2vec2",
+    ):
+        train_heads(logmel_only, tmp_path / "r", heads=["svm", "cnn"], feature_sets="logmel")
+    with pytest.raises(TrainError, match="head fcnn-weighted trains on the layers of the wav2vec2"):
+        train_heads(logmel_only, tmp_path / "r", heads=["fcnn-weighted"], feature_sets="logmel")
+    assert not (tmp_path / "r").exists()  # refused before any training
+
+
+def test_feature_sets_for_adds_what_a_head_needs_and_keeps_the_defaults():
+    from wav2genre_cache.heads import HEADS
+    from wav2genre_cache.train import feature_sets_for
+
+    both = {"wav2vec2": 13, "handcrafted": 1, "logmel": 1}
+    said = []
+
+    def plan(heads, sets, held=both):
+        return feature_sets_for(heads, sets, held, said.append)
+
+    # The default heads, as run --features ...,logmel passes them: spectrogram heads on logmel.
+    assert plan(HEADS, ["logmel"], {"logmel": 1}) == ["logmel"]
+    assert plan(HEADS, ["wav2vec2", "handcrafted", "logmel"]) == [
+        "wav2vec2",
+        "handcrafted",
+        "logmel",
+    ]
+    assert plan(["svm"], ["wav2vec2", "logmel"]) == ["wav2vec2", "logmel"]
+    assert said == []
+    # A vector head asked for on a logmel-only run trains on the cache's wav2vec2.
+    assert plan(["logreg", "cnn"], ["logmel"]) == ["logmel", "wav2vec2"]
+    assert plan(["logreg"], ["logmel"], {"handcrafted": 1, "logmel": 1}) == [
+        "logmel",
+        "handcrafted",
+    ]
+    # fcnn-weighted needs several layers; a set no head asked for trains on is left out, aloud.
+    assert plan(["fcnn-weighted"], ["handcrafted"]) == ["wav2vec2"]
+    assert plan(["cnn"], ["wav2vec2"]) == ["logmel"]
+    assert any("wav2vec2: none of the heads asked for (cnn)" in line for line in said)
+    with pytest.raises(TrainError, match="no feature set to train on"):
+        plan(["svm"], [])

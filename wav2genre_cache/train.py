@@ -9,7 +9,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from .heads import (
     SPECTROGRAM_HEADS,
     TRACK_HEADS,
     HeadError,
+    head_files,
     load_head,
     make_head,
     save_head,
@@ -30,7 +31,7 @@ from .heads import (
 from .metrics import aggregate_tracks, classification_metrics
 
 BUNDLE_FORMAT = "wav2genre-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 2: a sha256 for every file of the head
 
 
 class TrainError(Exception):
@@ -196,6 +197,9 @@ def train_heads(
         raise TrainError(f"unknown head(s) {unknown}; available: {', '.join(ALL_HEADS)}")
     if isinstance(feature_sets, str):
         feature_sets = [f.strip() for f in feature_sets.split(",") if f.strip()]
+    # Before any training: a head asked for gets the feature set it needs, or the run stops here.
+    layers_of = {n: s[1] for n, s in EmbeddingCache(cache_path).feature_shapes.items()}
+    feature_sets = feature_sets_for(heads, feature_sets, layers_of, log)
     variants = [True, False] if augmented == "both" else [bool(augmented)]
     rows, best, probes, first = [], {}, {}, None
     for fs in feature_sets:
@@ -303,10 +307,73 @@ def train_heads(
 
 
 def heads_for(feature_set: str, heads) -> list[str]:
-    """Spectrogram heads train on log-mel images only, the other heads on vectors only."""
+    """The per-layer heads of `heads` that train on a feature set: log-mel images or vectors.
+
+    A logmel feature set that none of `heads` trains on gets all the spectrogram heads (what
+    `run --features ...,logmel` does with the default heads); feature_sets_for has made sure
+    that every head asked for has a feature set to train on.
+    """
     if feature_set == "logmel":
         return [h for h in heads if h in SPECTROGRAM_HEADS] or list(SPECTROGRAM_HEADS)
     return [h for h in heads if h in HEADS or h in TRACK_HEADS]
+
+
+VECTOR_FEATURE_SETS = ("wav2vec2", "handcrafted")  # in order of preference
+
+
+def feature_sets_for(
+    heads, feature_sets, layers_of: dict[str, int], log: Callable[[str], None] = print
+) -> list[str]:
+    """The feature sets to train on: those asked for, plus those the heads asked for need.
+
+    cnn, lstm and cnn-lstm train on logmel; the other heads on a vector set (wav2vec2, else
+    handcrafted), fcnn-weighted on one of several layers. A head whose feature set the run
+    lacks trains on the cache's (`layers_of`: the cache's feature sets and their layer counts),
+    and if the cache lacks it too, TrainError names the feature set to embed: a head asked for
+    is never dropped without a word. A feature set that none of the heads trains on is left
+    out, with a word. The default list (HEADS) asks for no head in particular.
+    """
+    plan = list(dict.fromkeys(feature_sets))
+    if not plan:
+        raise TrainError("no feature set to train on; name one or more, e.g. wav2vec2")
+    asked = [] if tuple(heads) == HEADS else list(dict.fromkeys(heads))
+    held = sorted(layers_of)
+
+    def fits(head: str, fs: str) -> bool:
+        if head in SPECTROGRAM_HEADS:
+            return fs == "logmel"
+        # A set the cache lacks passes here; load_training_data then says that it is missing.
+        several = head not in ALL_LAYER_HEADS or layers_of.get(fs, 2) > 1
+        return fs in VECTOR_FEATURE_SETS and several
+
+    for head in asked:
+        if any(fits(head, fs) for fs in plan):
+            continue
+        found = [fs for fs in ("logmel", *VECTOR_FEATURE_SETS) if fs in held and fits(head, fs)]
+        if not found:
+            if head in SPECTROGRAM_HEADS:
+                need, add = "the logmel feature set", "logmel"
+            elif head in ALL_LAYER_HEADS:
+                need, add = "the layers of the wav2vec2 feature set", "wav2vec2"
+            else:
+                need, add = "a vector feature set (wav2vec2 or handcrafted)", "wav2vec2"
+            embed_with = ",".join(dict.fromkeys([*held, add]))
+            raise TrainError(
+                f"head {head} trains on {need}, which this cache does not hold; "
+                f"re-run embed with --features {embed_with}"
+            )
+        log(f"head {head} trains on {found[0]}, which the cache holds: training on {found[0]} too")
+        plan.append(found[0])
+
+    def trains_on(fs: str) -> bool:
+        # logmel always has heads (heads_for), and HEADS all train on vectors; a set of another
+        # name stays for load_training_data to refuse.
+        return not asked or fs not in VECTOR_FEATURE_SETS or any(fits(h, fs) for h in asked)
+
+    for fs in [fs for fs in plan if not trains_on(fs)]:
+        log(f"{fs}: none of the heads asked for ({', '.join(asked)}) trains on it; left out")
+        plan.remove(fs)
+    return plan
 
 
 # The FCNN's search space for --trials (random search on the validation split).
@@ -403,7 +470,7 @@ def write_bundle(directory: Path, model, row: dict, data: TrainingData) -> Path:
     """Write a trained head with everything `predict` needs to reproduce the embedding."""
     if directory.exists():
         shutil.rmtree(directory)
-    head_file = save_head(model, row["head"], directory)
+    files = save_head(model, row["head"], directory)
     attrs = data.cache.attrs
     bundle = {
         "format": BUNDLE_FORMAT,
@@ -411,8 +478,11 @@ def write_bundle(directory: Path, model, row: dict, data: TrainingData) -> Path:
         "package_version": __version__,
         "head": row["head"],
         "params": row["params"],
-        "head_file": head_file,
-        "head_sha256": _sha256(directory / head_file),
+        # head_file/head_sha256 are the first format's fields, kept for readers of it; `files`
+        # checksums every file the head consists of, since load_head trusts each one.
+        "head_file": files[0],
+        "head_sha256": _sha256(directory / files[0]),
+        "files": {name: _sha256(directory / name) for name in files},
         "labels": data.labels,
         "feature_set": data.feature_set,
         "layer": row["layer"],
@@ -435,7 +505,11 @@ def write_bundle(directory: Path, model, row: dict, data: TrainingData) -> Path:
 
 
 def load_bundle(directory: str | Path) -> tuple[dict, object]:
-    """Read bundle.json and its head, checking the head file is the one that was written."""
+    """Read bundle.json and its head, checking every file of the head is the one that was written.
+
+    bundle.json itself is the root of trust: it holds the checksums, so it cannot vouch for
+    itself (its labels, layer and checksums are only as safe as the folder it lives in).
+    """
     directory = Path(directory)
     meta_file = directory / "bundle.json"
     if not meta_file.is_file():
@@ -446,20 +520,71 @@ def load_bundle(directory: str | Path) -> tuple[dict, object]:
         meta = json.loads(meta_file.read_text())
     except ValueError as exc:
         raise HeadError(f"{meta_file}: not valid JSON ({exc})") from None
-    if meta.get("format") != BUNDLE_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
         raise HeadError(f"{meta_file}: not a wav2genre bundle")
-    head_path = directory / Path(meta["head_file"]).name
-    if not head_path.is_file():
-        raise HeadError(f"{head_path}: missing from the bundle")
-    if _sha256(head_path) != meta["head_sha256"]:
+    needed = head_files(meta.get("head"))  # raises HeadError for an unknown head
+    head_file = _bundle_file_name(meta_file, meta.get("head_file"), "head file")
+    if "files" in meta:
+        files = meta["files"]
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise HeadError(f"{meta_file}: 'files' is not a map of file names to sha256 checksums")
+        checksums = {_bundle_file_name(meta_file, k, "file"): v for k, v in files.items()}
+        unchecked = [f for f in (head_file, *needed) if f not in checksums]
+        if unchecked:
+            raise HeadError(
+                f"{meta_file}: has no checksum for {', '.join(unchecked)}, which the "
+                f"{meta['head']} head reads; refusing to load it"
+            )
+    elif meta.get("format_version", 1) >= 2:
+        raise HeadError(f"{meta_file}: has no 'files' checksums; refusing to load it")
+    else:
+        # The first format checksummed head_file only: fine for a one-file head, but a file it
+        # left unchecked (an XGBoost head's head_params.json) could have been changed unnoticed.
+        unchecked = [f for f in needed if f != head_file]
+        if unchecked:
+            raise HeadError(
+                f"{directory}: a bundle of an older format whose {', '.join(unchecked)} has no "
+                "checksum, so a change to it would go unnoticed; re-create the bundle: re-run "
+                "train-heads on the cache (wav2genre train-heads CACHE --out RUN_DIR)"
+            )
+        checksums = {head_file: meta.get("head_sha256")}
+    # Every file is checked before load_head reads any of them.
+    for name, expected in checksums.items():
+        path = directory / name
+        if not path.is_file():
+            raise HeadError(f"{path}: missing from the bundle")
+        if _sha256(path) != expected:
+            raise HeadError(
+                f"{path}: the file was altered after training (checksum mismatch); refusing to load it"
+            )
+    return meta, load_head(meta["head"], directory / head_file)
+
+
+def _bundle_file_name(meta_file: Path, name: object, what: str) -> str:
+    """A file name from bundle.json, accepted only if it names a plain file in the bundle folder."""
+    if not isinstance(name, str) or name in ("", ".") or "\x00" in name:
+        raise HeadError(f"{meta_file} names {what} {name!r}, which is not a file name; refusing it")
+    # Both separators count: a bundle may have been written, or edited, on Windows.
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or ".." in parts or PureWindowsPath(name).drive:
         raise HeadError(
-            f"{head_path}: the file was altered after training (checksum mismatch); refusing to load it"
+            f"{meta_file} names {what} {name!r}, which is outside the bundle folder; refusing it"
         )
-    return meta, load_head(meta["head"], head_path)
+    if len(parts) > 1:
+        raise HeadError(
+            f"{meta_file} names {what} {name!r}, which is not a plain file name in the bundle "
+            "folder; refusing it"
+        )
+    return name
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The file's sha256, hex; read in blocks, so a large file is never held whole."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _finite(obj):
