@@ -74,6 +74,14 @@ NoiseDirOpt = Annotated[
     typer.Option(help="Folder of noise clips for --augment noise (default: white or pink)."),
 ]
 StrictOpt = Annotated[bool, typer.Option(help="Exit non-zero if any track fails.")]
+HeapOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep-freed-memory/--release-freed-memory",
+        help="Keep freed model activations in this process's heap instead of returning them to "
+        "the system after every call (glibc; 7% faster on the CPU, more resident memory).",
+    ),
+]
 TrialsOpt = Annotated[
     int,
     typer.Option(
@@ -141,9 +149,13 @@ def _embed_options(params: dict, out: Path):
     )
 
 
-def _run_embed(opts, strict: bool, progress: bool = True):
+def _run_embed(opts, strict: bool, keep_freed_memory: bool = True, progress: bool = True):
     from .embed import embed_dataset
 
+    if keep_freed_memory:
+        from .cpu_tuning import keep_freed_memory as keep
+
+        keep()
     summary = embed_dataset(opts, console=err, progress=progress)
     if not summary.already_complete:
         err.print(
@@ -195,11 +207,12 @@ def embed(
     augment_copies: CopiesOpt = 0,
     noise_dir: NoiseDirOpt = None,
     strict: StrictOpt = False,
+    keep_freed_memory: HeapOpt = True,
 ) -> None:
     """Stage one: decode, segment and embed every track into an HDF5 cache (resumable)."""
     try:
         opts = _embed_options(ctx.params, out_path)
-        _run_embed(opts, strict)
+        _run_embed(opts, strict, keep_freed_memory)
     except _user_errors() as exc:
         _fail(exc)
 
@@ -249,11 +262,11 @@ LayersOpt = Annotated[
     ),
 ]
 HeadsOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         help="Comma-separated heads: fcnn, svm, rf, xgb, logreg per layer; attention (over a track's "
         "segments) per layer; fcnn-weighted (learned weights over all layers); cnn, lstm, cnn-lstm on "
-        "the logmel feature set (all three by default when logmel is trained on)."
+        "the logmel feature set. Default: fcnn,svm,rf,xgb,logreg, and cnn,lstm,cnn-lstm on logmel."
     ),
 ]
 
@@ -261,7 +274,7 @@ HeadsOpt = Annotated[
 def _train(
     cache: Path,
     run_dir: Path,
-    heads: str,
+    heads: str | None,
     layers: str,
     feature_set: str,
     seed: int,
@@ -273,7 +286,7 @@ def _train(
     return train_heads(
         cache,
         run_dir,
-        heads=[h.strip() for h in heads.split(",") if h.strip()],
+        heads=None if heads is None else [h.strip() for h in heads.split(",") if h.strip()],
         layers=layers,
         feature_sets=feature_set,
         seed=seed,
@@ -299,12 +312,12 @@ def train_heads_cmd(
     run_dir: Annotated[
         Path, typer.Option("--out", help="Run folder for metrics.json and bundles.")
     ],
-    heads: HeadsOpt = "fcnn,svm,rf,xgb,logreg",
+    heads: HeadsOpt = None,
     layers: LayersOpt = "all",
     feature_set: Annotated[
         str,
         typer.Option(
-            help="Cached feature set(s) to train on, comma-separated (wav2vec2, handcrafted)."
+            help="Cached feature set(s) to train on, comma-separated (wav2vec2, handcrafted, logmel)."
         ),
     ] = "wav2vec2",
     seed: Annotated[int, typer.Option(help="Seed of every head.")] = 0,
@@ -407,17 +420,18 @@ def run(
     augment: AugmentOpt = "",
     augment_copies: CopiesOpt = 0,
     noise_dir: NoiseDirOpt = None,
-    heads: HeadsOpt = "fcnn,svm,rf,xgb,logreg",
+    heads: HeadsOpt = None,
     layers: LayersOpt = "all",
     trials: TrialsOpt = 0,
     strict: StrictOpt = False,
+    keep_freed_memory: HeapOpt = True,
 ) -> None:
     """embed + train-heads + compare in one go."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         cache = run_dir / "cache.h5"
         opts = _embed_options(ctx.params, cache)
-        _run_embed(opts, strict)
+        _run_embed(opts, strict, keep_freed_memory)
         # With augmentation, train with and without the augmented views: the ablation.
         _train(
             cache,
@@ -446,8 +460,16 @@ def predict(
     ] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Segments per model call.")] = 8,
+    strict: Annotated[
+        bool,
+        typer.Option(help="Exit 1 if any input cannot be predicted (by default only if none can)."),
+    ] = False,
 ) -> None:
-    """Label songs with a trained bundle: top-k genres per file (and a timeline with --json)."""
+    """Label songs with a trained bundle: top-k genres per file (and a timeline with --json).
+
+    Every input that cannot be used (missing, a symlink loop, a folder named like audio, not
+    decodable) is named with its reason: on stderr, and as an error entry with --json.
+    """
     from .predict import Predictor, expand_inputs
 
     try:
@@ -465,7 +487,13 @@ def predict(
             else:
                 top = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top"])
                 out.print(f"{r['file']}\t{top}", highlight=False)
-    if results and all("error" in r for r in results):
+    failed = sum("error" in r for r in results)
+    if failed:
+        err.print(
+            f"[yellow]{failed} of {len(results)} inputs could not be used[/yellow]", highlight=False
+        )
+    # All failed: exit 1 always; some failed: only with --strict, as `embed --strict` does.
+    if failed and (failed == len(results) or strict):
         raise typer.Exit(1)
 
 

@@ -177,7 +177,7 @@ def evaluate(
 def train_heads(
     cache_path: str | Path,
     out_dir: str | Path,
-    heads: list[str] | tuple[str, ...] = HEADS,
+    heads: list[str] | tuple[str, ...] | None = None,
     layers: str = "all",
     feature_sets: str | list[str] | tuple[str, ...] = ("wav2vec2",),
     seed: int = 0,
@@ -192,6 +192,8 @@ def train_heads(
     is written to bundles/<head>[-<feature set>]/, and the best of all to best/ (a wav2vec2
     model when there is one, since predict and serve embed audio with the backbone).
     """
+    # None: the default heads, none asked for in particular (see feature_sets_for).
+    asked, heads = heads is not None, list(HEADS if heads is None else heads)
     unknown = [h for h in heads if h not in ALL_HEADS]
     if unknown or not heads:
         raise TrainError(f"unknown head(s) {unknown}; available: {', '.join(ALL_HEADS)}")
@@ -199,7 +201,7 @@ def train_heads(
         feature_sets = [f.strip() for f in feature_sets.split(",") if f.strip()]
     # Before any training: a head asked for gets the feature set it needs, or the run stops here.
     layers_of = {n: s[1] for n, s in EmbeddingCache(cache_path).feature_shapes.items()}
-    feature_sets = feature_sets_for(heads, feature_sets, layers_of, log)
+    feature_sets = feature_sets_for(heads if asked else None, feature_sets, layers_of, log)
     variants = [True, False] if augmented == "both" else [bool(augmented)]
     rows, best, probes, first = [], {}, {}, None
     for fs in feature_sets:
@@ -322,7 +324,10 @@ VECTOR_FEATURE_SETS = ("wav2vec2", "handcrafted")  # in order of preference
 
 
 def feature_sets_for(
-    heads, feature_sets, layers_of: dict[str, int], log: Callable[[str], None] = print
+    heads: list[str] | None,
+    feature_sets,
+    layers_of: dict[str, int],
+    log: Callable[[str], None] = print,
 ) -> list[str]:
     """The feature sets to train on: those asked for, plus those the heads asked for need.
 
@@ -331,12 +336,12 @@ def feature_sets_for(
     lacks trains on the cache's (`layers_of`: the cache's feature sets and their layer counts),
     and if the cache lacks it too, TrainError names the feature set to embed: a head asked for
     is never dropped without a word. A feature set that none of the heads trains on is left
-    out, with a word. The default list (HEADS) asks for no head in particular.
+    out, with a word. `heads` None (the default heads) asks for no head in particular.
     """
     plan = list(dict.fromkeys(feature_sets))
     if not plan:
         raise TrainError("no feature set to train on; name one or more, e.g. wav2vec2")
-    asked = [] if tuple(heads) == HEADS else list(dict.fromkeys(heads))
+    asked = [] if heads is None else list(dict.fromkeys(heads))
     held = sorted(layers_of)
 
     def fits(head: str, fs: str) -> bool:
