@@ -84,3 +84,28 @@ def test_run_with_every_feature_set_and_augmentation(tmp_path, dev_clips):
     assert "handcrafted" in table and "| no |" in table
     assert (run / "bundles" / "svm-handcrafted" / "bundle.json").is_file()
     assert json.loads((run / "best" / "bundle.json").read_text())["feature_set"] == "wav2vec2"
+
+
+def test_only_embed_and_run_change_the_allocator_and_only_when_asked(tmp_path, monkeypatch):
+    # glibc's allocator settings are process-wide: a command that owns its process may change
+    # them (embed, run), by an option; loading a model (serve, predict, importers) never does.
+    from conftest import make_label_folder
+    from typer.testing import CliRunner
+
+    import wav2genre_cache.cpu_tuning as ct
+    from wav2genre_cache.cli import app
+
+    calls = []
+    monkeypatch.setattr(ct, "keep_freed_memory", lambda: calls.append(1))
+    data = make_label_folder(tmp_path / "data", per_label=2, seconds=1.5)
+    common = ["--model", "random-tiny", "--workers", "0", "--device", "cpu"]
+    runner = CliRunner()
+    result = runner.invoke(app, ["embed", str(data), "--out", str(tmp_path / "a.h5"), *common])
+    assert result.exit_code == 0, result.output
+    assert calls == [1]
+    result = runner.invoke(
+        app,
+        ["embed", str(data), "--out", str(tmp_path / "b.h5"), *common, "--release-freed-memory"],
+    )
+    assert result.exit_code == 0, result.output
+    assert calls == [1]
