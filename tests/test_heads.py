@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from sklearn.datasets import make_classification
@@ -11,6 +13,7 @@ from wav2genre_cache.heads import (
     LayerWeightedClassifier,
     SVMHead,
     XGBHead,
+    head_files,
     load_head,
     make_head,
     save_head,
@@ -58,8 +61,10 @@ def test_every_head_learns_a_separable_task_and_round_trips(name, tmp_path):
     assert (head.predict(X[200:]) == y[200:]).mean() > 0.85
     proba = head.predict_proba(X[200:])
     np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-5)
-    file = save_head(head, name, tmp_path)
-    loaded = load_head(name, tmp_path / file)
+    files = save_head(head, name, tmp_path)
+    # Every file written is reported (write_bundle checksums them all), and nothing else is written.
+    assert files == list(head_files(name)) and sorted(files) == sorted(os.listdir(tmp_path))
+    loaded = load_head(name, tmp_path / files[0])
     np.testing.assert_allclose(loaded.predict_proba(X[200:]), proba, rtol=1e-5, atol=1e-6)
 
 
@@ -108,9 +113,10 @@ def test_spectrogram_heads_learn_and_round_trip(name, tmp_path):
     assert clone(head).get_params()["kind"] == name
     head.fit(X[:120], y[:120], X_val=X[120:140], y_val=y[120:140])
     assert (head.predict(X[140:]) == y[140:]).mean() >= 0.9
-    file = save_head(head, name, tmp_path)
+    files = save_head(head, name, tmp_path)
+    assert files == list(head_files(name)) == ["head.safetensors"]
     np.testing.assert_allclose(
-        load_head(name, tmp_path / file).predict_proba(X[140:]),
+        load_head(name, tmp_path / files[0]).predict_proba(X[140:]),
         head.predict_proba(X[140:]),
         atol=1e-6,
     )
@@ -142,8 +148,8 @@ def test_attention_pooling_finds_the_segment_that_carries_the_label(tmp_path):
     weights = head.attention_(X[test], groups[test]).reshape(-1, segs)
     np.testing.assert_allclose(weights.sum(1), 1, atol=1e-5)
     assert (weights.argmax(1) == key[180:]).mean() > 0.8
-    file = save_head(head, "attention", tmp_path)
-    loaded = load_head("attention", tmp_path / file)
+    files = save_head(head, "attention", tmp_path)
+    loaded = load_head("attention", tmp_path / files[0])
     np.testing.assert_allclose(
         loaded.predict_proba(X[test], groups=groups[test]),
         head.predict_proba(X[test], groups=groups[test]),

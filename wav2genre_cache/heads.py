@@ -226,9 +226,26 @@ def _prefixed(params: dict, step: str) -> dict:
 # ---- persistence: never pickle ----------------------------------------------------------
 
 
-def save_head(head: BaseEstimator, name: str, directory: Path) -> str:
-    """Write a fitted head in a safe format; return the file name."""
+def head_files(name: str) -> tuple[str, ...]:
+    """The files a head of this name consists of: save_head writes them, load_head reads them all."""
+    if name in ("fcnn", "fcnn-weighted", "attention") or name in SPECTROGRAM_HEADS:
+        return ("head.safetensors",)
+    if name == "xgb":
+        # load_head opens the first and reads the classes and parameters from the second.
+        return ("head.ubj", "head_params.json")
+    if name in ("svm", "rf", "logreg"):
+        return ("head.skops",)
+    raise HeadError(f"unknown head {name!r}; available: {', '.join(ALL_HEADS)}")
+
+
+def save_head(head: BaseEstimator, name: str, directory: Path) -> list[str]:
+    """Write a fitted head in a safe format; return the names of every file written, main first.
+
+    The main file is the one to pass to load_head; the caller checksums them all (write_bundle),
+    since load_head trusts each of them.
+    """
     directory.mkdir(parents=True, exist_ok=True)
+    files = list(head_files(name))
     if isinstance(head, TorchClassifier):
         from safetensors.torch import save_file
 
@@ -240,11 +257,11 @@ def save_head(head: BaseEstimator, name: str, directory: Path) -> str:
             "classes": json.dumps(head.classes_.tolist()),
             "n_features_in": str(head.n_features_in_),
         }
-        save_file(tensors, directory / "head.safetensors", metadata=meta)
-        return "head.safetensors"
+        save_file(tensors, directory / files[0], metadata=meta)
+        return files
     if name == "xgb":
-        head.booster_.save_model(directory / "head.ubj")
-        (directory / "head_params.json").write_text(
+        head.booster_.save_model(directory / files[0])
+        (directory / files[1]).write_text(
             json.dumps(
                 {
                     "params": _json_params(head.get_params()),
@@ -253,11 +270,11 @@ def save_head(head: BaseEstimator, name: str, directory: Path) -> str:
                 }
             )
         )
-        return "head.ubj"
+        return files
     import skops.io as sio
 
-    sio.dump(head, directory / "head.skops")
-    return "head.skops"
+    sio.dump(head, directory / files[0])
+    return files
 
 
 def load_head(name: str, path: Path) -> BaseEstimator:
@@ -290,7 +307,7 @@ def load_head(name: str, path: Path) -> BaseEstimator:
         if name == "xgb":
             from xgboost import XGBClassifier
 
-            info = json.loads((path.parent / "head_params.json").read_text())
+            info = json.loads((path.parent / head_files("xgb")[1]).read_text())
             head = XGBHead(**info["params"])
             head.classes_ = np.array(info["classes"])
             head.n_features_in_ = info["n_features_in"]
