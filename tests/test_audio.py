@@ -1,3 +1,10 @@
+import io
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -8,6 +15,10 @@ from hypothesis import strategies as st
 from wav2genre_cache.audio import (
     SAMPLE_RATE,
     AudioError,
+    AudioTooLong,
+    _c_stderr_named,
+    decode_bytes,
+    decode_file,
     load_track,
     normalize_segments,
     segment_starts,
@@ -118,3 +129,105 @@ def test_normalisation_matches_the_feature_extractor():
     fe = Wav2Vec2FeatureExtractor(do_normalize=True)
     ref = np.stack([fe(row, sampling_rate=SAMPLE_RATE).input_values[0] for row in x])
     np.testing.assert_allclose(normalize_segments(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def silent_flac(seconds: float, rate: int = 96_000, channels: int = 8) -> bytes:
+    """FLAC of multi-channel high-rate silence: ~0.8 KB per second that decodes to 3 MB/s."""
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", rate, channels, format="FLAC", subtype="PCM_16") as f:
+        block = np.zeros((rate, channels), np.int16)
+        for _ in range(int(seconds)):
+            f.write(block)
+    return buf.getvalue()
+
+
+def without_length(flac: bytes) -> bytes:
+    """The same FLAC with STREAMINFO's sample count set to 0, 'unknown' (as piped encoders do)."""
+    assert flac[:4] == b"fLaC" and flac[4] & 0x7F == 0  # STREAMINFO is the first block
+    at = 8 + 10  # its 64 bits of rate (20), channels (3), bits (5), total samples (36)
+    packed = int.from_bytes(flac[at : at + 8], "big") & ~((1 << 36) - 1)
+    return flac[:at] + packed.to_bytes(8, "big") + flac[at + 8 :]
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    """Two minutes of 8-channel 96 kHz silence: ~90 KB, 369 MB once decoded to float32."""
+    return silent_flac(120)
+
+
+def decode_peak_mb(data: bytes, **kw) -> tuple[Exception | None, float]:
+    """decode_bytes(data, **kw): what it raised, and the peak of numpy allocations in MB."""
+    tracemalloc.start()  # numpy reports its array buffers to tracemalloc
+    try:
+        decode_bytes(data, "bomb.flac", **kw)
+        raised = None
+    except Exception as exc:
+        raised = exc
+    finally:
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    return raised, peak
+
+
+def test_a_long_header_is_refused_before_decoding(bomb):
+    start = time.perf_counter()
+    raised, peak = decode_peak_mb(bomb, max_seconds=36)
+    assert isinstance(raised, AudioTooLong), raised
+    assert str(raised) == "bomb.flac: 2.0 minutes of audio; the limit is 0.6 minutes"
+    assert peak < 5 and time.perf_counter() - start < 1
+
+
+def test_a_stream_of_unknown_length_stops_decoding_at_the_limit(bomb):
+    start = time.perf_counter()
+    raised, peak = decode_peak_mb(without_length(bomb), max_seconds=36)
+    assert isinstance(raised, AudioTooLong), raised
+    assert "more than 0.6 minutes of audio; the limit is 0.6 minutes" in str(raised)
+    # One 8 MB read block, its mix-down and 36 s at 16 kHz; not the 369 MB of the whole decode.
+    assert peak < 40 and time.perf_counter() - start < 2
+
+
+def test_bytes_and_files_decode_alike_and_a_limit_above_the_length_changes_nothing(tmp_path):
+    path = write_audio(tmp_path / "x.flac", 3.0, sr=44_100, channels=2)
+    from_file = load_track(path).samples
+    np.testing.assert_array_equal(decode_bytes(path.read_bytes(), "x.flac"), from_file)
+    np.testing.assert_array_equal(decode_bytes(path.read_bytes(), "x.flac", 3.5), from_file)
+    np.testing.assert_array_equal(decode_file(path, max_seconds=3.5), from_file)
+    with pytest.raises(AudioTooLong, match="x.flac: 0.1 minutes of audio"):
+        decode_file(path, max_seconds=2)
+
+
+def test_decoder_messages_about_a_corrupt_mp3_name_the_file(tmp_path):
+    data = bytearray((write_audio(tmp_path / "ok.mp3", 5.0, sr=22_050)).read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 400] = np.random.default_rng(0).integers(0, 256, 400, np.uint8).tobytes()
+    path = tmp_path / "corrupt_song.mp3"
+    path.write_bytes(bytes(data))
+    code = (
+        "import sys; from wav2genre_cache.audio import load_track, decode_bytes\n"
+        "load_track(sys.argv[1]); print('decoded', flush=True)\n"
+        "decode_bytes(open(sys.argv[1], 'rb').read(), 'upload.mp3')\n"
+    )
+    # A subprocess: libmpg123 writes to the real fd 2, which capsys cannot see.
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and "decoded" in proc.stdout, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert any("libmpg123" in line for line in lines), proc.stderr  # the damage was seen
+    assert all(line.startswith((f"{path}: ", "upload.mp3: ")) for line in lines), proc.stderr
+    assert any(line.startswith("upload.mp3: decoder: [src/libmpg123") for line in lines)
+
+
+def test_captured_stderr_keeps_lines_that_are_not_the_decoders(capfd):
+    print("before", file=sys.stderr, end="")  # pending Python output is flushed, not lost
+    with _c_stderr_named("song.mp3"):
+        os.write(2, b"[src/libmpg123/layer3.c:1] error: boom\nNote: Trying to resync...\n")
+        os.write(2, b"INFO:     a log line from another thread\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == (
+        "before"
+        "song.mp3: decoder: [src/libmpg123/layer3.c:1] error: boom\n"
+        "song.mp3: decoder: Note: Trying to resync...\n"
+        "INFO:     a log line from another thread\n"
+        "after\n"
+    )

@@ -1,5 +1,6 @@
 """The web API against a real uvicorn server, and the page in a real headless Chromium."""
 
+import asyncio
 import io
 import json
 import os
@@ -7,14 +8,17 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 from conftest import ROOT
+from test_audio import silent_flac, without_length
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -26,8 +30,11 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(dev_bundle):
+def server_proc(dev_bundle, tmp_path_factory):
+    """The running server: its URL, process and log file (stdout and stderr)."""
     port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    log = log_path.open("w")  # a file, not a pipe: a pipe nobody reads would block the server
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -43,7 +50,7 @@ def server(dev_bundle):
             "--max-minutes",
             "0.6",
         ],
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -56,13 +63,19 @@ def server(dev_bundle):
         except httpx.HTTPError:
             time.sleep(0.2)
         if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stdout.read()}")
+            pytest.fail(f"server exited: {log_path.read_text()}")
     else:
         proc.kill()
         pytest.fail("server did not start in 60 s")
-    yield url
+    yield SimpleNamespace(url=url, proc=proc, log=log_path)
     proc.terminate()
     proc.wait(10)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def server(server_proc):
+    return server_proc.url
 
 
 def post(url, name, content, **kw):
@@ -179,3 +192,113 @@ def test_page_in_a_real_browser(server, dev_clips, tmp_path):
         assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         browser.close()
     assert (shots / "serve_page.png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    """Two minutes of 8-channel 96 kHz silence: ~90 KB, 369 MB once decoded to float32."""
+    return silent_flac(120)
+
+
+def status_mb(pid: int, field: str) -> float:
+    """A /proc/PID/status memory figure (VmRSS, VmHWM) in MB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def post_measured(server_proc, name: str, content: bytes) -> tuple[httpx.Response, float, float]:
+    """POST content; the answer, its seconds, and how far the server's peak RSS rose (MB)."""
+    pid = server_proc.proc.pid
+    try:  # "5" resets the peak (VmHWM) to the current RSS, so the peak is this request's
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as exc:
+        pytest.skip(f"cannot reset the server's peak RSS ({exc})")
+    before = status_mb(pid, "VmRSS")
+    start = time.perf_counter()
+    r = post(server_proc.url, name, content)
+    return r, time.perf_counter() - start, status_mb(pid, "VmHWM") - before
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(server_proc, bomb):
+    # ~90 KB of FLAC; decoding it whole, as the server once did first, takes 369 MB of float32.
+    r, seconds, grew_mb = post_measured(server_proc, "bomb.flac", bomb)
+    assert r.status_code == 413, r.text
+    assert r.json()["detail"] == "bomb.flac: 2.0 minutes of audio; the limit is 0.6 minutes"
+    assert seconds < 2 and grew_mb < 100, (seconds, grew_mb)
+
+
+def test_a_bomb_of_unknown_length_stops_decoding_at_the_limit(server_proc, bomb):
+    r, seconds, grew_mb = post_measured(server_proc, "bomb.flac", without_length(bomb))
+    assert r.status_code == 413, r.text
+    assert "more than 0.6 minutes of audio; the limit is 0.6 minutes" in r.json()["detail"]
+    assert seconds < 2 and grew_mb < 100, (seconds, grew_mb)
+
+
+class StubPredictor:
+    """Stands in for a model: counts the decoded tracks alive between decode and answer."""
+
+    def __init__(self):
+        self.lock, self.alive, self.peak = threading.Lock(), 0, 0
+
+    def decode(self, data: bytes, name: str, max_seconds: float | None = None) -> np.ndarray:
+        with self.lock:
+            self.alive += 1
+            self.peak = max(self.peak, self.alive)
+        return np.zeros(2 * 16_000, np.float32)
+
+    def predict_waveforms(self, waveforms, top_k):
+        time.sleep(0.02)
+        with self.lock:
+            self.alive -= len(waveforms)
+        return [{"duration": 2.0, "label": "x", "top": [], "timeline": []}]
+
+    def describe(self) -> dict:
+        return {}
+
+
+def test_decoded_audio_in_flight_is_bounded_across_concurrent_uploads(monkeypatch):
+    from wav2genre_cache import server as server_module
+
+    stub = StubPredictor()
+    monkeypatch.setattr(server_module, "decode_bytes", stub.decode)
+    app = server_module.create_app(stub)  # the default bound
+
+    async def upload_many(n: int) -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            answers = await asyncio.gather(
+                *[
+                    client.post("/api/predict", files={"file": (f"{i}.wav", b"RIFF")})
+                    for i in range(12)
+                ]
+            )
+        return [a.status_code for a in answers]
+
+    assert asyncio.run(upload_many(12)) == [200] * 12
+    assert 1 <= stub.peak <= 3 and stub.alive == 0
+
+
+def test_a_client_dropping_mid_upload_is_one_log_line(server_proc):
+    seen = server_proc.log.stat().st_size
+    port = int(server_proc.url.rsplit(":", 1)[1])
+    body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.wav"\r\n\r\n'
+    head = (
+        "POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\n"
+        f"Content-Length: {len(body) + 100_000}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(head + body + b"\0" * 5_000)  # 95 KB short of what it announced
+        time.sleep(0.2)  # the server is now waiting for the rest
+    deadline = time.time() + 5
+    while "isconnect" not in server_proc.log.read_text()[seen:] and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # a traceback, if any, is written in pieces
+    new = server_proc.log.read_text()[seen:]
+    lines = [line for line in new.splitlines() if "isconnect" in line]
+    assert len(lines) == 1 and "Traceback" not in new, new
+    assert "client disconnected during the upload" in lines[0]
+    assert httpx.get(server_proc.url + "/api/health").status_code == 200

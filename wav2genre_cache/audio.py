@@ -9,8 +9,14 @@ import hashlib
 import io
 import os
 import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import soundfile as sf
@@ -32,10 +38,18 @@ AUDIO_EXTENSIONS = (
     ".aiff",
     ".aif",
 )
+# One read block holds at most this many samples (all channels): 8 MB of float32.
+_BLOCK_SAMPLES = 1 << 21
+# libsndfile's frame count for a stream that does not say how long it is (SF_COUNT_MAX).
+_UNKNOWN_FRAMES = 2**63 - 1
 
 
 class AudioError(Exception):
     """A file that cannot be turned into usable audio; the message names the problem."""
+
+
+class AudioTooLong(AudioError):
+    """Audio longer than a service accepts (the server answers 413, not 422)."""
 
 
 @dataclass(frozen=True)
@@ -47,22 +61,18 @@ class DecodedTrack:
     content_hash: str
 
 
-def decode_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode encoded audio bytes to 16 kHz mono float32; raise AudioError naming the problem."""
+def decode_bytes(
+    data: bytes, name: str = "<bytes>", max_seconds: float | None = None
+) -> np.ndarray:
+    """Decode encoded audio bytes to 16 kHz mono float32; raise AudioError naming the problem.
+
+    With max_seconds, audio longer than that raises AudioTooLong, from the header before any
+    decoding where it says so, else as soon as the decoded audio passes the limit: a few KB of
+    compressed silence can expand to GBs, so the limit must bound the work, not just the answer.
+    """
     if len(data) == 0:
         raise AudioError(f"{name}: empty file (0 bytes)")
-    try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception as exc:  # libsndfile raises several types; all mean "not decodable"
-        raise AudioError(f"{name}: not a decodable audio file ({_short(exc)})") from None
-    if samples.shape[0] == 0:
-        raise AudioError(f"{name}: contains no audio samples")
-    mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
-    if not np.all(np.isfinite(mono)):
-        raise AudioError(f"{name}: contains NaN or infinite samples")
-    if rate != SAMPLE_RATE:
-        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    return _decode(io.BytesIO(data), name, max_seconds)
 
 
 def load_track(path: str | os.PathLike) -> DecodedTrack:
@@ -88,38 +98,81 @@ def load_track(path: str | os.PathLike) -> DecodedTrack:
     return DecodedTrack(samples, duration, digest.hexdigest())
 
 
-def decode_file(path: Path, block_seconds: float = 10.0) -> np.ndarray:
-    """Stream-decode a file to 16 kHz mono float32.
+def decode_file(
+    path: Path, block_seconds: float = 10.0, max_seconds: float | None = None
+) -> np.ndarray:
+    """Stream-decode a file to 16 kHz mono float32 (see _decode; max_seconds as in decode_bytes)."""
+    return _decode(path, str(path), max_seconds, block_seconds)
+
+
+def _decode(
+    source: str | os.PathLike | io.BytesIO,
+    name: str,
+    max_seconds: float | None,
+    block_seconds: float = 10.0,
+) -> np.ndarray:
+    """Stream-decode to 16 kHz mono float32, refusing audio over max_seconds as early as possible.
 
     Blocks are mixed down and resampled as they are read, into one preallocated array, so a long
     file costs its 16 kHz waveform plus one block, not its whole native-rate decode as well.
     """
+    limit = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
     try:
-        with sf.SoundFile(path) as f:
-            rate = f.samplerate
+        with _c_stderr_named(name):
+            f = sf.SoundFile(source)
+        with f:
+            rate, channels = f.samplerate, f.channels
+            # libsndfile reports SF_COUNT_MAX for a stream of unknown length (e.g. piped FLAC).
+            known = 0 <= f.frames < _UNKNOWN_FRAMES
+            if known and max_seconds is not None and f.frames / rate > max_seconds:
+                raise AudioTooLong(_too_long(name, f.frames / rate, max_seconds))
             stream = (
                 None
                 if rate == SAMPLE_RATE
                 else soxr.ResampleStream(rate, SAMPLE_RATE, 1, "float32")
             )
-            out = np.empty(int(np.ceil(max(f.frames, 0) * SAMPLE_RATE / rate)) + 64, np.float32)
+            # A block is bounded in samples, not seconds: 8 channels at 384 kHz must not make it
+            # 30x larger than a stereo 44.1 kHz one.
+            block = max(1, min(int(rate * block_seconds), _BLOCK_SAMPLES // channels))
+            expected = int(np.ceil(f.frames * SAMPLE_RATE / rate)) if known else SAMPLE_RATE * 60
+            if limit is not None:
+                # Never reserve more than the limit lets through; an unknown length reserves all
+                # of it at once, as growing by copies would briefly hold it twice (np.empty costs
+                # only the pages that get written).
+                expected = min(expected, limit) if known else limit
+            out = np.empty(expected + 64, np.float32)
+            buf = np.empty((block, channels), np.float32)
             n = 0
-            for block in f.blocks(
-                blocksize=int(rate * block_seconds), dtype="float32", always_2d=True
-            ):
-                mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+            while True:
+                with _c_stderr_named(name):
+                    # Reads until the decoder runs dry, not until the header's count: an MP3's
+                    # count is an estimate; libsndfile itself stops at that count anyway.
+                    got = f.read(dtype="float32", always_2d=True, out=buf)
+                if len(got) == 0:
+                    break
+                mono = got.mean(axis=1) if channels > 1 else got[:, 0]
                 if not np.all(np.isfinite(mono)):
-                    raise AudioError(f"{path}: contains NaN or infinite samples")
-                n, out = _append(out, n, stream.resample_chunk(mono) if stream else mono)
+                    raise AudioError(f"{name}: contains NaN or infinite samples")
+                chunk = stream.resample_chunk(mono) if stream else mono
+                if limit is not None and n + len(chunk) > limit:  # the header lied or did not say
+                    raise AudioTooLong(_too_long(name, None, max_seconds))  # (before out grows)
+                n, out = _append(out, n, chunk)
             if stream is not None:
                 n, out = _append(out, n, stream.resample_chunk(np.zeros(0, np.float32), last=True))
+            if limit is not None and n > limit:
+                raise AudioTooLong(_too_long(name, n / SAMPLE_RATE, max_seconds))
     except AudioError:
         raise
     except Exception as exc:  # libsndfile raises several types; all mean "not decodable"
-        raise AudioError(f"{path}: not a decodable audio file ({_short(exc)})") from None
+        raise AudioError(f"{name}: not a decodable audio file ({_short(exc)})") from None
     if n == 0:
-        raise AudioError(f"{path}: contains no audio samples")
+        raise AudioError(f"{name}: contains no audio samples")
     return out[:n]
+
+
+def _too_long(name: str, seconds: float | None, max_seconds: float) -> str:
+    amount = f"{seconds / 60:.1f}" if seconds is not None else f"more than {max_seconds / 60:g}"
+    return f"{name}: {amount} minutes of audio; the limit is {max_seconds / 60:g} minutes"
 
 
 def _append(out: np.ndarray, n: int, chunk: np.ndarray) -> tuple[int, np.ndarray]:
@@ -127,6 +180,92 @@ def _append(out: np.ndarray, n: int, chunk: np.ndarray) -> tuple[int, np.ndarray
         out = np.concatenate([out[:n], np.empty(max(len(chunk), len(out) // 4), np.float32)])
     out[n : n + len(chunk)] = chunk
     return n + len(chunk), out
+
+
+# libmpg123 (inside libsndfile) prints its complaints about a corrupt MP3 straight to C-level
+# stderr, with no file name. While libsndfile runs, fd 2 points at a private file instead, and
+# what lands there is re-emitted afterwards: decoder lines prefixed with the file's name, anything
+# else (another thread's log line written meanwhile) unchanged. fd 2 is process-wide, so one lock
+# serialises the guarded calls (single libsndfile opens/reads, not the mixing or resampling).
+_DECODER_LINE = re.compile(r"^(\[[^\]]*\.c[:\]]|Note: |Warning: |Big trouble)")
+_MAX_DECODER_LINES = 20  # per guarded call: a badly damaged file can print thousands
+_stderr_lock = threading.Lock()
+_stderr_capture: IO[bytes] | None = None
+
+
+def _reset_after_fork() -> None:
+    # A lock held by another thread at fork time would never be released in the child, and a
+    # capture file shared with the parent would share its offset too.
+    global _stderr_lock, _stderr_capture
+    _stderr_lock = threading.Lock()
+    _stderr_capture = None
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+@contextmanager
+def _c_stderr_named(name: str) -> Iterator[None]:
+    """Capture C-level stderr (fd 2) around a libsndfile call; re-emit it naming the file."""
+    global _stderr_capture
+    with _stderr_lock:
+        if _stderr_capture is None:
+            _stderr_capture = tempfile.TemporaryFile()  # a file, not a pipe: it never fills up
+        capture = _stderr_capture.fileno()
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 at all: nothing to protect
+            saved = None
+        if saved is None:
+            yield
+            return
+        try:
+            _flush_python_stderr()  # Python's own pending output goes out before the switch
+            os.dup2(capture, 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+        finally:
+            os.close(saved)
+        size = os.fstat(capture).st_size
+        if size:
+            text = os.pread(capture, size, 0).decode("utf-8", "replace")
+            os.ftruncate(capture, 0)
+            os.lseek(capture, 0, os.SEEK_SET)
+            _write_all(2, _name_decoder_lines(text, name).encode())
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError:  # a closed or broken stderr must not fail the decode
+        pass
+
+
+def _flush_python_stderr() -> None:
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+    except (OSError, ValueError):  # closed or broken: nothing to flush
+        pass
+
+
+def _name_decoder_lines(text: str, name: str) -> str:
+    """Prefix the decoder's lines in captured stderr with name; keep other lines as they were."""
+    lines, named, dropped = [], 0, 0
+    for line in text.splitlines():
+        if not _DECODER_LINE.match(line):
+            lines.append(line)
+        elif named < _MAX_DECODER_LINES:
+            lines.append(f"{name}: decoder: {line}")
+            named += 1
+        else:
+            dropped += 1
+    if dropped:
+        lines.append(f"{name}: decoder: ... {dropped} more such lines")
+    return "".join(f"{line}\n" for line in lines)
 
 
 def segment_starts(n_samples: int, segment: int, hop: int) -> list[int]:

@@ -10,6 +10,7 @@ from .audio import (
     AUDIO_EXTENSIONS,
     SAMPLE_RATE,
     AudioError,
+    AudioTooLong,
     load_track,
     segment_track,
 )
@@ -125,10 +126,6 @@ class Predictor:
                 out.append({"file": str(p), **r})
         order = {str(p): k for k, p in enumerate(paths)}
         return sorted(out, key=lambda r: order[r["file"]])
-
-
-class AudioTooLong(AudioError):
-    """Audio longer than a service accepts (the server answers 413, not 422)."""
 
 
 def check_duration(samples: np.ndarray, name: str, max_seconds: float | None) -> None:
