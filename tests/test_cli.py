@@ -109,3 +109,22 @@ def test_only_embed_and_run_change_the_allocator_and_only_when_asked(tmp_path, m
     )
     assert result.exit_code == 0, result.output
     assert calls == [1]
+
+
+def test_predict_refuses_a_bundle_naming_a_file_outside_it(tmp_path, dev_bundle):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from wav2genre_cache.cli import app
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(dev_bundle, bundle)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    (bundle / "bundle.json").write_text(json.dumps({**meta, "head_file": "../../etc/passwd"}))
+    result = CliRunner().invoke(app, ["predict", str(tmp_path), "--bundle", str(bundle)])
+    assert result.exit_code == 2
+    assert (
+        "names head file '../../etc/passwd', which is outside the bundle folder; refusing it"
+        in result.stderr
+    )

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -14,7 +18,7 @@ from .audio import (
     load_track,
     segment_track,
 )
-from .backbone import load_backbone
+from .backbone import cpu_has_native_bfloat16, load_backbone, resolve_device
 from .embed import embed_tracks
 from .heads import HeadError
 from .train import load_bundle
@@ -34,10 +38,15 @@ class Predictor:
             raise HeadError(
                 f"{bundle_dir}: trained on a synthetic cache; there is no backbone to embed audio with"
             )
-        # The segment settings and backbone come from the bundle, never from the user.
-        dtype = (
-            self.meta["dtype"] if device != "cpu" or self.meta["dtype"] == "float32" else "float32"
-        )
+        # The segment settings, backbone and dtype come from the bundle, never from the user: on
+        # the same machine predict then computes exactly what embed computed.
+        dtype = self.meta["dtype"]
+        if (
+            dtype == "bfloat16"
+            and resolve_device(device).type == "cpu"
+            and not cpu_has_native_bfloat16()
+        ):
+            dtype = "float32"  # emulated bfloat16 is several times slower, and no closer
         self.backbone = load_backbone(self.meta["backbone"], device=device, dtype=dtype)
         if (
             self.meta["backbone_revision"]
@@ -109,23 +118,34 @@ class Predictor:
             ],
         }
 
-    def predict_paths(self, paths: list[Path], top_k: int = 3, group: int = 16) -> list[dict]:
-        """Predict files in groups whose segments are batched together; a bad file gets an error entry."""
-        out: list[dict] = []
-        for i in range(0, len(paths), group):
+    def predict_paths(
+        self, paths: Sequence[Path | SkippedInput], top_k: int = 3, group: int = 16
+    ) -> list[dict]:
+        """Predict files in groups whose segments are batched together, in input order.
+
+        A file that does not decode, or a SkippedInput from expand_inputs, gets an error entry.
+        """
+        out: list[tuple[int, dict]] = []  # (input position, entry)
+        files: list[tuple[int, Path]] = []
+        for k, p in enumerate(paths):
+            if isinstance(p, SkippedInput):
+                out.append((k, {"file": str(p.path), "error": f"{p.path}: {p.reason}"}))
+            else:
+                files.append((k, p))
+        for i in range(0, len(files), group):
             ok, decoded = [], []
-            for p in paths[i : i + group]:
+            for k, p in files[i : i + group]:
                 try:
                     decoded.append(load_track(p).samples)
-                    ok.append(p)
+                    ok.append((k, p))
                 except AudioError as exc:
-                    out.append({"file": str(p), "error": str(exc)})
-            for p, r in zip(
+                    out.append((k, {"file": str(p), "error": str(exc)}))
+            for (k, p), r in zip(
                 ok, self.predict_waveforms(decoded, top_k) if decoded else [], strict=True
             ):
-                out.append({"file": str(p), **r})
-        order = {str(p): k for k, p in enumerate(paths)}
-        return sorted(out, key=lambda r: order[r["file"]])
+                out.append((k, {"file": str(p), **r}))
+        # By position, not by name: the same file given twice keeps both of its places.
+        return [entry for _, entry in sorted(out, key=lambda pair: pair[0])]
 
 
 def check_duration(samples: np.ndarray, name: str, max_seconds: float | None) -> None:
@@ -139,14 +159,83 @@ def check_duration(samples: np.ndarray, name: str, max_seconds: float | None) ->
         raise AudioError(f"{name}: too short ({seconds:.2f} s; at least 1 s is needed)")
 
 
-def expand_inputs(items: list[Path]) -> list[Path]:
-    """Files as given, and the audio files inside any folder, sorted."""
-    paths: list[Path] = []
+class SkippedInput(NamedTuple):
+    """An input that cannot be predicted, and why (e.g. 'a symlink loop')."""
+
+    path: Path
+    reason: str
+
+
+def expand_inputs(items: list[Path]) -> list[Path | SkippedInput]:
+    """Files as given and the audio files inside any folder (sorted), in input order.
+
+    Every input named on the command line that cannot be used comes back as a SkippedInput
+    naming the reason; inside a folder only entries named like audio files are reported, the
+    rest (notes, cover art) are not meant for us. Folders are not entered through symlinks,
+    so a symlink loop is reported, never followed.
+    """
+    entries: list[Path | SkippedInput] = []
     for item in items:
-        if item.is_dir():
-            paths += sorted(
-                p for p in item.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
-            )
+        reason = _unusable(item)
+        if reason:
+            entries.append(SkippedInput(item, reason))
+        elif item.is_dir():
+            found = _walk(item)
+            entries += found or [SkippedInput(item, "a folder with no audio files in it")]
+        elif not item.is_file():
+            # A pipe or a device: reading it could block forever.
+            entries.append(SkippedInput(item, "not a regular file"))
         else:
-            paths.append(item)
-    return paths
+            entries.append(item)  # any name: the decoder says if it is not audio
+    return entries
+
+
+def _unusable(path: Path) -> str | None:
+    """Why a path cannot be opened at all (loop, dangling link, absent), or None if it can."""
+    try:
+        path.stat()
+    except OSError as exc:
+        # Path.exists()/is_dir() answer False for all of these alike; stat tells them apart.
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop"
+        if path.is_symlink():
+            return f"a broken symlink (its target {os.readlink(path)} does not exist)"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "does not exist"
+        return f"cannot be read ({exc.strerror or exc})"
+    return None
+
+
+def _walk(folder: Path) -> list[Path | SkippedInput]:
+    """The audio files under a folder, and every entry named like audio that is not one, sorted."""
+    found: list[Path | SkippedInput] = []
+    audio_dirs: list[Path] = []
+
+    def unreadable(exc: OSError) -> None:
+        found.append(SkippedInput(Path(exc.filename), f"cannot read the folder ({exc.strerror})"))
+
+    # followlinks=False: a symlinked folder (or a loop) is listed but never entered.
+    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=False):
+        dirs.sort()
+        for name in dirs + files:
+            p = Path(root) / name
+            if p.suffix.lower() not in AUDIO_EXTENSIONS:
+                continue
+            reason = _unusable(p)
+            if reason:
+                found.append(SkippedInput(p, reason))
+            elif p.is_dir() and p.is_symlink():
+                found.append(SkippedInput(p, "a symlink to a folder, which is not followed"))
+            elif p.is_dir():
+                audio_dirs.append(p)  # walked like any folder; reported if nothing is in it
+            elif p.is_file():
+                found.append(p)
+            else:
+                found.append(SkippedInput(p, "not a regular file"))
+    paths = [p for p in found if isinstance(p, Path)]
+    found += [
+        SkippedInput(d, "a folder named like an audio file, with no audio files in it")
+        for d in audio_dirs
+        if not any(p.is_relative_to(d) for p in paths)
+    ]
+    return sorted(found, key=lambda e: e.path if isinstance(e, SkippedInput) else e)
