@@ -218,6 +218,27 @@ def test_decoder_messages_about_a_corrupt_mp3_name_the_file(tmp_path):
     assert any(line.startswith("upload.mp3: decoder: [src/libmpg123") for line in lines)
 
 
+def test_decoder_lines_of_a_file_that_fails_to_open_carry_its_own_name(tmp_path):
+    # A text file named .mp3 makes libmpg123 complain and the open fail: its lines must not
+    # wait in the capture and come out later under the next file's name.
+    fake = tmp_path / "fake.mp3"
+    fake.write_text("not audio at all, " * 200)
+    good = write_audio(tmp_path / "tone.wav", 1.5)
+    code = (
+        "import sys; from wav2genre_cache.audio import try_load_track\n"
+        "print(try_load_track(sys.argv[1])[1], flush=True); try_load_track(sys.argv[2])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(fake), str(good)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "not a decodable audio file" in proc.stdout, proc.stderr
+    assert str(good) not in proc.stderr
+    assert all(line.startswith(f"{fake}: ") for line in proc.stderr.splitlines()), proc.stderr
+
+
 def test_captured_stderr_keeps_lines_that_are_not_the_decoders(capfd):
     print("before", file=sys.stderr, end="")  # pending Python output is flushed, not lost
     with _c_stderr_named("song.mp3"):

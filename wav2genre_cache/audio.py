@@ -228,12 +228,18 @@ def _c_stderr_named(name: str) -> Iterator[None]:
                 os.dup2(saved, 2)
         finally:
             os.close(saved)
-        size = os.fstat(capture).st_size
-        if size:
-            text = os.pread(capture, size, 0).decode("utf-8", "replace")
-            os.ftruncate(capture, 0)
-            os.lseek(capture, 0, os.SEEK_SET)
-            _write_all(2, _name_decoder_lines(text, name).encode())
+            # Also when the call raised (a file that does not open): else its lines would come
+            # out with the next file's name.
+            _emit_captured(capture, name)
+
+
+def _emit_captured(capture: int, name: str) -> None:
+    size = os.fstat(capture).st_size
+    if size:
+        text = os.pread(capture, size, 0).decode("utf-8", "replace")
+        os.ftruncate(capture, 0)
+        os.lseek(capture, 0, os.SEEK_SET)
+        _write_all(2, _name_decoder_lines(text, name).encode())
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -112,7 +112,9 @@ def embed_dataset(
     try:
         # Only the wav2vec2 feature set needs the model; hand-crafted features alone never load it.
         backbone = (
-            load_backbone(opts.model, opts.device, opts.dtype)
+            load_backbone(
+                opts.model, opts.device, opts.dtype, log=lambda m: console.print(m, highlight=False)
+            )
             if "wav2vec2" in opts.features
             else None
         )
