@@ -508,6 +508,14 @@ def serve(
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted, in MB.")] = 50,
     max_minutes: Annotated[float, typer.Option(help="Longest audio accepted, in minutes.")] = 15,
+    max_decodes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Uploads decoded and held in memory at once; others wait (bounds memory: each "
+            "holds up to --max-minutes of 16 kHz audio)."
+        ),
+    ] = 3,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Serve the web page and JSON API: upload a song, see its genre segment by segment."""
@@ -523,6 +531,7 @@ def serve(
             max_upload_mb=max_upload_mb,
             max_minutes=max_minutes,
             device=device,
+            max_decodes=max_decodes,
         )
     except _user_errors() as exc:
         _fail(exc)
