@@ -210,6 +210,20 @@ def test_a_worker_that_dies_is_replaced_and_the_item_reported():
     assert out == ["aa", "bb", "failed crash", "cc", "dd", "ee"]
 
 
+def test_a_pool_that_broke_between_submissions_is_rebuilt():
+    # A worker can die after one result is taken and before the next item is submitted: the
+    # submission then meets a broken pool (this made the test above flaky under load).
+    from concurrent.futures.process import BrokenProcessPool
+
+    from wav2genre_cache.embed import _process_pool, ordered_map
+
+    pool = _process_pool(1)
+    with pytest.raises(BrokenProcessPool):
+        pool.submit(crash_on, "crash").result()
+    out = list(ordered_map(crash_on, ["a", "b"], workers=1, window=2, on_crash=str, pool=pool))
+    assert out == ["aa", "bb"]
+
+
 def session_processes(sid: int) -> dict[int, str]:
     """The live processes of session `sid`, pid -> command line, read from /proc (no psutil)."""
     found = {}

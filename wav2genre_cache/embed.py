@@ -8,7 +8,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -397,7 +397,7 @@ def ordered_map(
     pool = pool or _process_pool(workers)
     try:
         it = iter(items)
-        pending = deque((x, pool.submit(fn, x)) for x in islice(it, window))
+        pending = deque((x, _submit(pool, fn, x)) for x in islice(it, window))
         while pending:
             item, future = pending.popleft()
             try:
@@ -413,12 +413,26 @@ def ordered_map(
                     result = on_crash(item)
                     pool.shutdown(wait=True, cancel_futures=True)
                     pool = _process_pool(workers)
-                pending = deque((x, pool.submit(fn, x)) for x, _ in pending)
+                pending = deque((x, _submit(pool, fn, x)) for x, _ in pending)
             for x in islice(it, 1):
-                pending.append((x, pool.submit(fn, x)))
+                pending.append((x, _submit(pool, fn, x)))
             yield result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _submit(pool: ProcessPoolExecutor, fn: Callable, item) -> Future:
+    """pool.submit, except that a pool broken meanwhile gives a failed future, not an exception.
+
+    A worker can die between two submissions; the loop above then rebuilds the pool when it
+    reaches this item, as for the item that was running.
+    """
+    try:
+        return pool.submit(fn, item)
+    except BrokenProcessPool as exc:
+        failed: Future = Future()
+        failed.set_exception(exc)
+        return failed
 
 
 def _decoder_crashed(item: tuple[str, str, bool]) -> tuple[None, str]:
