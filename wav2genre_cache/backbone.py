@@ -63,7 +63,8 @@ class Backbone:
         masks, so padding would change the output. On the CPU each row is its own model call:
         oneDNN picks its bfloat16 kernels by shape, so a row's result would otherwise depend on
         how many rows share its call (1e-3 apart here), and `predict` must give what `embed`
-        gave whatever the batch size. One row per call cost 8% in bfloat16 on this CPU.
+        gave whatever the batch size. One row per call cost 4% in bfloat16 on an Intel AMX
+        CPU (60.2 against 62.5 audio-s/s, random-base), 1% in float32.
         """
         if self.device.type == "cpu" and len(segments) > 1:
             return np.concatenate([self._embed(segments[i : i + 1]) for i in range(len(segments))])
