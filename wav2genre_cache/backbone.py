@@ -375,8 +375,8 @@ def _offline_message(model_id: str, exc: Exception, offline: bool) -> str:
         + ("the hub cannot be reached" if offline else "could not be downloaded")
         + ". Fix it in one of two ways: run the same command once on a machine with internet "
         f"access (the weights{', ' + size + ',' if size else ''} are then kept in "
-        "~/.cache/huggingface and later runs work offline; set HF_HUB_OFFLINE=1 there to skip "
-        "the hub check), or download the model elsewhere, save it with `save_pretrained(DIR)` "
+        "~/.cache/huggingface and later runs work offline; HF_HUB_OFFLINE=1 then skips even the "
+        "quick hub check), or download the model elsewhere, save it with `save_pretrained(DIR)` "
         "and pass `--model DIR`. For a quick test without any download use `--model random-tiny`. "
         f"(Underlying error: {detail})"
     )
