@@ -414,12 +414,19 @@ def encoder_state_dict(stream: BinaryIO, index: Ct2Index, config) -> dict[str, t
 def _build_encoder(config, state: dict[str, torch.Tensor]) -> torch.nn.Module:
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    model = WhisperEncoder(config)
+    # Built on the meta device and given the loaded tensors: a random initialisation first would
+    # take most of a cached load's time.
+    with torch.device("meta"):
+        model = WhisperEncoder(config)
     try:
         # strict: every weight of the encoder must come from the file, and nothing else.
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise _error(f"the converted weights do not fit a Whisper encoder ({exc})") from None
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        # A transformers version with a non-persistent buffer: build it the ordinary way.
+        model = WhisperEncoder(config)
+        model.load_state_dict(state, strict=True)
     return model.float().eval()
 
 
