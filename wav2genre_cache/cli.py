@@ -513,7 +513,7 @@ def serve(
         typer.Option(
             min=1,
             help="Uploads decoded and held in memory at once; others wait (bounds memory: each "
-            "holds up to --max-minutes of 16 kHz audio)."
+            "holds up to --max-minutes of 16 kHz audio).",
         ),
     ] = 3,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
