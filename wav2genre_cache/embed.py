@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import islice
@@ -21,7 +23,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .audio import SAMPLE_RATE, segment_track
 from .augment import AUGMENTATIONS
-from .backbone import DEFAULT_MODEL, Backbone, default_batch_size, load_backbone
+from .backbone import DEFAULT_MODEL, Backbone, BackboneError, default_batch_size, load_backbone
 from .cache import (
     FORMAT_VERSION,
     CacheError,
@@ -57,6 +59,7 @@ class EmbedOptions:
     augment: tuple[str, ...] = ()  # any of pitch, stretch, noise; applied to training tracks only
     augment_copies: int = 0
     noise_dir: str | None = None
+    window: str | None = None  # alone | packed, for Whisper; None: frontends.DEFAULT_WINDOW
 
 
 @dataclass
@@ -111,14 +114,26 @@ def embed_dataset(
     pool = start_workers(workers) if not Path(opts.out).exists() else None
     try:
         # Only the wav2vec2 feature set needs the model; hand-crafted features alone never load it.
+        # Loaded and checked before any output exists: a model that cannot embed audio, or these
+        # segments, is refused here with nothing to clean up.
         backbone = (
             load_backbone(
-                opts.model, opts.device, opts.dtype, log=lambda m: console.print(m, highlight=False)
+                opts.model,
+                opts.device,
+                opts.dtype,
+                log=lambda m: console.print(m, highlight=False),
+                window=opts.window,
             )
             if "wav2vec2" in opts.features
             else None
         )
-        return _embed(opts, layout, tracks, backbone, workers, pool, console, progress)
+        problem = backbone.frontend.segment_problem(opts.segment_seconds) if backbone else None
+        if problem:
+            raise BackboneError(problem)
+        # A failure before the first block is written (a model that breaks on real audio,
+        # Ctrl-C) leaves no empty .partial folder or output folder: nothing could resume from it.
+        with _undone_on_failure(Path(opts.out)):
+            return _embed(opts, layout, tracks, backbone, workers, pool, console, progress)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -211,6 +226,25 @@ def _embed(
     return summary
 
 
+@contextmanager
+def _undone_on_failure(out: Path) -> Iterator[None]:
+    """On any failure before a shard is written, remove the folders this run created for `out`."""
+    new_dirs = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # deepest first
+    partial = Path(str(out) + ".partial")
+    fresh = not partial.exists()
+    try:
+        yield
+    except BaseException:
+        if fresh and not any(partial.glob("shard-*.h5")):
+            shutil.rmtree(partial, ignore_errors=True)
+            for d in new_dirs:
+                try:
+                    d.rmdir()  # only if empty: never anything this run did not make
+                except OSError:
+                    break
+        raise
+
+
 def embed_config(opts: EmbedOptions, layout: str, backbone: Backbone | None) -> dict:
     """The settings that decide what a cache holds; resuming requires them to be equal."""
     split_dir = str(Path(opts.split_dir).resolve()) if opts.split_dir else None
@@ -221,11 +255,13 @@ def embed_config(opts: EmbedOptions, layout: str, backbone: Backbone | None) -> 
         "split": opts.split,
         "split_dir": split_dir,
         "seed": opts.seed,
-        "sample_rate": SAMPLE_RATE,
+        "sample_rate": backbone.sample_rate if backbone else SAMPLE_RATE,
         "segment_seconds": float(opts.segment_seconds),
         "hop_seconds": float(opts.hop_seconds or opts.segment_seconds),
         "backbone": backbone.model_id if backbone else "none",
         "backbone_revision": backbone.revision if backbone else "",
+        "frontend": backbone.kind if backbone else "",
+        "window": backbone.window if backbone else "",
         "layers": backbone.n_layers if backbone else 0,
         "dim": backbone.dim if backbone else 0,
         "dtype": str(backbone.dtype).removeprefix("torch.") if backbone else "",
@@ -245,31 +281,42 @@ def embed_tracks(
 ) -> list[np.ndarray]:
     """Per-layer embeddings [n_segments, layers, dim] of each decoded 16 kHz track.
 
-    Full-length segments of all the tracks are batched together; a track shorter than one
-    segment is embedded alone. Nothing is ever padded (Wav2Vec2-base has no attention mask).
-    Tracks are consumed one at a time and segments copied into the batch, so memory holds one
-    track and one batch, whatever the number or length of the tracks.
+    The one segment-to-embedding path: `embed` and `predict` both call it, so a bundle's
+    predictions use exactly what its cache holds. The backbone's front end turns each track's
+    segments into model inputs (windows); equal-length windows of all the tracks are batched
+    together. A raw-waveform input shorter than a full segment (a short track's one segment)
+    is embedded alone: nothing is ever padded (Wav2Vec2-base has no attention mask); Whisper's
+    windows are zero-padded to their fixed length, as Whisper was trained. Tracks are consumed
+    one at a time and windows copied into the batch, so memory holds one track and one batch,
+    whatever the number or length of the tracks.
     """
-    full = int(round(segment_seconds * SAMPLE_RATE))
-    out, pending = [], []
-    batch = np.empty((batch_size, full), np.float32)  # segments are copied in once, here
+    frontend = backbone.frontend
+    width = frontend.input_samples(int(round(segment_seconds * SAMPLE_RATE)))
+    out, pending = [], []  # pending: (track, its segments in this batch row)
+    batch = np.empty((batch_size, width), np.float32)  # windows are copied in once, here
+
+    def store(ti: int, spans: list, embs: np.ndarray) -> None:
+        for (si, _, _), e in zip(spans, embs, strict=True):
+            out[ti][si] = e
 
     def flush() -> None:
         if pending:
-            emb = backbone.embed(batch[: len(pending)])
-            for (ti, si), e in zip(pending, emb, strict=True):
-                out[ti][si] = e
+            embs = backbone.embed_windows(batch[: len(pending)], [sp for _, sp in pending])
+            for (ti, spans), e in zip(pending, embs, strict=True):
+                store(ti, spans, e)
             pending.clear()
 
     for ti, samples in enumerate(tracks):
         starts, length = segment_track(samples, segment_seconds, hop_seconds)
         out.append(np.zeros((len(starts), backbone.n_layers, backbone.dim), np.float32))
-        for si, s in enumerate(starts):
-            if length < full:
-                out[ti][si] = backbone.embed(samples[None, s : s + length])[0]
+        for audio, spans in frontend.windows(samples, starts, length):
+            if len(audio) != width and not frontend.pads:
+                store(ti, spans, backbone.embed_windows(audio[None], [spans])[0])
                 continue
-            batch[len(pending)] = samples[s : s + length]
-            pending.append((ti, si))
+            row = batch[len(pending)]
+            row[: len(audio)] = audio
+            row[len(audio) :] = 0.0  # the rest of a Whisper window is silence
+            pending.append((ti, spans))
             if len(pending) >= batch_size:
                 flush()
     flush()

@@ -47,7 +47,17 @@ class Predictor:
             and not cpu_has_native_bfloat16()
         ):
             dtype = "float32"  # emulated bfloat16 is several times slower, and no closer
-        self.backbone = load_backbone(self.meta["backbone"], device=device, dtype=dtype)
+        # The window mode too: Whisper's packed windows give other embeddings than alone.
+        window = self.meta.get("window")  # absent from bundles of waveform models: alone
+        self.backbone = load_backbone(
+            self.meta["backbone"], device=device, dtype=dtype, window=window
+        )
+        frontend = self.meta.get("frontend", "waveform")
+        if self.backbone.kind != frontend:
+            raise HeadError(
+                f"{bundle_dir}: trained on {frontend} features of {self.meta['backbone']}, "
+                f"but the model loaded now reads {self.backbone.kind}; embeddings would not match"
+            )
         if (
             self.meta["backbone_revision"]
             and self.backbone.revision != self.meta["backbone_revision"]
@@ -70,6 +80,8 @@ class Predictor:
             "layer": m["layer"],
             "head": m["head"],
             "feature_set": m["feature_set"],
+            "frontend": m.get("frontend", "waveform"),
+            "window": m.get("window", "alone"),
             "segment_seconds": m["segment_seconds"],
             "hop_seconds": m["hop_seconds"],
             "metrics": m["metrics"],

@@ -496,6 +496,9 @@ def write_bundle(directory: Path, model, row: dict, data: TrainingData) -> Path:
         "hop_seconds": attrs["hop_seconds"],
         "backbone": attrs["backbone"],
         "backbone_revision": attrs["backbone_revision"],
+        # How predict must feed the backbone (caches before log-mel encoders hold neither).
+        "frontend": attrs.get("frontend", "waveform"),
+        "window": attrs.get("window", "alone"),
         "dtype": attrs["dtype"],
         "metrics": {
             "test_track_accuracy": row["test"]["track"]["accuracy"],
