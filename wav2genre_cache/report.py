@@ -182,7 +182,7 @@ def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
     ax.set(
         xlabel="layer (0 = encoder input, then transformer layers)",
         ylabel="test track accuracy",
-        title=f"Accuracy by layer for each head: {best['feature_set']}{note}",
+        title=f"Accuracy by layer for each head: {_feature_title(best['feature_set'], metrics)}{note}",
         ylim=(0, 1.02),
     )
     ax.legend(loc="best")
@@ -282,3 +282,11 @@ def _save(fig, path: Path) -> Path:
 
     plt.close(fig)
     return path
+
+
+def _feature_title(feature_set: str, metrics: dict) -> str:
+    """The encoder's feature set is named after the backbone that made it (Whisper, ...)."""
+    backbone = metrics.get("backbone")
+    if feature_set == "wav2vec2" and backbone and backbone != "none":
+        return f"{backbone} layers"
+    return feature_set
