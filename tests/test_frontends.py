@@ -213,7 +213,7 @@ def test_packing_puts_floor_30_over_segment_segments_in_a_window(whisper_dir):
 
     track = tone(40.0)
     starts, length = segment_track(track, 7.0)  # 0, 7, 14, 21, 28 and the tail at 33
-    windows = backbone.frontend.windows(track, starts, length)
+    windows = list(backbone.frontend.windows(track, starts, length))
     assert [[s[0] for s in spans] for _, spans in windows] == [[0, 1, 2, 3], [4, 5]]
     assert [len(audio) for audio, _ in windows] == [4 * length, 2 * length]
     assert windows[0][1] == [(0, 0, 350), (1, 350, 700), (2, 700, 1050), (3, 1050, 1400)]
@@ -221,11 +221,11 @@ def test_packing_puts_floor_30_over_segment_segments_in_a_window(whisper_dir):
     np.testing.assert_array_equal(windows[1][0][length:], track[starts[5] : starts[5] + length])
     # A hop shorter than the segment: still three 10 s segments per window, each its own copy.
     starts, length = segment_track(track, 10.0, 5.0)
-    windows = backbone.frontend.windows(track, starts, length)
+    windows = list(backbone.frontend.windows(track, starts, length))
     assert [len(spans) for _, spans in windows] == [3, 3, 1]
     np.testing.assert_array_equal(windows[0][0][length : 2 * length], track[80_000:240_000])
     alone = load_backbone(whisper_dir, device="cpu", dtype="float32", window="alone")
-    assert len(alone.frontend.windows(track, starts, length)) == len(starts)
+    assert len(list(alone.frontend.windows(track, starts, length))) == len(starts)
 
 
 def test_the_models_own_preprocessor_config_is_read(tmp_path, whisper_dir):

@@ -89,7 +89,7 @@ class Backbone:
         length = segments.shape[1]
         batch = np.zeros((len(segments), self.frontend.input_samples(length)), np.float32)
         batch[:, :length] = segments
-        spans = [self.frontend.windows(row, [0], length)[0][1] for row in segments]
+        spans = [next(iter(self.frontend.windows(row, [0], length)))[1] for row in segments]
         return np.stack([e[0] for e in self.embed_windows(batch, spans)])
 
     @torch.inference_mode()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ class WaveformFrontEnd:
         """Samples in one batched input for segments of this length."""
         return segment_samples
 
-    def windows(self, samples: np.ndarray, starts: list[int], length: int) -> list[Window]:
+    def windows(self, samples: np.ndarray, starts: list[int], length: int) -> Iterable[Window]:
         """Each segment alone (a view, not a copy), pooled over all its frames."""
         return [(samples[s : s + length], [(i, 0, None)]) for i, s in enumerate(starts)]
 
@@ -133,16 +134,16 @@ class WhisperFrontEnd(FeatureFrontEnd):
         """Segments per window: one alone, else as many whole segments as fit (floor)."""
         return 1 if self.window == "alone" else max(1, self.window_samples // length)
 
-    def windows(self, samples: np.ndarray, starts: list[int], length: int) -> list[Window]:
+    def windows(self, samples: np.ndarray, starts: list[int], length: int) -> Iterable[Window]:
         """Consecutive segments, `per_window` at a time, placed back to back from the start.
 
         Packed segments are copied in as they are: with a hop shorter than the segment their
         overlap appears twice, so each segment's frames still hold exactly its own audio.
+        One window at a time: a one-hour file's packed copies all at once cost 250 MB more.
         """
         if length > self.window_samples:
             raise ValueError(f"a {length / self.sample_rate:g} s segment is longer than a window")
         k = self.per_window(length)
-        out = []
         for g in range(0, len(starts), k):
             group = starts[g : g + k]
             audio = (
@@ -150,10 +151,7 @@ class WhisperFrontEnd(FeatureFrontEnd):
                 if len(group) == 1
                 else np.concatenate([samples[s : s + length] for s in group])
             )
-            out.append(
-                (audio, [(g + j, *self._frames(j * length, length)) for j in range(len(group))])
-            )
-        return out
+            yield audio, [(g + j, *self._frames(j * length, length)) for j in range(len(group))]
 
     def _frames(self, offset: int, length: int) -> tuple[int, int]:
         """The encoder frames that hold samples [offset, offset + length) of a window."""
