@@ -155,11 +155,16 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def cpu_has_native_bfloat16() -> bool:
     """True where the CPU computes bfloat16 natively (AVX512-BF16 or AMX): 2x faster here."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = _cpu_info()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _cpu_info() -> str:
+    """/proc/cpuinfo, or "" where there is none (not Linux)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -351,10 +356,7 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 def _precision_key(model_id: str, revision: str, dtype: torch.dtype) -> str:
     """Model, revision, dtype, torch and the CPU: what the check's outcome depends on."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
+    info = _cpu_info()
     names = [line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line]
     cpu = names[0] if names else platform.processor() or platform.machine()
     flags = [f for f in ("avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16") if f in info]
