@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,11 @@ SPLIT_LISTS = SHARED / "data" / "gtzan_splits"
 # Tests never reach the network: the Hugging Face hub is off for every test and subprocess.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# What the package remembers between runs (precision checks, converted Whisper weights) goes to
+# a folder of this test session, not the user's ~/.cache: tests see a fresh machine every time.
+_CACHE_HOME = tempfile.mkdtemp(prefix="wav2genre-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
+atexit.register(shutil.rmtree, _CACHE_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
