@@ -4,11 +4,15 @@ import torch
 from conftest import tone
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from wav2genre_cache.backbone import builtin_model
+from wav2genre_cache.backbone import BackboneError, builtin_model
 from wav2genre_cache.cpu_tuning import (
+    DEFAULT_LEVERS,
+    LEVERS,
+    LEVERS_ENV,
     ChannelsLastFeatureEncoder,
     ChannelsLastPositionalConv,
     PackedLinear,
+    enabled_levers,
     onednn_available,
     pack_linear_layers,
     tune_for_cpu,
@@ -99,7 +103,7 @@ def tiny_hubert(**overrides):
 def test_tuned_model_stays_close_to_the_untouched_one(make):
     plain = make(**RIGHT_IN_BFLOAT16)
     tuned = make(**RIGHT_IN_BFLOAT16).to(torch.bfloat16)
-    tune_for_cpu(tuned)
+    tune_for_cpu(tuned, levers=frozenset(LEVERS))  # the opt-in levers too
     assert isinstance(tuned.feature_extractor, ChannelsLastFeatureEncoder)
     assert isinstance(tuned.encoder.pos_conv_embed, ChannelsLastPositionalConv)
     x = waveforms(2.0)
@@ -112,6 +116,55 @@ def test_tuned_model_stays_close_to_the_untouched_one(make):
 
 def test_float32_keeps_transformers_modules():
     model = tiny_model()
-    tune_for_cpu(model)
+    tune_for_cpu(model, levers=frozenset(LEVERS))
     assert not isinstance(model.feature_extractor, ChannelsLastFeatureEncoder)
     assert any(isinstance(m, torch.nn.Linear) for m in model.encoder.modules())
+
+
+def test_levers_come_from_the_environment(monkeypatch):
+    monkeypatch.delenv(LEVERS_ENV, raising=False)
+    assert enabled_levers() == DEFAULT_LEVERS
+    monkeypatch.setenv(LEVERS_ENV, "all")
+    assert enabled_levers() == frozenset(LEVERS)
+    monkeypatch.setenv(LEVERS_ENV, "none")
+    assert enabled_levers() == frozenset()
+    monkeypatch.setenv(LEVERS_ENV, " Eager-Attention, position-conv ")
+    assert enabled_levers() == {"eager-attention", "position-conv"}
+    monkeypatch.setenv(LEVERS_ENV, "position-conv,heap")
+    with pytest.raises(BackboneError, match=f"{LEVERS_ENV}=.*unknown lever.*heap"):
+        enabled_levers()
+
+
+def _swapped(model) -> set[str]:
+    """The levers visible in a model."""
+    found = set()
+    if model.config._attn_implementation == "eager":
+        found.add("eager-attention")
+    if isinstance(model.feature_extractor, ChannelsLastFeatureEncoder):
+        found.add("channels-last-encoder")
+    if isinstance(model.encoder.pos_conv_embed, ChannelsLastPositionalConv):
+        found.add("position-conv")
+    if isinstance(model.encoder.layers[0].feed_forward.intermediate_dense, PackedLinear):
+        found.add("packed-and-fused")
+    return found
+
+
+@pytest.mark.parametrize("lever", LEVERS)
+def test_each_lever_applies_alone(lever):
+    if lever == "packed-and-fused" and not onednn_available():
+        pytest.skip("torch without oneDNN ops")
+    model = tiny_model().to(torch.bfloat16)
+    tune_for_cpu(model, levers=frozenset({lever}))
+    assert _swapped(model) == {lever}
+
+
+def test_the_default_levers_and_the_environment_reach_tune_for_cpu(monkeypatch):
+    monkeypatch.delenv(LEVERS_ENV, raising=False)
+    model = tiny_model().to(torch.bfloat16)
+    tune_for_cpu(model)
+    want = DEFAULT_LEVERS if onednn_available() else DEFAULT_LEVERS - {"packed-and-fused"}
+    assert _swapped(model) == want
+    monkeypatch.setenv(LEVERS_ENV, "none")
+    model = tiny_model().to(torch.bfloat16)
+    tune_for_cpu(model)
+    assert _swapped(model) == set()

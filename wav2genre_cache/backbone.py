@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE
-from .cpu_tuning import tune_for_cpu
+from .cpu_tuning import enabled_levers, tune_for_cpu
 from .frontends import (
     Span,
     WaveformFrontEnd,
@@ -355,12 +355,13 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def _precision_key(model_id: str, revision: str, dtype: torch.dtype) -> str:
-    """Model, revision, dtype, torch and the CPU: what the check's outcome depends on."""
+    """Model, revision, dtype, torch, the CPU and its levers: what the check's outcome depends on."""
     info = _cpu_info()
     names = [line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line]
     cpu = names[0] if names else platform.processor() or platform.machine()
     flags = [f for f in ("avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16") if f in info]
-    return json.dumps([model_id, revision, str(dtype), torch.__version__, cpu, flags])
+    levers = sorted(enabled_levers())
+    return json.dumps([model_id, revision, str(dtype), torch.__version__, cpu, flags, levers])
 
 
 def _precision_file() -> Path:

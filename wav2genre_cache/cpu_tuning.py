@@ -1,13 +1,34 @@
 """Make a loaded Wav2Vec2-style encoder run faster on the CPU, with the same results.
 
-Each lever here was measured on its own (benchmarks/README.md) and is applied only where it
-paid: bfloat16 weights on CPUs with native bfloat16. Every module swapped in computes what the
-module it replaces computes; tests compare them with transformers' own to 1e-5 in float32.
+Each lever was measured with the others in place by `benchmarks/cpu_levers.py` (one bfloat16 call
+of random-base on two 10 s segments; how much slower the call is with every lever but that one)
+on both CPU kinds the project runs on, 2 cores each: AMD EPYC Zen 4 with AVX512-BF16
+(`benchmarks/results/cpu_levers.json`) and Intel Xeon with AMX
+(`benchmarks/results/cpu_levers_intel_amx.json`). Calls move by about 5% run to run.
+
+    lever                   AMD Zen 4   Intel AMX   private torch ops / transformers internals
+    channels-last-encoder      +5%        +89%     _convolution_pointwise (with packed-and-fused)
+    packed-and-fused          +16%        +12%      _reorder_linear_weight, _linear_pointwise
+    position-conv              +4%        +13%      _convolution_pointwise, num_pad_remove, names
+    eager-attention            +8%        -5%      set_attn_implementation (public)
+    (heap: keep_freed_memory)  +7%        +23%     glibc mallopt; only `embed`/`run` call it
+
+A lever is on by default (DEFAULT_LEVERS) where it paid on both: the channels-last feature
+encoder and the packed linear layers. Position conv (under 5% on AMD) and eager attention
+(slower on Intel AMX than transformers' SDPA) are opt-in: WAV2GENRE_CPU_LEVERS=all, or a
+comma-separated list of lever names ("none" turns every one off). The private oneDNN operators
+are tried on a tiny input first (onednn_available); where they are missing or fail, the packed
+and fused kernels are skipped and the rest stays.
+
+Every module swapped in computes what the module it replaces computes; tests compare them with
+transformers' own to 1e-5 in float32, and load_backbone's precision check compares the tuned
+bfloat16 model with float32 before using it (the enabled levers are part of its key).
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
 import torch
@@ -17,29 +38,65 @@ import torch.nn.functional as F
 # WavLM for one (its attention reads q_proj.weight directly), keep transformers' modules.
 TUNED_MODELS = ("Wav2Vec2Model", "HubertModel")
 
+LEVERS = ("channels-last-encoder", "packed-and-fused", "position-conv", "eager-attention")
+# Kept by default: each paid on both CPU kinds (figures in the module docstring).
+DEFAULT_LEVERS = frozenset({"channels-last-encoder", "packed-and-fused"})
+LEVERS_ENV = "WAV2GENRE_CPU_LEVERS"
 
-def tune_for_cpu(model: torch.nn.Module) -> None:
-    """Apply the CPU levers to a model already in its final dtype, in place."""
-    # transformers' default (SDPA) runs its CPU flash kernel, slower here than the plain
-    # matmul-softmax-matmul on Wav2Vec2's 500 frames: 7 ms against 11 ms per layer in bfloat16.
-    # On Whisper's 1,500-frame windows it is the other way round (whisper-base packed, bfloat16:
-    # 78.5 audio-s/s eager against 99.3 with SDPA), so only the measured models switch.
-    if hasattr(model, "set_attn_implementation") and type(model).__name__ in TUNED_MODELS:
+
+def enabled_levers() -> frozenset[str]:
+    """The levers tune_for_cpu applies: DEFAULT_LEVERS, or what WAV2GENRE_CPU_LEVERS names
+    ("all", "none", or a comma-separated list of LEVERS)."""
+    value = os.environ.get(LEVERS_ENV, "").strip().lower()
+    if not value:
+        return DEFAULT_LEVERS
+    if value in ("all", "none"):
+        return frozenset(LEVERS if value == "all" else ())
+    names = frozenset(n.strip() for n in value.split(",") if n.strip())
+    if unknown := sorted(names - set(LEVERS)):
+        from .backbone import BackboneError  # late: backbone imports this module
+
+        raise BackboneError(
+            f"{LEVERS_ENV}={value}: unknown lever(s) {', '.join(unknown)}; use all, none, or "
+            f"some of {', '.join(LEVERS)}"
+        )
+    return names
+
+
+def tune_for_cpu(model: torch.nn.Module, levers: frozenset[str] | None = None) -> None:
+    """Apply the CPU levers (enabled_levers() unless given) to a model in its final dtype."""
+    levers = enabled_levers() if levers is None else frozenset(levers)
+    if type(model).__name__ not in TUNED_MODELS:
+        return
+    if "eager-attention" in levers and hasattr(model, "set_attn_implementation"):
+        # Opt-in. A plain matmul-softmax-matmul instead of transformers' SDPA: +8% on AMD Zen 4
+        # (bfloat16; 7 against 11 ms per layer), but -5% on Intel AMX, whose SDPA kernel is
+        # faster. On Whisper's 1,500-frame windows SDPA is faster on both (not a TUNED_MODEL).
         try:
             model.set_attn_implementation("eager")
         except (ValueError, ImportError):
             pass
     # The rest pays in bfloat16 only: channels-last convolutions measured 30% slower in float32.
-    if next(model.parameters()).dtype != torch.bfloat16 or type(model).__name__ not in TUNED_MODELS:
+    if next(model.parameters()).dtype != torch.bfloat16:
         return
-    fuse = onednn_available()
+    fuse = "packed-and-fused" in levers and onednn_available()
     encoder = getattr(model, "feature_extractor", None)
-    if encoder is not None and ChannelsLastFeatureEncoder.supports(encoder):
+    if (
+        "channels-last-encoder" in levers
+        and encoder is not None
+        and ChannelsLastFeatureEncoder.supports(encoder)
+    ):
+        # Kept: +5% on AMD Zen 4, +89% on Intel AMX (oneDNN's channels-first bfloat16
+        # convolutions there are slow); public ops, a fused conv+GELU only with `fuse`.
         model.feature_extractor = ChannelsLastFeatureEncoder(encoder, fuse=fuse)
     pos = getattr(getattr(model, "encoder", None), "pos_conv_embed", None)
-    if pos is not None and ChannelsLastPositionalConv.supports(pos):
+    if "position-conv" in levers and pos is not None and ChannelsLastPositionalConv.supports(pos):
+        # Opt-in: +4% on AMD Zen 4 (within run-to-run noise), +13% on Intel AMX; it leans on
+        # transformers internals (num_pad_remove, the class matched by name).
         model.encoder.pos_conv_embed = ChannelsLastPositionalConv(pos, fuse=fuse)
     if fuse and hasattr(model, "encoder"):
+        # Kept: +16% on AMD Zen 4, +12% on Intel AMX, the largest lever on AMD; worth its
+        # private oneDNN ops, which onednn_available() probes before they are used.
         pack_linear_layers(model.encoder)
 
 
@@ -235,8 +292,8 @@ def keep_freed_memory() -> None:
     """Stop glibc from returning large freed blocks to the system after every model call.
 
     Each hidden state of a 10 s segment is tens of MB: glibc serves those with mmap and unmaps
-    them on free, so every call page-faults its activations in afresh (16% of a bfloat16 call
-    here). Keeping them in the heap is what jemalloc/tcmalloc do, as PyTorch's CPU tuning
+    them on free, so every call page-faults its activations in afresh: without this a bfloat16
+    call is 7% slower on AMD Zen 4 and 23% on Intel AMX, with the other levers in. Keeping them in the heap is what jemalloc/tcmalloc do, as PyTorch's CPU tuning
     guide advises; this is the same with glibc alone. Process-wide, Linux/glibc only: so only
     a command that owns its process asks for it (`embed` and `run`; `--release-freed-memory`
     opts out), never a library call such as load_backbone.
