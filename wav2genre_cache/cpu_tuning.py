@@ -4,21 +4,26 @@ Each lever was measured with the others in place by `benchmarks/cpu_levers.py` (
 of random-base on two 10 s segments; how much slower the call is with every lever but that one)
 on both CPU kinds the project runs on, 2 cores each: AMD EPYC Zen 4 with AVX512-BF16
 (`benchmarks/results/cpu_levers.json`) and Intel Xeon with AMX
-(`benchmarks/results/cpu_levers_intel_amx.json`). Calls move by about 5% run to run.
+(`benchmarks/results/cpu_levers_intel_amx.json`, fastest of 3 rounds). Calls move by about 5%
+run to run.
 
-    lever                   AMD Zen 4   Intel AMX   private torch ops / transformers internals
-    channels-last-encoder      +5%        +89%     _convolution_pointwise (with packed-and-fused)
-    packed-and-fused          +16%        +12%      _reorder_linear_weight, _linear_pointwise
-    position-conv              +4%        +13%      _convolution_pointwise, num_pad_remove, names
-    eager-attention            +8%        -5%      set_attn_implementation (public)
-    (heap: keep_freed_memory)  +7%        +23%     glibc mallopt; only `embed`/`run` call it
+    lever                    AMD Zen 4  Intel AMX  what it leans on
+    channels-last-encoder       +5%       +84%     public ops, the conv stack's attribute names
+                                                   (a private fused conv+GELU with packing)
+    packed-and-fused           +16%       +10%     private oneDNN ops (_reorder_linear_weight,
+                                                   _linear_pointwise, _convolution_pointwise)
+    position-conv               +4%        +4%     a private op, transformers internals
+                                                   (num_pad_remove, a class matched by name)
+    eager-attention             +8%        -5%     set_attn_implementation (public)
+    heap (keep_freed_memory)    +7%       +16%     glibc mallopt; only `embed` and `run`
 
-A lever is on by default (DEFAULT_LEVERS) where it paid on both: the channels-last feature
-encoder and the packed linear layers. Position conv (under 5% on AMD) and eager attention
-(slower on Intel AMX than transformers' SDPA) are opt-in: WAV2GENRE_CPU_LEVERS=all, or a
-comma-separated list of lever names ("none" turns every one off). The private oneDNN operators
-are tried on a tiny input first (onednn_available); where they are missing or fail, the packed
-and fused kernels are skipped and the rest stays.
+On by default (DEFAULT_LEVERS) are the two that paid on both: the channels-last feature encoder
+and the packed linear layers with fused GELUs (with the heap setting of `embed` and `run`:
+2.19x transformers' model on Intel AMX, against 1.99x with every lever). Position conv (4% on
+both, within the noise) and eager attention (slower on Intel AMX than transformers' SDPA) are
+opt-in: WAV2GENRE_CPU_LEVERS=all, or a comma-separated list of lever names ("none" turns every
+one off). The private oneDNN operators are tried on a tiny input first (onednn_available); where
+they are missing or fail, the packed and fused kernels are skipped and the rest stays.
 
 Every module swapped in computes what the module it replaces computes; tests compare them with
 transformers' own to 1e-5 in float32, and load_backbone's precision check compares the tuned
@@ -70,8 +75,8 @@ def tune_for_cpu(model: torch.nn.Module, levers: frozenset[str] | None = None) -
         return
     if "eager-attention" in levers and hasattr(model, "set_attn_implementation"):
         # Opt-in. A plain matmul-softmax-matmul instead of transformers' SDPA: +8% on AMD Zen 4
-        # (bfloat16; 7 against 11 ms per layer), but -5% on Intel AMX, whose SDPA kernel is
-        # faster. On Whisper's 1,500-frame windows SDPA is faster on both (not a TUNED_MODEL).
+        # (bfloat16; 7 against 11 ms per layer), but 5% slower on Intel AMX, whose SDPA kernel
+        # wins. On Whisper's 1,500-frame windows SDPA is faster on both (not a TUNED_MODEL).
         try:
             model.set_attn_implementation("eager")
         except (ValueError, ImportError):
@@ -86,17 +91,18 @@ def tune_for_cpu(model: torch.nn.Module, levers: frozenset[str] | None = None) -
         and encoder is not None
         and ChannelsLastFeatureEncoder.supports(encoder)
     ):
-        # Kept: +5% on AMD Zen 4, +89% on Intel AMX (oneDNN's channels-first bfloat16
-        # convolutions there are slow); public ops, a fused conv+GELU only with `fuse`.
+        # Kept: +84% on Intel AMX (where oneDNN's channels-first bfloat16 convolutions are
+        # slow), +5% on AMD Zen 4 (4.7%, at the line); public ops, a fused conv+GELU only with
+        # `fuse`.
         model.feature_extractor = ChannelsLastFeatureEncoder(encoder, fuse=fuse)
     pos = getattr(getattr(model, "encoder", None), "pos_conv_embed", None)
     if "position-conv" in levers and pos is not None and ChannelsLastPositionalConv.supports(pos):
-        # Opt-in: +4% on AMD Zen 4 (within run-to-run noise), +13% on Intel AMX; it leans on
-        # transformers internals (num_pad_remove, the class matched by name).
+        # Opt-in: +4% on AMD Zen 4 and on Intel AMX (within run-to-run noise), for transformers
+        # internals (num_pad_remove, the class matched by name) and a private op when fused.
         model.encoder.pos_conv_embed = ChannelsLastPositionalConv(pos, fuse=fuse)
     if fuse and hasattr(model, "encoder"):
-        # Kept: +16% on AMD Zen 4, +12% on Intel AMX, the largest lever on AMD; worth its
-        # private oneDNN ops, which onednn_available() probes before they are used.
+        # Kept: +16% on AMD Zen 4 (the largest lever there), +10% on Intel AMX: worth its
+        # private oneDNN ops, which onednn_available() tries before they are used.
         pack_linear_layers(model.encoder)
 
 
@@ -293,10 +299,11 @@ def keep_freed_memory() -> None:
 
     Each hidden state of a 10 s segment is tens of MB: glibc serves those with mmap and unmaps
     them on free, so every call page-faults its activations in afresh: without this a bfloat16
-    call is 7% slower on AMD Zen 4 and 23% on Intel AMX, with the other levers in. Keeping them in the heap is what jemalloc/tcmalloc do, as PyTorch's CPU tuning
-    guide advises; this is the same with glibc alone. Process-wide, Linux/glibc only: so only
-    a command that owns its process asks for it (`embed` and `run`; `--release-freed-memory`
-    opts out), never a library call such as load_backbone.
+    call is 7% slower on AMD Zen 4 and 16% on Intel AMX, with the other levers in. Keeping them
+    in the heap is what jemalloc/tcmalloc do, as PyTorch's CPU tuning guide advises; this is the
+    same with glibc alone. Process-wide, Linux/glibc only: so only a command that owns its
+    process asks for it (`embed` and `run`; `--release-freed-memory` opts out), never a library
+    call such as load_backbone.
     """
     if not sys.platform.startswith("linux"):
         return
