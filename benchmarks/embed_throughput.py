@@ -289,7 +289,7 @@ def layer_differences(ours_cache: Path, reference: Path) -> list[float]:
     """Per layer: max |ours - reference| / max |reference| over every segment."""
     from wav2genre_cache.cache import EmbeddingCache
 
-    a = EmbeddingCache(ours_cache).features("wav2vec2")
+    a = EmbeddingCache(ours_cache).features("encoder")
     b = np.load(reference)
     assert a.shape == b.shape, (a.shape, b.shape)
     return [

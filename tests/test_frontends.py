@@ -311,7 +311,7 @@ def test_predict_embeds_a_clip_exactly_as_the_cache_holds_it(tmp_path, whisper_d
         window,
         16_000,
     )
-    assert cache.feature_shapes["wav2vec2"][1:] == (3, 16)
+    assert cache.feature_shapes["encoder"][1:] == (3, 16)
     train_heads(cache_path, tmp_path / "run", heads=["logreg"], layers="best", log=lambda m: None)
     bundle = tmp_path / "run" / "best"
     meta = json.loads((bundle / "bundle.json").read_text())
@@ -320,7 +320,7 @@ def test_predict_embeds_a_clip_exactly_as_the_cache_holds_it(tmp_path, whisper_d
     predictor = Predictor(bundle, device="cpu")  # batch size 8, where embed used 2
     assert predictor.backbone.window == window
     tracks = cache.tracks.reset_index(drop=True)
-    feats = cache.features("wav2vec2")
+    feats = cache.features("encoder")
     for i in (0, 2, 3):  # 25 s (three segments), 4 s (one short one), 31 s (four)
         samples = load_track(tracks.path[i]).samples
         (got,) = embed_tracks(predictor.backbone, [samples], 10.0, None, predictor.batch_size)
@@ -346,8 +346,8 @@ def test_ast_runs_through_the_same_path(tmp_path, ast_dir):
     assert result.exit_code == 0, result.output
     cache = EmbeddingCache(out)
     assert (cache.attrs["frontend"], cache.attrs["window"]) == ("logmel", "alone")
-    assert cache.feature_shapes["wav2vec2"][1:] == (3, 16)
-    assert np.isfinite(cache.features("wav2vec2")).all()
+    assert cache.feature_shapes["encoder"][1:] == (3, 16)
+    assert np.isfinite(cache.features("encoder")).all()
 
 
 def test_caches_from_before_front_ends_are_not_refused_for_their_absence():

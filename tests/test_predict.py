@@ -155,3 +155,17 @@ def test_predictions_do_not_depend_on_the_batch_size(dev_bundle, dev_clips):
         for b in (1, 2, 5)
     ]
     assert results[0] == results[1] == results[2]
+
+
+def test_a_bundle_from_an_earlier_version_naming_wav2vec2_still_predicts(tmp_path, dev_bundle):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(dev_bundle, old)
+    meta = json.loads((old / "bundle.json").read_text())
+    assert meta["feature_set"] == "encoder"
+    (old / "bundle.json").write_text(json.dumps(meta | {"feature_set": "wav2vec2"}))
+    wave = np.sin(np.linspace(0, 2000, 16_000 * 12)).astype(np.float32)
+    new_top = Predictor(dev_bundle, device="cpu").predict_waveforms([wave])[0]["top"]
+    old_top = Predictor(old, device="cpu").predict_waveforms([wave])[0]["top"]
+    assert old_top == new_top

@@ -47,7 +47,7 @@ def test_layers_best_finds_the_informative_layer(separable_cache, tmp_path):
     m = train_heads(
         separable_cache, tmp_path / "run", heads=["logreg"], layers="best", log=lambda _: None
     )
-    assert m["layers"] == [2] and np.argmax(m["probe_scores"]["wav2vec2"]) == 2
+    assert m["layers"] == [2] and np.argmax(m["probe_scores"]["encoder"]) == 2
 
 
 def test_bundles_round_trip_and_altered_files_are_refused(separable_cache, tmp_path):
@@ -94,7 +94,7 @@ def test_caches_that_cannot_be_trained_on(tmp_path):
             "segment_seconds": 1.0,
             "hop_seconds": 1.0,
             "dtype": "float32",
-            "features": ["wav2vec2"],
+            "features": ["encoder"],
         }
         store = ShardStore(tmp_path / name, config)
         store.open()
@@ -113,7 +113,7 @@ def test_caches_that_cannot_be_trained_on(tmp_path):
                     "h",
                     [0.0],
                     [0],
-                    {"wav2vec2": np.ones((1, 2, 3), np.float32) * i},
+                    {"encoder": np.ones((1, 2, 3), np.float32) * i},
                 )
                 for i, (lab, split) in enumerate(rows)
             ],
@@ -235,7 +235,7 @@ def tiny_bundle(name: str, directory, seed: int = 0):
         "dtype": "float32",
     }
     data = SimpleNamespace(
-        cache=SimpleNamespace(attrs=attrs), labels=["blues", "rock"], feature_set="wav2vec2"
+        cache=SimpleNamespace(attrs=attrs), labels=["blues", "rock"], feature_set="encoder"
     )
     write_bundle(directory, head, row, data)
     return head, X
@@ -334,13 +334,13 @@ def test_file_names_outside_the_bundle_folder_are_rejected(bad, why, tmp_path):
 # ---- a head asked for trains on the feature set it needs, or the run is refused ------------
 
 
-def cache_of(path, feature_sets=("wav2vec2", "logmel"), n_tracks=16, seed=0):
-    """A small cache of two labels holding wav2vec2 (3 layers x 8, which tells them apart) and/or
+def cache_of(path, feature_sets=("encoder", "logmel"), n_tracks=16, seed=0):
+    """A small cache of two labels holding encoder (3 layers x 8, which tells them apart) and/or
     logmel (128 mels x 16 frames of noise)."""
     from wav2genre_cache.cache import ShardStore, TrackResult
 
     rng = np.random.default_rng(seed)
-    shapes = {"wav2vec2": (3, 8), "logmel": (1, 128 * 16)}
+    shapes = {"encoder": (3, 8), "logmel": (1, 128 * 16)}
     config = {
         "backbone": "synthetic",
         "backbone_revision": "",
@@ -359,8 +359,8 @@ def cache_of(path, feature_sets=("wav2vec2", "logmel"), n_tracks=16, seed=0):
         features = {
             fs: rng.standard_normal((2, *shapes[fs])).astype(np.float32) for fs in feature_sets
         }
-        if "wav2vec2" in features:
-            features["wav2vec2"] += 2.0 * label
+        if "encoder" in features:
+            features["encoder"] += 2.0 * label
         results.append(
             TrackResult(
                 f"t{i}",
@@ -385,16 +385,16 @@ def test_spectrogram_heads_asked_for_train_on_the_caches_logmel(tmp_path, monkey
 
     for name in ("cnn", "lstm"):  # tiny networks: this is about which heads train, and on what
         monkeypatch.setitem(PARAM_GRIDS, name, [dict(channels=4, hidden=4, max_epochs=2)])
-    # train-heads CACHE --heads svm,cnn,lstm: --feature-set is wav2vec2 by default.
+    # train-heads CACHE --heads svm,cnn,lstm: --feature-set is encoder by default.
     cache = cache_of(tmp_path / "both.h5")
     said = []
     m = train_heads(cache, tmp_path / "run", heads=["svm", "cnn", "lstm"], log=said.append)
     trained = {(r["head"], r["feature_set"]) for r in m["results"]}
-    assert trained == {("svm", "wav2vec2"), ("cnn", "logmel"), ("lstm", "logmel")}
-    assert m["feature_sets"] == ["wav2vec2", "logmel"]
+    assert trained == {("svm", "encoder"), ("cnn", "logmel"), ("lstm", "logmel")}
+    assert m["feature_sets"] == ["encoder", "logmel"]
     assert any("head cnn trains on logmel" in line for line in said)
     assert (tmp_path / "run" / "bundles" / "lstm-logmel" / "bundle.json").is_file()
-    assert m["best"]["feature_set"] == "wav2vec2"  # predict and serve embed with the backbone
+    assert m["best"]["feature_set"] == "encoder"  # predict and serve embed with the backbone
 
 
 def test_a_head_whose_feature_set_the_cache_lacks_is_refused_with_the_set_to_add(
@@ -403,17 +403,17 @@ def test_a_head_whose_feature_set_the_cache_lacks_is_refused_with_the_set_to_add
     with pytest.raises(
         TrainError,
         match=r"head cnn trains on the logmel feature set, which this cache does not hold; "
-        r"re-run embed with --features wav2vec2,logmel",
+        r"re-run embed with --features encoder,logmel",
     ):
         train_heads(separable_cache, tmp_path / "r", heads=["svm", "cnn", "lstm"])
     logmel_only = cache_of(tmp_path / "logmel.h5", feature_sets=("logmel",))
     with pytest.raises(
         TrainError,
-        match=r"head svm trains on a vector feature set \(wav2vec2 or handcrafted\), which this "
-        r"cache does not hold; re-run embed with --features logmel,wav2vec2",
+        match=r"head svm trains on a vector feature set \(encoder or handcrafted\), which this "
+        r"cache does not hold; re-run embed with --features logmel,encoder",
     ):
         train_heads(logmel_only, tmp_path / "r", heads=["svm", "cnn"], feature_sets="logmel")
-    with pytest.raises(TrainError, match="head fcnn-weighted trains on the layers of the wav2vec2"):
+    with pytest.raises(TrainError, match="head fcnn-weighted trains on the layers of the encoder"):
         train_heads(logmel_only, tmp_path / "r", heads=["fcnn-weighted"], feature_sets="logmel")
     assert not (tmp_path / "r").exists()  # refused before any training
 
@@ -421,7 +421,7 @@ def test_a_head_whose_feature_set_the_cache_lacks_is_refused_with_the_set_to_add
 def test_feature_sets_for_adds_what_a_head_needs_and_keeps_the_defaults():
     from wav2genre_cache.train import feature_sets_for
 
-    both = {"wav2vec2": 13, "handcrafted": 1, "logmel": 1}
+    both = {"encoder": 13, "handcrafted": 1, "logmel": 1}
     said = []
 
     def plan(heads, sets, held=both):
@@ -430,22 +430,22 @@ def test_feature_sets_for_adds_what_a_head_needs_and_keeps_the_defaults():
     # The default heads (None, as run --features ...,logmel passes them): spectrogram heads on
     # logmel.
     assert plan(None, ["logmel"], {"logmel": 1}) == ["logmel"]
-    assert plan(None, ["wav2vec2", "handcrafted", "logmel"]) == [
-        "wav2vec2",
+    assert plan(None, ["encoder", "handcrafted", "logmel"]) == [
+        "encoder",
         "handcrafted",
         "logmel",
     ]
-    assert plan(["svm"], ["wav2vec2", "logmel"]) == ["wav2vec2", "logmel"]
+    assert plan(["svm"], ["encoder", "logmel"]) == ["encoder", "logmel"]
     assert said == []
-    # A vector head asked for on a logmel-only run trains on the cache's wav2vec2.
-    assert plan(["logreg", "cnn"], ["logmel"]) == ["logmel", "wav2vec2"]
+    # A vector head asked for on a logmel-only run trains on the cache's encoder.
+    assert plan(["logreg", "cnn"], ["logmel"]) == ["logmel", "encoder"]
     assert plan(["logreg"], ["logmel"], {"handcrafted": 1, "logmel": 1}) == [
         "logmel",
         "handcrafted",
     ]
     # fcnn-weighted needs several layers; a set no head asked for trains on is left out, aloud.
-    assert plan(["fcnn-weighted"], ["handcrafted"]) == ["wav2vec2"]
-    assert plan(["cnn"], ["wav2vec2"]) == ["logmel"]
-    assert any("wav2vec2: none of the heads asked for (cnn)" in line for line in said)
+    assert plan(["fcnn-weighted"], ["handcrafted"]) == ["encoder"]
+    assert plan(["cnn"], ["encoder"]) == ["logmel"]
+    assert any("encoder: none of the heads asked for (cnn)" in line for line in said)
     with pytest.raises(TrainError, match="no feature set to train on"):
         plan(["svm"], [])

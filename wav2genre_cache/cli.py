@@ -70,7 +70,10 @@ SplitDirOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option(help="Seed of the random split (and of the heads in run).")]
 FeaturesOpt = Annotated[
     str,
-    typer.Option(help="Feature sets to compute, comma-separated: wav2vec2, handcrafted, logmel."),
+    typer.Option(
+        help="Feature sets to compute, comma-separated: encoder (the --model's per-layer "
+        "embeddings; wav2vec2 is its old name), handcrafted, logmel."
+    ),
 ]
 AugmentOpt = Annotated[
     str, typer.Option(help="Augment training tracks: any of pitch,stretch,noise (comma-separated).")
@@ -214,7 +217,7 @@ def embed(
     split: SplitOpt = "random",
     split_dir: SplitDirOpt = None,
     seed: SeedOpt = 0,
-    features: FeaturesOpt = "wav2vec2",
+    features: FeaturesOpt = "encoder",
     augment: AugmentOpt = "",
     augment_copies: CopiesOpt = 0,
     noise_dir: NoiseDirOpt = None,
@@ -332,9 +335,9 @@ def train_heads_cmd(
     feature_set: Annotated[
         str,
         typer.Option(
-            help="Cached feature set(s) to train on, comma-separated (wav2vec2, handcrafted, logmel)."
+            help="Cached feature set(s) to train on, comma-separated (encoder, handcrafted, logmel)."
         ),
-    ] = "wav2vec2",
+    ] = "encoder",
     seed: Annotated[int, typer.Option(help="Seed of every head.")] = 0,
     augmented: Annotated[
         bool,
@@ -360,7 +363,7 @@ def train_heads_cmd(
 def cross_validate_cmd(
     cache: Annotated[Path, typer.Argument(help="An HDF5 cache written by embed.")],
     feature_set: Annotated[
-        str, typer.Option(help="Cached feature set: handcrafted, wav2vec2, ...")
+        str, typer.Option(help="Cached feature set: handcrafted, encoder, ...")
     ] = "handcrafted",
     layer: Annotated[int, typer.Option(help="Layer of the feature set (0 for handcrafted).")] = 0,
     heads: HeadsOpt = "svm,rf,xgb,logreg",
@@ -432,7 +435,7 @@ def run(
     split: SplitOpt = "random",
     split_dir: SplitDirOpt = None,
     seed: SeedOpt = 0,
-    features: FeaturesOpt = "wav2vec2",
+    features: FeaturesOpt = "encoder",
     augment: AugmentOpt = "",
     augment_copies: CopiesOpt = 0,
     noise_dir: NoiseDirOpt = None,

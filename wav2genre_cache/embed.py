@@ -33,9 +33,8 @@ from .cache import (
     config_differences,
 )
 from .datasets import EXCLUDED, Track, assign_splits, detect_layout, discover
+from .feature_sets import ENCODER, FEATURE_SETS, feature_set_name
 from .features import PreparePlan, prepare_track, ready, watch_parent
-
-FEATURE_SETS = ("wav2vec2", "handcrafted", "logmel")
 
 
 @dataclass
@@ -55,7 +54,7 @@ class EmbedOptions:
     split: str = "random"
     split_dir: str | None = None
     seed: int = 0
-    features: tuple[str, ...] = ("wav2vec2",)
+    features: tuple[str, ...] = (ENCODER,)
     augment: tuple[str, ...] = ()  # any of pitch, stretch, noise; applied to training tracks only
     augment_copies: int = 0
     noise_dir: str | None = None
@@ -93,6 +92,7 @@ def embed_dataset(
 ) -> EmbedSummary:
     """Run stage one as `wav2genre embed` does; resume an interrupted run with the same settings."""
     console = console or Console(stderr=True)
+    opts = replace(opts, features=tuple(feature_set_name(f) for f in opts.features))
     unknown = set(opts.features) - set(FEATURE_SETS)
     if unknown:
         raise CacheError(
@@ -113,7 +113,7 @@ def embed_dataset(
     # Decode workers start (a second of imports each) while the model loads.
     pool = start_workers(workers) if not Path(opts.out).exists() else None
     try:
-        # Only the wav2vec2 feature set needs the model; hand-crafted features alone never load it.
+        # Only the encoder feature set needs the model; hand-crafted features alone never load it.
         # Loaded and checked before any output exists: a model that cannot embed audio, or these
         # segments, is refused here with nothing to clean up.
         backbone = (
@@ -124,7 +124,7 @@ def embed_dataset(
                 log=lambda m: console.print(m, highlight=False),
                 window=opts.window,
             )
-            if "wav2vec2" in opts.features
+            if ENCODER in opts.features
             else None
         )
         problem = backbone.frontend.segment_problem(opts.segment_seconds) if backbone else None
@@ -371,7 +371,7 @@ def _embed_block(
         per_track.setdefault(id(r), []).append(f)
     for r in results:
         if id(r) in per_track:
-            r.features["wav2vec2"] = np.concatenate(per_track[id(r)])
+            r.features[ENCODER] = np.concatenate(per_track[id(r)])
     return results
 
 

@@ -20,6 +20,7 @@ from .audio import (
 )
 from .backbone import cpu_has_native_bfloat16, load_backbone, resolve_device
 from .embed import embed_tracks
+from .feature_sets import ENCODER, feature_set_name
 from .heads import HeadError
 from .train import load_bundle
 
@@ -30,7 +31,7 @@ class Predictor:
     def __init__(self, bundle_dir: str | Path, device: str = "auto", batch_size: int = 8):
         self.bundle_dir = Path(bundle_dir)
         self.meta, self.head = load_bundle(self.bundle_dir)
-        if self.meta["feature_set"] != "wav2vec2":
+        if feature_set_name(self.meta["feature_set"]) != ENCODER:
             raise HeadError(
                 f"{bundle_dir}: predicting from feature set {self.meta['feature_set']!r} is not supported yet"
             )

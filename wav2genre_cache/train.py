@@ -15,6 +15,7 @@ import numpy as np
 
 from . import __version__
 from .cache import EmbeddingCache
+from .feature_sets import ENCODER, HANDCRAFTED, LOGMEL, feature_set_name
 from .heads import (
     ALL_HEADS,
     ALL_LAYER_HEADS,
@@ -64,10 +65,11 @@ class TrainingData:
 
 
 def load_training_data(
-    cache_path: str | Path, feature_set: str = "wav2vec2", augmented: bool = True
+    cache_path: str | Path, feature_set: str = ENCODER, augmented: bool = True
 ) -> TrainingData:
     """Read a cache and check it can be trained on, with clear errors when it cannot."""
     cache = EmbeddingCache(cache_path)
+    feature_set = feature_set_name(feature_set)
     if feature_set not in cache.feature_names:
         raise TrainError(
             f"{cache_path}: no feature set {feature_set!r}; it has {cache.feature_names}"
@@ -179,7 +181,7 @@ def train_heads(
     out_dir: str | Path,
     heads: list[str] | tuple[str, ...] | None = None,
     layers: str = "all",
-    feature_sets: str | list[str] | tuple[str, ...] = ("wav2vec2",),
+    feature_sets: str | list[str] | tuple[str, ...] = (ENCODER,),
     seed: int = 0,
     augmented: bool | str = True,
     trials: int = 0,
@@ -189,7 +191,7 @@ def train_heads(
 
     augmented: True trains on every view of the training tracks, False on the original views
     only, "both" does each (the augmentation ablation). Each head's best model per feature set
-    is written to bundles/<head>[-<feature set>]/, and the best of all to best/ (a wav2vec2
+    is written to bundles/<head>[-<feature set>]/, and the best of all to best/ (an encoder
     model when there is one, since predict and serve embed audio with the backbone).
     """
     # None: the default heads, none asked for in particular (see feature_sets_for).
@@ -199,6 +201,7 @@ def train_heads(
         raise TrainError(f"unknown head(s) {unknown}; available: {', '.join(ALL_HEADS)}")
     if isinstance(feature_sets, str):
         feature_sets = [f.strip() for f in feature_sets.split(",") if f.strip()]
+    feature_sets = [feature_set_name(f) for f in feature_sets]
     # Before any training: a head asked for gets the feature set it needs, or the run stops here.
     layers_of = {n: s[1] for n, s in EmbeddingCache(cache_path).feature_shapes.items()}
     feature_sets = feature_sets_for(heads if asked else None, feature_sets, layers_of, log)
@@ -230,7 +233,7 @@ def train_heads(
             # Per-layer heads on each chosen layer; then heads that weigh all layers at once
             # (layer -1 in the results), once per feature set.
             jobs = [(layer, h) for layer in chosen for h in heads_for(fs, heads)]
-            if fs != "logmel" and data.n_layers > 1:
+            if fs != LOGMEL and data.n_layers > 1:
                 jobs += [(-1, h) for h in heads if h in ALL_LAYER_HEADS]
             X, X_layer = None, None
             for layer, name in jobs:
@@ -254,7 +257,7 @@ def train_heads(
                     f"test track accuracy {row['test']['track']['accuracy']:.3f}, "
                     f"macro-F1 {row['test']['track']['macro_f1']:.3f} (fit {row['fit_seconds']:.1f} s)"
                 )
-                key = name if fs == "wav2vec2" else f"{name}-{fs}"
+                key = name if fs == ENCODER else f"{name}-{fs}"
                 score = (row["selection_score"], aug, -layer)
                 if key not in best or score > best[key][0]:
                     best[key] = (score, row, model, X, data)
@@ -269,9 +272,7 @@ def train_heads(
             model, X[data.test], data.y[data.test], data.track[data.test], data.labels, curves=True
         )["track"]
         write_bundle(out_dir / "bundles" / key, model, row, data)
-    candidates = [b for b in best.values() if b[1]["feature_set"] == "wav2vec2"] or list(
-        best.values()
-    )
+    candidates = [b for b in best.values() if b[1]["feature_set"] == ENCODER] or list(best.values())
     overall = max(candidates, key=lambda b: (b[0], -ALL_HEADS.index(b[1]["head"])))[1]
     overall["best_overall"] = True
     if (out_dir / "best").exists():
@@ -315,12 +316,12 @@ def heads_for(feature_set: str, heads) -> list[str]:
     `run --features ...,logmel` does with the default heads); feature_sets_for has made sure
     that every head asked for has a feature set to train on.
     """
-    if feature_set == "logmel":
+    if feature_set == LOGMEL:
         return [h for h in heads if h in SPECTROGRAM_HEADS] or list(SPECTROGRAM_HEADS)
     return [h for h in heads if h in HEADS or h in TRACK_HEADS]
 
 
-VECTOR_FEATURE_SETS = ("wav2vec2", "handcrafted")  # in order of preference
+VECTOR_FEATURE_SETS = (ENCODER, HANDCRAFTED)  # in order of preference
 
 
 def feature_sets_for(
@@ -331,7 +332,7 @@ def feature_sets_for(
 ) -> list[str]:
     """The feature sets to train on: those asked for, plus those the heads asked for need.
 
-    cnn, lstm and cnn-lstm train on logmel; the other heads on a vector set (wav2vec2, else
+    cnn, lstm and cnn-lstm train on logmel; the other heads on a vector set (encoder, else
     handcrafted), fcnn-weighted on one of several layers. A head whose feature set the run
     lacks trains on the cache's (`layers_of`: the cache's feature sets and their layer counts),
     and if the cache lacks it too, TrainError names the feature set to embed: a head asked for
@@ -340,13 +341,13 @@ def feature_sets_for(
     """
     plan = list(dict.fromkeys(feature_sets))
     if not plan:
-        raise TrainError("no feature set to train on; name one or more, e.g. wav2vec2")
+        raise TrainError("no feature set to train on; name one or more, e.g. encoder")
     asked = [] if heads is None else list(dict.fromkeys(heads))
     held = sorted(layers_of)
 
     def fits(head: str, fs: str) -> bool:
         if head in SPECTROGRAM_HEADS:
-            return fs == "logmel"
+            return fs == LOGMEL
         # A set the cache lacks passes here; load_training_data then says that it is missing.
         several = head not in ALL_LAYER_HEADS or layers_of.get(fs, 2) > 1
         return fs in VECTOR_FEATURE_SETS and several
@@ -354,14 +355,14 @@ def feature_sets_for(
     for head in asked:
         if any(fits(head, fs) for fs in plan):
             continue
-        found = [fs for fs in ("logmel", *VECTOR_FEATURE_SETS) if fs in held and fits(head, fs)]
+        found = [fs for fs in (LOGMEL, *VECTOR_FEATURE_SETS) if fs in held and fits(head, fs)]
         if not found:
             if head in SPECTROGRAM_HEADS:
-                need, add = "the logmel feature set", "logmel"
+                need, add = "the logmel feature set", LOGMEL
             elif head in ALL_LAYER_HEADS:
-                need, add = "the layers of the wav2vec2 feature set", "wav2vec2"
+                need, add = "the layers of the encoder feature set", ENCODER
             else:
-                need, add = "a vector feature set (wav2vec2 or handcrafted)", "wav2vec2"
+                need, add = "a vector feature set (encoder or handcrafted)", ENCODER
             embed_with = ",".join(dict.fromkeys([*held, add]))
             raise TrainError(
                 f"head {head} trains on {need}, which this cache does not hold; "
