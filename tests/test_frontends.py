@@ -6,50 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tone, write_audio
+from conftest import save_tiny, tone, whisper_config, write_audio
 from typer.testing import CliRunner
 
 from wav2genre_cache.backbone import BackboneError, load_backbone
 from wav2genre_cache.cli import app
-
-# ---- tiny random models, saved as save_pretrained writes them -----------------------------------
-
-
-def whisper_config(**kw):
-    """A Whisper config of real window geometry (80 mels, 3000 frames) and toy width."""
-    from transformers import WhisperConfig
-
-    return WhisperConfig(
-        d_model=16,
-        encoder_layers=2,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        vocab_size=64,
-        max_target_positions=16,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        decoder_start_token_id=1,
-        **kw,
-    )
-
-
-def save_tiny(model_cls, config, path: Path, seed: int = 0) -> str:
-    torch.manual_seed(seed)
-    model_cls(config).save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def whisper_dir(tmp_path_factory) -> str:
-    """A tiny random WhisperForConditionalGeneration checkpoint (an openai/whisper-* layout)."""
-    from transformers import WhisperForConditionalGeneration
-
-    root = tmp_path_factory.mktemp("whisper")
-    return save_tiny(WhisperForConditionalGeneration, whisper_config(), root / "whisper")
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +215,31 @@ def test_the_cpu_precision_check_probes_whisper_through_its_windows(
     assert (tmp_path / "xdg" / "wav2genre" / "precision_checks.json").is_file()
     seg = tone(6.0, freq=330)[None]
     assert max_relative_error(fast.embed(seg)[0], exact.embed(seg)[0]) < 2e-2
+
+
+def test_a_checkpoint_stored_in_float16_loads_and_embeds_in_float32(tmp_path, whisper_dir):
+    # distil-whisper's checkpoints are float16; recent transformers load them as they are stored.
+    from transformers import WhisperForConditionalGeneration
+
+    half = tmp_path / "half"
+    WhisperForConditionalGeneration.from_pretrained(whisper_dir).to(torch.float16).save_pretrained(
+        half
+    )
+    backbone = load_backbone(str(half), device="cpu", dtype="float32")
+    assert next(backbone.model.parameters()).dtype == torch.float32
+    exact = load_backbone(whisper_dir, device="cpu", dtype="float32")
+    seg = tone(10.0, freq=330)[None]
+    np.testing.assert_allclose(backbone.embed(seg), exact.embed(seg), rtol=0, atol=1e-2)
+
+
+def test_auto_computes_log_mel_encoders_in_float32(whisper_dir, monkeypatch):
+    # bfloat16 whisper-base was up to 0.056 off float32 on real music (beyond the 2e-2 limit);
+    # auto must not pick it, whatever the CPU; asked for by name, it is still given.
+    import wav2genre_cache.backbone as bb
+
+    monkeypatch.setattr(bb, "cpu_has_native_bfloat16", lambda: True)
+    assert load_backbone(whisper_dir, device="cpu", dtype="auto").dtype == torch.float32
+    assert bb.resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16  # raw waveform
 
 
 def test_ct2_names_are_routed_to_the_converter(monkeypatch, whisper_dir):

@@ -143,9 +143,18 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """auto: bfloat16 on CUDA and on CPUs with native bfloat16, float32 on other CPUs."""
+def resolve_dtype(dtype: str, device: torch.device, frontend: Any = None) -> torch.dtype:
+    """auto: bfloat16 on CUDA and on CPUs with native bfloat16, float32 on other CPUs.
+
+    Log-mel encoders (Whisper; `frontend.kind == "logmel"`) get float32 under auto: bfloat16
+    whisper-base embeddings of real music were up to 0.056 off float32 per layer (median
+    0.006; benchmarks/bfloat16_on_music.py), beyond PRECISION_TOLERANCE, on every CPU alike:
+    that is bfloat16's own rounding in the outlier dimensions of its layers, not a kernel
+    that a check could route around. `--dtype bfloat16` still asks for it.
+    """
     if dtype == "auto":
+        if frontend is not None and frontend.kind == "logmel":
+            return torch.float32
         native = device.type == "cuda" or cpu_has_native_bfloat16()
         return torch.bfloat16 if native else torch.float32
     if dtype not in _DTYPES:
@@ -215,7 +224,7 @@ def load_backbone(
     taken and `log` says so in one line.
     """
     dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
+    resolve_dtype(dtype, dev)  # an unknown dtype is refused before any model loads
     if model_id in BUILTIN_MODELS:
         model, revision = builtin_model(model_id), "seed0"
         extractor = default_extractor(model.config)  # Wav2Vec2's: the raw waveform
@@ -227,6 +236,7 @@ def load_backbone(
         frontend = frontend_for(model, extractor, window)
     except ValueError as exc:
         raise BackboneError(f"{model_id}: {exc}") from None
+    torch_dtype = resolve_dtype(dtype, dev, frontend)
     model.eval().to(dev)
     try:
         if dev.type == "cpu":
@@ -299,8 +309,12 @@ def _cpu_backbone(
         chosen, errors = known["path"], known.get("errors", {})
         backbone = _cpu_path(model, chosen, model_id, revision, frontend)
     else:
+        # A window-reading encoder (Whisper) computes a whole window whatever the segment: the
+        # probe fills it, so the check sees what embedding a full window does, at no extra cost.
+        seconds = frontend.window_samples / SAMPLE_RATE if frontend.pads else 2.0
+        probe = probe_signal(seconds)[None]
         reference = _cpu_path(copy.deepcopy(model), "float32", model_id, revision, frontend)
-        want = reference.embed(probe_signal()[None])[0]
+        want = reference.embed(probe)[0]
         del reference
         errors = {}
         for chosen in paths:
@@ -309,7 +323,7 @@ def _cpu_backbone(
             backbone = _cpu_path(candidate, chosen, model_id, revision, frontend)
             if chosen == "float32":
                 break
-            errors[chosen] = relative_error(backbone.embed(probe_signal()[None])[0], want)
+            errors[chosen] = relative_error(backbone.embed(probe)[0], want)
             if errors[chosen] <= PRECISION_TOLERANCE:
                 break
         _write_precision_check(key, {"path": chosen, "errors": errors})
@@ -360,7 +374,8 @@ def _precision_key(model_id: str, revision: str, dtype: torch.dtype) -> str:
     names = [line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line]
     cpu = names[0] if names else platform.processor() or platform.machine()
     flags = [f for f in ("avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16") if f in info]
-    return json.dumps([model_id, revision, str(dtype), torch.__version__, cpu, flags])
+    probe = 2  # the probe's version: 2 fills a Whisper window (1 was 2 s for every model)
+    return json.dumps([model_id, revision, str(dtype), torch.__version__, cpu, flags, probe])
 
 
 def _precision_file() -> Path:
@@ -437,6 +452,9 @@ def _load_pretrained(model_id: str) -> tuple[torch.nn.Module, str, Any | None]:
     if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
         # Whisper (WhisperModel or ...ForConditionalGeneration): only the encoder embeds audio.
         model = model.get_encoder()
+    # Checkpoints stored in float16 (distil-whisper's, many on the hub) load in it under recent
+    # transformers; every path here starts from float32 and reduces precision only where checked.
+    model.to(torch.float32)
     return model, revision, extractor or default_extractor(model.config)
 
 

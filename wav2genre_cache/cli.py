@@ -43,8 +43,8 @@ DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
 DtypeOpt = Annotated[
     str,
     typer.Option(
-        help="auto (bfloat16 on CUDA and on CPUs with native bfloat16, else float32) | float32 | "
-        "bfloat16 | float16"
+        help="auto (bfloat16 on CUDA and on CPUs with native bfloat16, else float32; always "
+        "float32 for log-mel encoders such as Whisper) | float32 | bfloat16 | float16"
     ),
 ]
 WindowOpt = Annotated[

@@ -35,6 +35,7 @@ from .cache import (
 from .datasets import EXCLUDED, Track, assign_splits, detect_layout, discover
 from .feature_sets import ENCODER, FEATURE_SETS, feature_set_name
 from .features import PreparePlan, prepare_track, ready, watch_parent
+from .whisper_windows import PreparedWindows
 
 
 @dataclass
@@ -59,6 +60,7 @@ class EmbedOptions:
     augment_copies: int = 0
     noise_dir: str | None = None
     window: str | None = None  # alone | packed, for Whisper; None: frontends.DEFAULT_WINDOW
+    logmel_in: str = "auto"  # where Whisper's log-mel is made: auto | workers | model
 
 
 @dataclass
@@ -80,6 +82,10 @@ class EmbedSummary:
     def audio_seconds_per_second(self) -> float:
         """Throughput of this run: seconds of audio embedded per wall-clock second."""
         return self.audio_seconds / self.seconds if self.seconds else 0.0
+
+
+# From how many cores auto makes Whisper's log-mel in the decode workers (see logmel_in_workers).
+LOGMEL_IN_WORKERS_FROM_CORES = 8
 
 
 def default_workers() -> int:
@@ -203,6 +209,9 @@ def _embed(
             copies=opts.augment_copies if opts.augment else 0,
             seed=opts.seed,
             noise_dir=opts.noise_dir,
+            windows=backbone.frontend.layout
+            if logmel_in_workers(backbone, workers, opts.logmel_in)
+            else None,
         )
         decoded = ordered_map(
             partial(prepare_track, plan=plan),
@@ -224,6 +233,21 @@ def _embed(
     summary.seconds = time.perf_counter() - start
     store.finalize([t.track_id for t in tracks])
     return summary
+
+
+def logmel_in_workers(backbone: Backbone | None, workers: int, where: str = "auto") -> bool:
+    """Whether the decode workers make the encoder's log-mel windows, not the model's thread.
+
+    Only Whisper front ends have such work (a window's log-mel: about 15 ms of numpy). auto:
+    in the workers where the machine has RULE.
+    """
+    if where not in ("auto", "workers", "model"):
+        raise CacheError(f"unknown log-mel place {where!r}; use auto, workers or model")
+    if backbone is None or getattr(backbone.frontend, "layout", None) is None or workers <= 0:
+        return False
+    if where != "auto":
+        return where == "workers"
+    return (os.cpu_count() or 1) >= LOGMEL_IN_WORKERS_FROM_CORES
 
 
 @contextmanager
@@ -274,7 +298,7 @@ def embed_config(opts: EmbedOptions, layout: str, backbone: Backbone | None) -> 
 
 def embed_tracks(
     backbone: Backbone,
-    tracks: Iterable[np.ndarray],
+    tracks: Iterable[np.ndarray | PreparedWindows],
     segment_seconds: float,
     hop_seconds: float | None,
     batch_size: int,
@@ -284,11 +308,13 @@ def embed_tracks(
     The one segment-to-embedding path: `embed` and `predict` both call it, so a bundle's
     predictions use exactly what its cache holds. The backbone's front end turns each track's
     segments into model inputs (windows); equal-length windows of all the tracks are batched
-    together. A raw-waveform input shorter than a full segment (a short track's one segment)
-    is embedded alone: nothing is ever padded (Wav2Vec2-base has no attention mask); Whisper's
-    windows are zero-padded to their fixed length, as Whisper was trained. Tracks are consumed
-    one at a time and windows copied into the batch, so memory holds one track and one batch,
-    whatever the number or length of the tracks.
+    together. A track may come as its windows already made (PreparedWindows: Whisper log-mel
+    made in a decode worker, by the same code the front end runs). A raw-waveform input shorter
+    than a full segment (a short track's one segment) is embedded alone: nothing is ever padded
+    (Wav2Vec2-base has no attention mask); Whisper's windows are zero-padded to their fixed
+    length, as Whisper was trained. Tracks are consumed one at a time and windows copied into
+    the batch, so memory holds one track and one batch, whatever the number or length of the
+    tracks.
     """
     frontend = backbone.frontend
     width = frontend.input_samples(int(round(segment_seconds * SAMPLE_RATE)))
@@ -306,16 +332,27 @@ def embed_tracks(
                 store(ti, spans, e)
             pending.clear()
 
-    for ti, samples in enumerate(tracks):
-        starts, length = segment_track(samples, segment_seconds, hop_seconds)
-        out.append(np.zeros((len(starts), backbone.n_layers, backbone.dim), np.float32))
-        for audio, spans in frontend.windows(samples, starts, length):
-            if len(audio) != width and not frontend.pads:
-                store(ti, spans, backbone.embed_windows(audio[None], [spans])[0])
+    for ti, track in enumerate(tracks):
+        if isinstance(track, PreparedWindows):
+            n_segments, windows = track.n_segments, track.windows
+        else:
+            starts, length = segment_track(track, segment_seconds, hop_seconds)
+            n_segments, windows = len(starts), frontend.windows(track, starts, length)
+        out.append(np.zeros((n_segments, backbone.n_layers, backbone.dim), np.float32))
+        for x, spans in windows:
+            if x.ndim == 1 and len(x) != width and not frontend.pads:
+                store(ti, spans, backbone.embed_windows(x[None], [spans])[0])
                 continue
+            shape = x.shape if x.ndim > 1 else (width,)  # log-mel made ahead, or audio
+            if batch.shape[1:] != shape:
+                flush()
+                batch = np.empty((batch_size, *shape), np.float32)
             row = batch[len(pending)]
-            row[: len(audio)] = audio
-            row[len(audio) :] = 0.0  # the rest of a Whisper window is silence
+            if x.ndim > 1:
+                row[...] = x
+            else:
+                row[: len(x)] = x
+                row[len(x) :] = 0.0  # the rest of a Whisper window is silence
             pending.append((ti, spans))
             if len(pending) >= batch_size:
                 flush()
@@ -346,8 +383,7 @@ def _embed_block(
                 r.status, r.reason = "failed", reason
                 continue
             r.duration, r.content_hash = track.duration, track.content_hash
-            for v, samples in enumerate(track.views):
-                starts, _ = segment_track(samples, opts.segment_seconds, opts.hop_seconds)
+            for v, starts in enumerate(track.starts):
                 r.starts += [s / SAMPLE_RATE for s in starts]
                 r.views += [v] * len(starts)
             if track.handcrafted is not None:
@@ -355,9 +391,9 @@ def _embed_block(
             if track.logmel is not None:
                 r.features["logmel"] = np.concatenate(track.logmel)
             if backbone is not None:
-                for samples in track.views:
+                for view in track.inputs or track.views:  # windows made ahead, or audio
                     view_owner.append(r)
-                    yield samples
+                    yield view
 
     if backbone is None:
         for _ in views_to_embed():

@@ -1,6 +1,7 @@
-"""Per-track work done in the decode workers: hand-crafted MIR features and augmented copies.
+"""Per-track work in the decode workers: augmented copies, hand-crafted features, Whisper log-mel.
 
-The hand-crafted features are the paper's traditional baseline, computed with librosa. All of
+The encoder's Whisper windows and their log-mel are made here where that pays (see
+embed.logmel_in_workers). The hand-crafted features are the paper's traditional baseline, computed with librosa. All of
 this runs in worker processes beside decoding, so the model never waits on it, and imports no
 torch.
 """
@@ -17,6 +18,7 @@ import numpy as np
 
 from .audio import SAMPLE_RATE, segment_track, try_load_track
 from .augment import augment_track
+from .whisper_windows import PreparedWindows, WhisperWindows
 
 N_MFCC = 20
 
@@ -165,17 +167,22 @@ class PreparePlan:
     copies: int = 0
     seed: int = 0
     noise_dir: str | None = None
+    # Set where the encoder's Whisper windows and their log-mel are made here, not on the
+    # model's thread (embed.logmel_in_workers); the audio then stays in the worker.
+    windows: WhisperWindows | None = None
 
 
 @dataclass
 class PreparedTrack:
     """A decoded track, its augmented copies (views 1..K) and per-view hand-crafted features."""
 
-    views: list[np.ndarray]
+    views: list[np.ndarray]  # the audio of each view; empty where `inputs` holds them instead
     duration: float
     content_hash: str
+    starts: list[list[int]]  # per view: its segments' first samples (audio.segment_track)
     handcrafted: list[np.ndarray] | None = None  # per view: [segments, 1, HANDCRAFTED_DIM]
     logmel: list[np.ndarray] | None = None  # per view: [segments, 1, N_MELS * frames]
+    inputs: list[PreparedWindows] | None = None  # per view: the encoder's windows, made here
 
 
 def prepare_track(
@@ -200,9 +207,15 @@ def prepare_track(
             ]
         hand = [] if plan.handcrafted else None
         mel = [] if plan.logmel else None
+        inputs = [] if plan.windows else None
+        every_start = []
         frames = logmel_frames(plan.segment_seconds)
         for y in views:
             starts, length = segment_track(y, plan.segment_seconds, plan.hop_seconds)
+            every_start.append(starts)
+            if inputs is not None:
+                windows = plan.windows.log_mel_windows(y, starts, length)
+                inputs.append(PreparedWindows(len(starts), windows))
             if hand is not None:
                 hand.append(
                     np.stack([handcrafted_features(y[s : s + length]) for s in starts])[:, None, :]
@@ -213,6 +226,14 @@ def prepare_track(
                         :, None, :
                     ]
                 )
-        return PreparedTrack(views, decoded.duration, decoded.content_hash, hand, mel), ""
+        return PreparedTrack(
+            [] if inputs is not None else views,
+            decoded.duration,
+            decoded.content_hash,
+            every_start,
+            hand,
+            mel,
+            inputs,
+        ), ""
     except Exception as exc:  # a feature or augmentation failure is this file's, not the run's
         return None, f"{path}: could not prepare the audio ({type(exc).__name__}: {exc})"
