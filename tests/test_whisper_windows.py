@@ -56,6 +56,7 @@ def test_log_mel_made_in_the_workers_gives_the_same_cache(tmp_path, whisper_dir)
 
     backbone = load_backbone(whisper_dir, device="cpu", dtype="float32")
     assert logmel_in_workers(backbone, 2, "workers") and not logmel_in_workers(backbone, 0)
+    assert not logmel_in_workers(backbone, 2)  # auto: on the model's side on a CPU
     assert not logmel_in_workers(backbone, 2, "model")
     for i, seconds in enumerate((25.0, 12.0, 4.0, 31.0)):
         write_audio(tmp_path / "data" / "ab"[i % 2] / f"{i}.wav", seconds, freq=200 + 50 * i)

@@ -8,9 +8,11 @@ same numbers whichever process computed them.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.fft
@@ -82,7 +84,10 @@ class WhisperWindows:
         # in a decode worker, so every process computes the same numbers the same way.
         spectrum = scipy.fft.rfft(frames * _hann(self.n_fft), axis=-1, workers=1)
         power = spectrum.real**2 + spectrum.imag**2
-        mel = power @ self.mel_filters.astype(np.float32)  # [frames, mels]
+        # One BLAS thread, in every process: a dozen workers each starting all of the machine's
+        # BLAS threads, or the model's process waking them beside torch's own, only contend.
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            mel = power @ self.mel_filters.astype(np.float32)  # [frames, mels]
         log_spec = np.log10(np.maximum(mel, 1e-10)).T
         log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
         return ((log_spec + 4.0) / 4.0).astype(np.float32)
@@ -98,6 +103,14 @@ class PreparedWindows:
 
     n_segments: int
     windows: list[Window]
+
+
+@functools.cache
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries (made once: it inspects the process)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _hann(n: int) -> np.ndarray:
