@@ -33,6 +33,7 @@ from .cache import (
     config_differences,
 )
 from .datasets import EXCLUDED, Track, assign_splits, detect_layout, discover
+from .errors import OptionError
 from .feature_sets import ENCODER, FEATURE_SETS, feature_set_name
 from .features import PreparePlan, prepare_track, ready, watch_parent
 
@@ -95,18 +96,18 @@ def embed_dataset(
     opts = replace(opts, features=tuple(feature_set_name(f) for f in opts.features))
     unknown = set(opts.features) - set(FEATURE_SETS)
     if unknown:
-        raise CacheError(
+        raise OptionError(
             f"unknown feature set(s) {sorted(unknown)}; available: {', '.join(FEATURE_SETS)}"
         )
     bad_aug = set(opts.augment) - set(AUGMENTATIONS)
     if bad_aug:
-        raise CacheError(
+        raise OptionError(
             f"unknown augmentation(s) {sorted(bad_aug)}; use any of {', '.join(AUGMENTATIONS)}"
         )
     if opts.augment and opts.augment_copies < 1:
-        raise CacheError("--augment needs --augment-copies of at least 1")
+        raise OptionError("--augment needs --augment-copies of at least 1")
     if opts.segment_seconds < 1 or (opts.hop_seconds is not None and opts.hop_seconds <= 0):
-        raise CacheError("--segment-seconds must be at least 1 and --hop-seconds positive")
+        raise OptionError("--segment-seconds must be at least 1 and --hop-seconds positive")
     layout = detect_layout(Path(opts.data)) if opts.dataset == "auto" else opts.dataset
     tracks = assign_splits(discover(opts.data, layout), opts.split, opts.seed, opts.split_dir)
     workers = default_workers() if opts.workers is None else opts.workers

@@ -16,6 +16,8 @@ from sklearn.svm import SVC
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .errors import Wav2GenreError
+
 # The torch heads live in torch_heads.py; this module is their public home too.
 from .torch_heads import (
     SPECTROGRAM_HEADS,
@@ -35,7 +37,7 @@ TRACK_HEADS = ("attention",)
 ALL_HEADS = HEADS + SPECTROGRAM_HEADS + ALL_LAYER_HEADS + TRACK_HEADS
 
 
-class HeadError(Exception):
+class HeadError(Wav2GenreError):
     """A head that cannot be built, saved or loaded; the message says why."""
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import __version__
 from .cache import EmbeddingCache
+from .errors import Wav2GenreError
 from .feature_sets import ENCODER, HANDCRAFTED, LOGMEL, feature_set_name
 from .heads import (
     ALL_HEADS,
@@ -35,7 +36,7 @@ BUNDLE_FORMAT = "wav2genre-bundle"
 BUNDLE_VERSION = 2  # 2: a sha256 for every file of the head
 
 
-class TrainError(Exception):
+class TrainError(Wav2GenreError):
     """A cache or request that training cannot use; the message says why."""
 
 
