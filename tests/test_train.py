@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 
+from wav2genre_cache.bundles import load_bundle
 from wav2genre_cache.cache import CacheError
 from wav2genre_cache.heads import HeadError
 from wav2genre_cache.synthetic import write_synthetic_cache
-from wav2genre_cache.train import TrainError, load_bundle, train_heads
+from wav2genre_cache.train import TrainError, train_heads
 
 SMALL = dict(n_tracks=120, segments_per_track=2, n_layers=4, dim=24, n_labels=4)
 
@@ -209,23 +210,13 @@ TINY_HEADS = {
 
 def tiny_bundle(name: str, directory, seed: int = 0):
     """A bundle of a tiny fitted head, written by write_bundle as train_heads writes it."""
-    from types import SimpleNamespace
-
+    from wav2genre_cache.bundles import write_bundle
     from wav2genre_cache.heads import make_head
-    from wav2genre_cache.train import write_bundle
 
     rng = np.random.default_rng(seed)
     y = np.arange(40) % 2
     X = (rng.standard_normal((40, 256)) + 2.0 * y[:, None]).astype(np.float32)
     head = make_head(name, seed=seed, **TINY_HEADS[name]).fit(X, y)
-    metric = {"accuracy": 1.0, "macro_f1": 1.0, "macro_auc": 1.0}
-    row = {
-        "head": name,
-        "params": TINY_HEADS[name],
-        "layer": -1 if name == "fcnn-weighted" else 0,
-        "test": {"track": metric, "segment": metric},
-        "valid": None,
-    }
     attrs = {
         "sample_rate": 16000,
         "segment_seconds": 10.0,
@@ -234,10 +225,17 @@ def tiny_bundle(name: str, directory, seed: int = 0):
         "backbone_revision": "",
         "dtype": "float32",
     }
-    data = SimpleNamespace(
-        cache=SimpleNamespace(attrs=attrs), labels=["blues", "rock"], feature_set="encoder"
+    write_bundle(
+        directory,
+        head,
+        name,
+        params=TINY_HEADS[name],
+        layer=-1 if name == "fcnn-weighted" else 0,
+        labels=["blues", "rock"],
+        feature_set="encoder",
+        cache_attrs=attrs,
+        metrics={"test_track_accuracy": 1.0, "valid": None},
     )
-    write_bundle(directory, head, row, data)
     return head, X
 
 

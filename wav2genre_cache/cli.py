@@ -460,9 +460,10 @@ def predict(
     Every input that cannot be used (missing, a symlink loop, a folder named like audio, not
     decodable) is named with its reason: on stderr, and as an error entry with --json.
     """
+    from .bundles import resolve_bundle_dir
     from .predict import Predictor, expand_inputs
 
-    bundle = bundle / "best" if (bundle / "best" / "bundle.json").is_file() else bundle
+    bundle = resolve_bundle_dir(bundle)
     predictor = Predictor(bundle, device=device, batch_size=batch_size)
     results = predictor.predict_paths(expand_inputs(inputs), top_k=top_k)
     if as_json:
@@ -506,9 +507,10 @@ def serve(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Serve the web page and JSON API: upload a song, see its genre segment by segment."""
+    from .bundles import resolve_bundle_dir
     from .server import serve as run_server
 
-    bundle = bundle / "best" if (bundle / "best" / "bundle.json").is_file() else bundle
+    bundle = resolve_bundle_dir(bundle)
     err.print(f"Serving {bundle} on http://{host}:{port}/", highlight=False)
     run_server(
         bundle,

@@ -17,6 +17,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .errors import Wav2GenreError
+from .jsonable import jsonable
 
 # The torch heads live in torch_heads.py; this module is their public home too.
 from .torch_heads import (
@@ -243,7 +244,7 @@ def head_files(name: str) -> tuple[str, ...]:
 def save_head(head: BaseEstimator, name: str, directory: Path) -> list[str]:
     """Write a fitted head in a safe format; return the names of every file written, main first.
 
-    The main file is the one to pass to load_head; the caller checksums them all (write_bundle),
+    The main file is the one to pass to load_head; the caller checksums them all (bundles.write_bundle),
     since load_head trusts each of them.
     """
     directory.mkdir(parents=True, exist_ok=True)
@@ -255,7 +256,7 @@ def save_head(head: BaseEstimator, name: str, directory: Path) -> list[str]:
         tensors["mean"] = torch.from_numpy(head.mean_)
         tensors["scale"] = torch.from_numpy(head.scale_)
         meta = {
-            "params": json.dumps(_json_params(head.get_params())),
+            "params": json.dumps(jsonable(head.get_params())),
             "classes": json.dumps(head.classes_.tolist()),
             "n_features_in": str(head.n_features_in_),
         }
@@ -266,7 +267,7 @@ def save_head(head: BaseEstimator, name: str, directory: Path) -> list[str]:
         (directory / files[1]).write_text(
             json.dumps(
                 {
-                    "params": _json_params(head.get_params()),
+                    "params": jsonable(head.get_params()),
                     "classes": head.classes_.tolist(),
                     "n_features_in": int(head.n_features_in_),
                 }
@@ -334,7 +335,3 @@ def load_head(name: str, path: Path) -> BaseEstimator:
 
 # Types skops does not trust by default but that are plain data: our SVM head and sklearn's trees.
 _OWN_TYPES = ("wav2genre_cache.heads.SVMHead", "sklearn.tree._tree.Tree")
-
-
-def _json_params(params: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}

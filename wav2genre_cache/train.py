@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 
 from . import __version__
+from .bundles import write_bundle
 from .cache import EmbeddingCache
 from .errors import Wav2GenreError
 from .feature_sets import ENCODER, HANDCRAFTED, LOGMEL, feature_set_name
@@ -24,16 +23,10 @@ from .heads import (
     PARAM_GRIDS,
     SPECTROGRAM_HEADS,
     TRACK_HEADS,
-    HeadError,
-    head_files,
-    load_head,
     make_head,
-    save_head,
 )
+from .jsonable import jsonable
 from .metrics import aggregate_tracks, classification_metrics
-
-BUNDLE_FORMAT = "wav2genre-bundle"
-BUNDLE_VERSION = 2  # 2: a sha256 for every file of the head
 
 
 class TrainError(Wav2GenreError):
@@ -272,7 +265,17 @@ def train_heads(
         row["test_detail"] = evaluate(
             model, X[data.test], data.y[data.test], data.track[data.test], data.labels, curves=True
         )["track"]
-        write_bundle(out_dir / "bundles" / key, model, row, data)
+        write_bundle(
+            out_dir / "bundles" / key,
+            model,
+            row["head"],
+            params=row["params"],
+            layer=row["layer"],
+            labels=data.labels,
+            feature_set=data.feature_set,
+            cache_attrs=data.cache.attrs,
+            metrics=bundle_metrics(row),
+        )
     candidates = [b for b in best.values() if b[1]["feature_set"] == ENCODER] or list(best.values())
     overall = max(candidates, key=lambda b: (b[0], -ALL_HEADS.index(b[1]["head"])))[1]
     overall["best_overall"] = True
@@ -306,8 +309,19 @@ def train_heads(
             "bundle": overall["bundle"],
         },
     }
-    (out_dir / "metrics.json").write_text(json.dumps(_finite(metrics), indent=1))
+    (out_dir / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=1))
     return metrics
+
+
+def bundle_metrics(row: dict) -> dict:
+    """The scores a bundle carries (serve shows them): test track and segment, and validation."""
+    return {
+        "test_track_accuracy": row["test"]["track"]["accuracy"],
+        "test_track_macro_f1": row["test"]["track"]["macro_f1"],
+        "test_track_macro_auc": row["test"]["track"]["macro_auc"],
+        "test_segment_accuracy": row["test"]["segment"]["accuracy"],
+        "valid": row["valid"],
+    }
 
 
 def heads_for(feature_set: str, heads) -> list[str]:
@@ -442,7 +456,7 @@ def _fit_and_select(
         key = (scores["accuracy"], scores["macro_f1"])
         tried.append(
             {
-                "params": _json_ready(params),
+                "params": jsonable(params),
                 "valid_accuracy": scores["accuracy"],
                 "valid_macro_f1": scores["macro_f1"],
                 "fit_seconds": fit_seconds,
@@ -462,7 +476,7 @@ def _fit_and_select(
         else None
     )
     row = {
-        "params": _json_ready(params),
+        "params": jsonable(params),
         "trials": tried if len(tried) > 1 else None,
         "selection_score": acc + 1e-3 * f1,
         "valid": {"accuracy": valid["accuracy"], "macro_f1": valid["macro_f1"]} if valid else None,
@@ -471,141 +485,6 @@ def _fit_and_select(
         "predict_seconds": predict_seconds,
     }
     return row, head
-
-
-def write_bundle(directory: Path, model, row: dict, data: TrainingData) -> Path:
-    """Write a trained head with everything `predict` needs to reproduce the embedding."""
-    if directory.exists():
-        shutil.rmtree(directory)
-    files = save_head(model, row["head"], directory)
-    attrs = data.cache.attrs
-    bundle = {
-        "format": BUNDLE_FORMAT,
-        "format_version": BUNDLE_VERSION,
-        "package_version": __version__,
-        "head": row["head"],
-        "params": row["params"],
-        # head_file/head_sha256 are the first format's fields, kept for readers of it; `files`
-        # checksums every file the head consists of, since load_head trusts each one.
-        "head_file": files[0],
-        "head_sha256": _sha256(directory / files[0]),
-        "files": {name: _sha256(directory / name) for name in files},
-        "labels": data.labels,
-        "feature_set": data.feature_set,
-        "layer": row["layer"],
-        "sample_rate": attrs["sample_rate"],
-        "segment_seconds": attrs["segment_seconds"],
-        "hop_seconds": attrs["hop_seconds"],
-        "backbone": attrs["backbone"],
-        "backbone_revision": attrs["backbone_revision"],
-        # How predict must feed the backbone (caches before log-mel encoders hold neither).
-        "frontend": attrs.get("frontend", "waveform"),
-        "window": attrs.get("window", "alone"),
-        "dtype": attrs["dtype"],
-        "metrics": {
-            "test_track_accuracy": row["test"]["track"]["accuracy"],
-            "test_track_macro_f1": row["test"]["track"]["macro_f1"],
-            "test_track_macro_auc": row["test"]["track"]["macro_auc"],
-            "test_segment_accuracy": row["test"]["segment"]["accuracy"],
-            "valid": row["valid"],
-        },
-    }
-    (directory / "bundle.json").write_text(json.dumps(_finite(bundle), indent=1))
-    return directory
-
-
-def load_bundle(directory: str | Path) -> tuple[dict, object]:
-    """Read bundle.json and its head, checking every file of the head is the one that was written.
-
-    bundle.json itself is the root of trust: it holds the checksums, so it cannot vouch for
-    itself (its labels, layer and checksums are only as safe as the folder it lives in).
-    """
-    directory = Path(directory)
-    meta_file = directory / "bundle.json"
-    if not meta_file.is_file():
-        raise HeadError(
-            f"{directory}: not a bundle (no bundle.json); pass a run folder's best/ or bundles/<head>/ folder"
-        )
-    try:
-        meta = json.loads(meta_file.read_text())
-    except ValueError as exc:
-        raise HeadError(f"{meta_file}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
-        raise HeadError(f"{meta_file}: not a wav2genre bundle")
-    needed = head_files(meta.get("head"))  # raises HeadError for an unknown head
-    head_file = _bundle_file_name(meta_file, meta.get("head_file"), "head file")
-    if "files" in meta:
-        files = meta["files"]
-        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-            raise HeadError(f"{meta_file}: 'files' is not a map of file names to sha256 checksums")
-        checksums = {_bundle_file_name(meta_file, k, "file"): v for k, v in files.items()}
-        unchecked = [f for f in (head_file, *needed) if f not in checksums]
-        if unchecked:
-            raise HeadError(
-                f"{meta_file}: has no checksum for {', '.join(unchecked)}, which the "
-                f"{meta['head']} head reads; refusing to load it"
-            )
-    elif meta.get("format_version", 1) >= 2:
-        raise HeadError(f"{meta_file}: has no 'files' checksums; refusing to load it")
-    else:
-        # The first format checksummed head_file only: fine for a one-file head, but a file it
-        # left unchecked (an XGBoost head's head_params.json) could have been changed unnoticed.
-        unchecked = [f for f in needed if f != head_file]
-        if unchecked:
-            raise HeadError(
-                f"{directory}: a bundle of an older format whose {', '.join(unchecked)} has no "
-                "checksum, so a change to it would go unnoticed; re-create the bundle: re-run "
-                "train-heads on the cache (wav2genre train-heads CACHE --out RUN_DIR)"
-            )
-        checksums = {head_file: meta.get("head_sha256")}
-    # Every file is checked before load_head reads any of them.
-    for name, expected in checksums.items():
-        path = directory / name
-        if not path.is_file():
-            raise HeadError(f"{path}: missing from the bundle")
-        if _sha256(path) != expected:
-            raise HeadError(
-                f"{path}: the file was altered after training (checksum mismatch); refusing to load it"
-            )
-    return meta, load_head(meta["head"], directory / head_file)
-
-
-def _bundle_file_name(meta_file: Path, name: object, what: str) -> str:
-    """A file name from bundle.json, accepted only if it names a plain file in the bundle folder."""
-    if not isinstance(name, str) or name in ("", ".") or "\x00" in name:
-        raise HeadError(f"{meta_file} names {what} {name!r}, which is not a file name; refusing it")
-    # Both separators count: a bundle may have been written, or edited, on Windows.
-    parts = name.replace("\\", "/").split("/")
-    if name.startswith(("/", "\\")) or ".." in parts or PureWindowsPath(name).drive:
-        raise HeadError(
-            f"{meta_file} names {what} {name!r}, which is outside the bundle folder; refusing it"
-        )
-    if len(parts) > 1:
-        raise HeadError(
-            f"{meta_file} names {what} {name!r}, which is not a plain file name in the bundle "
-            "folder; refusing it"
-        )
-    return name
-
-
-def _sha256(path: Path) -> str:
-    """The file's sha256, hex; read in blocks, so a large file is never held whole."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _finite(obj):
-    """JSON has no NaN: write undefined values (an AUC of a missing class) as null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def cross_validate(
@@ -674,7 +553,3 @@ def cross_validate(
         },
     }
     return result
-
-
-def _json_ready(params: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
