@@ -5,7 +5,7 @@ import pytest
 
 from wav2genre_cache.bundles import load_bundle
 from wav2genre_cache.cache import CacheError
-from wav2genre_cache.heads import HeadError
+from wav2genre_cache.heads import HeadError, head_spec
 from wav2genre_cache.synthetic import write_synthetic_cache
 from wav2genre_cache.train import TrainError, train_heads
 
@@ -132,8 +132,8 @@ def test_caches_that_cannot_be_trained_on(tmp_path):
 
 
 def test_fcnn_search_is_bounded_seeded_and_reported(separable_cache, tmp_path):
+    from wav2genre_cache.heads import fcnn_trials
     from wav2genre_cache.report import write_report
-    from wav2genre_cache.train import fcnn_trials
 
     assert fcnn_trials(5, seed=1) == fcnn_trials(5, seed=1) and len(fcnn_trials(5, 1)) == 5
     m = train_heads(
@@ -190,7 +190,7 @@ def test_attention_head_trains_per_track_in_the_comparison(separable_cache, tmp_
     att = next(r for r in m["results"] if r["head"] == "attention")
     assert att["test"]["track"]["accuracy"] >= 0.9
     meta, model = load_bundle(tmp_path / "run" / "bundles" / "attention")
-    assert meta["head"] == "attention" and model.needs_groups
+    assert meta["head"] == "attention" and head_spec(meta["head"]).predicts_tracks
 
 
 # ---- every file a bundle loads is checksummed ---------------------------------------------
@@ -379,10 +379,13 @@ def cache_of(path, feature_sets=("encoder", "logmel"), n_tracks=16, seed=0):
 
 
 def test_spectrogram_heads_asked_for_train_on_the_caches_logmel(tmp_path, monkeypatch):
-    from wav2genre_cache.heads import PARAM_GRIDS
+    from dataclasses import replace
+
+    from wav2genre_cache.heads import REGISTRY
 
     for name in ("cnn", "lstm"):  # tiny networks: this is about which heads train, and on what
-        monkeypatch.setitem(PARAM_GRIDS, name, [dict(channels=4, hidden=4, max_epochs=2)])
+        tiny = replace(REGISTRY[name], grid=(dict(channels=4, hidden=4, max_epochs=2),))
+        monkeypatch.setitem(REGISTRY, name, tiny)
     # train-heads CACHE --heads svm,cnn,lstm: --feature-set is encoder by default.
     cache = cache_of(tmp_path / "both.h5")
     said = []

@@ -22,6 +22,7 @@ from .backbone import cpu_has_native_bfloat16, load_backbone, resolve_device
 from .bundles import BundleError, load_bundle
 from .embedding import embed_tracks
 from .feature_sets import ENCODER, feature_set_name
+from .heads import head_spec
 
 
 class Predictor:
@@ -30,6 +31,7 @@ class Predictor:
     def __init__(self, bundle_dir: str | Path, device: str = "auto", batch_size: int = 8):
         self.bundle_dir = Path(bundle_dir)
         self.meta, self.head = load_bundle(self.bundle_dir)
+        self.spec = head_spec(self.meta["head"])
         if feature_set_name(self.meta["feature_set"]) != ENCODER:
             raise BundleError(
                 f"{bundle_dir}: predicting from feature set {self.meta['feature_set']!r} is not supported yet"
@@ -100,10 +102,8 @@ class Predictor:
         return results
 
     def _proba(self, X: np.ndarray) -> np.ndarray:
-        if getattr(self.head, "needs_groups", False):  # attention over the track's segments
-            cols = self.head.predict_proba(X, groups=np.zeros(len(X), int))
-        else:
-            cols = self.head.predict_proba(X)
+        # All rows are segments of one track (a head that predicts tracks attends over them).
+        cols = self.spec.predict_proba(self.head, X, groups=np.zeros(len(X), int))
         proba = np.zeros((len(X), len(self.labels)))
         proba[:, np.asarray(self.head.classes_).astype(int)] = cols
         return proba

@@ -255,8 +255,6 @@ class AttentionPoolingClassifier(TorchClassifier):
     each row); predict_proba gives every row its track's probabilities.
     """
 
-    needs_groups = True
-
     def __init__(
         self,
         hidden: int = 128,

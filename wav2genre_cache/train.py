@@ -18,12 +18,13 @@ from .errors import Wav2GenreError
 from .feature_sets import ENCODER, HANDCRAFTED, LOGMEL, feature_set_name
 from .heads import (
     ALL_HEADS,
-    ALL_LAYER_HEADS,
+    FCNN_SEARCH_SPACE,
     HEADS,
-    PARAM_GRIDS,
-    SPECTROGRAM_HEADS,
-    TRACK_HEADS,
-    make_head,
+    HeadSpec,
+    Inputs,
+    Rows,
+    head_spec,
+    heads_reading,
 )
 from .jsonable import jsonable
 from .metrics import aggregate_tracks, classification_metrics
@@ -149,13 +150,16 @@ def probe_best_layer(data: TrainingData, alpha: float = 10.0) -> tuple[int, list
 
 
 def evaluate(
-    head, X: np.ndarray, y: np.ndarray, track: np.ndarray, labels: list[str], curves: bool = False
+    spec: HeadSpec,
+    head,
+    X: np.ndarray,
+    y: np.ndarray,
+    track: np.ndarray,
+    labels: list[str],
+    curves: bool = False,
 ) -> dict:
     """Segment- and track-level metrics of a fitted head on the rows given."""
-    if getattr(head, "needs_groups", False):
-        proba_cols = head.predict_proba(X, groups=track)  # one answer per track
-    else:
-        proba_cols = head.predict_proba(X)
+    proba_cols = spec.predict_proba(head, X, groups=track)
     proba = np.zeros((len(X), len(labels)))
     proba[:, head.classes_.astype(int)] = proba_cols  # heads are fitted on label indices
     tracks, track_proba = aggregate_tracks(proba, track)
@@ -228,7 +232,7 @@ def train_heads(
             # (layer -1 in the results), once per feature set.
             jobs = [(layer, h) for layer in chosen for h in heads_for(fs, heads)]
             if fs != LOGMEL and data.n_layers > 1:
-                jobs += [(-1, h) for h in heads if h in ALL_LAYER_HEADS]
+                jobs += [(-1, h) for h in heads if head_spec(h).inputs is Inputs.ALL_LAYERS]
             X, X_layer = None, None
             for layer, name in jobs:
                 if X_layer != layer:
@@ -242,7 +246,7 @@ def train_heads(
                     augmented=aug if has_views else None,
                     selected_on=select_on,
                 )
-                if name in ALL_LAYER_HEADS:
+                if head_spec(name).inputs is Inputs.ALL_LAYERS:
                     row["layer_weights"] = [round(float(w), 5) for w in model.layer_weights_]
                 rows.append(row)
                 where = "all layers, learned weights" if layer == -1 else f"layer {layer:>2}"
@@ -263,7 +267,13 @@ def train_heads(
         row["bundle"] = f"bundles/{key}"
         # The best model of each head keeps its ROC curves and track probabilities for the figures.
         row["test_detail"] = evaluate(
-            model, X[data.test], data.y[data.test], data.track[data.test], data.labels, curves=True
+            head_spec(row["head"]),
+            model,
+            X[data.test],
+            data.y[data.test],
+            data.track[data.test],
+            data.labels,
+            curves=True,
         )["track"]
         write_bundle(
             out_dir / "bundles" / key,
@@ -331,9 +341,11 @@ def heads_for(feature_set: str, heads) -> list[str]:
     `run --features ...,logmel` does with the default heads); feature_sets_for has made sure
     that every head asked for has a feature set to train on.
     """
+    spectrogram = heads_reading(Inputs.SPECTROGRAM)
     if feature_set == LOGMEL:
-        return [h for h in heads if h in SPECTROGRAM_HEADS] or list(SPECTROGRAM_HEADS)
-    return [h for h in heads if h in HEADS or h in TRACK_HEADS]
+        return [h for h in heads if h in spectrogram] or list(spectrogram)
+    per_segment = (Inputs.VECTOR, Inputs.SEGMENTS)
+    return [h for h in heads if head_spec(h).inputs in per_segment]
 
 
 VECTOR_FEATURE_SETS = (ENCODER, HANDCRAFTED)  # in order of preference
@@ -361,10 +373,11 @@ def feature_sets_for(
     held = sorted(layers_of)
 
     def fits(head: str, fs: str) -> bool:
-        if head in SPECTROGRAM_HEADS:
+        inputs = head_spec(head).inputs
+        if inputs is Inputs.SPECTROGRAM:
             return fs == LOGMEL
         # A set the cache lacks passes here; load_training_data then says that it is missing.
-        several = head not in ALL_LAYER_HEADS or layers_of.get(fs, 2) > 1
+        several = inputs is not Inputs.ALL_LAYERS or layers_of.get(fs, 2) > 1
         return fs in VECTOR_FEATURE_SETS and several
 
     for head in asked:
@@ -372,9 +385,10 @@ def feature_sets_for(
             continue
         found = [fs for fs in (LOGMEL, *VECTOR_FEATURE_SETS) if fs in held and fits(head, fs)]
         if not found:
-            if head in SPECTROGRAM_HEADS:
+            inputs = head_spec(head).inputs
+            if inputs is Inputs.SPECTROGRAM:
                 need, add = "the logmel feature set", LOGMEL
-            elif head in ALL_LAYER_HEADS:
+            elif inputs is Inputs.ALL_LAYERS:
                 need, add = "the layers of the encoder feature set", ENCODER
             else:
                 need, add = "a vector feature set (encoder or handcrafted)", ENCODER
@@ -397,62 +411,27 @@ def feature_sets_for(
     return plan
 
 
-# The FCNN's search space for --trials (random search on the validation split).
-FCNN_SEARCH_SPACE = {
-    "depth": [1, 2, 3],
-    "width": [128, 256, 512],
-    "dropout": [0.1, 0.3, 0.5],
-    "batch_size": [128, 256, 512],
-    "learning_rate": [1e-4, 3e-4, 1e-3, 2e-3, 5e-3],
-}
-
-
-def fcnn_trials(n: int, seed: int) -> list[dict]:
-    """n seeded random draws from FCNN_SEARCH_SPACE, the first being the defaults."""
-    rng = np.random.default_rng(seed)
-    trials = [{}]
-    while len(trials) < n:
-        pick = {k: v[int(rng.integers(len(v)))] for k, v in FCNN_SEARCH_SPACE.items()}
-        width, depth = pick.pop("width"), pick.pop("depth")
-        # Funnel-shaped networks: each layer half as wide as the one before.
-        pick["hidden_layers"] = tuple(max(32, width // 2**i) for i in range(depth))
-        if pick not in trials:
-            trials.append(pick)
-    return trials
-
-
 def _fit_and_select(
     name: str, X: np.ndarray, data: TrainingData, seed: int, select_on: str, trials: int = 0
 ):
     """Fit each grid point (or search trial) on train, keep the best on validation track accuracy."""
+    spec = head_spec(name)
     sel = getattr(data, select_on)
     best = None
-    grid = fcnn_trials(trials, seed) if name == "fcnn" and trials > 1 else PARAM_GRIDS[name]
-    if name in ALL_LAYER_HEADS:
+    grid = spec.search(trials, seed) if spec.search and trials > 1 else spec.grid
+    if spec.inputs is Inputs.ALL_LAYERS:
         grid = [{**p, "n_layers": data.n_layers} for p in grid]
+    # One bag per (track, view) for the heads that predict tracks: an augmented copy is its own.
+    bag = data.track * 1000 + data.view
+    train = Rows(X[data.train], data.y[data.train], bag[data.train])
+    valid = Rows(X[data.valid], data.y[data.valid], bag[data.valid]) if data.valid.any() else None
     tried = []
     for params in grid:
-        head = make_head(name, seed=seed, **params)
+        head = spec.make(seed, **params)
         start = time.perf_counter()
-        if name in TRACK_HEADS:
-            # One bag per (track, view): an augmented copy is its own example.
-            bag = data.track * 1000 + data.view
-            head.fit(
-                X[data.train],
-                data.y[data.train],
-                groups=bag[data.train],
-                X_val=X[data.valid],
-                y_val=data.y[data.valid],
-                groups_val=bag[data.valid],
-            )
-        elif (name in ("fcnn", *ALL_LAYER_HEADS) or name in SPECTROGRAM_HEADS) and data.valid.any():
-            head.fit(
-                X[data.train], data.y[data.train], X_val=X[data.valid], y_val=data.y[data.valid]
-            )
-        else:
-            head.fit(X[data.train], data.y[data.train])
+        spec.fit(head, train, valid)
         fit_seconds = time.perf_counter() - start
-        scores = evaluate(head, X[sel], data.y[sel], data.track[sel], data.labels)["track"]
+        scores = evaluate(spec, head, X[sel], data.y[sel], data.track[sel], data.labels)["track"]
         key = (scores["accuracy"], scores["macro_f1"])
         tried.append(
             {
@@ -466,12 +445,12 @@ def _fit_and_select(
             best = (key, head, params, fit_seconds, scores)
     (acc, f1), head, params, fit_seconds, valid = best
     start = time.perf_counter()
-    test = evaluate(head, X[data.test], data.y[data.test], data.track[data.test], data.labels)
+    test = evaluate(spec, head, X[data.test], data.y[data.test], data.track[data.test], data.labels)
     predict_seconds = time.perf_counter() - start
     valid = (
-        evaluate(head, X[data.valid], data.y[data.valid], data.track[data.valid], data.labels)[
-            "track"
-        ]
+        evaluate(
+            spec, head, X[data.valid], data.y[data.valid], data.track[data.valid], data.labels
+        )["track"]
         if data.valid.any()
         else None
     )
@@ -529,10 +508,11 @@ def cross_validate(
         train_rows = np.isin(seg_track, ok[train_idx])
         test_rows = np.isin(seg_track, ok[test_idx])
         for name in heads:
-            head = make_head(name, seed=seed).fit(X[train_rows], y_seg[train_rows])
-            m = evaluate(head, X[test_rows], y_seg[test_rows], seg_track[test_rows], labels)[
-                "track"
-            ]
+            spec = head_spec(name)
+            train = Rows(X[train_rows], y_seg[train_rows], seg_track[train_rows])
+            head = spec.fit(spec.make(seed), train)
+            test = (X[test_rows], y_seg[test_rows], seg_track[test_rows])
+            m = evaluate(spec, head, *test, labels)["track"]
             scores[name].append((m["accuracy"], m["macro_f1"]))
     result = {
         "feature_set": feature_set,
