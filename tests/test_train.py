@@ -420,7 +420,7 @@ def test_a_head_whose_feature_set_the_cache_lacks_is_refused_with_the_set_to_add
 
 
 def test_feature_sets_for_adds_what_a_head_needs_and_keeps_the_defaults():
-    from wav2genre_cache.train import feature_sets_for
+    from wav2genre_cache.train_plan import feature_sets_for
 
     both = {"encoder": 13, "handcrafted": 1, "logmel": 1}
     said = []

@@ -356,7 +356,7 @@ def cross_validate_cmd(
     ] = None,
 ) -> None:
     """Repeated stratified k-fold by track over every track: accuracy with its spread, for small sets."""
-    from .train import cross_validate
+    from .crossval import cross_validate
 
     r = cross_validate(
         cache,

@@ -21,7 +21,16 @@ SPECTROGRAM_HEADS = ("cnn", "lstm", "cnn-lstm")
 class TorchClassifier(ClassifierMixin, BaseEstimator):
     """The training loop the torch heads share: Adam, a plateau scheduler, early stopping on a
     validation set, seeded for determinism. Subclasses define `_build` (and may override
-    `_fit_scaler`); hyper-parameters live in their __init__ as scikit-learn requires."""
+    `_fit_scaler`); hyper-parameters live in their __init__ as scikit-learn requires.
+
+    The loop (_fit_net) trains on tensors: one per network input (rows of features; or a
+    track head's padded segments and their mask), batched along the first dimension.
+    """
+
+    # Batches of one row are skipped: BatchNorm needs two. Heads without it train on every row.
+    _min_batch = 2
+    # Halve the learning rate when the validation loss stops improving.
+    _plateau = True
 
     def _build(self, n_in: int, n_out: int) -> torch.nn.Module:
         raise NotImplementedError
@@ -42,48 +51,65 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
             known = np.isin(np.asarray(y_val), self.classes_)
             X_val, y_val_idx = X_val[known], y_val_idx[known]
         self._fit_scaler(X)
+
+        def tensors(X, y_idx):
+            x = torch.from_numpy(self._scale(X))
+            return (x,), torch.from_numpy(y_idx.astype(np.int64))
+
+        return self._fit_net(X.shape[1], *tensors(X, y_idx), *tensors(X_val, y_val_idx))
+
+    def _fit_net(self, n_in: int, x: tuple, y: torch.Tensor, x_val: tuple, y_val: torch.Tensor):
+        """Train the network on (x, y), stopping early on (x_val, y_val); keep its best state.
+
+        An empty validation set stops on the training loss.
+        """
         auto = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(auto if self.device == "auto" else self.device)
         # Training draws dropout masks from the global RNG: fork and seed it for determinism.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
-            net, best_state, best = self._train(X, y_idx, X_val, y_val_idx, device)
+            net, best_state, best = self._train(n_in, x, y, x_val, y_val, device)
         net.load_state_dict(best_state)
         self.best_val_loss_ = float(best)
         self.net_ = net.cpu().eval()
         return self
 
-    def _train(self, X, y_idx, X_val, y_val_idx, device):
+    def _train(self, n_in, x, y, x_val, y_val, device):
         gen = torch.Generator().manual_seed(self.random_state)
-        net = self._build(X.shape[1], len(self.classes_)).to(device)
-        xt = torch.from_numpy(self._scale(X)).to(device)
-        yt = torch.from_numpy(y_idx.astype(np.int64)).to(device)
-        xv = torch.from_numpy(self._scale(X_val)).to(device)
-        yv = torch.from_numpy(y_val_idx.astype(np.int64)).to(device)
+        net = self._build(n_in, len(self.classes_)).to(device)
+        x, x_val = tuple(t.to(device) for t in x), tuple(t.to(device) for t in x_val)
+        y, y_val = y.to(device), y_val.to(device)
+        if not len(y_val):
+            x_val, y_val = x, y
         opt = torch.optim.Adam(
             self._param_groups(net), lr=self.learning_rate, weight_decay=self.weight_decay
         )
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, factor=0.5, patience=max(1, self.patience // 3)
+        sched = (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, factor=0.5, patience=max(1, self.patience // 3)
+            )
+            if self._plateau
+            else None
         )
         loss_fn = torch.nn.CrossEntropyLoss()
         best, best_state, waited = np.inf, copy.deepcopy(net.state_dict()), 0
         self.n_epochs_ = 0
         for _ in range(self.max_epochs):
             net.train()
-            order = torch.randperm(len(xt), generator=gen).to(device)
-            for i in range(0, len(xt), self.batch_size):
+            order = torch.randperm(len(y), generator=gen).to(device)
+            for i in range(0, len(y), self.batch_size):
                 idx = order[i : i + self.batch_size]
-                if len(idx) < 2:
-                    continue  # BatchNorm needs two rows
+                if len(idx) < self._min_batch:
+                    continue
                 opt.zero_grad()
-                loss_fn(net(xt[idx]), yt[idx]).backward()
+                loss_fn(net(*(t[idx] for t in x)), y[idx]).backward()
                 opt.step()
             self.n_epochs_ += 1
             net.eval()
             with torch.no_grad():
-                val_loss = loss_fn(net(xv), yv).item() if len(xv) else loss_fn(net(xt), yt).item()
-            sched.step(val_loss)
+                val_loss = loss_fn(net(*x_val), y_val).item()
+            if sched is not None:
+                sched.step(val_loss)
             if val_loss < best * (1 - 1e-3):  # a relative gain, so tiny ones do not extend training
                 best, best_state, waited = val_loss, copy.deepcopy(net.state_dict()), 0
             else:
@@ -255,6 +281,9 @@ class AttentionPoolingClassifier(TorchClassifier):
     each row); predict_proba gives every row its track's probabilities.
     """
 
+    _min_batch = 1  # no BatchNorm: a batch of one track is a batch
+    _plateau = False  # a constant learning rate
+
     def __init__(
         self,
         hidden: int = 128,
@@ -297,38 +326,7 @@ class AttentionPoolingClassifier(TorchClassifier):
             )
         else:
             val_bags, val_labels = bags, labels
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.random_state)
-            net = self._build(X.shape[1], len(self.classes_))
-            opt = torch.optim.Adam(
-                net.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
-            )
-            loss_fn = torch.nn.CrossEntropyLoss()
-            gen = torch.Generator().manual_seed(self.random_state)
-            best, best_state, waited = np.inf, copy.deepcopy(net.state_dict()), 0
-            self.n_epochs_ = 0
-            for _ in range(self.max_epochs):
-                net.train()
-                order = torch.randperm(len(bags[0]), generator=gen)
-                for i in range(0, len(order), self.batch_size):
-                    idx = order[i : i + self.batch_size]
-                    opt.zero_grad()
-                    loss_fn(net(bags[0][idx], bags[1][idx]), labels[idx]).backward()
-                    opt.step()
-                self.n_epochs_ += 1
-                net.eval()
-                with torch.no_grad():
-                    val_loss = loss_fn(net(*val_bags), val_labels).item()
-                if val_loss < best * (1 - 1e-3):
-                    best, best_state, waited = val_loss, copy.deepcopy(net.state_dict()), 0
-                else:
-                    waited += 1
-                    if waited >= self.patience:
-                        break
-        net.load_state_dict(best_state)
-        self.best_val_loss_ = float(best)
-        self.net_ = net.eval()
-        return self
+        return self._fit_net(X.shape[1], bags, labels, val_bags, val_labels)
 
     @staticmethod
     def _bags(X: np.ndarray, groups: np.ndarray, y_idx: np.ndarray | None = None):
