@@ -28,14 +28,9 @@ from .jsonable import jsonable
 from .sklearn_heads import SVMHead, XGBHead
 
 # The torch heads live in their own modules; this module is their public home too.
-from .torch_heads import (
-    SPECTROGRAM_HEADS,
-    AttentionPoolingClassifier,
-    FCNNClassifier,
-    LayerWeightedClassifier,
-    SpectrogramClassifier,
-    TorchClassifier,
-)
+from .spectrogram_heads import SPECTROGRAM_HEADS, SpectrogramClassifier
+from .torch_heads import FCNNClassifier, LayerWeightedClassifier, TorchClassifier
+from .track_heads import AttentionPoolingClassifier
 
 
 class HeadError(Wav2GenreError):
