@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from wav2genre_cache.train import cross_validate
+from wav2genre_cache.crossval import cross_validate
 
 # Measured on the 60 dev clips (benchmarks/results/dev_whisper_layers.json): best layer 0.861
 # (logistic regression, 5-fold x 3), hand-crafted features 0.694 with the same head. The floor

@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 
+from wav2genre_cache.bundles import load_bundle
 from wav2genre_cache.cache import CacheError
-from wav2genre_cache.heads import HeadError
+from wav2genre_cache.heads import HeadError, head_spec
 from wav2genre_cache.synthetic import write_synthetic_cache
-from wav2genre_cache.train import TrainError, load_bundle, train_heads
+from wav2genre_cache.train import TrainError, train_heads
 
 SMALL = dict(n_tracks=120, segments_per_track=2, n_layers=4, dim=24, n_labels=4)
 
@@ -131,8 +132,8 @@ def test_caches_that_cannot_be_trained_on(tmp_path):
 
 
 def test_fcnn_search_is_bounded_seeded_and_reported(separable_cache, tmp_path):
+    from wav2genre_cache.heads import fcnn_trials
     from wav2genre_cache.report import write_report
-    from wav2genre_cache.train import fcnn_trials
 
     assert fcnn_trials(5, seed=1) == fcnn_trials(5, seed=1) and len(fcnn_trials(5, 1)) == 5
     m = train_heads(
@@ -189,7 +190,7 @@ def test_attention_head_trains_per_track_in_the_comparison(separable_cache, tmp_
     att = next(r for r in m["results"] if r["head"] == "attention")
     assert att["test"]["track"]["accuracy"] >= 0.9
     meta, model = load_bundle(tmp_path / "run" / "bundles" / "attention")
-    assert meta["head"] == "attention" and model.needs_groups
+    assert meta["head"] == "attention" and head_spec(meta["head"]).predicts_tracks
 
 
 # ---- every file a bundle loads is checksummed ---------------------------------------------
@@ -209,23 +210,13 @@ TINY_HEADS = {
 
 def tiny_bundle(name: str, directory, seed: int = 0):
     """A bundle of a tiny fitted head, written by write_bundle as train_heads writes it."""
-    from types import SimpleNamespace
-
+    from wav2genre_cache.bundles import write_bundle
     from wav2genre_cache.heads import make_head
-    from wav2genre_cache.train import write_bundle
 
     rng = np.random.default_rng(seed)
     y = np.arange(40) % 2
     X = (rng.standard_normal((40, 256)) + 2.0 * y[:, None]).astype(np.float32)
     head = make_head(name, seed=seed, **TINY_HEADS[name]).fit(X, y)
-    metric = {"accuracy": 1.0, "macro_f1": 1.0, "macro_auc": 1.0}
-    row = {
-        "head": name,
-        "params": TINY_HEADS[name],
-        "layer": -1 if name == "fcnn-weighted" else 0,
-        "test": {"track": metric, "segment": metric},
-        "valid": None,
-    }
     attrs = {
         "sample_rate": 16000,
         "segment_seconds": 10.0,
@@ -234,10 +225,17 @@ def tiny_bundle(name: str, directory, seed: int = 0):
         "backbone_revision": "",
         "dtype": "float32",
     }
-    data = SimpleNamespace(
-        cache=SimpleNamespace(attrs=attrs), labels=["blues", "rock"], feature_set="encoder"
+    write_bundle(
+        directory,
+        head,
+        name,
+        params=TINY_HEADS[name],
+        layer=-1 if name == "fcnn-weighted" else 0,
+        labels=["blues", "rock"],
+        feature_set="encoder",
+        cache_attrs=attrs,
+        metrics={"test_track_accuracy": 1.0, "valid": None},
     )
-    write_bundle(directory, head, row, data)
     return head, X
 
 
@@ -381,10 +379,13 @@ def cache_of(path, feature_sets=("encoder", "logmel"), n_tracks=16, seed=0):
 
 
 def test_spectrogram_heads_asked_for_train_on_the_caches_logmel(tmp_path, monkeypatch):
-    from wav2genre_cache.heads import PARAM_GRIDS
+    from dataclasses import replace
+
+    from wav2genre_cache.heads import REGISTRY
 
     for name in ("cnn", "lstm"):  # tiny networks: this is about which heads train, and on what
-        monkeypatch.setitem(PARAM_GRIDS, name, [dict(channels=4, hidden=4, max_epochs=2)])
+        tiny = replace(REGISTRY[name], grid=(dict(channels=4, hidden=4, max_epochs=2),))
+        monkeypatch.setitem(REGISTRY, name, tiny)
     # train-heads CACHE --heads svm,cnn,lstm: --feature-set is encoder by default.
     cache = cache_of(tmp_path / "both.h5")
     said = []
@@ -419,7 +420,7 @@ def test_a_head_whose_feature_set_the_cache_lacks_is_refused_with_the_set_to_add
 
 
 def test_feature_sets_for_adds_what_a_head_needs_and_keeps_the_defaults():
-    from wav2genre_cache.train import feature_sets_for
+    from wav2genre_cache.train_plan import feature_sets_for
 
     both = {"encoder": 13, "handcrafted": 1, "logmel": 1}
     said = []

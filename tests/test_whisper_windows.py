@@ -40,11 +40,11 @@ def test_packed_windows_hold_whole_segments_back_to_back():
 
 
 def test_the_log_mel_place_is_decided_and_checked():
-    from wav2genre_cache.cache import CacheError
     from wav2genre_cache.embed import logmel_in_workers
+    from wav2genre_cache.errors import OptionError
 
     assert not logmel_in_workers(None, 4, "workers")  # no encoder, nothing to make
-    with pytest.raises(CacheError, match="unknown log-mel place 'gpu'"):
+    with pytest.raises(OptionError, match="unknown log-mel place 'gpu'"):
         logmel_in_workers(None, 4, "gpu")
 
 

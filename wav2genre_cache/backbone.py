@@ -21,6 +21,7 @@ import torch
 
 from .audio import SAMPLE_RATE
 from .cpu_tuning import tune_for_cpu
+from .errors import Wav2GenreError
 from .frontends import (
     Span,
     WaveformFrontEnd,
@@ -40,7 +41,7 @@ _DOWNLOAD_SIZES = {DEFAULT_MODEL: "about 360 MB"}
 PRECISION_TOLERANCE = 2e-2
 
 
-class BackboneError(Exception):
+class BackboneError(Wav2GenreError):
     """The backbone cannot be loaded; the message says what to do."""
 
 

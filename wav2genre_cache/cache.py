@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .errors import Wav2GenreError
 from .feature_sets import ENCODER, FEATURE_ALIASES, feature_set_name
 
 FORMAT_VERSION = 1
@@ -27,7 +28,7 @@ TRACK_COLUMNS = ("track_id", "path", "label", "split", "artist", "status", "reas
 _STR = h5py.string_dtype("utf-8")
 
 
-class CacheError(Exception):
+class CacheError(Wav2GenreError):
     """A cache that cannot be used as asked; the message says why."""
 
 

@@ -8,16 +8,36 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Music genre (or any label) classification from cached per-layer Wav2Vec2 embeddings.",
-)
+from .errors import Wav2GenreError
+
 # soft_wrap: file paths in messages stay on one line, whatever the terminal width.
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
+
+class _Commands(TyperGroup):
+    """The commands, with the one place that turns a user's error into one line and exit 2.
+
+    Any Wav2GenreError a command raises is a problem the user can fix and its message says how:
+    it is printed as one line, without a traceback. Other exceptions are bugs and keep theirs.
+    """
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Wav2GenreError as exc:
+            err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(
+    cls=_Commands,
+    add_completion=False,
+    no_args_is_help=True,
+    help="Music genre (or any label) classification from cached per-layer Wav2Vec2 embeddings.",
+)
 ModelOpt = Annotated[
     str,
     typer.Option(
@@ -101,36 +121,6 @@ TrialsOpt = Annotated[
         help="Random-search trials for the FCNN's hyper-parameters on validation (0: defaults)."
     ),
 ]
-
-
-class UserError(Exception):
-    """Any of the package's own errors: printed as one clear message, exit status 2."""
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from .audio import AudioError
-    from .backbone import BackboneError
-    from .cache import CacheError
-    from .datasets import DatasetError
-    from .heads import HeadError
-    from .report import ReportError
-    from .train import TrainError
-
-    return (
-        AudioError,
-        BackboneError,
-        CacheError,
-        DatasetError,
-        HeadError,
-        ReportError,
-        TrainError,
-        UserError,
-    )
-
-
-def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
-    raise typer.Exit(2)
 
 
 def _embed_options(params: dict, out: Path):
@@ -225,11 +215,8 @@ def embed(
     keep_freed_memory: HeapOpt = True,
 ) -> None:
     """Stage one: decode, segment and embed every track into an HDF5 cache (resumable)."""
-    try:
-        opts = _embed_options(ctx.params, out_path)
-        _run_embed(opts, strict, keep_freed_memory)
-    except _user_errors() as exc:
-        _fail(exc)
+    opts = _embed_options(ctx.params, out_path)
+    _run_embed(opts, strict, keep_freed_memory)
 
 
 @app.command()
@@ -240,10 +227,7 @@ def info(
     """Show what a cache holds: tracks per split and label, layers, segments, failures."""
     from .cache import EmbeddingCache
 
-    try:
-        s = EmbeddingCache(cache).summary()
-    except _user_errors() as exc:
-        _fail(exc)
+    s = EmbeddingCache(cache).summary()
     if as_json:
         print(json.dumps(s, indent=2))
         return
@@ -349,14 +333,11 @@ def train_heads_cmd(
     trials: TrialsOpt = 0,
 ) -> None:
     """Stage two: train and compare heads on cached features (no audio, no GPU)."""
-    try:
-        _train(cache, run_dir, heads, layers, feature_set, seed, augmented, trials)
-        err.print(
-            f"Wrote {run_dir / 'metrics.json'} and bundles under {run_dir}; next: wav2genre compare {run_dir}",
-            highlight=False,
-        )
-    except _user_errors() as exc:
-        _fail(exc)
+    _train(cache, run_dir, heads, layers, feature_set, seed, augmented, trials)
+    err.print(
+        f"Wrote {run_dir / 'metrics.json'} and bundles under {run_dir}; next: wav2genre compare {run_dir}",
+        highlight=False,
+    )
 
 
 @app.command("cross-validate")
@@ -375,20 +356,17 @@ def cross_validate_cmd(
     ] = None,
 ) -> None:
     """Repeated stratified k-fold by track over every track: accuracy with its spread, for small sets."""
-    from .train import cross_validate
+    from .crossval import cross_validate
 
-    try:
-        r = cross_validate(
-            cache,
-            feature_set,
-            [h.strip() for h in heads.split(",") if h.strip()],
-            layer,
-            folds,
-            repeats,
-            seed,
-        )
-    except _user_errors() as exc:
-        _fail(exc)
+    r = cross_validate(
+        cache,
+        feature_set,
+        [h.strip() for h in heads.split(",") if h.strip()],
+        layer,
+        folds,
+        repeats,
+        seed,
+    )
     out.print(
         f"{r['feature_set']} (layer {r['layer']}), {r['tracks']} tracks, {len(r['labels'])} labels "
         f"(chance {r['chance']:.2f}), {r['folds']}-fold x {r['repeats']} by track:",
@@ -410,10 +388,7 @@ def compare(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by train-heads.")],
 ) -> None:
     """Write the model-comparison table (md/csv/json) and figures of a run, and print the table."""
-    try:
-        _compare(run_dir)
-    except _user_errors() as exc:
-        _fail(exc)
+    _compare(run_dir)
 
 
 @app.command()
@@ -446,24 +421,21 @@ def run(
     keep_freed_memory: HeapOpt = True,
 ) -> None:
     """embed + train-heads + compare in one go."""
-    try:
-        cache = run_dir / "cache.h5"  # embed makes run_dir, once the model has loaded
-        opts = _embed_options(ctx.params, cache)
-        _run_embed(opts, strict, keep_freed_memory)
-        # With augmentation, train with and without the augmented views: the ablation.
-        _train(
-            cache,
-            run_dir,
-            heads,
-            layers,
-            ",".join(opts.features),
-            seed,
-            "both" if opts.augment else True,
-            trials,
-        )
-        _compare(run_dir)
-    except _user_errors() as exc:
-        _fail(exc)
+    cache = run_dir / "cache.h5"  # embed makes run_dir, once the model has loaded
+    opts = _embed_options(ctx.params, cache)
+    _run_embed(opts, strict, keep_freed_memory)
+    # With augmentation, train with and without the augmented views: the ablation.
+    _train(
+        cache,
+        run_dir,
+        heads,
+        layers,
+        ",".join(opts.features),
+        seed,
+        "both" if opts.augment else True,
+        trials,
+    )
+    _compare(run_dir)
 
 
 @app.command()
@@ -488,14 +460,12 @@ def predict(
     Every input that cannot be used (missing, a symlink loop, a folder named like audio, not
     decodable) is named with its reason: on stderr, and as an error entry with --json.
     """
+    from .bundles import resolve_bundle_dir
     from .predict import Predictor, expand_inputs
 
-    try:
-        bundle = bundle / "best" if (bundle / "best" / "bundle.json").is_file() else bundle
-        predictor = Predictor(bundle, device=device, batch_size=batch_size)
-        results = predictor.predict_paths(expand_inputs(inputs), top_k=top_k)
-    except _user_errors() as exc:
-        _fail(exc)
+    bundle = resolve_bundle_dir(bundle)
+    predictor = Predictor(bundle, device=device, batch_size=batch_size)
+    results = predictor.predict_paths(expand_inputs(inputs), top_k=top_k)
     if as_json:
         print(json.dumps(results, indent=1))
     else:
@@ -537,22 +507,20 @@ def serve(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Serve the web page and JSON API: upload a song, see its genre segment by segment."""
+    from .bundles import resolve_bundle_dir
     from .server import serve as run_server
 
-    try:
-        bundle = bundle / "best" if (bundle / "best" / "bundle.json").is_file() else bundle
-        err.print(f"Serving {bundle} on http://{host}:{port}/", highlight=False)
-        run_server(
-            bundle,
-            host=host,
-            port=port,
-            max_upload_mb=max_upload_mb,
-            max_minutes=max_minutes,
-            device=device,
-            max_decodes=max_decodes,
-        )
-    except _user_errors() as exc:
-        _fail(exc)
+    bundle = resolve_bundle_dir(bundle)
+    err.print(f"Serving {bundle} on http://{host}:{port}/", highlight=False)
+    run_server(
+        bundle,
+        host=host,
+        port=port,
+        max_upload_mb=max_upload_mb,
+        max_minutes=max_minutes,
+        device=device,
+        max_decodes=max_decodes,
+    )
 
 
 @app.command("demo-data")

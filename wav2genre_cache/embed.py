@@ -21,7 +21,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .audio import SAMPLE_RATE, segment_track
+from .audio import SAMPLE_RATE
 from .augment import AUGMENTATIONS
 from .backbone import DEFAULT_MODEL, Backbone, BackboneError, default_batch_size, load_backbone
 from .cache import (
@@ -33,9 +33,10 @@ from .cache import (
     config_differences,
 )
 from .datasets import EXCLUDED, Track, assign_splits, detect_layout, discover
+from .embedding import embed_tracks  # noqa: F401  (its home is embedding.py; importers keep working)
+from .errors import OptionError
 from .feature_sets import ENCODER, FEATURE_SETS, feature_set_name
 from .features import PreparePlan, prepare_track, ready, watch_parent
-from .whisper_windows import PreparedWindows
 
 
 @dataclass
@@ -97,18 +98,18 @@ def embed_dataset(
     opts = replace(opts, features=tuple(feature_set_name(f) for f in opts.features))
     unknown = set(opts.features) - set(FEATURE_SETS)
     if unknown:
-        raise CacheError(
+        raise OptionError(
             f"unknown feature set(s) {sorted(unknown)}; available: {', '.join(FEATURE_SETS)}"
         )
     bad_aug = set(opts.augment) - set(AUGMENTATIONS)
     if bad_aug:
-        raise CacheError(
+        raise OptionError(
             f"unknown augmentation(s) {sorted(bad_aug)}; use any of {', '.join(AUGMENTATIONS)}"
         )
     if opts.augment and opts.augment_copies < 1:
-        raise CacheError("--augment needs --augment-copies of at least 1")
+        raise OptionError("--augment needs --augment-copies of at least 1")
     if opts.segment_seconds < 1 or (opts.hop_seconds is not None and opts.hop_seconds <= 0):
-        raise CacheError("--segment-seconds must be at least 1 and --hop-seconds positive")
+        raise OptionError("--segment-seconds must be at least 1 and --hop-seconds positive")
     layout = detect_layout(Path(opts.data)) if opts.dataset == "auto" else opts.dataset
     tracks = assign_splits(discover(opts.data, layout), opts.split, opts.seed, opts.split_dir)
     workers = default_workers() if opts.workers is None else opts.workers
@@ -241,7 +242,7 @@ def logmel_in_workers(backbone: Backbone | None, workers: int, where: str = "aut
     too). benchmarks/README.md has the runs.
     """
     if where not in ("auto", "workers", "model"):
-        raise CacheError(f"unknown log-mel place {where!r}; use auto, workers or model")
+        raise OptionError(f"unknown log-mel place {where!r}; use auto, workers or model")
     if backbone is None or getattr(backbone.frontend, "layout", None) is None or workers <= 0:
         return False
     if where != "auto":
@@ -293,70 +294,6 @@ def embed_config(opts: EmbedOptions, layout: str, backbone: Backbone | None) -> 
         "augment_copies": opts.augment_copies if opts.augment else 0,
         "noise_dir": str(Path(opts.noise_dir).resolve()) if opts.noise_dir else None,
     }
-
-
-def embed_tracks(
-    backbone: Backbone,
-    tracks: Iterable[np.ndarray | PreparedWindows],
-    segment_seconds: float,
-    hop_seconds: float | None,
-    batch_size: int,
-) -> list[np.ndarray]:
-    """Per-layer embeddings [n_segments, layers, dim] of each decoded 16 kHz track.
-
-    The one segment-to-embedding path: `embed` and `predict` both call it, so a bundle's
-    predictions use exactly what its cache holds. The backbone's front end turns each track's
-    segments into model inputs (windows); equal-length windows of all the tracks are batched
-    together. A track may come as its windows already made (PreparedWindows: Whisper log-mel
-    made in a decode worker, by the same code the front end runs). A raw-waveform input shorter
-    than a full segment (a short track's one segment) is embedded alone: nothing is ever padded
-    (Wav2Vec2-base has no attention mask); Whisper's windows are zero-padded to their fixed
-    length, as Whisper was trained. Tracks are consumed one at a time and windows copied into
-    the batch, so memory holds one track and one batch, whatever the number or length of the
-    tracks.
-    """
-    frontend = backbone.frontend
-    width = frontend.input_samples(int(round(segment_seconds * SAMPLE_RATE)))
-    out, pending = [], []  # pending: (track, its segments in this batch row)
-    batch = np.empty((batch_size, width), np.float32)  # windows are copied in once, here
-
-    def store(ti: int, spans: list, embs: np.ndarray) -> None:
-        for (si, _, _), e in zip(spans, embs, strict=True):
-            out[ti][si] = e
-
-    def flush() -> None:
-        if pending:
-            embs = backbone.embed_windows(batch[: len(pending)], [sp for _, sp in pending])
-            for (ti, spans), e in zip(pending, embs, strict=True):
-                store(ti, spans, e)
-            pending.clear()
-
-    for ti, track in enumerate(tracks):
-        if isinstance(track, PreparedWindows):
-            n_segments, windows = track.n_segments, track.windows
-        else:
-            starts, length = segment_track(track, segment_seconds, hop_seconds)
-            n_segments, windows = len(starts), frontend.windows(track, starts, length)
-        out.append(np.zeros((n_segments, backbone.n_layers, backbone.dim), np.float32))
-        for x, spans in windows:
-            if x.ndim == 1 and len(x) != width and not frontend.pads:
-                store(ti, spans, backbone.embed_windows(x[None], [spans])[0])
-                continue
-            shape = x.shape if x.ndim > 1 else (width,)  # log-mel made ahead, or audio
-            if batch.shape[1:] != shape:
-                flush()
-                batch = np.empty((batch_size, *shape), np.float32)
-            row = batch[len(pending)]
-            if x.ndim > 1:
-                row[...] = x
-            else:
-                row[: len(x)] = x
-                row[len(x) :] = 0.0  # the rest of a Whisper window is silence
-            pending.append((ti, spans))
-            if len(pending) >= batch_size:
-                flush()
-    flush()
-    return out
 
 
 def _embed_block(

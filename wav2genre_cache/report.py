@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import Wav2GenreError
 from .feature_sets import ENCODER, feature_set_name
 
 COLUMNS = [
@@ -25,7 +26,7 @@ COLUMNS = [
 ]
 
 
-class ReportError(Exception):
+class ReportError(Wav2GenreError):
     """A run folder that cannot be reported on; the message says why."""
 
 
