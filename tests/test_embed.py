@@ -198,35 +198,6 @@ def test_dev_clips_end_to_end_with_mp3_and_44k_stereo(tmp_path, dev_clips, split
     assert m.tracks.duration.between(29.9, 30.5).all()
 
 
-def crash_on(item):
-    """A worker function that dies (as a segfaulting decoder would) on the item 'crash'."""
-    if item == "crash":
-        os._exit(3)
-    return item * 2
-
-
-def test_a_worker_that_dies_is_replaced_and_the_item_reported():
-    from wav2genre_cache.embed import ordered_map
-
-    items = ["a", "b", "crash", "c", "d", "e"]
-    out = list(ordered_map(crash_on, items, workers=2, window=3, on_crash=lambda x: f"failed {x}"))
-    assert out == ["aa", "bb", "failed crash", "cc", "dd", "ee"]
-
-
-def test_a_pool_that_broke_between_submissions_is_rebuilt():
-    # A worker can die after one result is taken and before the next item is submitted: the
-    # submission then meets a broken pool (this made the test above flaky under load).
-    from concurrent.futures.process import BrokenProcessPool
-
-    from wav2genre_cache.embed import _process_pool, ordered_map
-
-    pool = _process_pool(1)
-    with pytest.raises(BrokenProcessPool):
-        pool.submit(crash_on, "crash").result()
-    out = list(ordered_map(crash_on, ["a", "b"], workers=1, window=2, on_crash=str, pool=pool))
-    assert out == ["aa", "bb"]
-
-
 def session_processes(sid: int) -> dict[int, str]:
     """The live processes of session `sid`, pid -> command line, read from /proc (no psutil)."""
     found = {}

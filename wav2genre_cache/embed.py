@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import shutil
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +30,8 @@ from .datasets import EXCLUDED, Track, assign_splits, detect_layout, discover
 from .embedding import embed_tracks  # noqa: F401  (its home is embedding.py; importers keep working)
 from .errors import OptionError
 from .feature_sets import ENCODER, FEATURE_SETS, feature_set_name
-from .features import PreparePlan, prepare_track, ready, watch_parent
+from .features import PreparePlan, prepare_track
+from .workers import DecodeWorkers
 
 
 @dataclass
@@ -114,8 +109,7 @@ def embed_dataset(
     tracks = assign_splits(discover(opts.data, layout), opts.split, opts.seed, opts.split_dir)
     workers = default_workers() if opts.workers is None else opts.workers
     # Decode workers start (a second of imports each) while the model loads.
-    pool = start_workers(workers) if not Path(opts.out).exists() else None
-    try:
+    with DecodeWorkers(workers if not Path(opts.out).exists() else 0) as pool:
         # Only the encoder feature set needs the model; hand-crafted features alone never load it.
         # Loaded and checked before any output exists: a model that cannot embed audio, or these
         # segments, is refused here with nothing to clean up.
@@ -136,10 +130,7 @@ def embed_dataset(
         # A failure before the first block is written (a model that breaks on real audio,
         # Ctrl-C) leaves no empty .partial folder or output folder: nothing could resume from it.
         with _undone_on_failure(Path(opts.out)):
-            return _embed(opts, layout, tracks, backbone, workers, pool, console, progress)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            return _embed(opts, layout, tracks, backbone, pool, console, progress)
 
 
 def _embed(
@@ -147,8 +138,7 @@ def _embed(
     layout: str,
     tracks: list[Track],
     backbone: Backbone | None,
-    workers: int,
-    pool: ProcessPoolExecutor | None,
+    workers: DecodeWorkers,
     console: Console,
     progress: bool,
 ) -> EmbedSummary:
@@ -207,16 +197,14 @@ def _embed(
             seed=opts.seed,
             noise_dir=opts.noise_dir,
             windows=backbone.frontend.layout
-            if logmel_in_workers(backbone, workers, opts.logmel_in)
+            if logmel_in_workers(backbone, workers.count, opts.logmel_in)
             else None,
         )
-        decoded = ordered_map(
+        decoded = workers.map(
             partial(prepare_track, plan=plan),
             [(t.path, t.track_id, t.split == "train") for t in to_decode],
-            workers,
-            window=2 * workers + 2,
+            window=2 * workers.count + 2,
             on_crash=_decoder_crashed,
-            pool=pool,
         )
         for k, block in todo:
             results = _embed_block(block, decoded, backbone, opts)
@@ -368,90 +356,6 @@ def _summarise_existing(summary: EmbedSummary, cache: EmbeddingCache) -> EmbedSu
     summary.segments = len(cache.segments)
     summary.failures = [(r.path, r.reason) for r in t[t.status == "failed"].itertuples()]
     return summary
-
-
-def start_workers(workers: int) -> ProcessPoolExecutor | None:
-    """A pool of decode processes, started now: each imports the decoders straight away."""
-    if workers <= 0:
-        return None
-    pool = _process_pool(workers)
-    for _ in range(workers):
-        pool.submit(ready)
-    return pool
-
-
-def _process_pool(workers: int) -> ProcessPoolExecutor:
-    # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
-    # Each worker exits when this process dies (kill -9 included), so no run leaves orphans; with
-    # spawn its parent pid is ours. The workers are spawned by the thread that submits to the pool
-    # (ProcessPoolExecutor._adjust_process_count, Python 3.11 to 3.13), here the one creating it:
-    # the kernel's parent-death signal, tied to that thread, is armed only for the main thread.
-    return ProcessPoolExecutor(
-        workers,
-        mp_context=mp.get_context("spawn"),
-        initializer=watch_parent,
-        initargs=(os.getpid(), threading.current_thread() is threading.main_thread()),
-    )
-
-
-def ordered_map(
-    fn: Callable,
-    items: Iterable,
-    workers: int,
-    window: int,
-    on_crash: Callable | None = None,
-    pool: ProcessPoolExecutor | None = None,
-) -> Iterator:
-    """map(fn, items) in order, on `workers` processes, with at most `window` results in flight.
-
-    The bound keeps memory flat on datasets of any size: decoded audio waits for the model in
-    a short queue, never in a list of the whole dataset. If a worker dies (a decoder crash, the
-    kernel's OOM killer), the pool is rebuilt, the item in question is retried alone, and if it
-    kills a worker again `on_crash(item)` stands in for its result: one file never ends a run.
-    A `pool` from start_workers is used first, and shut down here.
-    """
-    if workers <= 0:
-        yield from map(fn, items)
-        return
-    pool = pool or _process_pool(workers)
-    try:
-        it = iter(items)
-        pending = deque((x, _submit(pool, fn, x)) for x in islice(it, window))
-        while pending:
-            item, future = pending.popleft()
-            try:
-                result = future.result()
-            except BrokenProcessPool:
-                if on_crash is None:
-                    raise
-                pool.shutdown(wait=True, cancel_futures=True)
-                pool = _process_pool(workers)
-                try:
-                    result = pool.submit(fn, item).result()
-                except BrokenProcessPool:
-                    result = on_crash(item)
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    pool = _process_pool(workers)
-                pending = deque((x, _submit(pool, fn, x)) for x, _ in pending)
-            for x in islice(it, 1):
-                pending.append((x, _submit(pool, fn, x)))
-            yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _submit(pool: ProcessPoolExecutor, fn: Callable, item) -> Future:
-    """pool.submit, except that a pool broken meanwhile gives a failed future, not an exception.
-
-    A worker can die between two submissions; the loop above then rebuilds the pool when it
-    reaches this item, as for the item that was running.
-    """
-    try:
-        return pool.submit(fn, item)
-    except BrokenProcessPool as exc:
-        failed: Future = Future()
-        failed.set_exception(exc)
-        return failed
 
 
 def _decoder_crashed(item: tuple[str, str, bool]) -> tuple[None, str]:

@@ -8,10 +8,6 @@ torch.
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,52 +17,6 @@ from .augment import augment_track
 from .whisper_windows import PreparedWindows, WhisperWindows
 
 N_MFCC = 20
-
-
-def ready() -> bool:
-    """Nothing to do: a worker that runs this has imported the decoders (a warm-up task)."""
-    return True
-
-
-PARENT_POLL_SECONDS = 0.5
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-def watch_parent(parent_pid: int, death_signal: bool = True) -> None:
-    """Worker initializer: end this process when `parent_pid`, the run that started it, dies.
-
-    A decode worker otherwise outlives a killed run for good: it waits on queues whose pipes the
-    other workers keep open, and so keeps multiprocessing's resource tracker alive too. On Linux
-    the kernel kills the worker at once (PR_SET_PDEATHSIG); everywhere a daemon thread checks
-    every PARENT_POLL_SECONDS whether the parent is still there. death_signal must be False
-    unless the thread that spawns the workers lives as long as the process (the main thread):
-    the kernel sends the signal when that *thread* ends, even while the process goes on.
-    """
-    if death_signal and sys.platform.startswith("linux"):
-        _set_parent_death_signal(9)  # SIGKILL: a decode worker has nothing to clean up
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
-        os._exit(1)
-    threading.Thread(
-        target=_exit_with_parent, args=(parent_pid,), name="watch-parent", daemon=True
-    ).start()
-
-
-def _set_parent_death_signal(signal_number: int) -> None:
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal_number), 0, 0, 0)
-    except (OSError, AttributeError):  # no prctl here: the polling thread still covers it
-        pass
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    # A dead parent's children are re-parented (to init or a subreaper): the parent pid changes.
-    # os._exit, not sys.exit: the main thread may be blocked on a pipe nobody will ever read.
-    while os.getppid() == parent_pid:
-        time.sleep(PARENT_POLL_SECONDS)
-    os._exit(1)
 
 
 # Name and width of each block of the vector, in order (documented in the cache's attributes).
