@@ -3,7 +3,7 @@ from conftest import tone
 
 from wav2genre_cache.features import (
     HANDCRAFTED_DIM,
-    PreparePlan,
+    PrepareOptions,
     handcrafted_features,
     prepare_track,
 )
@@ -27,7 +27,7 @@ def test_prepare_track_augments_training_tracks_only(tmp_path):
 
     path = tmp_path / "a.wav"
     sf.write(path, tone(12.0), 16_000)
-    plan = PreparePlan(5.0, None, handcrafted=True, augment=("pitch", "noise"), copies=2, seed=0)
+    plan = PrepareOptions(5.0, None, handcrafted=True, augment=("pitch", "noise"), copies=2, seed=0)
     train, _ = prepare_track((str(path), "a", True), plan)
     held_out, _ = prepare_track((str(path), "a", False), plan)
     assert len(train.views) == 3 and len(held_out.views) == 1

@@ -29,8 +29,9 @@ from .cache import (
 from .datasets import EXCLUDED, Track, assign_splits, detect_layout, discover
 from .embedding import embed_tracks  # noqa: F401  (its home is embedding.py; importers keep working)
 from .errors import OptionError
-from .feature_sets import ENCODER, FEATURE_SETS, feature_set_name
-from .features import PreparePlan, prepare_track
+from .feature_sets import ENCODER, FEATURE_SETS, HANDCRAFTED, LOGMEL, feature_set_name
+from .features import PreparedTrack, PrepareOptions, prepare_track
+from .whisper_windows import PreparedWindows
 from .workers import DecodeWorkers
 
 
@@ -130,10 +131,10 @@ def embed_dataset(
         # A failure before the first block is written (a model that breaks on real audio,
         # Ctrl-C) leaves no empty .partial folder or output folder: nothing could resume from it.
         with _undone_on_failure(Path(opts.out)):
-            return _embed(opts, layout, tracks, backbone, pool, console, progress)
+            return _embed_into_cache(opts, layout, tracks, backbone, pool, console, progress)
 
 
-def _embed(
+def _embed_into_cache(
     opts: EmbedOptions,
     layout: str,
     tracks: list[Track],
@@ -187,11 +188,11 @@ def _embed(
     )
     with bar:
         task = bar.add_task("embed", total=len(tracks), completed=summary.tracks_skipped, speed="")
-        plan = PreparePlan(
+        plan = PrepareOptions(
             opts.segment_seconds,
             opts.hop_seconds,
-            handcrafted="handcrafted" in opts.features,
-            logmel="logmel" in opts.features,
+            handcrafted=HANDCRAFTED in opts.features,
+            logmel=LOGMEL in opts.features,
             augment=tuple(opts.augment),
             copies=opts.augment_copies if opts.augment else 0,
             seed=opts.seed,
@@ -210,7 +211,7 @@ def _embed(
             results = _embed_block(block, decoded, backbone, opts)
             store.write(k, results)
             for r in results:
-                _count(summary, r, console)
+                _tally(summary, r, console)
             summary.seconds = time.perf_counter() - start
             bar.update(
                 task, advance=len(block), speed=f"{summary.audio_seconds_per_second:,.1f} audio-s/s"
@@ -293,49 +294,56 @@ def _embed_block(
     segments of all views are stored in order, view by view.
     """
     results: list[TrackResult] = []
-    view_owner: list[TrackResult] = []  # the track of each view sent to the model, in order
+    views_of: list[int] = []  # how many views each result sent to the model, in results' order
 
-    def views_to_embed() -> Iterator[np.ndarray]:
+    def views_to_embed() -> Iterator[np.ndarray | PreparedWindows]:
+        # A generator, so that one track at a time is in memory: the model reads a track's
+        # views while the workers decode the next. It records each track's result as it goes.
         for t in block:
-            r = TrackResult(t.track_id, t.path, t.label, t.split, t.artist, status="ok")
+            r, track = _track_result(t, decoded)
             results.append(r)
-            if t.split == EXCLUDED:
-                r.status, r.reason = "excluded", "not in the chosen split"
-                continue
-            track, reason = next(decoded)
-            if track is None:
-                r.status, r.reason = "failed", reason
-                continue
-            r.duration, r.content_hash = track.duration, track.content_hash
-            for v, starts in enumerate(track.starts):
-                r.starts += [s / SAMPLE_RATE for s in starts]
-                r.views += [v] * len(starts)
-            if track.handcrafted is not None:
-                r.features["handcrafted"] = np.concatenate(track.handcrafted)
-            if track.logmel is not None:
-                r.features["logmel"] = np.concatenate(track.logmel)
-            if backbone is not None:
-                for view in track.inputs or track.views:  # windows made ahead, or audio
-                    view_owner.append(r)
-                    yield view
+            views = (track.inputs or track.views) if track is not None and backbone else []
+            views_of.append(len(views))
+            yield from views
 
     if backbone is None:
         for _ in views_to_embed():
             pass
         return results
-    feats = embed_tracks(
-        backbone, views_to_embed(), opts.segment_seconds, opts.hop_seconds, opts.batch_size
+    feats = iter(
+        embed_tracks(
+            backbone, views_to_embed(), opts.segment_seconds, opts.hop_seconds, opts.batch_size
+        )
     )
-    per_track: dict[int, list[np.ndarray]] = {}
-    for r, f in zip(view_owner, feats, strict=True):
-        per_track.setdefault(id(r), []).append(f)
-    for r in results:
-        if id(r) in per_track:
-            r.features[ENCODER] = np.concatenate(per_track[id(r)])
+    for r, n_views in zip(results, views_of, strict=True):
+        if n_views:
+            r.features[ENCODER] = np.concatenate([next(feats) for _ in range(n_views)])
     return results
 
 
-def _count(summary: EmbedSummary, r: TrackResult, console: Console) -> None:
+def _track_result(t: Track, decoded: Iterator) -> tuple[TrackResult, PreparedTrack | None]:
+    """The cache's record of one track, with the worker's prepared track where it has one."""
+    r = TrackResult(t.track_id, t.path, t.label, t.split, t.artist, status="ok")
+    if t.split == EXCLUDED:  # never sent to the workers
+        r.status, r.reason = "excluded", "not in the chosen split"
+        return r, None
+    track, reason = next(decoded)
+    if track is None:
+        r.status, r.reason = "failed", reason
+        return r, None
+    r.duration, r.content_hash = track.duration, track.content_hash
+    for v, starts in enumerate(track.starts):
+        r.starts += [s / SAMPLE_RATE for s in starts]
+        r.views += [v] * len(starts)
+    if track.handcrafted is not None:
+        r.features[HANDCRAFTED] = np.concatenate(track.handcrafted)
+    if track.logmel is not None:
+        r.features[LOGMEL] = np.concatenate(track.logmel)
+    return r, track
+
+
+def _tally(summary: EmbedSummary, r: TrackResult, console: Console) -> None:
+    """Add one track's outcome to the run's summary; a skipped file is said at once."""
     if r.status == "ok":
         summary.tracks_ok += 1
         summary.segments += len(r.starts)

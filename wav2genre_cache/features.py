@@ -106,7 +106,7 @@ def logmel_features(segment: np.ndarray, frames: int, sr: int = SAMPLE_RATE) -> 
 
 
 @dataclass(frozen=True)
-class PreparePlan:
+class PrepareOptions:
     """What the decode workers do to each track besides decoding (picklable)."""
 
     segment_seconds: float
@@ -136,7 +136,7 @@ class PreparedTrack:
 
 
 def prepare_track(
-    item: tuple[str, str, bool], plan: PreparePlan
+    item: tuple[str, str, bool], plan: PrepareOptions
 ) -> tuple[PreparedTrack | None, str]:
     """Worker job for (path, track id, is training track): decode, augment, hand-crafted features.
 
