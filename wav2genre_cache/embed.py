@@ -27,11 +27,11 @@ from .cache import (
     config_differences,
 )
 from .datasets import EXCLUDED, Track, assign_splits, detect_layout, discover
-from .embedding import embed_tracks  # noqa: F401  (its home is embedding.py; importers keep working)
+from .embedding import embed_tracks, track_windows
 from .errors import OptionError
 from .feature_sets import ENCODER, FEATURE_SETS, HANDCRAFTED, LOGMEL, feature_set_name
 from .features import PreparedTrack, PrepareOptions, prepare_track
-from .whisper_windows import PreparedWindows
+from .whisper_windows import TrackWindows
 from .workers import DecodeWorkers
 
 
@@ -296,13 +296,18 @@ def _embed_block(
     results: list[TrackResult] = []
     views_of: list[int] = []  # how many views each result sent to the model, in results' order
 
-    def views_to_embed() -> Iterator[np.ndarray | PreparedWindows]:
+    def views_to_embed() -> Iterator[TrackWindows]:
         # A generator, so that one track at a time is in memory: the model reads a track's
         # views while the workers decode the next. It records each track's result as it goes.
         for t in block:
             r, track = _track_result(t, decoded)
             results.append(r)
-            views = (track.inputs or track.views) if track is not None and backbone else []
+            views = []
+            if track is not None and backbone is not None:
+                views = track.inputs or [
+                    track_windows(backbone, samples, starts, length)
+                    for samples, (starts, length) in zip(track.views, track.segments, strict=True)
+                ]
             views_of.append(len(views))
             yield from views
 
@@ -332,7 +337,7 @@ def _track_result(t: Track, decoded: Iterator) -> tuple[TrackResult, PreparedTra
         r.status, r.reason = "failed", reason
         return r, None
     r.duration, r.content_hash = track.duration, track.content_hash
-    for v, starts in enumerate(track.starts):
+    for v, (starts, _) in enumerate(track.segments):
         r.starts += [s / SAMPLE_RATE for s in starts]
         r.views += [v] * len(starts)
     if track.handcrafted is not None:

@@ -8,12 +8,12 @@ import numpy as np
 
 from .audio import SAMPLE_RATE, segment_track
 from .backbone import Backbone
-from .whisper_windows import PreparedWindows
+from .whisper_windows import TrackWindows
 
 
 def embed_tracks(
     backbone: Backbone,
-    tracks: Iterable[np.ndarray | PreparedWindows],
+    tracks: Iterable[np.ndarray | TrackWindows],
     segment_seconds: float,
     hop_seconds: float | None,
     batch_size: int,
@@ -23,8 +23,8 @@ def embed_tracks(
     The one segment-to-embedding path: `embed` and `predict` both call it, so a bundle's
     predictions use exactly what its cache holds. The backbone's front end turns each track's
     segments into model inputs (windows); equal-length windows of all the tracks are batched
-    together. A track may come as its windows already made (PreparedWindows: Whisper log-mel
-    made in a decode worker, by the same code the front end runs). A raw-waveform input shorter
+    together. A track may come already segmented (TrackWindows: from `track_windows`, or with
+    Whisper log-mel made in a decode worker by the same code the front end runs). A raw-waveform input shorter
     than a full segment (a short track's one segment) is embedded alone: nothing is ever padded
     (Wav2Vec2-base has no attention mask); Whisper's windows are zero-padded to their fixed
     length, as Whisper was trained. Tracks are consumed one at a time and windows copied into
@@ -48,7 +48,7 @@ def embed_tracks(
             pending.clear()
 
     for ti, track in enumerate(tracks):
-        if isinstance(track, PreparedWindows):
+        if isinstance(track, TrackWindows):
             n_segments, windows = track.n_segments, track.windows
         else:
             starts, length = segment_track(track, segment_seconds, hop_seconds)
@@ -73,3 +73,8 @@ def embed_tracks(
                 flush()
     flush()
     return out
+
+
+def track_windows(backbone: Backbone, samples: np.ndarray, starts: list[int], length: int):
+    """A segmented track's windows for `embed_tracks`, made as the model reads them."""
+    return TrackWindows(len(starts), backbone.frontend.windows(samples, starts, length))

@@ -14,7 +14,7 @@ import numpy as np
 
 from .audio import SAMPLE_RATE, segment_track, try_load_track
 from .augment import augment_track
-from .whisper_windows import PreparedWindows, WhisperWindows
+from .whisper_windows import TrackWindows, WhisperWindows
 
 N_MFCC = 20
 
@@ -129,10 +129,10 @@ class PreparedTrack:
     views: list[np.ndarray]  # the audio of each view; empty where `inputs` holds them instead
     duration: float
     content_hash: str
-    starts: list[list[int]]  # per view: its segments' first samples (audio.segment_track)
+    segments: list[tuple[list[int], int]]  # per view: its segment starts and length (samples)
     handcrafted: list[np.ndarray] | None = None  # per view: [segments, 1, HANDCRAFTED_DIM]
     logmel: list[np.ndarray] | None = None  # per view: [segments, 1, N_MELS * frames]
-    inputs: list[PreparedWindows] | None = None  # per view: the encoder's windows, made here
+    inputs: list[TrackWindows] | None = None  # per view: the encoder's windows, made here
 
 
 def prepare_track(
@@ -158,14 +158,14 @@ def prepare_track(
         hand = [] if plan.handcrafted else None
         mel = [] if plan.logmel else None
         inputs = [] if plan.windows else None
-        every_start = []
+        segments = []
         frames = logmel_frames(plan.segment_seconds)
         for y in views:
             starts, length = segment_track(y, plan.segment_seconds, plan.hop_seconds)
-            every_start.append(starts)
+            segments.append((starts, length))
             if inputs is not None:
                 windows = plan.windows.log_mel_windows(y, starts, length)
-                inputs.append(PreparedWindows(len(starts), windows))
+                inputs.append(TrackWindows(len(starts), windows))
             if hand is not None:
                 hand.append(
                     np.stack([handcrafted_features(y[s : s + length]) for s in starts])[:, None, :]
@@ -180,7 +180,7 @@ def prepare_track(
             [] if inputs is not None else views,
             decoded.duration,
             decoded.content_hash,
-            every_start,
+            segments,
             hand,
             mel,
             inputs,

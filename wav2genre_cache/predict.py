@@ -20,7 +20,7 @@ from .audio import (
 )
 from .backbone import cpu_has_native_bfloat16, load_backbone, resolve_device
 from .bundles import BundleError, load_bundle
-from .embedding import embed_tracks
+from .embedding import embed_tracks, track_windows
 from .feature_sets import ENCODER, feature_set_name
 from .heads import head_spec
 
@@ -92,12 +92,15 @@ class Predictor:
     def predict_waveforms(self, waveforms: list[np.ndarray], top_k: int = 3) -> list[dict]:
         """Predictions for decoded 16 kHz tracks; their segments are batched together."""
         seg, hop = self.meta["segment_seconds"], self.meta["hop_seconds"]
-        feats = embed_tracks(self.backbone, waveforms, seg, hop, self.batch_size)
+        segments = [segment_track(samples, seg, hop) for samples in waveforms]
+        tracks = [
+            track_windows(self.backbone, w, *s) for w, s in zip(waveforms, segments, strict=True)
+        ]
+        feats = embed_tracks(self.backbone, tracks, seg, hop, self.batch_size)
         results = []
-        for samples, f in zip(waveforms, feats, strict=True):
+        for samples, (starts, length), f in zip(waveforms, segments, feats, strict=True):
             layer = self.meta["layer"]  # -1: a head that weighs every layer
             proba = self._proba(f.reshape(len(f), -1) if layer == -1 else f[:, layer, :])
-            starts, length = segment_track(samples, seg, hop)
             results.append(self._result(samples, starts, length, proba, top_k))
         return results
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,11 +98,14 @@ class WhisperWindows:
 
 
 @dataclass
-class PreparedWindows:
-    """A track's encoder inputs made ahead in a decode worker: its windows, as log-mel."""
+class TrackWindows:
+    """A track's encoder inputs, segmented once: its windows and how many segments they hold.
+
+    The windows are audio (made as the model reads them) or log-mel made in a decode worker.
+    """
 
     n_segments: int
-    windows: list[Window]
+    windows: Iterable[Window]
 
 
 @functools.cache
