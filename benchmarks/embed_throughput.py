@@ -126,7 +126,7 @@ def reference_model(model_name: str):
     """
     from transformers import AutoModel
 
-    from wav2genre_cache.backbone import BUILTIN_MODELS, builtin_model
+    from wav2genre_cache.model_sources import BUILTIN_MODELS, builtin_model
 
     if model_name in BUILTIN_MODELS:
         return builtin_model(model_name)

@@ -3,8 +3,9 @@ import pytest
 import torch
 from conftest import tone
 
-from wav2genre_cache.backbone import BackboneError, builtin_model, load_backbone, resolve_dtype
+from wav2genre_cache.backbone import BackboneError, load_backbone, resolve_dtype
 from wav2genre_cache.cpu_tuning import ChannelsLastFeatureEncoder, PackedLinear
+from wav2genre_cache.model_sources import builtin_model
 
 
 def reference_pooled(model, segment: np.ndarray) -> np.ndarray:

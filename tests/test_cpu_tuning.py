@@ -4,7 +4,6 @@ import torch
 from conftest import tone
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from wav2genre_cache.backbone import builtin_model
 from wav2genre_cache.cpu_tuning import (
     ChannelsLastFeatureEncoder,
     ChannelsLastPositionalConv,
@@ -13,6 +12,7 @@ from wav2genre_cache.cpu_tuning import (
     pack_linear_layers,
     tune_for_cpu,
 )
+from wav2genre_cache.model_sources import builtin_model
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="torch without oneDNN ops")
 

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .audio import SAMPLE_RATE
 from .augment import AUGMENTATIONS
-from .backbone import DEFAULT_MODEL, Backbone, BackboneError, default_batch_size, load_backbone
+from .backbone import Backbone, BackboneError, default_batch_size, load_backbone
 from .cache import (
     FORMAT_VERSION,
     CacheError,
@@ -31,6 +31,7 @@ from .embedding import embed_tracks, track_windows
 from .errors import OptionError
 from .feature_sets import ENCODER, FEATURE_SETS, HANDCRAFTED, LOGMEL, feature_set_name
 from .features import PreparedTrack, PrepareOptions, prepare_track
+from .model_sources import DEFAULT_MODEL
 from .whisper_windows import TrackWindows
 from .workers import DecodeWorkers
 

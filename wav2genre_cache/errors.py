@@ -15,3 +15,7 @@ class Wav2GenreError(Exception):
 
 class OptionError(Wav2GenreError):
     """An option whose value cannot be used (an unknown name, a number out of range)."""
+
+
+class BackboneError(Wav2GenreError):
+    """The backbone cannot be loaded; the message says what to do."""
