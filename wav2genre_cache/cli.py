@@ -11,30 +11,15 @@ from typer.core import TyperGroup
 
 from .cli_inference import predict, serve
 from .cli_options import (
-    AugmentOpt,
-    BatchOpt,
-    CopiesOpt,
-    DatasetOpt,
-    DeviceOpt,
-    DtypeOpt,
-    FeaturesOpt,
     HeadsOpt,
     HeapOpt,
-    HopOpt,
     LayersOpt,
-    ModelOpt,
-    NoiseDirOpt,
-    SeedOpt,
-    SegmentOpt,
-    SplitDirOpt,
-    SplitOpt,
     StrictOpt,
     TrialsOpt,
-    WindowOpt,
-    WorkersOpt,
     embed_options,
     err,
     out,
+    with_stage_one_options,
 )
 from .errors import Wav2GenreError
 
@@ -97,6 +82,7 @@ def _run_embed(opts, strict: bool, keep_freed_memory: bool = True, progress: boo
 
 
 @app.command()
+@with_stage_one_options
 def embed(
     ctx: typer.Context,
     data: Annotated[
@@ -104,24 +90,9 @@ def embed(
         typer.Argument(help="Dataset folder (GTZAN, FMA, one folder per label) or CSV manifest."),
     ],
     out_path: Annotated[Path, typer.Option("--out", help="The HDF5 cache to write.")],
-    dataset: DatasetOpt = "auto",
-    model: ModelOpt = "facebook/wav2vec2-base-960h",
-    segment_seconds: SegmentOpt = 10.0,
-    hop_seconds: HopOpt = None,
-    batch_size: BatchOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    window: WindowOpt = None,
-    workers: WorkersOpt = None,
-    split: SplitOpt = "random",
-    split_dir: SplitDirOpt = None,
-    seed: SeedOpt = 0,
-    features: FeaturesOpt = "encoder",
-    augment: AugmentOpt = "",
-    augment_copies: CopiesOpt = 0,
-    noise_dir: NoiseDirOpt = None,
     strict: StrictOpt = False,
     keep_freed_memory: HeapOpt = True,
+    **stage_one,
 ) -> None:
     """Stage one: decode, segment and embed every track into an HDF5 cache (resumable)."""
     opts = embed_options(ctx.params, out_path)
@@ -283,33 +254,19 @@ def compare(
 
 
 @app.command()
+@with_stage_one_options
 def run(
     ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="Dataset folder or CSV manifest.")],
     run_dir: Annotated[
         Path, typer.Option("--out", help="Run folder; the cache goes to RUN_DIR/cache.h5.")
     ],
-    dataset: DatasetOpt = "auto",
-    model: ModelOpt = "facebook/wav2vec2-base-960h",
-    segment_seconds: SegmentOpt = 10.0,
-    hop_seconds: HopOpt = None,
-    batch_size: BatchOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    window: WindowOpt = None,
-    workers: WorkersOpt = None,
-    split: SplitOpt = "random",
-    split_dir: SplitDirOpt = None,
-    seed: SeedOpt = 0,
-    features: FeaturesOpt = "encoder",
-    augment: AugmentOpt = "",
-    augment_copies: CopiesOpt = 0,
-    noise_dir: NoiseDirOpt = None,
     heads: HeadsOpt = None,
     layers: LayersOpt = "all",
     trials: TrialsOpt = 0,
     strict: StrictOpt = False,
     keep_freed_memory: HeapOpt = True,
+    **stage_one,
 ) -> None:
     """embed + train-heads + compare in one go."""
     cache = run_dir / "cache.h5"  # embed makes run_dir, once the model has loaded
@@ -322,7 +279,7 @@ def run(
         heads,
         layers,
         ",".join(opts.features),
-        seed,
+        opts.seed,
         "both" if opts.augment else True,
         trials,
     )

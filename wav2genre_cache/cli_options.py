@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 from typing import Annotated
 
@@ -143,3 +145,49 @@ HeadsOpt = Annotated[
         "the logmel feature set. Default: fcnn,svm,rf,xgb,logreg, and cnn,lstm,cnn-lstm on logmel."
     ),
 ]
+
+
+def _stage_one(
+    dataset: DatasetOpt = "auto",
+    model: ModelOpt = "facebook/wav2vec2-base-960h",
+    segment_seconds: SegmentOpt = 10.0,
+    hop_seconds: HopOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    window: WindowOpt = None,
+    workers: WorkersOpt = None,
+    split: SplitOpt = "random",
+    split_dir: SplitDirOpt = None,
+    seed: SeedOpt = 0,
+    features: FeaturesOpt = "encoder",
+    augment: AugmentOpt = "",
+    augment_copies: CopiesOpt = 0,
+    noise_dir: NoiseDirOpt = None,
+) -> None:
+    """The stage-one options of embed and run, with their defaults: defined here, once."""
+
+
+STAGE_ONE_OPTIONS = tuple(inspect.signature(_stage_one, eval_str=True).parameters.values())
+
+
+def with_stage_one_options(command):
+    """Give a command the stage-one options in place of its **kwargs, after its arguments.
+
+    typer reads a command's options from its signature: the command declares its arguments and
+    own options, and receives the stage-one options (STAGE_ONE_OPTIONS) as keyword arguments.
+    """
+    own = list(inspect.signature(command, eval_str=True).parameters.values())
+    named = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    at = next(
+        (i for i, p in enumerate(named) if p.default is not inspect.Parameter.empty), len(named)
+    )
+    params = [*named[:at], *STAGE_ONE_OPTIONS, *named[at:]]
+
+    @functools.wraps(command)
+    def run_command(**kwargs):
+        return command(**kwargs)
+
+    run_command.__signature__ = inspect.Signature(params, return_annotation=None)
+    run_command.__annotations__ = {p.name: p.annotation for p in params}
+    return run_command
