@@ -209,3 +209,21 @@ print("h5py" in sys.modules)
     assert label in json.loads((dev_bundle / "bundle.json").read_text())["labels"]
     assert stages == "[]"
     assert importers == "['pandas by sklearn']" and h5py == "False"
+
+
+def test_heads_over_all_layers_and_over_a_tracks_segments_predict_songs(tmp_path, dev_bundle):
+    # The registry tells predict what a head reads: every layer at once (fcnn-weighted) or one
+    # layer of all the track's segments (attention, one answer for the whole track).
+    from wav2genre_cache.train import train_heads
+
+    cache = dev_bundle.parent / "cache.h5"
+    train_heads(cache, tmp_path, heads=["fcnn-weighted", "attention"], layers="1", log=str)
+    wave = np.sin(np.linspace(0, 3000, 16_000 * 25)).astype(np.float32)
+    for head in ("fcnn-weighted", "attention"):
+        predictor = Predictor(tmp_path / "bundles" / head, device="cpu")
+        (r,) = predictor.predict_waveforms([wave], top_k=2)
+        assert r["label"] in predictor.labels and len(r["timeline"]) >= 2
+        probabilities = [t["probabilities"] for t in r["timeline"]]
+        assert all(abs(sum(p.values()) - 1) < 1e-3 for p in probabilities)
+        if head == "attention":
+            assert all(p == probabilities[0] for p in probabilities)

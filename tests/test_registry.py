@@ -48,7 +48,7 @@ def test_every_head_is_registered_once_under_its_name():
 
 
 def test_the_command_line_help_names_every_head():
-    from wav2genre_cache.cli import HeadsOpt
+    from wav2genre_cache.cli_options import HeadsOpt
 
     help_text = HeadsOpt.__metadata__[0].help
     assert [h for h in ALL_HEADS if h not in help_text] == []

