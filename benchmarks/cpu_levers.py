@@ -41,7 +41,7 @@ def time_call(levers: set[str], repeats: int = 8) -> dict:
     import torch
 
     from wav2genre_cache import cpu_tuning as ct
-    from wav2genre_cache.backbone import builtin_model
+    from wav2genre_cache.model_sources import builtin_model
 
     model = builtin_model("random-base").eval().to(torch.bfloat16)
     if "heap" in levers:

@@ -126,7 +126,7 @@ def reference_model(model_name: str):
     """
     from transformers import AutoModel
 
-    from wav2genre_cache.backbone import BUILTIN_MODELS, builtin_model
+    from wav2genre_cache.model_sources import BUILTIN_MODELS, builtin_model
 
     if model_name in BUILTIN_MODELS:
         return builtin_model(model_name)
@@ -134,7 +134,7 @@ def reference_model(model_name: str):
         from wav2genre_cache.ct2_whisper import load_ct2_whisper_encoder
 
         return load_ct2_whisper_encoder(model_name)[0]
-    model = AutoModel.from_pretrained(model_name)
+    model = AutoModel.from_pretrained(model_name).float()  # a float16 checkpoint, too
     if getattr(model.config, "is_encoder_decoder", False):
         model = model.get_encoder()  # Whisper: only the encoder embeds audio
     return model
@@ -230,6 +230,7 @@ def run_ours(
     workers: int | None,
     segment_seconds: float,
     window: str | None,
+    logmel_in: str = "auto",
 ) -> dict:
     import torch
     from rich.console import Console
@@ -256,6 +257,7 @@ def run_ours(
             workers=workers,
             segment_seconds=segment_seconds,
             window=window,
+            logmel_in=logmel_in,
         ),
         console=console,
         progress=False,
@@ -289,7 +291,7 @@ def layer_differences(ours_cache: Path, reference: Path) -> list[float]:
     """Per layer: max |ours - reference| / max |reference| over every segment."""
     from wav2genre_cache.cache import EmbeddingCache
 
-    a = EmbeddingCache(ours_cache).features("wav2vec2")
+    a = EmbeddingCache(ours_cache).features("encoder")
     b = np.load(reference)
     assert a.shape == b.shape, (a.shape, b.shape)
     return [
@@ -324,9 +326,11 @@ def speed(args, tmp: Path, rows: dict, save) -> None:
     rows["reference"] = {**ref, "audio_seconds_per_second": ref_rate, "what": what}
     save()
     windows = args.windows.split(",") if args.whisper else [None]
-    for window in windows:
+    places = args.logmel_in.split(",") if args.whisper else ["auto"]
+    for window, place in [(w, p) for w in windows for p in places]:
         for dtype in args.dtypes.split(","):
             name = f"ours_{window}_{dtype}" if window else f"ours_{dtype}"
+            name += "" if place == "auto" else f"_logmel_in_{place}"
             cache = tmp / f"{name}.h5"
             r = child(
                 [
@@ -340,6 +344,8 @@ def speed(args, tmp: Path, rows: dict, save) -> None:
                     str(args.batch_size),
                     *(["--workers", str(args.workers)] if args.workers is not None else []),
                     *(["--window", window] if window else []),
+                    "--logmel-in",
+                    place,
                 ]
             )
             rate = r["audio_seconds"] / r["seconds"]
@@ -354,7 +360,9 @@ def speed(args, tmp: Path, rows: dict, save) -> None:
                 "max_relative_difference_per_layer": diffs,
             }
             save()
-            label = f"{window}, " if window else ""
+            label = (f"{window}, " if window else "") + (
+                "" if place == "auto" else f"log-mel in {place}, "
+            )
             used = "" if r["dtype_used"] == dtype else f" -> {r['dtype_used']}"
             print(
                 f"ours ({label}{dtype}{used}, batch {args.batch_size}): {rate:,.1f} audio-s/s = "
@@ -434,6 +442,7 @@ def main() -> None:
         p.add_argument("--workers", type=int, default=None)
         p.add_argument("--segment-seconds", type=float, default=10.0)
         p.add_argument("--window", default=None)
+        p.add_argument("--logmel-in", default="auto")
         a = p.parse_args(sys.argv[2:])
         if a.path == "reference":
             result = run_reference(a.data, a.model, a.device, a.out, a.segment_seconds)
@@ -448,6 +457,7 @@ def main() -> None:
                 a.workers,
                 a.segment_seconds,
                 a.window,
+                a.logmel_in,
             )
         print(json.dumps(result))
         return
@@ -469,6 +479,11 @@ def main() -> None:
     )
     p.add_argument(
         "--windows", default="packed,alone", help="Whisper window modes to time (packed, alone)"
+    )
+    p.add_argument(
+        "--logmel-in",
+        default="auto",
+        help="where Whisper's log-mel is made, comma-separated: auto, workers, model",
     )
     p.add_argument("--batch-size", type=int, default=None, help="default: 2 on CPU, 64 on CUDA")
     p.add_argument("--workers", type=int, default=None)

@@ -111,3 +111,46 @@ def dev_bundle(tmp_path_factory, dev_clips) -> Path:
         "best",
     )
     return root / "run" / "best"
+
+
+# ---- tiny random models, saved as save_pretrained writes them -----------------------------------
+
+
+def whisper_config(**kw):
+    """A Whisper config of real window geometry (80 mels, 3000 frames) and toy width."""
+    from transformers import WhisperConfig
+
+    return WhisperConfig(
+        d_model=16,
+        encoder_layers=2,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        vocab_size=64,
+        max_target_positions=16,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        **kw,
+    )
+
+
+def save_tiny(model_cls, config, path: Path, seed: int = 0) -> str:
+    """A seeded random model, saved as save_pretrained writes it."""
+    import torch
+
+    torch.manual_seed(seed)
+    model_cls(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def whisper_dir(tmp_path_factory) -> str:
+    """A tiny random WhisperForConditionalGeneration checkpoint (an openai/whisper-* layout)."""
+    from transformers import WhisperForConditionalGeneration
+
+    root = tmp_path_factory.mktemp("whisper")
+    return save_tiny(WhisperForConditionalGeneration, whisper_config(), root / "whisper")

@@ -60,7 +60,7 @@ def test_run_with_every_feature_set_and_augmentation(tmp_path, dev_clips):
         "--model",
         "random-tiny",
         "--features",
-        "wav2vec2,handcrafted,logmel",
+        "encoder,handcrafted,logmel",
         "--augment",
         "pitch,stretch,noise",
         "--heads",
@@ -78,7 +78,7 @@ def test_run_with_every_feature_set_and_augmentation(tmp_path, dev_clips):
     assert augmented.any() and set(split[augmented]) == {"train"}  # never valid or test
     metrics = json.loads((run / "metrics.json").read_text())
     combos = {(r["feature_set"], r["augmented"]) for r in metrics["results"]}
-    assert combos == {(f, a) for f in ("wav2vec2", "handcrafted", "logmel") for a in (True, False)}
+    assert combos == {(f, a) for f in ("encoder", "handcrafted", "logmel") for a in (True, False)}
     spectro = {r["head"] for r in metrics["results"] if r["feature_set"] == "logmel"}
     assert spectro == {"cnn", "lstm", "cnn-lstm"}
     assert {r["head"] for r in metrics["results"] if r["feature_set"] != "logmel"} == {
@@ -89,7 +89,7 @@ def test_run_with_every_feature_set_and_augmentation(tmp_path, dev_clips):
     table = (run / "comparison.md").read_text()
     assert "handcrafted" in table and "| no |" in table
     assert (run / "bundles" / "svm-handcrafted" / "bundle.json").is_file()
-    assert json.loads((run / "best" / "bundle.json").read_text())["feature_set"] == "wav2vec2"
+    assert json.loads((run / "best" / "bundle.json").read_text())["feature_set"] == "encoder"
 
 
 def test_only_embed_and_run_change_the_allocator_and_only_when_asked(tmp_path, monkeypatch):

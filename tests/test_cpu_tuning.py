@@ -4,7 +4,6 @@ import torch
 from conftest import tone
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from wav2genre_cache.backbone import BackboneError, builtin_model
 from wav2genre_cache.cpu_tuning import (
     DEFAULT_LEVERS,
     LEVERS,
@@ -17,6 +16,8 @@ from wav2genre_cache.cpu_tuning import (
     pack_linear_layers,
     tune_for_cpu,
 )
+from wav2genre_cache.errors import OptionError
+from wav2genre_cache.model_sources import builtin_model
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="torch without oneDNN ops")
 
@@ -131,7 +132,7 @@ def test_levers_come_from_the_environment(monkeypatch):
     monkeypatch.setenv(LEVERS_ENV, " Eager-Attention, position-conv ")
     assert enabled_levers() == {"eager-attention", "position-conv"}
     monkeypatch.setenv(LEVERS_ENV, "position-conv,heap")
-    with pytest.raises(BackboneError, match=f"{LEVERS_ENV}=.*unknown lever.*heap"):
+    with pytest.raises(OptionError, match=f"{LEVERS_ENV}=.*unknown lever.*heap"):
         enabled_levers()
 
 

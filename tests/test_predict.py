@@ -155,3 +155,75 @@ def test_predictions_do_not_depend_on_the_batch_size(dev_bundle, dev_clips):
         for b in (1, 2, 5)
     ]
     assert results[0] == results[1] == results[2]
+
+
+def test_a_bundle_from_an_earlier_version_naming_wav2vec2_still_predicts(tmp_path, dev_bundle):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(dev_bundle, old)
+    meta = json.loads((old / "bundle.json").read_text())
+    assert meta["feature_set"] == "encoder"
+    (old / "bundle.json").write_text(json.dumps(meta | {"feature_set": "wav2vec2"}))
+    wave = np.sin(np.linspace(0, 2000, 16_000 * 12)).astype(np.float32)
+    new_top = Predictor(dev_bundle, device="cpu").predict_waveforms([wave])[0]["top"]
+    old_top = Predictor(old, device="cpu").predict_waveforms([wave])[0]["top"]
+    assert old_top == new_top
+
+
+def test_predict_and_serve_need_neither_training_stage_nor_its_libraries(dev_bundle):
+    # Inference reads audio, a backbone, a bundle and its head: not the HDF5 cache (h5py,
+    # pandas), nor the code of embed or train-heads. Who imports pandas or h5py is recorded:
+    # scikit-learn imports pandas whenever it is installed (sklearn.utils.fixes), our code never.
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+
+importers = []
+
+class WhoImports:
+    def find_spec(self, name, path=None, target=None):
+        if name in ("pandas", "h5py"):
+            frame = sys._getframe(1)
+            while frame.f_code.co_filename.startswith("<frozen"):
+                frame = frame.f_back
+            importers.append((name, frame.f_globals.get("__name__", "?")))
+        return None  # the usual finders find it
+
+sys.meta_path.insert(0, WhoImports())
+import numpy as np
+import wav2genre_cache.server
+from wav2genre_cache.predict import Predictor
+wave = np.sin(np.linspace(0, 2000, 16_000 * 12)).astype(np.float32)
+print(Predictor({str(dev_bundle)!r}, device="cpu").predict_waveforms([wave])[0]["label"])
+stages = ("train", "embed", "cache", "features", "datasets", "report")
+print(sorted(m for m in sys.modules if m.removeprefix("wav2genre_cache.") in stages))
+print(sorted({{f"{{name}} by {{by.partition('.')[0]}}" for name, by in importers}}))
+print("h5py" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    label, stages, importers, h5py = proc.stdout.strip().splitlines()
+    assert label in json.loads((dev_bundle / "bundle.json").read_text())["labels"]
+    assert stages == "[]"
+    assert importers == "['pandas by sklearn']" and h5py == "False"
+
+
+def test_heads_over_all_layers_and_over_a_tracks_segments_predict_songs(tmp_path, dev_bundle):
+    # The registry tells predict what a head reads: every layer at once (fcnn-weighted) or one
+    # layer of all the track's segments (attention, one answer for the whole track).
+    from wav2genre_cache.train import train_heads
+
+    cache = dev_bundle.parent / "cache.h5"
+    train_heads(cache, tmp_path, heads=["fcnn-weighted", "attention"], layers="1", log=str)
+    wave = np.sin(np.linspace(0, 3000, 16_000 * 25)).astype(np.float32)
+    for head in ("fcnn-weighted", "attention"):
+        predictor = Predictor(tmp_path / "bundles" / head, device="cpu")
+        (r,) = predictor.predict_waveforms([wave], top_k=2)
+        assert r["label"] in predictor.labels and len(r["timeline"]) >= 2
+        probabilities = [t["probabilities"] for t in r["timeline"]]
+        assert all(abs(sum(p.values()) - 1) < 1e-3 for p in probabilities)
+        if head == "attention":
+            assert all(p == probabilities[0] for p in probabilities)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from wav2genre_cache.train import cross_validate
+from wav2genre_cache.crossval import cross_validate
 
 # Measured on the 60 dev clips (benchmarks/results/dev_whisper_layers.json): best layer 0.861
 # (logistic regression, 5-fold x 3), hand-crafted features 0.694 with the same head. The floor
@@ -38,7 +38,7 @@ def best_layer_accuracy(cache, feature_set: str, layers: int) -> float:
 def test_real_whisper_beats_hand_crafted_features_on_real_music(tmp_path, dev_clips, whisper_base):
     run_cli("embed", str(dev_clips), "--out", str(tmp_path / "w.h5"), "--model", whisper_base)
     run_cli("embed", str(dev_clips), "--out", str(tmp_path / "hc.h5"), "--features", "handcrafted")
-    whisper = best_layer_accuracy(tmp_path / "w.h5", "wav2vec2", layers=7)
+    whisper = best_layer_accuracy(tmp_path / "w.h5", "encoder", layers=7)
     handcrafted = best_layer_accuracy(tmp_path / "hc.h5", "handcrafted", layers=1)
     assert whisper >= FLOOR, f"whisper-base {whisper:.3f}, hand-crafted {handcrafted:.3f}"
     assert whisper > handcrafted + 0.05, (

@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 
+from wav2genre_cache.bundles import load_bundle
 from wav2genre_cache.cache import CacheError
-from wav2genre_cache.heads import HeadError
+from wav2genre_cache.heads import HeadError, head_spec
 from wav2genre_cache.synthetic import write_synthetic_cache
-from wav2genre_cache.train import TrainError, load_bundle, train_heads
+from wav2genre_cache.train import TrainError, train_heads
 
 SMALL = dict(n_tracks=120, segments_per_track=2, n_layers=4, dim=24, n_labels=4)
 
@@ -47,7 +48,7 @@ def test_layers_best_finds_the_informative_layer(separable_cache, tmp_path):
     m = train_heads(
         separable_cache, tmp_path / "run", heads=["logreg"], layers="best", log=lambda _: None
     )
-    assert m["layers"] == [2] and np.argmax(m["probe_scores"]["wav2vec2"]) == 2
+    assert m["layers"] == [2] and np.argmax(m["probe_scores"]["encoder"]) == 2
 
 
 def test_bundles_round_trip_and_altered_files_are_refused(separable_cache, tmp_path):
@@ -94,7 +95,7 @@ def test_caches_that_cannot_be_trained_on(tmp_path):
             "segment_seconds": 1.0,
             "hop_seconds": 1.0,
             "dtype": "float32",
-            "features": ["wav2vec2"],
+            "features": ["encoder"],
         }
         store = ShardStore(tmp_path / name, config)
         store.open()
@@ -113,7 +114,7 @@ def test_caches_that_cannot_be_trained_on(tmp_path):
                     "h",
                     [0.0],
                     [0],
-                    {"wav2vec2": np.ones((1, 2, 3), np.float32) * i},
+                    {"encoder": np.ones((1, 2, 3), np.float32) * i},
                 )
                 for i, (lab, split) in enumerate(rows)
             ],
@@ -131,8 +132,8 @@ def test_caches_that_cannot_be_trained_on(tmp_path):
 
 
 def test_fcnn_search_is_bounded_seeded_and_reported(separable_cache, tmp_path):
+    from wav2genre_cache.heads import fcnn_trials
     from wav2genre_cache.report import write_report
-    from wav2genre_cache.train import fcnn_trials
 
     assert fcnn_trials(5, seed=1) == fcnn_trials(5, seed=1) and len(fcnn_trials(5, 1)) == 5
     m = train_heads(
@@ -189,7 +190,7 @@ def test_attention_head_trains_per_track_in_the_comparison(separable_cache, tmp_
     att = next(r for r in m["results"] if r["head"] == "attention")
     assert att["test"]["track"]["accuracy"] >= 0.9
     meta, model = load_bundle(tmp_path / "run" / "bundles" / "attention")
-    assert meta["head"] == "attention" and model.needs_groups
+    assert meta["head"] == "attention" and head_spec(meta["head"]).predicts_tracks
 
 
 # ---- every file a bundle loads is checksummed ---------------------------------------------
@@ -209,23 +210,13 @@ TINY_HEADS = {
 
 def tiny_bundle(name: str, directory, seed: int = 0):
     """A bundle of a tiny fitted head, written by write_bundle as train_heads writes it."""
-    from types import SimpleNamespace
-
+    from wav2genre_cache.bundles import write_bundle
     from wav2genre_cache.heads import make_head
-    from wav2genre_cache.train import write_bundle
 
     rng = np.random.default_rng(seed)
     y = np.arange(40) % 2
     X = (rng.standard_normal((40, 256)) + 2.0 * y[:, None]).astype(np.float32)
     head = make_head(name, seed=seed, **TINY_HEADS[name]).fit(X, y)
-    metric = {"accuracy": 1.0, "macro_f1": 1.0, "macro_auc": 1.0}
-    row = {
-        "head": name,
-        "params": TINY_HEADS[name],
-        "layer": -1 if name == "fcnn-weighted" else 0,
-        "test": {"track": metric, "segment": metric},
-        "valid": None,
-    }
     attrs = {
         "sample_rate": 16000,
         "segment_seconds": 10.0,
@@ -234,10 +225,17 @@ def tiny_bundle(name: str, directory, seed: int = 0):
         "backbone_revision": "",
         "dtype": "float32",
     }
-    data = SimpleNamespace(
-        cache=SimpleNamespace(attrs=attrs), labels=["blues", "rock"], feature_set="wav2vec2"
+    write_bundle(
+        directory,
+        head,
+        name,
+        params=TINY_HEADS[name],
+        layer=-1 if name == "fcnn-weighted" else 0,
+        labels=["blues", "rock"],
+        feature_set="encoder",
+        cache_attrs=attrs,
+        metrics={"test_track_accuracy": 1.0, "valid": None},
     )
-    write_bundle(directory, head, row, data)
     return head, X
 
 
@@ -334,13 +332,13 @@ def test_file_names_outside_the_bundle_folder_are_rejected(bad, why, tmp_path):
 # ---- a head asked for trains on the feature set it needs, or the run is refused ------------
 
 
-def cache_of(path, feature_sets=("wav2vec2", "logmel"), n_tracks=16, seed=0):
-    """A small cache of two labels holding wav2vec2 (3 layers x 8, which tells them apart) and/or
+def cache_of(path, feature_sets=("encoder", "logmel"), n_tracks=16, seed=0):
+    """A small cache of two labels holding encoder (3 layers x 8, which tells them apart) and/or
     logmel (128 mels x 16 frames of noise)."""
     from wav2genre_cache.cache import ShardStore, TrackResult
 
     rng = np.random.default_rng(seed)
-    shapes = {"wav2vec2": (3, 8), "logmel": (1, 128 * 16)}
+    shapes = {"encoder": (3, 8), "logmel": (1, 128 * 16)}
     config = {
         "backbone": "synthetic",
         "backbone_revision": "",
@@ -359,8 +357,8 @@ def cache_of(path, feature_sets=("wav2vec2", "logmel"), n_tracks=16, seed=0):
         features = {
             fs: rng.standard_normal((2, *shapes[fs])).astype(np.float32) for fs in feature_sets
         }
-        if "wav2vec2" in features:
-            features["wav2vec2"] += 2.0 * label
+        if "encoder" in features:
+            features["encoder"] += 2.0 * label
         results.append(
             TrackResult(
                 f"t{i}",
@@ -381,20 +379,23 @@ def cache_of(path, feature_sets=("wav2vec2", "logmel"), n_tracks=16, seed=0):
 
 
 def test_spectrogram_heads_asked_for_train_on_the_caches_logmel(tmp_path, monkeypatch):
-    from wav2genre_cache.heads import PARAM_GRIDS
+    from dataclasses import replace
+
+    from wav2genre_cache.heads import REGISTRY
 
     for name in ("cnn", "lstm"):  # tiny networks: this is about which heads train, and on what
-        monkeypatch.setitem(PARAM_GRIDS, name, [dict(channels=4, hidden=4, max_epochs=2)])
-    # train-heads CACHE --heads svm,cnn,lstm: --feature-set is wav2vec2 by default.
+        tiny = replace(REGISTRY[name], grid=(dict(channels=4, hidden=4, max_epochs=2),))
+        monkeypatch.setitem(REGISTRY, name, tiny)
+    # train-heads CACHE --heads svm,cnn,lstm: --feature-set is encoder by default.
     cache = cache_of(tmp_path / "both.h5")
     said = []
     m = train_heads(cache, tmp_path / "run", heads=["svm", "cnn", "lstm"], log=said.append)
     trained = {(r["head"], r["feature_set"]) for r in m["results"]}
-    assert trained == {("svm", "wav2vec2"), ("cnn", "logmel"), ("lstm", "logmel")}
-    assert m["feature_sets"] == ["wav2vec2", "logmel"]
+    assert trained == {("svm", "encoder"), ("cnn", "logmel"), ("lstm", "logmel")}
+    assert m["feature_sets"] == ["encoder", "logmel"]
     assert any("head cnn trains on logmel" in line for line in said)
     assert (tmp_path / "run" / "bundles" / "lstm-logmel" / "bundle.json").is_file()
-    assert m["best"]["feature_set"] == "wav2vec2"  # predict and serve embed with the backbone
+    assert m["best"]["feature_set"] == "encoder"  # predict and serve embed with the backbone
 
 
 def test_a_head_whose_feature_set_the_cache_lacks_is_refused_with_the_set_to_add(
@@ -403,25 +404,25 @@ def test_a_head_whose_feature_set_the_cache_lacks_is_refused_with_the_set_to_add
     with pytest.raises(
         TrainError,
         match=r"head cnn trains on the logmel feature set, which this cache does not hold; "
-        r"re-run embed with --features wav2vec2,logmel",
+        r"re-run embed with --features encoder,logmel",
     ):
         train_heads(separable_cache, tmp_path / "r", heads=["svm", "cnn", "lstm"])
     logmel_only = cache_of(tmp_path / "logmel.h5", feature_sets=("logmel",))
     with pytest.raises(
         TrainError,
-        match=r"head svm trains on a vector feature set \(wav2vec2 or handcrafted\), which this "
-        r"cache does not hold; re-run embed with --features logmel,wav2vec2",
+        match=r"head svm trains on a vector feature set \(encoder or handcrafted\), which this "
+        r"cache does not hold; re-run embed with --features logmel,encoder",
     ):
         train_heads(logmel_only, tmp_path / "r", heads=["svm", "cnn"], feature_sets="logmel")
-    with pytest.raises(TrainError, match="head fcnn-weighted trains on the layers of the wav2vec2"):
+    with pytest.raises(TrainError, match="head fcnn-weighted trains on the layers of the encoder"):
         train_heads(logmel_only, tmp_path / "r", heads=["fcnn-weighted"], feature_sets="logmel")
     assert not (tmp_path / "r").exists()  # refused before any training
 
 
 def test_feature_sets_for_adds_what_a_head_needs_and_keeps_the_defaults():
-    from wav2genre_cache.train import feature_sets_for
+    from wav2genre_cache.train_plan import feature_sets_for
 
-    both = {"wav2vec2": 13, "handcrafted": 1, "logmel": 1}
+    both = {"encoder": 13, "handcrafted": 1, "logmel": 1}
     said = []
 
     def plan(heads, sets, held=both):
@@ -430,22 +431,22 @@ def test_feature_sets_for_adds_what_a_head_needs_and_keeps_the_defaults():
     # The default heads (None, as run --features ...,logmel passes them): spectrogram heads on
     # logmel.
     assert plan(None, ["logmel"], {"logmel": 1}) == ["logmel"]
-    assert plan(None, ["wav2vec2", "handcrafted", "logmel"]) == [
-        "wav2vec2",
+    assert plan(None, ["encoder", "handcrafted", "logmel"]) == [
+        "encoder",
         "handcrafted",
         "logmel",
     ]
-    assert plan(["svm"], ["wav2vec2", "logmel"]) == ["wav2vec2", "logmel"]
+    assert plan(["svm"], ["encoder", "logmel"]) == ["encoder", "logmel"]
     assert said == []
-    # A vector head asked for on a logmel-only run trains on the cache's wav2vec2.
-    assert plan(["logreg", "cnn"], ["logmel"]) == ["logmel", "wav2vec2"]
+    # A vector head asked for on a logmel-only run trains on the cache's encoder.
+    assert plan(["logreg", "cnn"], ["logmel"]) == ["logmel", "encoder"]
     assert plan(["logreg"], ["logmel"], {"handcrafted": 1, "logmel": 1}) == [
         "logmel",
         "handcrafted",
     ]
     # fcnn-weighted needs several layers; a set no head asked for trains on is left out, aloud.
-    assert plan(["fcnn-weighted"], ["handcrafted"]) == ["wav2vec2"]
-    assert plan(["cnn"], ["wav2vec2"]) == ["logmel"]
-    assert any("wav2vec2: none of the heads asked for (cnn)" in line for line in said)
+    assert plan(["fcnn-weighted"], ["handcrafted"]) == ["encoder"]
+    assert plan(["cnn"], ["encoder"]) == ["logmel"]
+    assert any("encoder: none of the heads asked for (cnn)" in line for line in said)
     with pytest.raises(TrainError, match="no feature set to train on"):
         plan(["svm"], [])

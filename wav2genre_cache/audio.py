@@ -22,6 +22,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .errors import Wav2GenreError
+
 SAMPLE_RATE = 16_000
 MIN_TRACK_SECONDS = 1.0
 # A tail at least this fraction of a segment gets its own segment, anchored to the track's end.
@@ -44,7 +46,7 @@ _BLOCK_SAMPLES = 1 << 21
 _UNKNOWN_FRAMES = 2**63 - 1
 
 
-class AudioError(Exception):
+class AudioError(Wav2GenreError):
     """A file that cannot be turned into usable audio; the message names the problem."""
 
 

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import platform
-import socket
 import sys
-import urllib.parse
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -21,27 +18,20 @@ import torch
 
 from .audio import SAMPLE_RATE
 from .cpu_tuning import enabled_levers, tune_for_cpu
+from .errors import BackboneError
 from .frontends import (
     Span,
     WaveformFrontEnd,
-    default_extractor,
     frontend_for,
     normalize_on_device,  # noqa: F401  (its home was here; importers keep working)
     pool_spans,
 )
+from .model_sources import DEFAULT_MODEL, fetch_model, first_line
 
-DEFAULT_MODEL = "facebook/wav2vec2-base-960h"
-BUILTIN_MODELS = ("random-base", "random-tiny")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Download sizes of the models we know; any other model's size goes unsaid.
-_DOWNLOAD_SIZES = {DEFAULT_MODEL: "about 360 MB"}
 # Reduced precision must stay this close to float32 (largest per-layer max |a - b| / max |b|)
 # on the probe signal, or a slower path that does is used instead.
 PRECISION_TOLERANCE = 2e-2
-
-
-class BackboneError(Exception):
-    """The backbone cannot be loaded; the message says what to do."""
 
 
 @dataclass
@@ -143,9 +133,18 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """auto: bfloat16 on CUDA and on CPUs with native bfloat16, float32 on other CPUs."""
+def resolve_dtype(dtype: str, device: torch.device, frontend: Any = None) -> torch.dtype:
+    """auto: bfloat16 on CUDA and on CPUs with native bfloat16, float32 on other CPUs.
+
+    Log-mel encoders (Whisper; `frontend.kind == "logmel"`) get float32 under auto: bfloat16
+    whisper-base embeddings of real music were up to 0.056 off float32 per layer (median
+    0.006; benchmarks/bfloat16_on_music.py), beyond PRECISION_TOLERANCE, on every CPU alike:
+    that is bfloat16's own rounding in the outlier dimensions of its layers, not a kernel
+    that a check could route around. `--dtype bfloat16` still asks for it.
+    """
     if dtype == "auto":
+        if frontend is not None and frontend.kind == "logmel":
+            return torch.float32
         native = device.type == "cuda" or cpu_has_native_bfloat16()
         return torch.bfloat16 if native else torch.float32
     if dtype not in _DTYPES:
@@ -172,32 +171,6 @@ def default_batch_size(device: torch.device) -> int:
     return 64 if device.type == "cuda" else 2
 
 
-def builtin_model(name: str, seed: int = 0) -> torch.nn.Module:
-    """The untrained built-ins: random-base (the base architecture) and random-tiny."""
-    from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-    if name == "random-base":
-        config = Wav2Vec2Config()
-    elif name == "random-tiny":
-        # Same 20 ms frame rate as the base model, a fraction of its width and depth.
-        config = Wav2Vec2Config(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            conv_dim=(32,) * 7,
-            num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=4,
-        )
-    else:
-        raise BackboneError(f"unknown built-in model {name!r}; use {', '.join(BUILTIN_MODELS)}")
-    # Seeded and isolated from the global RNG: every run builds the same weights.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Wav2Vec2Model(config)
-    return model
-
-
 def load_backbone(
     model_id: str = DEFAULT_MODEL,
     device: str = "auto",
@@ -215,18 +188,13 @@ def load_backbone(
     taken and `log` says so in one line.
     """
     dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
-    if model_id in BUILTIN_MODELS:
-        model, revision = builtin_model(model_id), "seed0"
-        extractor = default_extractor(model.config)  # Wav2Vec2's: the raw waveform
-    elif _is_ct2_whisper(model_id):
-        model, revision, extractor = _load_ct2_whisper(model_id)
-    else:
-        model, revision, extractor = _load_pretrained(model_id)
+    resolve_dtype(dtype, dev)  # an unknown dtype is refused before any model loads
+    model, revision, extractor = fetch_model(model_id)
     try:
         frontend = frontend_for(model, extractor, window)
     except ValueError as exc:
         raise BackboneError(f"{model_id}: {exc}") from None
+    torch_dtype = resolve_dtype(dtype, dev, frontend)
     model.eval().to(dev)
     try:
         if dev.type == "cpu":
@@ -241,7 +209,7 @@ def load_backbone(
     except Exception as exc:  # whatever the model does with audio it cannot take
         raise BackboneError(
             f"{model_id}: cannot embed audio with this model ({type(exc).__name__}: "
-            f"{_first_line(exc)})"
+            f"{first_line(exc)})"
         ) from None
     if note:
         (log or _print_stderr)(note)
@@ -259,11 +227,6 @@ def _check_runs(backbone: Backbone) -> None:
             f"{backbone.model_id}: not an encoder with one hidden state per layer (its output "
             f"pools to {got[1:]}, its config says {want[1:]})"
         )
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""
 
 
 # ---- reduced precision on the CPU, checked before use ----------------------------------------
@@ -299,8 +262,12 @@ def _cpu_backbone(
         chosen, errors = known["path"], known.get("errors", {})
         backbone = _cpu_path(model, chosen, model_id, revision, frontend)
     else:
+        # A window-reading encoder (Whisper) computes a whole window whatever the segment: the
+        # probe fills it, so the check sees what embedding a full window does, at no extra cost.
+        seconds = frontend.window_samples / SAMPLE_RATE if frontend.pads else 2.0
+        probe = probe_signal(seconds)[None]
         reference = _cpu_path(copy.deepcopy(model), "float32", model_id, revision, frontend)
-        want = reference.embed(probe_signal()[None])[0]
+        want = reference.embed(probe)[0]
         del reference
         errors = {}
         for chosen in paths:
@@ -309,7 +276,7 @@ def _cpu_backbone(
             backbone = _cpu_path(candidate, chosen, model_id, revision, frontend)
             if chosen == "float32":
                 break
-            errors[chosen] = relative_error(backbone.embed(probe_signal()[None])[0], want)
+            errors[chosen] = relative_error(backbone.embed(probe)[0], want)
             if errors[chosen] <= PRECISION_TOLERANCE:
                 break
         _write_precision_check(key, {"path": chosen, "errors": errors})
@@ -360,8 +327,11 @@ def _precision_key(model_id: str, revision: str, dtype: torch.dtype) -> str:
     names = [line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line]
     cpu = names[0] if names else platform.processor() or platform.machine()
     flags = [f for f in ("avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16") if f in info]
+    probe = 2  # the probe's version: 2 fills a Whisper window (1 was 2 s for every model)
     levers = sorted(enabled_levers())
-    return json.dumps([model_id, revision, str(dtype), torch.__version__, cpu, flags, levers])
+    return json.dumps(
+        [model_id, revision, str(dtype), torch.__version__, cpu, flags, probe, levers]
+    )
 
 
 def _precision_file() -> Path:
@@ -391,154 +361,3 @@ def _write_precision_check(key: str, value: dict) -> None:
 
 def _print_stderr(message: str) -> None:
     print(message, file=sys.stderr)
-
-
-def _load_pretrained(model_id: str) -> tuple[torch.nn.Module, str, Any | None]:
-    """(encoder, revision, feature extractor or None) of a hub id or save_pretrained folder."""
-    from transformers import AutoFeatureExtractor, AutoModel
-
-    local = Path(model_id).expanduser()
-    if _looks_like_path(model_id) or local.exists():
-        if not local.exists():
-            raise BackboneError(f"--model {model_id}: no such directory")
-        if not local.is_dir():
-            raise BackboneError(
-                f"--model {model_id}: a file, not a model directory (pass the folder that "
-                "save_pretrained wrote, with config.json and the weights)"
-            )
-        try:
-            model = AutoModel.from_pretrained(str(local), local_files_only=True)
-        except Exception as exc:
-            raise BackboneError(f"{local}: not a loadable model directory ({exc})") from None
-        revision = _dir_hash(local)
-        extractor = None
-        if (local / "preprocessor_config.json").is_file():
-            try:
-                extractor = AutoFeatureExtractor.from_pretrained(str(local), local_files_only=True)
-            except Exception as exc:
-                raise BackboneError(
-                    f"{local}: its preprocessor_config.json cannot be read ({_first_line(exc)})"
-                ) from None
-    else:
-        # Offline, the hub client retries for half a minute before giving up: find out first,
-        # and then use only what the local cache holds.
-        offline = _hub_offline()
-        try:
-            # A CTC checkpoint (wav2vec2-base-960h) loads as the bare encoder through AutoModel.
-            model = AutoModel.from_pretrained(model_id, local_files_only=offline)
-        except Exception as exc:
-            raise BackboneError(_offline_message(model_id, exc, offline)) from None
-        revision = getattr(model.config, "_commit_hash", None) or ""
-        try:
-            extractor = AutoFeatureExtractor.from_pretrained(model_id, local_files_only=offline)
-        except Exception:
-            extractor = None  # a repository without one: the type's default, below
-    if not hasattr(model.config, "num_hidden_layers"):
-        raise BackboneError(f"{model_id}: not an audio encoder with hidden states")
-    if getattr(model.config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
-        # Whisper (WhisperModel or ...ForConditionalGeneration): only the encoder embeds audio.
-        model = model.get_encoder()
-    return model, revision, extractor or default_extractor(model.config)
-
-
-def _is_ct2_whisper(model_id: str) -> bool:
-    """A pip:NAME model or a CTranslate2 (faster-whisper) folder: ct2_whisper converts those."""
-    if model_id.startswith("pip:"):
-        return True
-    local = Path(model_id).expanduser()
-    if not local.is_dir():
-        return False
-    try:
-        from .ct2_whisper import is_ct2_whisper_dir
-    except ImportError:
-        return (local / "model.bin").is_file()  # CTranslate2's weights file: say what is missing
-    return bool(is_ct2_whisper_dir(local))
-
-
-def _load_ct2_whisper(model_id: str) -> tuple[torch.nn.Module, str, Any | None]:
-    """(WhisperEncoder, revision, feature extractor or None) through ct2_whisper's converter."""
-    try:
-        from . import ct2_whisper
-    except ImportError as exc:
-        raise BackboneError(
-            f"--model {model_id}: CTranslate2 Whisper models need wav2genre_cache.ct2_whisper, "
-            f"which this installation lacks ({exc})"
-        ) from None
-    if model_id.startswith("pip:") and model_id not in ct2_whisper.PIP_MODELS:
-        raise BackboneError(
-            f"--model {model_id}: unknown; the pip-shipped models are "
-            + ", ".join(sorted(ct2_whisper.PIP_MODELS))
-        )
-    try:
-        source = model_id if model_id.startswith("pip:") else str(Path(model_id).expanduser())
-        encoder, revision = ct2_whisper.load_ct2_whisper_encoder(source)
-    except BackboneError:
-        raise
-    except Exception as exc:
-        raise BackboneError(
-            f"{model_id}: cannot load this CTranslate2 Whisper model ({type(exc).__name__}: "
-            f"{_first_line(exc)})"
-        ) from None
-    extractor = None
-    config_file = Path(model_id).expanduser() / "preprocessor_config.json"
-    if not model_id.startswith("pip:") and config_file.is_file():
-        from transformers import WhisperFeatureExtractor
-
-        extractor = WhisperFeatureExtractor.from_pretrained(str(config_file.parent))
-    return encoder, revision, extractor
-
-
-def _looks_like_path(model_id: str) -> bool:
-    """A hub id is `name` or `org/name`; anything else is meant as a folder."""
-    return (
-        model_id.startswith(("/", ".", "~"))
-        or model_id.count("/") > 1
-        or os.sep != "/"
-        and os.sep in model_id
-    )
-
-
-def _hub_offline(timeout: float = 3.0) -> bool:
-    """True when HF_HUB_OFFLINE is set or the hub's host cannot be reached within `timeout`."""
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get(
-        "TRANSFORMERS_OFFLINE", ""
-    ) not in ("", "0"):
-        return True
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return False  # through a proxy a direct connection proves nothing: let the client try
-    url = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "", port), timeout=timeout):
-            return False
-    except OSError:
-        return True
-
-
-def _offline_message(model_id: str, exc: Exception, offline: bool) -> str:
-    size = _DOWNLOAD_SIZES.get(model_id)
-    detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-    return (
-        f"Could not load the model {model_id!r}: it is not in the local Hugging Face cache and "
-        + ("the hub cannot be reached" if offline else "could not be downloaded")
-        + ". Fix it in one of two ways: run the same command once on a machine with internet "
-        f"access (the weights{', ' + size + ',' if size else ''} are then kept in "
-        "~/.cache/huggingface and later runs work offline; HF_HUB_OFFLINE=1 then skips even the "
-        "quick hub check), or download the model elsewhere, save it with `save_pretrained(DIR)` "
-        "and pass `--model DIR`. For a quick test without any download use `--model random-tiny`. "
-        f"(Underlying error: {detail})"
-    )
-
-
-def _dir_hash(path: Path) -> str:
-    """A short content hash of a local model directory's config and weights."""
-    if not path.is_dir():
-        return ""
-    h = hashlib.blake2b(digest_size=8)
-    for f in sorted(path.iterdir()):
-        if f.suffix in (".json", ".safetensors", ".bin") and f.is_file():
-            h.update(f.name.encode())
-            with f.open("rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
-                    h.update(block)
-    return h.hexdigest()

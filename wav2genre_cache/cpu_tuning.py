@@ -39,6 +39,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from .errors import OptionError
+
 # Models whose modules the swaps below were checked against (tests/test_cpu_tuning.py). Others,
 # WavLM for one (its attention reads q_proj.weight directly), keep transformers' modules.
 TUNED_MODELS = ("Wav2Vec2Model", "HubertModel")
@@ -59,9 +61,7 @@ def enabled_levers() -> frozenset[str]:
         return frozenset(LEVERS if value == "all" else ())
     names = frozenset(n.strip() for n in value.split(",") if n.strip())
     if unknown := sorted(names - set(LEVERS)):
-        from .backbone import BackboneError  # late: backbone imports this module
-
-        raise BackboneError(
+        raise OptionError(
             f"{LEVERS_ENV}={value}: unknown lever(s) {', '.join(unknown)}; use all, none, or "
             f"some of {', '.join(LEVERS)}"
         )

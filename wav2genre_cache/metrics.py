@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import roc_curve
+
+if TYPE_CHECKING:
+    from sklearn.base import BaseEstimator
+
+    from .heads import HeadSpec
 
 
 def aggregate_tracks(proba: np.ndarray, track_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,3 +81,28 @@ def _auc(positive: np.ndarray, score: np.ndarray) -> float:
     n_pos = int(positive.sum())
     n_neg = len(positive) - n_pos
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def evaluate(
+    spec: HeadSpec,
+    head: BaseEstimator,
+    X: np.ndarray,
+    y: np.ndarray,
+    track: np.ndarray,
+    labels: list[str],
+    curves: bool = False,
+) -> dict:
+    """Segment- and track-level metrics of a fitted head on the rows given."""
+    proba_cols = spec.predict_proba(head, X, groups=track)
+    proba = np.zeros((len(X), len(labels)))
+    proba[:, head.classes_.astype(int)] = proba_cols  # heads are fitted on label indices
+    tracks, track_proba = aggregate_tracks(proba, track)
+    y_track = np.array([y[track == t][0] for t in tracks])
+    result = {
+        "segment": classification_metrics(y, proba, labels),
+        "track": classification_metrics(y_track, track_proba, labels, curves=curves),
+    }
+    if curves:
+        result["track"]["y_true"] = y_track.tolist()
+        result["track"]["proba"] = np.round(track_proba, 5).tolist()
+    return result

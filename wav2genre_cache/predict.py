@@ -19,9 +19,10 @@ from .audio import (
     segment_track,
 )
 from .backbone import cpu_has_native_bfloat16, load_backbone, resolve_device
-from .embed import embed_tracks
-from .heads import HeadError
-from .train import load_bundle
+from .bundles import BundleError, load_bundle
+from .embedding import embed_tracks, track_windows
+from .feature_sets import ENCODER, feature_set_name
+from .heads import Inputs, head_spec
 
 
 class Predictor:
@@ -30,12 +31,13 @@ class Predictor:
     def __init__(self, bundle_dir: str | Path, device: str = "auto", batch_size: int = 8):
         self.bundle_dir = Path(bundle_dir)
         self.meta, self.head = load_bundle(self.bundle_dir)
-        if self.meta["feature_set"] != "wav2vec2":
-            raise HeadError(
+        self.spec = head_spec(self.meta["head"])
+        if feature_set_name(self.meta["feature_set"]) != ENCODER:
+            raise BundleError(
                 f"{bundle_dir}: predicting from feature set {self.meta['feature_set']!r} is not supported yet"
             )
         if self.meta["backbone"] == "synthetic":
-            raise HeadError(
+            raise BundleError(
                 f"{bundle_dir}: trained on a synthetic cache; there is no backbone to embed audio with"
             )
         # The segment settings, backbone and dtype come from the bundle, never from the user: on
@@ -54,7 +56,7 @@ class Predictor:
         )
         frontend = self.meta.get("frontend", "waveform")
         if self.backbone.kind != frontend:
-            raise HeadError(
+            raise BundleError(
                 f"{bundle_dir}: trained on {frontend} features of {self.meta['backbone']}, "
                 f"but the model loaded now reads {self.backbone.kind}; embeddings would not match"
             )
@@ -62,7 +64,7 @@ class Predictor:
             self.meta["backbone_revision"]
             and self.backbone.revision != self.meta["backbone_revision"]
         ):
-            raise HeadError(
+            raise BundleError(
                 f"{bundle_dir}: trained on {self.meta['backbone']} revision {self.meta['backbone_revision']}, "
                 f"but the loaded model is revision {self.backbone.revision}; embeddings would not match"
             )
@@ -90,20 +92,21 @@ class Predictor:
     def predict_waveforms(self, waveforms: list[np.ndarray], top_k: int = 3) -> list[dict]:
         """Predictions for decoded 16 kHz tracks; their segments are batched together."""
         seg, hop = self.meta["segment_seconds"], self.meta["hop_seconds"]
-        feats = embed_tracks(self.backbone, waveforms, seg, hop, self.batch_size)
+        segments = [segment_track(samples, seg, hop) for samples in waveforms]
+        tracks = [
+            track_windows(self.backbone, w, *s) for w, s in zip(waveforms, segments, strict=True)
+        ]
+        feats = embed_tracks(self.backbone, tracks, seg, hop, self.batch_size)
         results = []
-        for samples, f in zip(waveforms, feats, strict=True):
-            layer = self.meta["layer"]  # -1: a head that weighs every layer
-            proba = self._proba(f.reshape(len(f), -1) if layer == -1 else f[:, layer, :])
-            starts, length = segment_track(samples, seg, hop)
+        for samples, (starts, length), f in zip(waveforms, segments, feats, strict=True):
+            every = self.spec.inputs is Inputs.ALL_LAYERS  # its bundle's layer is -1
+            proba = self._proba(f.reshape(len(f), -1) if every else f[:, self.meta["layer"], :])
             results.append(self._result(samples, starts, length, proba, top_k))
         return results
 
     def _proba(self, X: np.ndarray) -> np.ndarray:
-        if getattr(self.head, "needs_groups", False):  # attention over the track's segments
-            cols = self.head.predict_proba(X, groups=np.zeros(len(X), int))
-        else:
-            cols = self.head.predict_proba(X)
+        # All rows are segments of one track (a head that predicts tracks attends over them).
+        cols = self.spec.predict_proba(self.head, X, groups=np.zeros(len(X), int))
         proba = np.zeros((len(X), len(self.labels)))
         proba[:, np.asarray(self.head.classes_).astype(int)] = cols
         return proba

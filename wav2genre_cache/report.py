@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import Wav2GenreError
+from .feature_sets import ENCODER, feature_set_name
+
 COLUMNS = [
     "best",
     "feature_set",
@@ -23,7 +26,7 @@ COLUMNS = [
 ]
 
 
-class ReportError(Exception):
+class ReportError(Wav2GenreError):
     """A run folder that cannot be reported on; the message says why."""
 
 
@@ -93,8 +96,9 @@ def markdown(table: pd.DataFrame, metrics: dict) -> str:
         f"test split at track level (mean of segment probabilities); layers and hyper-parameters "
         f"were selected on `{metrics['selected_on']}`. `*` marks the selected best model"
         + (
-            " among the wav2vec2 rows (the one in `best/`, which predict and serve embed audio for)."
-            if len(metrics.get("feature_sets", [])) > 1 and "wav2vec2" in metrics["feature_sets"]
+            " among the encoder rows (the one in `best/`, which predict and serve embed audio for)."
+            if len(metrics.get("feature_sets", [])) > 1
+            and ENCODER in map(feature_set_name, metrics["feature_sets"])
             else "."
         )
     )
@@ -287,6 +291,6 @@ def _save(fig, path: Path) -> Path:
 def _feature_title(feature_set: str, metrics: dict) -> str:
     """The encoder's feature set is named after the backbone that made it (Whisper, ...)."""
     backbone = metrics.get("backbone")
-    if feature_set == "wav2vec2" and backbone and backbone != "none":
+    if feature_set_name(feature_set) == ENCODER and backbone and backbone != "none":
         return f"{backbone} layers"
     return feature_set

@@ -8,6 +8,7 @@ import numpy as np
 import soundfile as sf
 
 from .cache import ShardStore, TrackResult
+from .feature_sets import ENCODER
 
 
 def write_synthetic_cache(
@@ -46,7 +47,7 @@ def write_synthetic_cache(
         "segment_seconds": 10.0,
         "hop_seconds": 10.0,
         "dtype": "float32",
-        "features": ["wav2vec2"],
+        "features": [ENCODER],
     }
     path = Path(path)
     store = ShardStore(path, config)
@@ -69,7 +70,7 @@ def write_synthetic_cache(
                 content_hash=f"{i:032x}",
                 starts=[10.0 * s for s in range(segments_per_track)],
                 views=[0] * segments_per_track,
-                features={"wav2vec2": feats},
+                features={ENCODER: feats},
             )
         )
         if len(results) == 256 or i == n_tracks - 1:

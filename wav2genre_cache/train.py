@@ -1,177 +1,105 @@
-"""Stage two: train and compare heads on cached features; select on validation, report on test."""
+"""Stage two: train and compare heads on cached features; select on validation, report on test.
+
+train_heads runs four steps: plan (train_plan: which heads on which feature sets and layers),
+fit (each job's grid on train, the best point on validation), select (the best model of each
+head and feature set, and the best of all), and write (a bundle per head, metrics.json).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path, PureWindowsPath
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
 from . import __version__
+from .bundles import write_bundle
 from .cache import EmbeddingCache
-from .heads import (
-    ALL_HEADS,
-    ALL_LAYER_HEADS,
-    HEADS,
-    PARAM_GRIDS,
-    SPECTROGRAM_HEADS,
-    TRACK_HEADS,
-    HeadError,
-    head_files,
-    load_head,
-    make_head,
-    save_head,
+from .feature_sets import ENCODER
+from .heads import ALL_HEADS, FCNN_SEARCH_SPACE, HeadSpec, Inputs, Rows, head_spec
+from .jsonable import jsonable
+from .metrics import evaluate
+from .train_plan import (
+    Job,
+    feature_sets_for,
+    plan_jobs,
+    requested_feature_sets,
+    requested_heads,
 )
-from .metrics import aggregate_tracks, classification_metrics
+from .training_data import EVERY_LAYER, TrainError, TrainingData, load_training_data
 
-BUNDLE_FORMAT = "wav2genre-bundle"
-BUNDLE_VERSION = 2  # 2: a sha256 for every file of the head
-
-
-class TrainError(Exception):
-    """A cache or request that training cannot use; the message says why."""
+__all__ = ["Result", "TrainError", "train_heads"]
 
 
 @dataclass
-class TrainingData:
-    """One feature set of a cache, arranged for training: segment rows with labels and splits."""
+class Result:
+    """One fitted head on one layer of one feature set: a row of metrics.json's results."""
 
-    cache: EmbeddingCache
+    head: str
     feature_set: str
-    labels: list[str]
-    y: np.ndarray  # label index per segment
-    track: np.ndarray  # track row per segment
-    view: np.ndarray  # 0 = original audio, 1..K = augmented copies
-    train: np.ndarray  # boolean masks over segments
-    valid: np.ndarray
-    test: np.ndarray
-    n_layers: int
+    layer: int  # EVERY_LAYER: a head that weighs all layers
+    augmented: bool | None  # None where the cache has no augmented views: no such question
+    selected_on: str  # the split its hyper-parameters were chosen on
+    params: dict
+    trials: list[dict] | None  # every grid point or search trial, where there were several
+    selection_score: float
+    valid: dict | None
+    test: dict
+    fit_seconds: float
+    predict_seconds: float
+    layer_weights: list[float] | None = None  # heads over all layers: the weight of each
+    # Set on the best model of each head and feature set, which gets a bundle ...
+    best_of_head: bool = False
+    bundle: str | None = None
+    test_detail: dict | None = None  # its ROC curves and track probabilities, for the figures
+    # ... and on the best of those, copied to best/.
+    best_overall: bool = False
 
-    def layer(self, i: int) -> np.ndarray:
-        """Every segment's features at one layer, [segments, dim] float32."""
-        return self.cache.features(self.feature_set, i)
+    def as_json(self) -> dict:
+        """The row as metrics.json holds it: the optional fields only where they are set."""
+        row = asdict(self)
+        for key in ("layer_weights", "bundle", "test_detail"):
+            if row[key] is None:
+                del row[key]
+        for key in ("best_of_head", "best_overall"):
+            if not row[key]:
+                del row[key]
+        return row
 
-    def all_layers(self) -> np.ndarray:
-        """Every segment's features at every layer, flattened: [segments, layers * dim]."""
-        features = self.cache.features(self.feature_set)
-        return features.reshape(len(features), -1)
-
-
-def load_training_data(
-    cache_path: str | Path, feature_set: str = "wav2vec2", augmented: bool = True
-) -> TrainingData:
-    """Read a cache and check it can be trained on, with clear errors when it cannot."""
-    cache = EmbeddingCache(cache_path)
-    if feature_set not in cache.feature_names:
-        raise TrainError(
-            f"{cache_path}: no feature set {feature_set!r}; it has {cache.feature_names}"
-        )
-    tracks = cache.tracks
-    ok = tracks[tracks.status == "ok"]
-    if ok.empty:
-        raise TrainError(f"{cache_path}: no successfully embedded tracks")
-    for split in ("train", "test"):
-        if not (ok.split == split).any():
-            raise TrainError(
-                f"{cache_path}: no {split} tracks; re-embed with a split that has some (e.g. --split random)"
-            )
-    counts = ok.label.value_counts()
-    few = sorted(counts[counts < 2].index)
-    if few:
-        raise TrainError(
-            f"{cache_path}: label(s) {few} have fewer than two tracks; add tracks or remove the label"
-        )
-    untrained = sorted(set(ok.label) - set(ok[ok.split == "train"].label))
-    if untrained:
-        raise TrainError(
-            f"{cache_path}: label(s) {untrained} have no training tracks under this split"
-        )
-    labels = sorted(ok.label.unique())
-    seg = cache.segments
-    t = seg.track.to_numpy()
-    split = tracks.split.to_numpy()[t]
-    view = seg.view.to_numpy()
-    lab_index = {lab: i for i, lab in enumerate(labels)}
-    y = np.array([lab_index.get(lab, -1) for lab in tracks.label.to_numpy()[t]])
-    return TrainingData(
-        cache=cache,
-        feature_set=feature_set,
-        labels=labels,
-        y=y,
-        track=t,
-        view=view,
-        train=(split == "train") & ((view == 0) | augmented),
-        valid=(split == "valid") & (view == 0),
-        test=(split == "test") & (view == 0),
-        n_layers=cache.feature_shapes[feature_set][1],
-    )
+    def bundle_metrics(self) -> dict:
+        """The scores its bundle carries (serve shows them): test track and segment, validation."""
+        track, segment = self.test["track"], self.test["segment"]
+        return {
+            "test_track_accuracy": track["accuracy"],
+            "test_track_macro_f1": track["macro_f1"],
+            "test_track_macro_auc": track["macro_auc"],
+            "test_segment_accuracy": segment["accuracy"],
+            "valid": self.valid,
+        }
 
 
-def parse_layers(spec: str, n_layers: int) -> list[int] | str:
-    """'all', 'best', or comma-separated layer numbers (negative counts from the top)."""
-    if spec in ("all", "best"):
-        return spec
-    try:
-        layers = [int(x) for x in spec.split(",") if x.strip()]
-    except ValueError:
-        raise TrainError(f"--layers {spec!r}: use all, best, or numbers like 0,6,12") from None
-    bad = [i for i in layers if not -n_layers <= i < n_layers]
-    if bad or not layers:
-        raise TrainError(
-            f"--layers {spec!r}: layer(s) {bad} out of range; this feature set has layers 0..{n_layers - 1}"
-        )
-    return sorted({i % n_layers for i in layers})
+@dataclass
+class Fitted:
+    """A result with its model and the data it was trained on (its features are re-read)."""
 
+    result: Result
+    model: object
+    data: TrainingData
 
-def probe_best_layer(data: TrainingData, alpha: float = 10.0) -> tuple[int, list[float]]:
-    """Pick the layer a fast linear probe (ridge on standardised features) does best on in validation.
+    @property
+    def key(self) -> str:
+        """Its bundle's name: the head, and the feature set unless it is the encoder's."""
+        r = self.result
+        return r.head if r.feature_set == ENCODER else f"{r.head}-{r.feature_set}"
 
-    The ridge is solved in closed form in float32 (one 768 x 768 system per layer), which keeps
-    the probe of 13 layers well under a second on a GTZAN-sized cache.
-    """
-    target = data.valid if data.valid.any() else data.train
-    Y = np.eye(len(data.labels), dtype=np.float32)[data.y[data.train]] * 2 - 1
-    scores = []
-    for i in range(data.n_layers):
-        X = data.layer(i)
-        mean, std = X[data.train].mean(0), X[data.train].std(0) + 1e-6
-        A = (X[data.train] - mean) / std
-        A1 = np.hstack([A, np.ones((len(A), 1), np.float32)])
-        reg = alpha * np.eye(A1.shape[1], dtype=np.float32)
-        reg[-1, -1] = 0  # no penalty on the intercept
-        W = np.linalg.solve(A1.T @ A1 + reg, A1.T @ Y)
-        B = (X[target] - mean) / std
-        pred = np.argmax(B @ W[:-1] + W[-1], axis=1)
-        scores.append(float((pred == data.y[target]).mean()))
-    return int(np.argmax(scores)), scores
-
-
-def evaluate(
-    head, X: np.ndarray, y: np.ndarray, track: np.ndarray, labels: list[str], curves: bool = False
-) -> dict:
-    """Segment- and track-level metrics of a fitted head on the rows given."""
-    if getattr(head, "needs_groups", False):
-        proba_cols = head.predict_proba(X, groups=track)  # one answer per track
-    else:
-        proba_cols = head.predict_proba(X)
-    proba = np.zeros((len(X), len(labels)))
-    proba[:, head.classes_.astype(int)] = proba_cols  # heads are fitted on label indices
-    tracks, track_proba = aggregate_tracks(proba, track)
-    y_track = np.array([y[track == t][0] for t in tracks])
-    result = {
-        "segment": classification_metrics(y, proba, labels),
-        "track": classification_metrics(y_track, track_proba, labels, curves=curves),
-    }
-    if curves:
-        result["track"]["y_true"] = y_track.tolist()
-        result["track"]["proba"] = np.round(track_proba, 5).tolist()
-    return result
+    @property
+    def score(self) -> tuple:
+        """Better validation score first, then augmented training, then the lower layer."""
+        return (self.result.selection_score, self.data.augmented, -self.result.layer)
 
 
 def train_heads(
@@ -179,7 +107,7 @@ def train_heads(
     out_dir: str | Path,
     heads: list[str] | tuple[str, ...] | None = None,
     layers: str = "all",
-    feature_sets: str | list[str] | tuple[str, ...] = ("wav2vec2",),
+    feature_sets: str | list[str] | tuple[str, ...] = (ENCODER,),
     seed: int = 0,
     augmented: bool | str = True,
     trials: int = 0,
@@ -189,490 +117,199 @@ def train_heads(
 
     augmented: True trains on every view of the training tracks, False on the original views
     only, "both" does each (the augmentation ablation). Each head's best model per feature set
-    is written to bundles/<head>[-<feature set>]/, and the best of all to best/ (a wav2vec2
+    is written to bundles/<head>[-<feature set>]/, and the best of all to best/ (an encoder
     model when there is one, since predict and serve embed audio with the backbone).
     """
-    # None: the default heads, none asked for in particular (see feature_sets_for).
-    asked, heads = heads is not None, list(HEADS if heads is None else heads)
-    unknown = [h for h in heads if h not in ALL_HEADS]
-    if unknown or not heads:
-        raise TrainError(f"unknown head(s) {unknown}; available: {', '.join(ALL_HEADS)}")
-    if isinstance(feature_sets, str):
-        feature_sets = [f.strip() for f in feature_sets.split(",") if f.strip()]
+    names = requested_heads(heads)
     # Before any training: a head asked for gets the feature set it needs, or the run stops here.
+    # None asks for the default heads, none of them in particular (see feature_sets_for).
     layers_of = {n: s[1] for n, s in EmbeddingCache(cache_path).feature_shapes.items()}
-    feature_sets = feature_sets_for(heads if asked else None, feature_sets, layers_of, log)
+    sets = feature_sets_for(
+        None if heads is None else names, requested_feature_sets(feature_sets), layers_of, log
+    )
     variants = [True, False] if augmented == "both" else [bool(augmented)]
-    rows, best, probes, first = [], {}, {}, None
-    for fs in feature_sets:
+    fitted: list[Fitted] = []
+    probes: dict[str, list[float]] = {}
+    first = None
+    for fs in sets:
         for aug in variants:
             data = load_training_data(cache_path, fs, aug)
             first = first or data
-            has_views = bool((data.cache.segments.view.to_numpy() > 0).any())
-            if aug and len(variants) == 2 and not has_views:
+            if aug and len(variants) == 2 and not data.has_augmented_views:
                 log(f"{fs}: the cache has no augmented views; training once, on the original views")
                 continue
-            chosen = parse_layers(layers, data.n_layers)
-            if chosen == "all":
-                chosen = list(range(data.n_layers))
-            elif chosen == "best":
-                best_layer, probes[fs] = probe_best_layer(data)
-                log(
-                    f"{fs} layer probe (validation accuracy per layer): "
-                    f"{', '.join(f'{x:.2f}' for x in probes[fs])} -> layer {best_layer}"
-                )
-                chosen = [best_layer]
-            select_on = "valid" if data.valid.any() else "test"
-            if select_on == "test":
+            jobs, probe = plan_jobs(data, names, layers, log)
+            if probe is not None:
+                probes[fs] = probe
+            if data.selected_on == "test":
                 log(
                     "warning: no validation tracks; hyper-parameters and layers are selected on test (optimistic)"
                 )
-            # Per-layer heads on each chosen layer; then heads that weigh all layers at once
-            # (layer -1 in the results), once per feature set.
-            jobs = [(layer, h) for layer in chosen for h in heads_for(fs, heads)]
-            if fs != "logmel" and data.n_layers > 1:
-                jobs += [(-1, h) for h in heads if h in ALL_LAYER_HEADS]
-            X, X_layer = None, None
-            for layer, name in jobs:
-                if X_layer != layer:
-                    X, X_layer = (data.all_layers() if layer == -1 else data.layer(layer)), layer
-                row, model = _fit_and_select(name, X, data, seed, select_on, trials)
-                # augmented is None where the cache has no augmented views: no such question.
-                row.update(
-                    head=name,
-                    layer=layer,
-                    feature_set=fs,
-                    augmented=aug if has_views else None,
-                    selected_on=select_on,
-                )
-                if name in ALL_LAYER_HEADS:
-                    row["layer_weights"] = [round(float(w), 5) for w in model.layer_weights_]
-                rows.append(row)
-                where = "all layers, learned weights" if layer == -1 else f"layer {layer:>2}"
-                log(
-                    f"{name:>6} {fs} {where}{'' if aug else ' (original views only)'}: "
-                    f"test track accuracy {row['test']['track']['accuracy']:.3f}, "
-                    f"macro-F1 {row['test']['track']['macro_f1']:.3f} (fit {row['fit_seconds']:.1f} s)"
-                )
-                key = name if fs == "wav2vec2" else f"{name}-{fs}"
-                score = (row["selection_score"], aug, -layer)
-                if key not in best or score > best[key][0]:
-                    best[key] = (score, row, model, X, data)
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for key, (_, row, model, X, data) in best.items():
-        row["best_of_head"] = True
-        row["bundle"] = f"bundles/{key}"
-        # The best model of each head keeps its ROC curves and track probabilities for the figures.
-        row["test_detail"] = evaluate(
-            model, X[data.test], data.y[data.test], data.track[data.test], data.labels, curves=True
-        )["track"]
-        write_bundle(out_dir / "bundles" / key, model, row, data)
-    candidates = [b for b in best.values() if b[1]["feature_set"] == "wav2vec2"] or list(
-        best.values()
-    )
-    overall = max(candidates, key=lambda b: (b[0], -ALL_HEADS.index(b[1]["head"])))[1]
-    overall["best_overall"] = True
-    if (out_dir / "best").exists():
-        shutil.rmtree(out_dir / "best")
-    shutil.copytree(out_dir / overall["bundle"], out_dir / "best")
-
-    cache = first.cache
+            fitted += fit_jobs(data, jobs, seed, trials, log)
+    best = select_best(fitted)
     metrics = {
         "package_version": __version__,
         "cache": str(Path(cache_path).resolve()),
-        "backbone": cache.attrs.get("backbone"),
-        "untrained_backbone": str(cache.attrs.get("backbone", "")).startswith("random-"),
-        "feature_sets": list(feature_sets),
+        "backbone": first.cache.attrs.get("backbone"),
+        "untrained_backbone": str(first.cache.attrs.get("backbone", "")).startswith("random-"),
+        "feature_sets": list(sets),
         "labels": first.labels,
-        "selected_on": "valid" if first.valid.any() else "test",
+        "selected_on": first.selected_on,
         "augmented_views": augmented,
         "seed": seed,
         "fcnn_search": {"trials": trials, "space": FCNN_SEARCH_SPACE} if trials > 1 else None,
-        "layers": sorted({r["layer"] for r in rows}),
+        "layers": sorted({f.result.layer for f in fitted}),
         "probe_scores": probes,
         "counts": {
             s: int(len(np.unique(first.track[getattr(first, s)])))
             for s in ("train", "valid", "test")
         },
-        "results": rows,
-        "best": {
-            "head": overall["head"],
-            "layer": overall["layer"],
-            "feature_set": overall["feature_set"],
-            "bundle": overall["bundle"],
-        },
     }
-    (out_dir / "metrics.json").write_text(json.dumps(_finite(metrics), indent=1))
-    return metrics
+    return write_run(Path(out_dir), fitted, best, metrics)
 
 
-def heads_for(feature_set: str, heads) -> list[str]:
-    """The per-layer heads of `heads` that train on a feature set: log-mel images or vectors.
-
-    A logmel feature set that none of `heads` trains on gets all the spectrogram heads (what
-    `run --features ...,logmel` does with the default heads); feature_sets_for has made sure
-    that every head asked for has a feature set to train on.
-    """
-    if feature_set == "logmel":
-        return [h for h in heads if h in SPECTROGRAM_HEADS] or list(SPECTROGRAM_HEADS)
-    return [h for h in heads if h in HEADS or h in TRACK_HEADS]
-
-
-VECTOR_FEATURE_SETS = ("wav2vec2", "handcrafted")  # in order of preference
-
-
-def feature_sets_for(
-    heads: list[str] | None,
-    feature_sets,
-    layers_of: dict[str, int],
-    log: Callable[[str], None] = print,
-) -> list[str]:
-    """The feature sets to train on: those asked for, plus those the heads asked for need.
-
-    cnn, lstm and cnn-lstm train on logmel; the other heads on a vector set (wav2vec2, else
-    handcrafted), fcnn-weighted on one of several layers. A head whose feature set the run
-    lacks trains on the cache's (`layers_of`: the cache's feature sets and their layer counts),
-    and if the cache lacks it too, TrainError names the feature set to embed: a head asked for
-    is never dropped without a word. A feature set that none of the heads trains on is left
-    out, with a word. `heads` None (the default heads) asks for no head in particular.
-    """
-    plan = list(dict.fromkeys(feature_sets))
-    if not plan:
-        raise TrainError("no feature set to train on; name one or more, e.g. wav2vec2")
-    asked = [] if heads is None else list(dict.fromkeys(heads))
-    held = sorted(layers_of)
-
-    def fits(head: str, fs: str) -> bool:
-        if head in SPECTROGRAM_HEADS:
-            return fs == "logmel"
-        # A set the cache lacks passes here; load_training_data then says that it is missing.
-        several = head not in ALL_LAYER_HEADS or layers_of.get(fs, 2) > 1
-        return fs in VECTOR_FEATURE_SETS and several
-
-    for head in asked:
-        if any(fits(head, fs) for fs in plan):
-            continue
-        found = [fs for fs in ("logmel", *VECTOR_FEATURE_SETS) if fs in held and fits(head, fs)]
-        if not found:
-            if head in SPECTROGRAM_HEADS:
-                need, add = "the logmel feature set", "logmel"
-            elif head in ALL_LAYER_HEADS:
-                need, add = "the layers of the wav2vec2 feature set", "wav2vec2"
-            else:
-                need, add = "a vector feature set (wav2vec2 or handcrafted)", "wav2vec2"
-            embed_with = ",".join(dict.fromkeys([*held, add]))
-            raise TrainError(
-                f"head {head} trains on {need}, which this cache does not hold; "
-                f"re-run embed with --features {embed_with}"
-            )
-        log(f"head {head} trains on {found[0]}, which the cache holds: training on {found[0]} too")
-        plan.append(found[0])
-
-    def trains_on(fs: str) -> bool:
-        # logmel always has heads (heads_for), and HEADS all train on vectors; a set of another
-        # name stays for load_training_data to refuse.
-        return not asked or fs not in VECTOR_FEATURE_SETS or any(fits(h, fs) for h in asked)
-
-    for fs in [fs for fs in plan if not trains_on(fs)]:
-        log(f"{fs}: none of the heads asked for ({', '.join(asked)}) trains on it; left out")
-        plan.remove(fs)
-    return plan
+def fit_jobs(
+    data: TrainingData,
+    jobs: list[Job],
+    seed: int,
+    trials: int,
+    log: Callable[[str], None],
+) -> list[Fitted]:
+    """Fit every job on one feature set; the features of a layer are read once for its jobs."""
+    out = []
+    X, X_layer = None, None
+    for job in jobs:
+        if X_layer != job.layer:
+            X, X_layer = data.features(job.layer), job.layer
+        result, model = fit_and_select(head_spec(job.head), X, data, job.layer, seed, trials)
+        out.append(Fitted(result, model, data))
+        where = (
+            "all layers, learned weights" if job.layer == EVERY_LAYER else f"layer {job.layer:>2}"
+        )
+        test = result.test["track"]
+        log(
+            f"{job.head:>6} {data.feature_set} {where}"
+            f"{'' if data.augmented else ' (original views only)'}: "
+            f"test track accuracy {test['accuracy']:.3f}, "
+            f"macro-F1 {test['macro_f1']:.3f} (fit {result.fit_seconds:.1f} s)"
+        )
+    return out
 
 
-# The FCNN's search space for --trials (random search on the validation split).
-FCNN_SEARCH_SPACE = {
-    "depth": [1, 2, 3],
-    "width": [128, 256, 512],
-    "dropout": [0.1, 0.3, 0.5],
-    "batch_size": [128, 256, 512],
-    "learning_rate": [1e-4, 3e-4, 1e-3, 2e-3, 5e-3],
-}
-
-
-def fcnn_trials(n: int, seed: int) -> list[dict]:
-    """n seeded random draws from FCNN_SEARCH_SPACE, the first being the defaults."""
-    rng = np.random.default_rng(seed)
-    trials = [{}]
-    while len(trials) < n:
-        pick = {k: v[int(rng.integers(len(v)))] for k, v in FCNN_SEARCH_SPACE.items()}
-        width, depth = pick.pop("width"), pick.pop("depth")
-        # Funnel-shaped networks: each layer half as wide as the one before.
-        pick["hidden_layers"] = tuple(max(32, width // 2**i) for i in range(depth))
-        if pick not in trials:
-            trials.append(pick)
-    return trials
-
-
-def _fit_and_select(
-    name: str, X: np.ndarray, data: TrainingData, seed: int, select_on: str, trials: int = 0
-):
+def fit_and_select(
+    spec: HeadSpec, X: np.ndarray, data: TrainingData, layer: int, seed: int, trials: int = 0
+) -> tuple[Result, object]:
     """Fit each grid point (or search trial) on train, keep the best on validation track accuracy."""
-    sel = getattr(data, select_on)
-    best = None
-    grid = fcnn_trials(trials, seed) if name == "fcnn" and trials > 1 else PARAM_GRIDS[name]
-    if name in ALL_LAYER_HEADS:
+    sel = getattr(data, data.selected_on)
+    grid = spec.search(trials, seed) if spec.search and trials > 1 else spec.grid
+    if spec.inputs is Inputs.ALL_LAYERS:
         grid = [{**p, "n_layers": data.n_layers} for p in grid]
-    tried = []
+    # One bag per (track, view) for the heads that predict tracks: an augmented copy is its own.
+    bag = data.track * 1000 + data.view
+    train = Rows(X[data.train], data.y[data.train], bag[data.train])
+    valid = Rows(X[data.valid], data.y[data.valid], bag[data.valid]) if data.valid.any() else None
+
+    def scores(head, rows: np.ndarray) -> dict:
+        return evaluate(spec, head, X[rows], data.y[rows], data.track[rows], data.labels)
+
+    best, tried = None, []
     for params in grid:
-        head = make_head(name, seed=seed, **params)
+        head = spec.make(seed, **params)
         start = time.perf_counter()
-        if name in TRACK_HEADS:
-            # One bag per (track, view): an augmented copy is its own example.
-            bag = data.track * 1000 + data.view
-            head.fit(
-                X[data.train],
-                data.y[data.train],
-                groups=bag[data.train],
-                X_val=X[data.valid],
-                y_val=data.y[data.valid],
-                groups_val=bag[data.valid],
-            )
-        elif (name in ("fcnn", *ALL_LAYER_HEADS) or name in SPECTROGRAM_HEADS) and data.valid.any():
-            head.fit(
-                X[data.train], data.y[data.train], X_val=X[data.valid], y_val=data.y[data.valid]
-            )
-        else:
-            head.fit(X[data.train], data.y[data.train])
+        spec.fit(head, train, valid)
         fit_seconds = time.perf_counter() - start
-        scores = evaluate(head, X[sel], data.y[sel], data.track[sel], data.labels)["track"]
-        key = (scores["accuracy"], scores["macro_f1"])
+        on_sel = scores(head, sel)["track"]
         tried.append(
             {
-                "params": _json_ready(params),
-                "valid_accuracy": scores["accuracy"],
-                "valid_macro_f1": scores["macro_f1"],
+                "params": jsonable(params),
+                "valid_accuracy": on_sel["accuracy"],
+                "valid_macro_f1": on_sel["macro_f1"],
                 "fit_seconds": fit_seconds,
             }
         )
+        key = (on_sel["accuracy"], on_sel["macro_f1"])
         if best is None or key > best[0]:
-            best = (key, head, params, fit_seconds, scores)
-    (acc, f1), head, params, fit_seconds, valid = best
+            best = (key, head, params, fit_seconds)
+    (acc, f1), head, params, fit_seconds = best
     start = time.perf_counter()
-    test = evaluate(head, X[data.test], data.y[data.test], data.track[data.test], data.labels)
+    test = scores(head, data.test)
     predict_seconds = time.perf_counter() - start
-    valid = (
-        evaluate(head, X[data.valid], data.y[data.valid], data.track[data.valid], data.labels)[
-            "track"
-        ]
-        if data.valid.any()
-        else None
+    on_valid = scores(head, data.valid)["track"] if data.valid.any() else None
+    result = Result(
+        head=spec.name,
+        feature_set=data.feature_set,
+        layer=layer,
+        augmented=data.augmented if data.has_augmented_views else None,
+        selected_on=data.selected_on,
+        params=jsonable(params),
+        trials=tried if len(tried) > 1 else None,
+        selection_score=acc + 1e-3 * f1,
+        valid={"accuracy": on_valid["accuracy"], "macro_f1": on_valid["macro_f1"]}
+        if on_valid
+        else None,
+        test=test,
+        fit_seconds=fit_seconds,
+        predict_seconds=predict_seconds,
     )
-    row = {
-        "params": _json_ready(params),
-        "trials": tried if len(tried) > 1 else None,
-        "selection_score": acc + 1e-3 * f1,
-        "valid": {"accuracy": valid["accuracy"], "macro_f1": valid["macro_f1"]} if valid else None,
-        "test": test,
-        "fit_seconds": fit_seconds,
-        "predict_seconds": predict_seconds,
-    }
-    return row, head
+    if spec.inputs is Inputs.ALL_LAYERS:
+        result.layer_weights = [round(float(w), 5) for w in head.layer_weights_]
+    return result, head
 
 
-def write_bundle(directory: Path, model, row: dict, data: TrainingData) -> Path:
-    """Write a trained head with everything `predict` needs to reproduce the embedding."""
-    if directory.exists():
-        shutil.rmtree(directory)
-    files = save_head(model, row["head"], directory)
-    attrs = data.cache.attrs
-    bundle = {
-        "format": BUNDLE_FORMAT,
-        "format_version": BUNDLE_VERSION,
-        "package_version": __version__,
-        "head": row["head"],
-        "params": row["params"],
-        # head_file/head_sha256 are the first format's fields, kept for readers of it; `files`
-        # checksums every file the head consists of, since load_head trusts each one.
-        "head_file": files[0],
-        "head_sha256": _sha256(directory / files[0]),
-        "files": {name: _sha256(directory / name) for name in files},
-        "labels": data.labels,
-        "feature_set": data.feature_set,
-        "layer": row["layer"],
-        "sample_rate": attrs["sample_rate"],
-        "segment_seconds": attrs["segment_seconds"],
-        "hop_seconds": attrs["hop_seconds"],
-        "backbone": attrs["backbone"],
-        "backbone_revision": attrs["backbone_revision"],
-        # How predict must feed the backbone (caches before log-mel encoders hold neither).
-        "frontend": attrs.get("frontend", "waveform"),
-        "window": attrs.get("window", "alone"),
-        "dtype": attrs["dtype"],
-        "metrics": {
-            "test_track_accuracy": row["test"]["track"]["accuracy"],
-            "test_track_macro_f1": row["test"]["track"]["macro_f1"],
-            "test_track_macro_auc": row["test"]["track"]["macro_auc"],
-            "test_segment_accuracy": row["test"]["segment"]["accuracy"],
-            "valid": row["valid"],
+def select_best(fitted: list[Fitted]) -> dict[str, Fitted]:
+    """The best model of each head and feature set (by Fitted.score; the first of equals)."""
+    best: dict[str, Fitted] = {}
+    for f in fitted:
+        if f.key not in best or f.score > best[f.key].score:
+            best[f.key] = f
+    return best
+
+
+def write_run(out_dir: Path, fitted: list[Fitted], best: dict[str, Fitted], metrics: dict) -> dict:
+    """Write a bundle per head and feature set, best/ (the best of all), and metrics.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for key, f in best.items():
+        r, data = f.result, f.data
+        r.best_of_head, r.bundle = True, f"bundles/{key}"
+        test = data.test
+        r.test_detail = evaluate(
+            head_spec(r.head),
+            f.model,
+            data.features(r.layer)[test],
+            data.y[test],
+            data.track[test],
+            data.labels,
+            curves=True,
+        )["track"]
+        write_bundle(
+            out_dir / r.bundle,
+            f.model,
+            r.head,
+            params=r.params,
+            layer=r.layer,
+            labels=data.labels,
+            feature_set=data.feature_set,
+            cache_attrs=data.cache.attrs,
+            metrics=r.bundle_metrics(),
+        )
+    # predict and serve embed audio with the backbone: an encoder model is best when there is one.
+    candidates = [f for f in best.values() if f.result.feature_set == ENCODER] or list(
+        best.values()
+    )
+    overall = max(candidates, key=lambda f: (f.score, -ALL_HEADS.index(f.result.head))).result
+    overall.best_overall = True
+    if (out_dir / "best").exists():
+        shutil.rmtree(out_dir / "best")
+    shutil.copytree(out_dir / overall.bundle, out_dir / "best")
+    metrics = {
+        **metrics,
+        "results": [f.result.as_json() for f in fitted],
+        "best": {
+            "head": overall.head,
+            "layer": overall.layer,
+            "feature_set": overall.feature_set,
+            "bundle": overall.bundle,
         },
     }
-    (directory / "bundle.json").write_text(json.dumps(_finite(bundle), indent=1))
-    return directory
-
-
-def load_bundle(directory: str | Path) -> tuple[dict, object]:
-    """Read bundle.json and its head, checking every file of the head is the one that was written.
-
-    bundle.json itself is the root of trust: it holds the checksums, so it cannot vouch for
-    itself (its labels, layer and checksums are only as safe as the folder it lives in).
-    """
-    directory = Path(directory)
-    meta_file = directory / "bundle.json"
-    if not meta_file.is_file():
-        raise HeadError(
-            f"{directory}: not a bundle (no bundle.json); pass a run folder's best/ or bundles/<head>/ folder"
-        )
-    try:
-        meta = json.loads(meta_file.read_text())
-    except ValueError as exc:
-        raise HeadError(f"{meta_file}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
-        raise HeadError(f"{meta_file}: not a wav2genre bundle")
-    needed = head_files(meta.get("head"))  # raises HeadError for an unknown head
-    head_file = _bundle_file_name(meta_file, meta.get("head_file"), "head file")
-    if "files" in meta:
-        files = meta["files"]
-        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
-            raise HeadError(f"{meta_file}: 'files' is not a map of file names to sha256 checksums")
-        checksums = {_bundle_file_name(meta_file, k, "file"): v for k, v in files.items()}
-        unchecked = [f for f in (head_file, *needed) if f not in checksums]
-        if unchecked:
-            raise HeadError(
-                f"{meta_file}: has no checksum for {', '.join(unchecked)}, which the "
-                f"{meta['head']} head reads; refusing to load it"
-            )
-    elif meta.get("format_version", 1) >= 2:
-        raise HeadError(f"{meta_file}: has no 'files' checksums; refusing to load it")
-    else:
-        # The first format checksummed head_file only: fine for a one-file head, but a file it
-        # left unchecked (an XGBoost head's head_params.json) could have been changed unnoticed.
-        unchecked = [f for f in needed if f != head_file]
-        if unchecked:
-            raise HeadError(
-                f"{directory}: a bundle of an older format whose {', '.join(unchecked)} has no "
-                "checksum, so a change to it would go unnoticed; re-create the bundle: re-run "
-                "train-heads on the cache (wav2genre train-heads CACHE --out RUN_DIR)"
-            )
-        checksums = {head_file: meta.get("head_sha256")}
-    # Every file is checked before load_head reads any of them.
-    for name, expected in checksums.items():
-        path = directory / name
-        if not path.is_file():
-            raise HeadError(f"{path}: missing from the bundle")
-        if _sha256(path) != expected:
-            raise HeadError(
-                f"{path}: the file was altered after training (checksum mismatch); refusing to load it"
-            )
-    return meta, load_head(meta["head"], directory / head_file)
-
-
-def _bundle_file_name(meta_file: Path, name: object, what: str) -> str:
-    """A file name from bundle.json, accepted only if it names a plain file in the bundle folder."""
-    if not isinstance(name, str) or name in ("", ".") or "\x00" in name:
-        raise HeadError(f"{meta_file} names {what} {name!r}, which is not a file name; refusing it")
-    # Both separators count: a bundle may have been written, or edited, on Windows.
-    parts = name.replace("\\", "/").split("/")
-    if name.startswith(("/", "\\")) or ".." in parts or PureWindowsPath(name).drive:
-        raise HeadError(
-            f"{meta_file} names {what} {name!r}, which is outside the bundle folder; refusing it"
-        )
-    if len(parts) > 1:
-        raise HeadError(
-            f"{meta_file} names {what} {name!r}, which is not a plain file name in the bundle "
-            "folder; refusing it"
-        )
-    return name
-
-
-def _sha256(path: Path) -> str:
-    """The file's sha256, hex; read in blocks, so a large file is never held whole."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _finite(obj):
-    """JSON has no NaN: write undefined values (an AUC of a missing class) as null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def cross_validate(
-    cache_path: str | Path,
-    feature_set: str = "handcrafted",
-    heads: list[str] | tuple[str, ...] = ("svm", "rf", "xgb", "logreg"),
-    layer: int = 0,
-    folds: int = 5,
-    repeats: int = 3,
-    seed: int = 0,
-) -> dict:
-    """Repeated stratified k-fold by track over every embedded track, for sets too small to split.
-
-    Folds are by track (a track's segments never straddle train and test) and use original
-    views only; track predictions are the mean of segment probabilities. Returns per head the
-    mean and standard deviation of track accuracy and macro-F1 over the folds x repeats.
-    """
-    from sklearn.model_selection import RepeatedStratifiedKFold
-
-    unknown = [h for h in heads if h not in ALL_HEADS]
-    if unknown:
-        raise TrainError(f"unknown head(s) {unknown}; available: {', '.join(ALL_HEADS)}")
-    cache = EmbeddingCache(cache_path)
-    tracks = cache.tracks
-    ok = np.flatnonzero(tracks.status.to_numpy() == "ok")
-    labels = sorted(set(tracks.label.to_numpy()[ok]))
-    y_track = np.array([labels.index(lab) for lab in tracks.label.to_numpy()[ok]])
-    if np.bincount(y_track).min() < folds:
-        raise TrainError(
-            f"{cache_path}: every label needs at least {folds} tracks for {folds}-fold cross-validation"
-        )
-    seg = cache.segments
-    original = seg.view.to_numpy() == 0
-    X = cache.features(feature_set, layer)[original]
-    seg_track = seg.track.to_numpy()[original]
-    y_seg = np.array(
-        [labels.index(lab) if lab in labels else -1 for lab in tracks.label.to_numpy()[seg_track]]
-    )
-    scores: dict[str, list[tuple[float, float]]] = {h: [] for h in heads}
-    splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
-    for train_idx, test_idx in splitter.split(ok, y_track):
-        train_rows = np.isin(seg_track, ok[train_idx])
-        test_rows = np.isin(seg_track, ok[test_idx])
-        for name in heads:
-            head = make_head(name, seed=seed).fit(X[train_rows], y_seg[train_rows])
-            m = evaluate(head, X[test_rows], y_seg[test_rows], seg_track[test_rows], labels)[
-                "track"
-            ]
-            scores[name].append((m["accuracy"], m["macro_f1"]))
-    result = {
-        "feature_set": feature_set,
-        "layer": layer,
-        "folds": folds,
-        "repeats": repeats,
-        "tracks": len(ok),
-        "labels": labels,
-        "chance": 1 / len(labels),
-        "heads": {
-            h: {
-                "accuracy_mean": float(np.mean([a for a, _ in s])),
-                "accuracy_std": float(np.std([a for a, _ in s])),
-                "macro_f1_mean": float(np.mean([f for _, f in s])),
-                "macro_f1_std": float(np.std([f for _, f in s])),
-            }
-            for h, s in scores.items()
-        },
-    }
-    return result
-
-
-def _json_ready(params: dict) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+    (out_dir / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=1))
+    return metrics
