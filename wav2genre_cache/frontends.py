@@ -118,8 +118,16 @@ class WhisperFrontEnd(FeatureFrontEnd):
             int(extractor.hop_length),
             np.asarray(extractor.mel_filters, np.float32),
         )
-        self.window = window
-        self.window_samples = window_samples
+
+    @property
+    def window(self) -> str:  # type: ignore[override]
+        """alone | packed: how segments share windows (the layout's)."""
+        return self.layout.window
+
+    @property
+    def window_samples(self) -> int:
+        """Samples in one window (480,000: 30 s at 16 kHz)."""
+        return self.layout.window_samples
 
     def input_samples(self, segment_samples: int) -> int:
         """Every input is one whole window."""
