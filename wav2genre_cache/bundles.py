@@ -13,11 +13,13 @@ import shutil
 from pathlib import Path, PureWindowsPath
 
 from . import __version__
+from .feature_sets import ENCODER
 from .heads import HeadError, head_files, load_head, save_head
 from .jsonable import jsonable
 
 BUNDLE_FORMAT = "wav2genre-bundle"
 BUNDLE_VERSION = 2  # 2: a sha256 for every file of the head
+FINETUNED = "finetuned"  # bundle.json's "kind" of a fine-tuned encoder with its head
 RECREATE = "re-run train-heads on the cache (wav2genre train-heads CACHE --out RUN_DIR)"
 
 
@@ -81,6 +83,33 @@ def write_bundle(
     return directory
 
 
+def write_finetuned_bundle(directory: Path, model, extractor, meta: dict) -> Path:
+    """Write a fine-tuned encoder and head (safetensors, configs in JSON) with its bundle.json.
+
+    meta holds labels, layer, segment settings, backbone, front end, metrics and "model" (how
+    finetuned.load_model rebuilds it); the sha256 of every file is added here.
+    """
+    from .finetuned import save_model
+
+    if directory.exists():
+        shutil.rmtree(directory)
+    files = save_model(model, extractor, directory)
+    bundle = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "package_version": __version__,
+        "kind": FINETUNED,
+        "head": FINETUNED,
+        "files": {f: sha256_file(directory / f) for f in files},
+        "feature_set": ENCODER,
+        "sample_rate": 16_000,
+        "dtype": "float32",
+        **meta,
+    }
+    (directory / "bundle.json").write_text(json.dumps(jsonable(bundle), indent=1))
+    return directory
+
+
 def load_bundle(directory: str | Path) -> tuple[dict, object]:
     """Read bundle.json and its head, checking every file of the head is the one that was written.
 
@@ -99,10 +128,44 @@ def load_bundle(directory: str | Path) -> tuple[dict, object]:
         raise BundleError(f"{meta_file}: not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{meta_file}: not a wav2genre bundle")
+    if meta.get("kind") == FINETUNED:
+        return meta, _load_finetuned(directory, meta_file, meta)
     needed = head_files(meta.get("head"))  # raises HeadError for an unknown head
     head_file = _bundle_file_name(meta_file, meta.get("head_file"), "head file")
     checksums = _checksums(directory, meta_file, meta, head_file, needed)
-    # Every file is checked before load_head reads any of them.
+    _verify(directory, checksums)  # every file, before load_head reads any of them
+    return meta, load_head(meta["head"], directory / head_file)
+
+
+def _load_finetuned(directory: Path, meta_file: Path, meta: dict):
+    """(model, front end) of a fine-tuned bundle, every file checked before any is read."""
+    from .finetuned import CONFIG_FILE, MODEL_FILE, load_model
+
+    files = meta.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise BundleError(f"{meta_file}: 'files' is not a map of file names to sha256 checksums")
+    checksums = {_bundle_file_name(meta_file, k, "file"): v for k, v in files.items()}
+    unchecked = [f for f in (MODEL_FILE, CONFIG_FILE) if f not in checksums]
+    if unchecked:
+        raise BundleError(
+            f"{meta_file}: has no checksum for {', '.join(unchecked)}; refusing to load it"
+        )
+    _verify(directory, checksums)
+    # Whatever sits in the folder unlisted (a preprocessor config added later) is not read.
+    extra = {"preprocessor_config.json"} - set(checksums)
+    if any((directory / name).exists() for name in extra):
+        raise BundleError(
+            f"{directory}: holds {', '.join(sorted(extra))}, which bundle.json has no checksum for; "
+            "refusing to load it"
+        )
+    try:
+        return load_model(directory, meta)
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        raise BundleError(f"{directory}: cannot load the fine-tuned model ({exc})") from None
+
+
+def _verify(directory: Path, checksums: dict[str, str]) -> None:
+    """Every listed file present and unaltered, or BundleError naming the first that is not."""
     for name, expected in checksums.items():
         path = directory / name
         if not path.is_file():
@@ -111,7 +174,6 @@ def load_bundle(directory: str | Path) -> tuple[dict, object]:
             raise BundleError(
                 f"{path}: the file was altered after training (checksum mismatch); refusing to load it"
             )
-    return meta, load_head(meta["head"], directory / head_file)
 
 
 def _checksums(

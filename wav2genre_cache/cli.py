@@ -1,4 +1,4 @@
-"""The `wav2genre` command line: embed, info, train-heads, compare, run, predict, serve."""
+"""The `wav2genre` command line: embed, info, train-heads, compare, run, finetune, predict, serve."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
+from .cli_finetune import (
+    UnfreezeOpt,
+    finetune,
+    finetune_options_of_run,
+    run_finetune,
+)
 from .cli_inference import predict, serve
 from .cli_options import (
     HeadsOpt,
@@ -167,7 +173,9 @@ def _compare(run_dir: Path) -> None:
     metrics = load_metrics(run_dir)
     out.print(markdown(comparison_table(metrics), metrics), highlight=False)
     err.print("Wrote " + ", ".join(str(p) for p in written.values()), highlight=False)
-    err.print(f"Best model bundle: {Path(run_dir) / 'best'}", highlight=False)
+    for bundle in (Path(run_dir) / "best", Path(run_dir) / "bundles" / "finetuned"):
+        if (bundle / "bundle.json").is_file():
+            err.print(f"Bundle: {bundle}", highlight=False)
 
 
 @app.command("train-heads")
@@ -266,9 +274,21 @@ def run(
     trials: TrialsOpt = 0,
     strict: StrictOpt = False,
     keep_freed_memory: HeapOpt = True,
+    with_finetune: Annotated[
+        bool,
+        typer.Option(
+            "--finetune/--no-finetune",
+            help="Also fine-tune the encoder on the same split (its rows join the comparison).",
+        ),
+    ] = False,
+    finetune_epochs: Annotated[int, typer.Option(help="Epochs of --finetune.")] = 10,
+    unfreeze: UnfreezeOpt = "2",
+    finetune_layer: Annotated[
+        str, typer.Option(help="--layer of --finetune: weighted, last or a layer number.")
+    ] = "weighted",
     **stage_one,
 ) -> None:
-    """embed + train-heads + compare in one go."""
+    """embed + train-heads (+ finetune) + compare in one go."""
     cache = run_dir / "cache.h5"  # embed makes run_dir, once the model has loaded
     opts = embed_options(ctx.params, cache)
     _run_embed(opts, strict, keep_freed_memory)
@@ -283,9 +303,14 @@ def run(
         "both" if opts.augment else True,
         trials,
     )
+    if with_finetune:
+        run_finetune(
+            finetune_options_of_run(ctx.params, run_dir, finetune_epochs, unfreeze, finetune_layer)
+        )
     _compare(run_dir)
 
 
+app.command()(finetune)
 app.command()(predict)
 app.command()(serve)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
@@ -162,6 +163,12 @@ def assign_splits(
     if path.is_file():
         return _apply_mapping(tracks, _read_split_csv(path), str(path))
     raise DatasetError(f"unknown split {method!r}; use random, gtzan-ff or a CSV track_id,split")
+
+
+def split_digest(pairs: list[tuple[str, str]]) -> str:
+    """A short hash of (track id, split) pairs in a split: equal digests mean the same split."""
+    text = "\n".join(f"{t},{s}" for t, s in sorted(pairs) if s in SPLITS)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def read_gtzan_ff(split_dir: str | Path) -> dict[str, str]:

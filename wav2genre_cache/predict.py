@@ -19,9 +19,10 @@ from .audio import (
     segment_track,
 )
 from .backbone import cpu_has_native_bfloat16, load_backbone, resolve_device
-from .bundles import BundleError, load_bundle
+from .bundles import FINETUNED, BundleError, load_bundle
 from .embedding import embed_tracks, track_windows
 from .feature_sets import ENCODER, feature_set_name
+from .finetuned import segment_probabilities
 from .heads import Inputs, head_spec
 
 
@@ -31,6 +32,15 @@ class Predictor:
     def __init__(self, bundle_dir: str | Path, device: str = "auto", batch_size: int = 8):
         self.bundle_dir = Path(bundle_dir)
         self.meta, self.head = load_bundle(self.bundle_dir)
+        self.labels: list[str] = self.meta["labels"]
+        self.batch_size = batch_size
+        if self.meta.get("kind") == FINETUNED:
+            # The bundle holds the whole model: encoder, pooling and head, in float32.
+            self.finetuned, self.frontend = self.head
+            self.device = resolve_device(device)
+            self.finetuned.to(self.device)
+            return
+        self.finetuned = None
         self.spec = head_spec(self.meta["head"])
         if feature_set_name(self.meta["feature_set"]) != ENCODER:
             raise BundleError(
@@ -68,8 +78,6 @@ class Predictor:
                 f"{bundle_dir}: trained on {self.meta['backbone']} revision {self.meta['backbone_revision']}, "
                 f"but the loaded model is revision {self.backbone.revision}; embeddings would not match"
             )
-        self.labels: list[str] = self.meta["labels"]
-        self.batch_size = batch_size
 
     def describe(self) -> dict:
         """What GET /api/model shows: labels, backbone, layer, head and test metrics."""
@@ -81,6 +89,7 @@ class Predictor:
             "untrained_backbone": m["backbone"].startswith("random-"),
             "layer": m["layer"],
             "head": m["head"],
+            "fine_tuned": m.get("kind") == FINETUNED,
             "feature_set": m["feature_set"],
             "frontend": m.get("frontend", "waveform"),
             "window": m.get("window", "alone"),
@@ -93,6 +102,16 @@ class Predictor:
         """Predictions for decoded 16 kHz tracks; their segments are batched together."""
         seg, hop = self.meta["segment_seconds"], self.meta["hop_seconds"]
         segments = [segment_track(samples, seg, hop) for samples in waveforms]
+        if self.finetuned is not None:
+            probas = segment_probabilities(
+                self.finetuned, self.frontend, waveforms, seg, hop, self.batch_size, self.device
+            )
+            return [
+                self._result(samples, starts, length, proba, top_k)
+                for samples, (starts, length), proba in zip(
+                    waveforms, segments, probas, strict=True
+                )
+            ]
         tracks = [
             track_windows(self.backbone, w, *s) for w, s in zip(waveforms, segments, strict=True)
         ]

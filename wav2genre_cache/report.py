@@ -13,6 +13,7 @@ from .feature_sets import ENCODER, feature_set_name
 
 COLUMNS = [
     "best",
+    "encoder",
     "feature_set",
     "head",
     "layer",
@@ -31,13 +32,61 @@ class ReportError(Wav2GenreError):
 
 
 def load_metrics(run_dir: str | Path) -> dict:
-    """Read RUN_DIR/metrics.json written by train-heads."""
+    """Read RUN_DIR/metrics.json (train-heads) and RUN_DIR/finetune.json (finetune), merged."""
     path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
+    tuned = Path(run_dir) / "finetune.json"
+    if not path.is_file() and not tuned.is_file():
         raise ReportError(
-            f"{path}: not found; run `wav2genre train-heads CACHE --out {run_dir}` first"
+            f"{path}: not found; run `wav2genre train-heads CACHE --out {run_dir}` "
+            f"(or `wav2genre finetune DATA --out {run_dir}`) first"
         )
-    return json.loads(path.read_text())
+    if not path.is_file():
+        return _finetune_only(json.loads(tuned.read_text()))
+    metrics = json.loads(path.read_text())
+    if tuned.is_file():
+        ft = json.loads(tuned.read_text())
+        metrics["results"] = metrics["results"] + ft["results"]
+        metrics["finetune"] = _finetune_summary(ft, _cache_split_digest(metrics.get("cache")))
+    return metrics
+
+
+def _finetune_only(ft: dict) -> dict:
+    """A run folder that only fine-tuned: its row is the best, the header comes from finetune.json."""
+    rows = [{**r, "best_overall": True} for r in ft["results"]]
+    return {
+        "backbone": ft["backbone"],
+        "untrained_backbone": ft.get("untrained_backbone", False),
+        "feature_sets": [ENCODER],
+        "labels": ft["labels"],
+        "selected_on": rows[0]["selected_on"],
+        "counts": ft["counts"],
+        "results": rows,
+        "finetune": _finetune_summary(ft, None),
+    }
+
+
+def _finetune_summary(ft: dict, frozen_digest: str | None) -> dict:
+    """What the report says of the fine-tuning: curve, speed, memory, and whether the split matches."""
+    return {
+        "split_matches": None if frozen_digest is None else frozen_digest == ft.get("split_digest"),
+        "history": ft.get("history", []),
+        "seconds_per_epoch": ft.get("seconds_per_epoch"),
+        "memory": ft.get("memory"),
+        "device": ft.get("device"),
+        "precision": ft.get("precision"),
+        "backbone": ft.get("backbone"),
+    }
+
+
+def _cache_split_digest(cache_path: str | None) -> str | None:
+    """The split digest of the cache the frozen heads were trained on, if it is still there."""
+    if not cache_path or not Path(cache_path).is_file():
+        return None
+    from .cache import EmbeddingCache
+    from .datasets import split_digest
+
+    tracks = EmbeddingCache(cache_path).tracks
+    return split_digest(list(zip(tracks["track_id"], tracks["split"], strict=True)))
 
 
 def comparison_table(metrics: dict) -> pd.DataFrame:
@@ -47,6 +96,7 @@ def comparison_table(metrics: dict) -> pd.DataFrame:
         rows.append(
             {
                 "best": "*" if r.get("best_overall") else "",
+                "encoder": _encoder_cell(r),
                 "feature_set": r["feature_set"],
                 "head": r["head"],
                 "layer": "weighted" if r["layer"] == -1 else r["layer"],
@@ -66,6 +116,15 @@ def comparison_table(metrics: dict) -> pd.DataFrame:
         na_position="last",
         kind="stable",
     ).reset_index(drop=True)
+
+
+def _encoder_cell(row: dict) -> str:
+    """frozen, or fine-tuned with how many of its top layers were trained."""
+    tuned = row.get("fine_tuned")
+    if not tuned:
+        return "frozen"
+    n, of = tuned["unfreeze"], tuned["transformer_layers"]
+    return f"fine-tuned (top {n} of {of})" if n < of else "fine-tuned (all)"
 
 
 def write_report(run_dir: str | Path) -> dict[str, Path]:
@@ -108,11 +167,33 @@ def markdown(table: pd.DataFrame, metrics: dict) -> str:
             "**These numbers come from an untrained (random) backbone: they test the pipeline, "
             "not the method.**",
         ]
+    lines += _finetune_note(metrics)
     lines += ["", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     for row in table.itertuples(index=False):
         lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
     lines += _search_section(metrics)
     return "\n".join(lines) + "\n"
+
+
+def _finetune_note(metrics: dict) -> list[str]:
+    """How the fine-tuned rows were made, and whether they share the frozen rows' split."""
+    ft = metrics.get("finetune")
+    if not ft:
+        return []
+    same = {
+        True: "They were trained and tested on the same split as the frozen heads.",
+        False: "**They were trained on a different split from the frozen heads: compare with care.**",
+        None: "",
+    }[ft["split_matches"]]
+    memory = ft.get("memory") or {}
+    gpu = f", peak GPU memory {memory['peak_gpu_mb']:,.0f} MB" if "peak_gpu_mb" in memory else ""
+    return [
+        "",
+        f"Rows marked fine-tuned trained the encoder itself from audio (`wav2genre finetune`; "
+        f"bundle `bundles/finetuned`, curve `finetune_curve.png`): {ft['seconds_per_epoch']} s "
+        f"per epoch on {ft['device']} in {ft['precision']}, peak resident memory "
+        f"{memory.get('peak_rss_mb', 0):,.0f} MB{gpu}. {same}".rstrip(),
+    ]
 
 
 def _search_section(metrics: dict) -> list[str]:
@@ -196,7 +277,8 @@ def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
     best_rows = [r for r in results if r.get("best_of_head")]
     fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(best_rows)), 4.5))
     names = [
-        f"{r['head']}\n{r['feature_set']} "
+        ("fine-tuned" if r.get("fine_tuned") else r["head"])
+        + f"\n{r['feature_set']} "
         + ("all layers" if r["layer"] == -1 else f"L{r['layer']}")
         for r in best_rows
     ]
@@ -276,6 +358,13 @@ def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
         )
         ax.legend()
         out["layer_weights"] = _save(fig, run_dir / "layer_weights.png")
+    history = (metrics.get("finetune") or {}).get("history")
+    if history:
+        from .finetune_progress import draw_curve
+
+        out["finetune_curve"] = draw_curve(
+            history, run_dir / "finetune_curve.png", metrics["finetune"]["backbone"]
+        )
     return out
 
 

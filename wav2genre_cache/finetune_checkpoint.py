@@ -1,0 +1,137 @@
+"""Fine-tuning checkpoints: safe formats only, written atomically, read back to resume.
+
+A checkpoint is a folder `checkpoints/step-NNNNNNNN/` holding what training changes: the
+trainable weights and every buffer (BatchNorm statistics) and the optimizer's state, in
+safetensors, and the loop's position and history in JSON. It is written under a temporary
+name, synced and renamed; then `latest.json` is replaced to point at it, and only then are
+older checkpoints removed. A kill at any moment leaves the previous checkpoint whole and
+pointed at. The frozen weights are not stored: they are the model's own, loaded again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+LATEST = "latest.json"
+WEIGHTS = "weights.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+PROGRESS = "progress.json"
+
+
+def changing_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What training changes: trainable parameters and every buffer, by state-dict name."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    buffers = {n for n, _ in model.named_buffers()}
+    return {
+        k: v.detach().contiguous().cpu()
+        for k, v in model.state_dict().items()
+        if k in trainable or k in buffers
+    }
+
+
+def write_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """safetensors, written to a temporary name, synced and renamed into place."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    _sync(tmp)
+    os.replace(tmp, path)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file (no pickle)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def save_checkpoint(
+    state_dir: Path, step: int, model: torch.nn.Module, optimizer, progress: dict
+) -> Path:
+    """Write checkpoint `step`, point latest.json at it, then remove the older ones."""
+    root = state_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f"{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    from safetensors.torch import save_file
+
+    save_file(changing_state(model), str(tmp / WEIGHTS))
+    tensors, groups = optimizer_state(optimizer)
+    save_file(tensors, str(tmp / OPTIMIZER))
+    (tmp / PROGRESS).write_text(json.dumps({**progress, "optimizer_groups": groups}, indent=1))
+    for f in tmp.iterdir():
+        _sync(f)
+    if final.exists():  # the same step written again (an epoch's end on a step boundary)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _sync_dir(root)
+    pointer = state_dir / LATEST
+    pointer_tmp = state_dir / (LATEST + ".tmp")
+    pointer_tmp.write_text(json.dumps({"checkpoint": final.name}))
+    _sync(pointer_tmp)
+    os.replace(pointer_tmp, pointer)
+    _sync_dir(state_dir)
+    for old in root.iterdir():
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(state_dir: Path, model: torch.nn.Module, optimizer) -> dict | None:
+    """Restore the latest checkpoint into model and optimizer; its progress, or None if none."""
+    pointer = state_dir / LATEST
+    if not pointer.is_file():
+        return None
+    folder = state_dir / "checkpoints" / json.loads(pointer.read_text())["checkpoint"]
+    progress = json.loads((folder / PROGRESS).read_text())
+    missing, unexpected = model.load_state_dict(read_weights(folder / WEIGHTS), strict=False)
+    if unexpected:
+        raise ValueError(f"{folder}: weights this model does not have: {unexpected[:3]}")
+    load_optimizer_state(
+        optimizer, read_weights(folder / OPTIMIZER), progress.pop("optimizer_groups")
+    )
+    return progress
+
+
+def optimizer_state(optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """The optimizer's state as named tensors and its parameter groups as JSON-ready dicts."""
+    sd = optimizer.state_dict()
+    tensors = {}
+    for index, state in sd["state"].items():
+        for key, value in state.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"{index}.{key}"] = t.detach().contiguous().cpu()
+    return tensors, sd["param_groups"]
+
+
+def load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
+    """Rebuild the state dict optimizer_state took apart, and load it."""
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _sync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _sync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
