@@ -170,9 +170,7 @@ def finetune(opts: FinetuneOptions, console: Console | None = None, progress: bo
     model = SegmentClassifier(encoder, frontend.input_name, len(labels), layer)
     _freeze(model, unfreeze, opts.train_feature_encoder)
     if opts.gradient_checkpointing:
-        encoder.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        enable_checkpointing(encoder)
     model.to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, unfreeze, opts), lr=opts.lr)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
@@ -371,6 +369,16 @@ def _freeze(model: SegmentClassifier, unfreeze: int, train_feature_encoder: bool
         for block in list(layers)[len(layers) - unfreeze :]:
             block.requires_grad_(True)
     model.head.requires_grad_(True)
+
+
+def enable_checkpointing(encoder: torch.nn.Module) -> None:
+    """Recompute each layer's activations in the backward pass (non-reentrant: frozen inputs work)."""
+    if hasattr(encoder, "activation_checkpointing_enable"):  # transformers 5's name
+        encoder.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        encoder.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
 
 
 def _param_groups(model: SegmentClassifier, unfreeze: int, opts: FinetuneOptions) -> list[dict]:
@@ -572,8 +580,11 @@ def evaluate_tracks(model, frontend, examples: list[Example], labels, opts, devi
         [np.full(len(p), e.label) for p, e in zip(probas, examples, strict=True)]
     )
     track_y = np.array([e.label for e in examples])
+    seg_proba = np.concatenate(probas)
+    loss = float(-np.mean(np.log(np.maximum(seg_proba[np.arange(len(y_seg)), y_seg], 1e-12))))
     return {
-        "segment": classification_metrics(y_seg, np.concatenate(probas), labels),
+        "loss": loss,
+        "segment": classification_metrics(y_seg, seg_proba, labels),
         "track": classification_metrics(
             track_y, np.stack([p.mean(axis=0) for p in probas]), labels, curves=curves
         ),
@@ -597,10 +608,12 @@ def _end_epoch(model, frontend, data, labels, opts, device, state, state_dir: Pa
         row |= {
             "valid_track_accuracy": track["accuracy"],
             "valid_track_macro_f1": track["macro_f1"],
+            "valid_loss": scores["loss"],
         }
-        score = [track["accuracy"], track["macro_f1"]]
+        # Ties in accuracy (a few validation tracks make many) go to the lower validation loss.
+        score = [track["accuracy"], track["macro_f1"], -scores["loss"]]
     else:
-        score = [float(epoch), 0.0]  # no validation split: the last epoch is kept
+        score = [float(epoch), 0.0, 0.0]  # no validation split: the last epoch is kept
     row["valid_seconds"] = round(time.perf_counter() - started, 2)
     best = state["best"]
     improved = best is None or score > best["score"]
@@ -658,15 +671,25 @@ class _PeakMemory:
 
     def __init__(self, device: torch.device):
         self.device = device
+        self.at_start = _current_rss_mb()  # model loaded, audio decoded: before any training
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
     def read(self) -> dict:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        out = {"peak_rss_mb": round(rss, 1)}
+        out = {"peak_rss_mb": round(rss, 1), "rss_before_training_mb": self.at_start}
         if self.device.type == "cuda":
             out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         return out
+
+
+def _current_rss_mb() -> float | None:
+    """This process's resident memory now (Linux), or None."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * resource.getpagesize() / 2**20, 1)
 
 
 def _finish(
@@ -712,6 +735,7 @@ def _finish(
         + 1e-3 * (valid or {"macro_f1": 0.0})["macro_f1"],
         "valid": valid,
         "test": {"segment": test["segment"], "track": _without_curves(test["track"])},
+        "test_loss": test["loss"],
         "test_split": test_split,
         "fit_seconds": round(train_seconds, 2),
         "predict_seconds": round(predict_seconds, 2),

@@ -13,6 +13,7 @@ weight in safetensors; it is rebuilt from an allow-list of encoder classes, neve
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,13 +31,13 @@ HEAD_HIDDEN = (256, 128)  # the frozen FCNN's default widths (torch_heads.FCNNCl
 HEAD_DROPOUT = 0.3
 # The encoder classes a fine-tuned bundle may name: built from their config, weights loaded from
 # safetensors. Anything else in bundle.json is refused, never imported by name.
-ENCODER_CLASSES = (
-    "Wav2Vec2Model",
-    "HubertModel",
-    "WavLMModel",
-    "Data2VecAudioModel",
-    "WhisperEncoder",
-)
+ENCODER_CLASSES = {
+    "Wav2Vec2Model": "transformers.models.wav2vec2.modeling_wav2vec2",
+    "HubertModel": "transformers.models.hubert.modeling_hubert",
+    "WavLMModel": "transformers.models.wavlm.modeling_wavlm",
+    "Data2VecAudioModel": "transformers.models.data2vec.modeling_data2vec_audio",
+    "WhisperEncoder": "transformers.models.whisper.modeling_whisper",
+}
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 EXTRACTOR_FILE = "preprocessor_config.json"
@@ -260,13 +261,11 @@ def load_model(directory: Path, meta: dict) -> tuple[SegmentClassifier, Any]:
             f"names encoder class {cls_name!r}; a fine-tuned bundle may hold one of "
             f"{', '.join(ENCODER_CLASSES)}"
         )
-    config_dict = json.loads((directory / CONFIG_FILE).read_text())
-    config_cls = getattr(
-        transformers, cls_name.replace("Encoder", "").replace("Model", "") + "Config"
-    )
-    config = config_cls.from_dict(config_dict)
+    module = importlib.import_module(ENCODER_CLASSES[cls_name])
+    encoder_cls = getattr(module, cls_name)
+    config = encoder_cls.config_class.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
     with torch.random.fork_rng(devices=[]):  # every weight is overwritten below
-        encoder = getattr(transformers, cls_name)(config)
+        encoder = encoder_cls(config)
     extractor = None
     if (directory / EXTRACTOR_FILE).is_file():
         extractor = transformers.AutoFeatureExtractor.from_pretrained(

@@ -1,0 +1,287 @@
+"""`finetune` end to end: it learns what can be learnt, resumes exactly after kill -9, refuses
+what cannot be trained, and its bundle goes through predict and the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import run_cli, write_audio
+from test_server import free_port
+
+from wav2genre_cache.finetune import FinetuneError, FinetuneOptions, finetune, lr_factor
+from wav2genre_cache.finetune_checkpoint import read_weights
+
+LABELS = ("low", "mid", "high")
+
+
+def pitch_set(
+    root: Path, per_label: int = 10, seconds: float = 2.0, shuffled: bool = False
+) -> Path:
+    """Tones whose pitch band is the label (learnable), with a manifest and a fixed split:
+    per label 5 train, 2 valid, the rest test. shuffled: the labels are permuted across tracks,
+    so nothing in the audio tells them apart."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for li, label in enumerate(LABELS):
+        for i in range(per_label):
+            path = write_audio(
+                root / "audio" / f"{label}_{i}.wav",
+                seconds,
+                freq=150.0 * 2.2**li * (1 + 0.04 * i),
+                seed=li * 100 + i,
+            )
+            split = "train" if i < 5 else ("valid" if i < 7 else "test")
+            rows.append([str(path), label, split])
+    if shuffled:
+        labels = rng.permutation([r[1] for r in rows])
+        rows = [[p, lab, s] for (p, _, s), lab in zip(rows, labels, strict=True)]
+    manifest = root / "manifest.csv"
+    manifest.write_text("path,label,split\n" + "".join(",".join(r) + "\n" for r in rows))
+    return manifest
+
+
+def options(data: Path, out: Path, **kw) -> FinetuneOptions:
+    base = dict(
+        model="random-tiny",
+        segment_seconds=2.0,
+        unfreeze="all",
+        epochs=12,
+        patience=12,
+        lr=1e-3,
+        head_lr=3e-3,
+        batch_size=4,
+        workers=0,
+    )
+    return FinetuneOptions(data=str(data), out=str(out), **{**base, **kw})
+
+
+def test_learns_the_pitch_bands_and_not_shuffled_labels(tmp_path):
+    learnable = finetune(options(pitch_set(tmp_path / "a"), tmp_path / "ra"), progress=False)
+    shuffled = finetune(
+        options(pitch_set(tmp_path / "b", shuffled=True), tmp_path / "rb"), progress=False
+    )
+    acc = learnable["results"][0]["test"]["track"]["accuracy"]
+    chance = shuffled["results"][0]["test"]["track"]["accuracy"]
+    assert acc >= 0.9, learnable["history"]
+    assert chance <= 0.6, shuffled["history"]  # 9 test tracks, 3 labels: chance is 1/3
+    assert learnable["history"][-1]["train_loss"] < learnable["history"][0]["train_loss"]
+    # The bundle, the curve and the row compare reads.
+    run = tmp_path / "ra"
+    assert (run / "finetune_curve.png").stat().st_size > 1000
+    meta = json.loads((run / "bundles" / "finetuned" / "bundle.json").read_text())
+    assert meta["kind"] == "finetuned" and meta["labels"] == sorted(LABELS)
+    assert set(meta["files"]) >= {"model.safetensors", "config.json"}
+
+
+def _cli_args(data: Path, out: Path) -> list[str]:
+    return [
+        "finetune", str(data), "--out", str(out), "--model", "random-tiny",
+        "--segment-seconds", "4", "--unfreeze", "all", "--epochs", "6", "--patience", "6",
+        "--batch-size", "2", "--checkpoint-every", "1", "--workers", "0",
+    ]  # fmt: skip
+
+
+def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    data = pitch_set(tmp_path / "d", per_label=8, seconds=8.0)
+    run_cli(*_cli_args(data, tmp_path / "whole"))
+    # The same command, killed with SIGKILL once a few optimizer steps are checkpointed.
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wav2genre_cache", *_cli_args(data, out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pointer = out / "finetune" / "latest.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if pointer.is_file() and int(json.loads(pointer.read_text())["checkpoint"][5:]) >= 3:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (out / "finetune.json").exists()
+    resumed = run_cli(*_cli_args(data, out))
+    assert "Resuming from" in resumed.stderr
+    # CPU float32 with every step seeded by its place: the same weights, bit for bit.
+    a = read_weights(tmp_path / "whole" / "bundles" / "finetuned" / "model.safetensors")
+    b = read_weights(out / "bundles" / "finetuned" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k].numpy(), b[k].numpy()), k
+    # A finished run is not trained again.
+    again = run_cli(*_cli_args(data, out))
+    assert "already complete" in again.stderr
+
+
+def test_other_settings_on_an_existing_run_are_refused_with_the_differences(tmp_path):
+    data = pitch_set(tmp_path / "d", per_label=7)
+    finetune(options(data, tmp_path / "run", epochs=1), progress=False)
+    with pytest.raises(FinetuneError, match=r"epochs: 1 before, 2 now.*lr: 0\.001 before"):
+        finetune(options(data, tmp_path / "run", epochs=2, lr=5e-4), progress=False)
+
+
+def test_inputs_that_cannot_train_are_refused_clearly(tmp_path):
+    data = pitch_set(tmp_path / "d", per_label=7)
+    with pytest.raises(FinetuneError, match="random-tiny has 2 transformer layers"):
+        finetune(options(data, tmp_path / "r1", layer="5"), progress=False)
+    with pytest.raises(FinetuneError, match="--unfreeze 3: random-tiny runs 1 transformer layers"):
+        finetune(options(data, tmp_path / "r2", layer="1", unfreeze="3"), progress=False)
+    one = tmp_path / "one.csv"
+    one.write_text(
+        "path,label,split\n"
+        + "".join(f"{tmp_path}/d/audio/low_{i}.wav,low,train\n" for i in range(4))
+        + f"{tmp_path}/d/audio/mid_0.wav,mid,test\n"
+    )
+    with pytest.raises(FinetuneError, match="single label"):
+        finetune(options(one, tmp_path / "r3"), progress=False)
+    # Through the command line: one line, exit 2, no traceback.
+    proc = run_cli(*_cli_args(data, tmp_path / "r4"), "--batch-size", "1", check=False)
+    assert proc.returncode == 2 and "--batch-size must be at least 2" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_loss_that_becomes_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    data = pitch_set(tmp_path / "d", per_label=7)
+    out = tmp_path / "run"
+    args = _cli_args(data, out)
+    args[args.index("--segment-seconds") + 1] = "2"
+    proc = run_cli(*args, "--head-lr", "1e38", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "NaN or infinite" in proc.stderr and "last good checkpoint" in proc.stderr
+    assert (out / "finetune" / "latest.json").is_file()
+    assert not (out / "finetune.json").exists()
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path):
+    data = pitch_set(tmp_path / "d", per_label=7)
+    plain = finetune(options(data, tmp_path / "a", epochs=2), progress=False)
+    saved = finetune(
+        options(data, tmp_path / "b", epochs=2, gradient_checkpointing=True), progress=False
+    )
+    assert [h["train_loss"] for h in plain["history"]] == pytest.approx(
+        [h["train_loss"] for h in saved["history"]], rel=1e-5
+    )
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    f = [lr_factor(s, 100, 0.1) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))
+    assert f[-1] < 0.01
+
+
+def test_whisper_encoder_fine_tunes_on_packed_windows_and_predicts(tmp_path, whisper_dir):
+    root = tmp_path / "d"
+    rows = ["path,label,split"]
+    for li, label in enumerate(("a", "b")):
+        for i in range(4):
+            p = write_audio(root / f"{label}{i}.wav", 12.0, freq=300.0 * (li + 1), seed=i)
+            rows.append(f"{p},{label},{'train' if i < 3 else 'test'}")
+    (root / "m.csv").write_text("\n".join(rows) + "\n")
+    result = finetune(
+        FinetuneOptions(
+            data=str(root / "m.csv"),
+            out=str(tmp_path / "run"),
+            model=whisper_dir,
+            segment_seconds=5.0,
+            layer="1",
+            unfreeze="1",
+            epochs=1,
+            batch_size=2,
+            workers=0,
+        ),
+        progress=False,
+    )
+    assert result["results"][0]["layer"] == 1
+    proc = run_cli(
+        "predict",
+        str(root / "a0.wav"),
+        "--bundle",
+        str(tmp_path / "run" / "bundles" / "finetuned"),
+        "--json",
+    )
+    (entry,) = json.loads(proc.stdout)
+    assert [s["start"] for s in entry["timeline"]] == [0.0, 5.0]  # two 5 s segments of 12 s
+
+
+@pytest.fixture(scope="module")
+def tuned_bundle(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tuned")
+    finetune(options(pitch_set(root / "d"), root / "run", epochs=4), progress=False)
+    return root / "run" / "bundles" / "finetuned"
+
+
+def test_the_bundle_round_trips_through_predict_and_the_server(tuned_bundle, tmp_path):
+    clip = write_audio(tmp_path / "high.wav", 6.0, freq=150.0 * 2.2**2)
+    cli = json.loads(run_cli("predict", str(clip), "--bundle", str(tuned_bundle), "--json").stdout)[
+        0
+    ]
+    assert len(cli["timeline"]) == 3
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wav2genre_cache",
+            "serve",
+            "--bundle",
+            str(tuned_bundle),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "/api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        model = httpx.get(url + "/api/model").json()
+        assert model["fine_tuned"] is True and model["head"] == "finetuned"
+        served = httpx.post(
+            url + "/api/predict", files={"file": ("high.wav", clip.read_bytes())}, timeout=60
+        ).json()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert served["top"] == cli["top"]
+    assert [s["probabilities"] for s in served["timeline"]] == [
+        s["probabilities"] for s in cli["timeline"]
+    ]
+
+
+def test_a_tampered_weight_file_is_refused(tuned_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(tuned_bundle, copy)
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    clip = write_audio(tmp_path / "t.wav", 3.0)
+    proc = run_cli("predict", str(clip), "--bundle", str(copy), check=False)
+    assert proc.returncode == 2
+    assert "model.safetensors: the file was altered after training" in proc.stderr
+    # bundle.json may name only an allow-listed encoder class: nothing is imported by name.
+    shutil.copy(tuned_bundle / "model.safetensors", weights)
+    meta = json.loads((copy / "bundle.json").read_text())
+    meta["model"]["encoder_class"] = "os.system"
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    proc = run_cli("predict", str(clip), "--bundle", str(copy), check=False)
+    assert proc.returncode == 2 and "names encoder class 'os.system'" in proc.stderr
