@@ -49,5 +49,6 @@ def test_inference_imports_neither_training_stage():
         return seen
 
     for module in ("predict", "server", "bundles"):
-        stages = reach(module, set()) & {"embed", "cache", "train", "datasets", "features"}
+        training = {"embed", "cache", "train", "datasets", "features", "finetune"}
+        stages = reach(module, set()) & (training | {"finetune_checkpoint"})
         assert stages == set(), (module, stages)

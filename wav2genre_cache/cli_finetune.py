@@ -80,6 +80,13 @@ def finetune(
     gradient_checkpointing: Annotated[
         bool, typer.Option(help="Recompute activations in the backward pass: less memory.")
     ] = False,
+    probe_epochs: Annotated[
+        int,
+        typer.Option(
+            help="Before fine-tuning, passes of the head over the frozen encoder's states of the "
+            "training segments, computed once (linear probe, then fine-tune; 0: none)."
+        ),
+    ] = 50,
     patience: Annotated[
         int, typer.Option(help="Epochs without a better validation track accuracy before stopping.")
     ] = 3,
@@ -121,6 +128,7 @@ def finetune(
         warmup=warmup,
         precision=precision,
         gradient_checkpointing=gradient_checkpointing,
+        probe_epochs=probe_epochs,
         patience=patience,
         augment=tuple(a.strip() for a in augment.split(",") if a.strip()),
         augment_prob=augment_prob,

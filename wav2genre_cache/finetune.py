@@ -97,6 +97,7 @@ class FinetuneOptions:
     warmup: float = 0.1  # fraction of the optimizer steps
     precision: str = "auto"
     gradient_checkpointing: bool = False
+    probe_epochs: int = 50  # passes of the head over the frozen states before fine-tuning
     patience: int = 3  # epochs without a better validation track accuracy before stopping
     augment: tuple[str, ...] = ()
     augment_prob: float = 0.5
@@ -190,6 +191,10 @@ def finetune(opts: FinetuneOptions, console: Console | None = None, progress: bo
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
     state = state or _fresh_state()
+    if opts.probe_epochs and not state.get("probed"):
+        _probe(model, frontend, train, opts, device, log)
+        state["probed"] = True
+        _save(state_dir, model, optimizer, scaler, state)
 
     width = frontend.input_samples(int(round(opts.segment_seconds * SAMPLE_RATE)))
     steps_per_epoch = math.ceil(_train_batches(train, frontend, width, opts) / opts.grad_accum)
@@ -263,6 +268,8 @@ def _check_options(opts: FinetuneOptions) -> None:
         problems.append("--layer-decay must be in (0, 1]")
     if opts.weight_decay < 0 or not 0 <= opts.warmup < 1:
         problems.append("--weight-decay must be >= 0 and --warmup in [0, 1)")
+    if opts.probe_epochs < 0:
+        problems.append("--probe-epochs must be at least 0")
     if opts.patience < 1 or opts.checkpoint_every < 0:
         problems.append("--patience must be at least 1 and --checkpoint-every at least 0")
     if opts.precision not in PRECISIONS:
@@ -385,20 +392,21 @@ def _param_groups(model: SegmentClassifier, unfreeze: int, opts: FinetuneOptions
     """AdamW groups: layer-wise decayed rates down the encoder, the head's own, no decay on norms."""
     layers = list(transformer_layers(model.encoder))
     depth = {id(p): len(layers) - 1 - i for i, blk in enumerate(layers) for p in blk.parameters()}
-    groups: dict[tuple[float, float], list] = {}
+    groups: dict[tuple[bool, float, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if name.startswith("encoder."):
+        in_encoder = name.startswith("encoder.")
+        if in_encoder:
             # Below the stack (embeddings, position conv) counts as one layer deeper than its bottom.
             lr = opts.lr * opts.layer_decay ** depth.get(id(p), len(layers))
         else:
             lr = opts.head_lr
         decay = 0.0 if p.ndim < 2 or name == "layer_logits" else opts.weight_decay
-        groups.setdefault((lr, decay), []).append(p)
+        groups.setdefault((in_encoder, lr, decay), []).append(p)
     return [
-        {"params": ps, "lr": lr, "base_lr": lr, "weight_decay": wd}
-        for (lr, wd), ps in sorted(groups.items(), key=lambda kv: -kv[0][0])
+        {"params": ps, "lr": lr, "base_lr": lr, "weight_decay": wd, "encoder": enc}
+        for (enc, lr, wd), ps in sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][1]))
     ]
 
 
@@ -519,6 +527,52 @@ def _train_step(
     scaled = loss / opts.grad_accum
     (scaler.scale(scaled) if scaler is not None else scaled).backward()
     return float(loss.detach())
+
+
+def _probe(model, frontend, train: list[Example], opts: FinetuneOptions, device, log) -> None:
+    """Fit the head (and layer weights) on the frozen encoder's states before fine-tuning.
+
+    Linear probing, then fine-tuning (Kumar et al., 2022): the gradients of a random head would
+    pull the pretrained layers about before it has learnt anything. The training segments'
+    pooled states are computed once (the encoder in eval mode, no augmentation), then the head
+    takes probe_epochs passes over them in batches of 64, which costs seconds.
+    """
+    started = time.perf_counter()
+    width = frontend.input_samples(int(round(opts.segment_seconds * SAMPLE_RATE)))
+    windows = _windows([e.samples for e in train], train, frontend, width, opts)
+    model.eval()
+    states, labels = [], []
+    with torch.no_grad():
+        for i in range(0, len(windows), opts.batch_size):
+            rows = windows[i : i + opts.batch_size]
+            batch, spans = next(
+                window_batches([(x, sp) for x, sp, _ in rows], width, frontend.pads, len(rows))
+            )
+            states.append(model.states(frontend.inputs(batch, device), spans).float())
+            labels += [label for _, sp, label in rows for _ in sp]
+    X, y = torch.cat(states), torch.as_tensor(labels, device=device)
+    params = list(model.head.parameters()) + (
+        [model.layer_logits] if model.layer_logits is not None else []
+    )
+    optimizer = torch.optim.AdamW(params, lr=opts.head_lr, weight_decay=opts.weight_decay)
+    model.train()
+    torch.manual_seed(opts.seed)
+    order = torch.Generator().manual_seed(opts.seed)
+    loss = torch.tensor(float("nan"))
+    for _ in range(opts.probe_epochs):
+        perm = torch.randperm(len(X), generator=order)
+        for j in range(0, len(X), 64):
+            idx = perm[j : j + 64]
+            if len(idx) < 2:
+                continue  # BatchNorm cannot train on one row
+            loss = torch.nn.functional.cross_entropy(model.head(model.mix(X[idx])), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    log(
+        f"Probe: the head fitted on the frozen states of {len(X)} training segments "
+        f"({opts.probe_epochs} passes, loss {float(loss.detach()):.4f}, {time.perf_counter() - started:.1f} s)"
+    )
 
 
 def _step(model, optimizer, scaler, state: dict, total_steps: int, opts: FinetuneOptions) -> None:

@@ -133,27 +133,33 @@ class SegmentClassifier(torch.nn.Module):
             return None
         return torch.softmax(self.layer_logits.detach().float(), 0).tolist()
 
-    def pooled(self, x: torch.Tensor, spans: list[list[Span]]) -> torch.Tensor:
-        """Mean state of every segment the rows hold, in row then span order: [segments, dim]."""
+    def states(self, x: torch.Tensor, spans: list[list[Span]]) -> torch.Tensor:
+        """Mean state of every segment the rows hold, in row then span order, of each layer
+        the model reads: [segments, 1 or every layer, dim]."""
         out = (
             self.encoder(x, output_hidden_states=True)
             if self.input_name is None
             else self.encoder(**{self.input_name: x}, output_hidden_states=True)
         )
-        hidden = out.hidden_states
-        if self.layer_logits is None:
-            h = hidden[self.layer]
-        else:
-            w = torch.softmax(self.layer_logits.float(), 0).to(hidden[0].dtype)
-            h = sum(wi * hi for wi, hi in zip(w, hidden, strict=True))
-        weights = span_weights(spans, h.shape[1]).to(h.device, h.dtype)
-        pooled = torch.bmm(weights, h)  # [rows, most segments in a row, dim]
+        hidden = (
+            out.hidden_states if self.layer_logits is not None else [out.hidden_states[self.layer]]
+        )
+        weights = span_weights(spans, hidden[0].shape[1]).to(hidden[0].device, hidden[0].dtype)
         keep = [b * weights.shape[1] + j for b, row in enumerate(spans) for j in range(len(row))]
-        return pooled.reshape(-1, pooled.shape[-1])[keep]
+        # [rows, most segments in a row, dim] per layer, then the segments that exist.
+        pooled = [torch.bmm(weights, h).reshape(-1, h.shape[-1])[keep] for h in hidden]
+        return torch.stack(pooled, dim=1)
+
+    def mix(self, states: torch.Tensor) -> torch.Tensor:
+        """[segments, dim]: the one layer, or the softmax-weighted sum of every layer."""
+        if self.layer_logits is None:
+            return states[:, 0]
+        w = torch.softmax(self.layer_logits.float(), 0).to(states.dtype)
+        return torch.einsum("sld,l->sd", states, w)
 
     def forward(self, x: torch.Tensor, spans: list[list[Span]]) -> torch.Tensor:
         """Logits of every segment the rows hold: [segments, classes]."""
-        return self.head(self.pooled(x, spans).float())
+        return self.head(self.mix(self.states(x, spans)).float())
 
 
 def span_weights(spans: list[list[Span]], n_frames: int) -> torch.Tensor:
