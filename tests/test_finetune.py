@@ -145,6 +145,13 @@ def test_inputs_that_cannot_train_are_refused_clearly(tmp_path):
     )
     with pytest.raises(FinetuneError, match="single label"):
         finetune(options(one, tmp_path / "r3"), progress=False)
+    none = tmp_path / "none.csv"
+    none.write_text(
+        "path,label,split\n"
+        + "".join(f"{tmp_path}/d/audio/{lab}_0.wav,{lab},test\n" for lab in LABELS)
+    )
+    with pytest.raises(FinetuneError, match=r"no training tracks \(0 train, 0 valid, 3 test\)"):
+        finetune(options(none, tmp_path / "r5"), progress=False)
     # Through the command line: one line, exit 2, no traceback.
     proc = run_cli(*_cli_args(data, tmp_path / "r4"), "--batch-size", "1", check=False)
     assert proc.returncode == 2 and "--batch-size must be at least 2" in proc.stderr
@@ -305,3 +312,41 @@ def test_run_with_finetune_puts_both_kinds_of_row_in_one_table(tmp_path, dev_cli
     kinds = {r["encoder"] for r in table}
     assert kinds == {"frozen", "fine-tuned (top 1 of 2)"}, kinds
     assert (run / "finetune_curve.png").is_file() and (run / "best" / "bundle.json").is_file()
+
+
+@pytest.mark.parametrize("family", ["hubert", "wavlm"])
+def test_the_raw_waveform_family_fine_tunes_and_its_bundle_loads(tmp_path, family):
+    import transformers
+
+    from wav2genre_cache.model_sources import builtin_model
+
+    config_cls, model_cls = {
+        "hubert": (transformers.HubertConfig, transformers.HubertModel),
+        "wavlm": (transformers.WavLMConfig, transformers.WavLMModel),
+    }[family]
+    config = config_cls(**builtin_model("random-tiny").config.to_dict())
+    model_cls(config).save_pretrained(tmp_path / family)
+    data = pitch_set(tmp_path / "d", per_label=7)
+    result = finetune(
+        options(data, tmp_path / "run", model=str(tmp_path / family), epochs=1, unfreeze="1"),
+        progress=False,
+    )
+    assert result["results"][0]["fine_tuned"]["unfreeze"] == 1
+    clip = write_audio(tmp_path / "t.wav", 4.0)
+    bundle = tmp_path / "run" / "bundles" / "finetuned"
+    (entry,) = json.loads(run_cli("predict", str(clip), "--bundle", str(bundle), "--json").stdout)
+    assert len(entry["timeline"]) == 2
+
+
+def test_augmentation_on_the_fly_and_bfloat16_autocast_on_the_cpu(tmp_path):
+    data = pitch_set(tmp_path / "d", per_label=7)
+    result = finetune(
+        options(
+            data, tmp_path / "run", epochs=2, augment=("noise",), augment_prob=1.0,
+            precision="bfloat16", workers=1,
+        ),
+        progress=False,
+    )  # fmt: skip
+    assert result["precision"] == "bfloat16"
+    assert all(np.isfinite(h["train_loss"]) for h in result["history"])
+    assert result["results"][0]["augmented"] is True

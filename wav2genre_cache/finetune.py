@@ -137,6 +137,7 @@ def finetune(opts: FinetuneOptions, console: Console | None = None, progress: bo
         return json.loads((run_dir / RESULT_FILE).read_text())
     tracks = _split_tracks(opts)
     labels = sorted({t.label for t in tracks})
+    _check_split(tracks)  # before any model loads
     device = resolve_device(opts.device)
     dtype = _precision(opts.precision, device)
 
@@ -311,6 +312,21 @@ def _split_tracks(opts: FinetuneOptions) -> list[Track]:
     layout = detect_layout(Path(opts.data)) if opts.dataset == "auto" else opts.dataset
     tracks = assign_splits(discover(opts.data, layout), opts.split, opts.seed, opts.split_dir)
     return [t for t in tracks if t.split != EXCLUDED]
+
+
+def _check_split(tracks: list[Track]) -> None:
+    """A split fine-tuning can learn from: training tracks of at least two labels."""
+    train = [t for t in tracks if t.split == "train"]
+    if not train:
+        counts = ", ".join(f"{sum(t.split == s for t in tracks)} {s}" for s in SPLITS)
+        raise FinetuneError(
+            f"the split gives no training tracks ({counts}): nothing to fine-tune on"
+        )
+    if len({t.label for t in train}) < 2:
+        raise FinetuneError(
+            f"the training split holds a single label ({train[0].label!r}); "
+            "fine-tuning a classifier needs at least two"
+        )
 
 
 def _precision(name: str, device: torch.device) -> torch.dtype:
