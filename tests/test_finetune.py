@@ -163,11 +163,20 @@ def test_a_loss_that_becomes_nan_stops_and_keeps_the_last_good_checkpoint(tmp_pa
     out = tmp_path / "run"
     args = _cli_args(data, out)
     args[args.index("--segment-seconds") + 1] = "2"
-    proc = run_cli(*args, "--head-lr", "1e38", check=False)
+    proc = run_cli(*args, "--head-lr", "1e30", "--probe-epochs", "0", check=False)
     assert proc.returncode == 2, proc.stderr
     assert "NaN or infinite" in proc.stderr and "last good checkpoint" in proc.stderr
     assert (out / "finetune" / "latest.json").is_file()
     assert not (out / "finetune.json").exists()
+
+
+def test_a_probe_whose_loss_becomes_nan_stops_before_anything_is_written(tmp_path):
+    data = pitch_set(tmp_path / "d", per_label=7)
+    with pytest.raises(FinetuneError, match="probe's loss became NaN"):
+        finetune(options(data, tmp_path / "run", head_lr=1e30), progress=False)
+    assert not (tmp_path / "run" / "finetune" / "latest.json").exists()
+    # Nothing holds the folder to the failed settings: a lower rate may use it.
+    finetune(options(data, tmp_path / "run", epochs=1), progress=False)
 
 
 def test_gradient_checkpointing_gives_the_same_training(tmp_path):

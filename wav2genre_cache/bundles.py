@@ -86,7 +86,7 @@ def write_bundle(
 def write_finetuned_bundle(directory: Path, model, extractor, meta: dict) -> Path:
     """Write a fine-tuned encoder and head (safetensors, configs in JSON) with its bundle.json.
 
-    meta holds labels, layer, segment settings, backbone, front end, metrics and "model" (how
+    meta holds labels, layer, sample rate and segment settings, backbone, front end, metrics and "model" (how
     finetuned.load_model rebuilds it); the sha256 of every file is added here.
     """
     from .finetuned import save_model
@@ -102,8 +102,7 @@ def write_finetuned_bundle(directory: Path, model, extractor, meta: dict) -> Pat
         "head": FINETUNED,
         "files": {f: sha256_file(directory / f) for f in files},
         "feature_set": ENCODER,
-        "sample_rate": 16_000,
-        "dtype": "float32",
+        "dtype": "float32",  # fine-tuned weights are float32, whatever the training precision
         **meta,
     }
     (directory / "bundle.json").write_text(json.dumps(jsonable(bundle), indent=1))

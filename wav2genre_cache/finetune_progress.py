@@ -27,25 +27,23 @@ class EpochBar:
         self.task = self.progress.add_task(
             "fine-tune", total=total, completed=done, epoch=1, epochs=epochs, loss="-", rate="-"
         )
-        self._segments = 0
-        self._since = None
+        self._epoch = -1
+        self._since = 0.0
 
     def __enter__(self) -> EpochBar:
-        import time
-
         self.progress.start()
-        self._since = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
         self.progress.stop()
 
     def step(self, epoch: int, loss: float, segments: int) -> None:
-        """One optimizer step done, with the epoch's running loss."""
+        """One optimizer step done: the epoch's running loss and its segments so far."""
         import time
 
-        self._segments += segments
-        rate = self._segments / max(time.perf_counter() - self._since, 1e-9)
+        if epoch != self._epoch:  # a new epoch: its rate is measured from here
+            self._epoch, self._since = epoch, time.perf_counter()
+        rate = segments / max(time.perf_counter() - self._since, 1e-9)
         self.progress.update(
             self.task, advance=1, epoch=epoch + 1, loss=f"{loss:.4f}", rate=f"{rate:.1f}"
         )
