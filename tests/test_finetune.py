@@ -152,6 +152,8 @@ def test_inputs_that_cannot_train_are_refused_clearly(tmp_path):
     )
     with pytest.raises(FinetuneError, match=r"no training tracks \(0 train, 0 valid, 3 test\)"):
         finetune(options(none, tmp_path / "r5"), progress=False)
+    with pytest.raises(FinetuneError, match="0 full segment.*at least two"):
+        finetune(options(data, tmp_path / "r6", segment_seconds=5.0), progress=False)
     # Through the command line: one line, exit 2, no traceback.
     proc = run_cli(*_cli_args(data, tmp_path / "r4"), "--batch-size", "1", check=False)
     assert proc.returncode == 2 and "--batch-size must be at least 2" in proc.stderr
