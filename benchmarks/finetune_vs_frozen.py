@@ -11,7 +11,7 @@ seed, and on it:
 
 Both are scored on the same test tracks. Seconds per epoch and peak memory come from the
 fine-tuning run. Then whisper-base is fine-tuned for one epoch with and without gradient
-checkpointing to measure peak memory. Results go to benchmarks/results/ as JSON, and a
+checkpointing, with its top 2 layers and with all of them unfrozen, to measure peak memory. Results go to benchmarks/results/ as JSON, and a
 Markdown table is printed.
 
     python benchmarks/finetune_vs_frozen.py                    # the committed CPU run
@@ -107,15 +107,19 @@ def spread(values: list[float]) -> dict:
     }
 
 
-def memory_run(model: str, work: Path, checkpointing: bool, a: argparse.Namespace) -> dict:
-    """One epoch of fine-tuning whisper-base: its peak memory, with or without checkpointing."""
-    run = work / f"memory-{'ckpt' if checkpointing else 'plain'}"
+def memory_run(
+    model: str, work: Path, unfreeze: str, checkpointing: bool, a: argparse.Namespace
+) -> dict:
+    """One epoch of fine-tuning: its peak memory, with or without gradient checkpointing."""
+    run = work / f"memory-unfreeze{unfreeze}-{'ckpt' if checkpointing else 'plain'}"
     extra = ["--gradient-checkpointing"] if checkpointing else []
     args = finetune_args(model, run, 0, a, *extra)
     args[args.index("--epochs") + 1] = "1"
+    args[args.index("--unfreeze") + 1] = unfreeze
     cli(*args)
     ft = json.loads((run / "finetune.json").read_text())
     return {
+        "unfreeze": unfreeze,
         "gradient_checkpointing": checkpointing,
         "seconds_per_epoch": ft["seconds_per_epoch"],
         **ft["memory"],
@@ -135,6 +139,7 @@ def main() -> None:
     p.add_argument("--head-lr", type=float, default=3e-3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--memory-model", default="pip:whisper-base")
+    p.add_argument("--memory-unfreeze", default="2,all")
     p.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks/results/finetune_vs_frozen_cpu.json"
     )
@@ -165,7 +170,11 @@ def main() -> None:
             "seeds": seeds,
         }
         print(f"{model}: done", file=sys.stderr, flush=True)
-    memory = [memory_run(a.memory_model, work, c, a) for c in (False, True)]
+    memory = [
+        memory_run(a.memory_model, work, u, c, a)
+        for u in a.memory_unfreeze.split(",")
+        for c in (False, True)
+    ]
     result = {
         "command": "python benchmarks/finetune_vs_frozen.py " + " ".join(sys.argv[1:]),
         "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
@@ -194,12 +203,13 @@ def table(result: dict) -> str:
         )
     lines += [
         "",
-        "| gradient checkpointing | s / epoch | peak RSS | RSS before training |",
-        "|---|---|---|---|",
+        "| unfreeze | gradient checkpointing | s / epoch | peak RSS | RSS before training |",
+        "|---|---|---|---|---|",
     ]
     for r in result["memory"]["runs"]:
         lines.append(
-            f"| {'on' if r['gradient_checkpointing'] else 'off'} | {r['seconds_per_epoch']:.1f} "
+            f"| {r['unfreeze']} | {'on' if r['gradient_checkpointing'] else 'off'} "
+            f"| {r['seconds_per_epoch']:.1f} "
             f"| {r['peak_rss_mb']:,.0f} MB | {r['rss_before_training_mb']:,.0f} MB |"
         )
     return "\n".join(lines)
