@@ -86,8 +86,8 @@ def write_bundle(
 def write_finetuned_bundle(directory: Path, model, extractor, meta: dict) -> Path:
     """Write a fine-tuned encoder and head (safetensors, configs in JSON) with its bundle.json.
 
-    meta holds labels, layer, sample rate and segment settings, backbone, front end, metrics and "model" (how
-    finetuned.load_model rebuilds it); the sha256 of every file is added here.
+    meta holds labels, layer, sample rate and segment settings, backbone, front end, metrics
+    and "model" (how finetuned.load_model rebuilds it); the sha256 of every file is added here.
     """
     from .finetuned import save_model
 

@@ -38,6 +38,7 @@ ENCODER_CLASSES = {
     "Data2VecAudioModel": "transformers.models.data2vec.modeling_data2vec_audio",
     "WhisperEncoder": "transformers.models.whisper.modeling_whisper",
 }
+EXTRACTOR_CLASSES = ("Wav2Vec2FeatureExtractor", "WhisperFeatureExtractor")
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 EXTRACTOR_FILE = "preprocessor_config.json"
@@ -252,12 +253,25 @@ def save_model(model: SegmentClassifier, extractor: Any | None, directory: Path)
     return files
 
 
+def _load_extractor(directory: Path) -> Any:
+    """The feature extractor from its JSON config, by an allow-listed class (no file search)."""
+    import transformers
+
+    config = json.loads((directory / EXTRACTOR_FILE).read_text())
+    name = config.get("feature_extractor_type") if isinstance(config, dict) else None
+    if name not in EXTRACTOR_CLASSES:
+        raise ValueError(
+            f"names feature extractor {name!r}; a fine-tuned bundle may hold one of "
+            f"{', '.join(EXTRACTOR_CLASSES)}"
+        )
+    return getattr(transformers, name).from_dict(config)
+
+
 def load_model(directory: Path, meta: dict) -> tuple[SegmentClassifier, Any]:
     """A fine-tuned bundle's model and front end, from files the caller has checksummed.
 
     ValueError (a message for the user) when bundle.json names what this version cannot build.
     """
-    import transformers
     from safetensors.torch import load_file
 
     model_meta = meta.get("model") or {}
@@ -272,11 +286,7 @@ def load_model(directory: Path, meta: dict) -> tuple[SegmentClassifier, Any]:
     config = encoder_cls.config_class.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
     with torch.random.fork_rng(devices=[]):  # every weight is overwritten below
         encoder = encoder_cls(config)
-    extractor = None
-    if (directory / EXTRACTOR_FILE).is_file():
-        extractor = transformers.AutoFeatureExtractor.from_pretrained(
-            str(directory), local_files_only=True
-        )
+    extractor = _load_extractor(directory) if (directory / EXTRACTOR_FILE).is_file() else None
     if model_meta.get("layers_cut"):
         drop_final_norm(encoder)
     frontend = frontend_for(encoder, extractor, meta.get("window"))
