@@ -139,7 +139,9 @@ def main() -> None:
     p.add_argument("--head-lr", type=float, default=3e-3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--memory-model", default="pip:whisper-base")
-    p.add_argument("--memory-unfreeze", default="2,all")
+    p.add_argument(
+        "--memory-unfreeze", default="2,all", help="--unfreeze of the memory runs ('': none)"
+    )
     p.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks/results/finetune_vs_frozen_cpu.json"
     )
@@ -172,7 +174,7 @@ def main() -> None:
         print(f"{model}: done", file=sys.stderr, flush=True)
     memory = [
         memory_run(a.memory_model, work, u, c, a)
-        for u in a.memory_unfreeze.split(",")
+        for u in filter(None, a.memory_unfreeze.split(","))
         for c in (False, True)
     ]
     result = {
