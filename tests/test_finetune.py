@@ -17,6 +17,7 @@ import pytest
 from conftest import run_cli, write_audio
 from test_server import free_port
 
+from wav2genre_cache.errors import BackboneError, OptionError
 from wav2genre_cache.finetune import FinetuneError, FinetuneOptions, finetune, lr_factor
 from wav2genre_cache.finetune_checkpoint import read_weights
 
@@ -104,7 +105,12 @@ def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
     pointer = out / "finetune" / "latest.json"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if pointer.is_file() and int(json.loads(pointer.read_text())["checkpoint"][5:]) >= 3:
+        step = (
+            json.loads(pointer.read_text())["checkpoint"].split("-step-")[1]
+            if pointer.is_file()
+            else 0
+        )
+        if int(step) >= 3:
             os.kill(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.01)
@@ -154,6 +160,8 @@ def test_inputs_that_cannot_train_are_refused_clearly(tmp_path):
         finetune(options(none, tmp_path / "r5"), progress=False)
     with pytest.raises(FinetuneError, match="0 full segment.*at least two"):
         finetune(options(data, tmp_path / "r6", segment_seconds=5.0), progress=False)
+    with pytest.raises(OptionError, match="--train-feature-encoder .* needs --unfreeze all"):
+        finetune(options(data, tmp_path / "r7", unfreeze="1", train_feature_encoder=True))
     # Through the command line: one line, exit 2, no traceback.
     proc = run_cli(*_cli_args(data, tmp_path / "r4"), "--batch-size", "1", check=False)
     assert proc.returncode == 2 and "--batch-size must be at least 2" in proc.stderr
@@ -167,7 +175,7 @@ def test_a_loss_that_becomes_nan_stops_and_keeps_the_last_good_checkpoint(tmp_pa
     args[args.index("--segment-seconds") + 1] = "2"
     proc = run_cli(*args, "--head-lr", "1e30", "--probe-epochs", "0", check=False)
     assert proc.returncode == 2, proc.stderr
-    assert "NaN or infinite" in proc.stderr and "last good checkpoint" in proc.stderr
+    assert "NaN or infinite" in proc.stderr and "is kept in" in proc.stderr
     assert (out / "finetune" / "latest.json").is_file()
     assert not (out / "finetune.json").exists()
 
@@ -193,10 +201,11 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path):
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
-    f = [lr_factor(s, 100, 0.1) for s in range(100)]
+    f = [lr_factor((s + 1) / 100, 0.1) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False))
-    assert f[-1] < 0.01
+    assert f[-1] == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(0.5, 0.0) == pytest.approx(0.5)
 
 
 def test_whisper_encoder_fine_tunes_on_packed_windows_and_predicts(tmp_path, whisper_dir):
@@ -361,3 +370,27 @@ def test_augmentation_on_the_fly_and_bfloat16_autocast_on_the_cpu(tmp_path):
     assert result["precision"] == "bfloat16"
     assert all(np.isfinite(h["train_loss"]) for h in result["history"])
     assert result["results"][0]["augmented"] is True
+
+
+def test_layer_0_pools_the_encoders_input(tmp_path):
+    data = pitch_set(tmp_path / "d", per_label=7)
+    result = finetune(
+        options(data, tmp_path / "run", layer="0", unfreeze="0", epochs=1), progress=False
+    )
+    assert result["results"][0]["layer"] == 0
+    clip = write_audio(tmp_path / "t.wav", 2.0)
+    bundle = tmp_path / "run" / "bundles" / "finetuned"
+    run_cli("predict", str(clip), "--bundle", str(bundle))
+
+
+def test_an_encoder_a_bundle_cannot_hold_is_refused_before_training(tmp_path):
+    import transformers
+
+    from wav2genre_cache.model_sources import builtin_model
+
+    config = transformers.UniSpeechSatConfig(**builtin_model("random-tiny").config.to_dict())
+    transformers.UniSpeechSatModel(config).save_pretrained(tmp_path / "usat")
+    data = pitch_set(tmp_path / "d", per_label=7)
+    with pytest.raises(BackboneError, match="UniSpeechSatModel cannot be fine-tuned here"):
+        finetune(options(data, tmp_path / "run", model=str(tmp_path / "usat")), progress=False)
+    assert not (tmp_path / "run").exists()

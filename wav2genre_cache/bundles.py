@@ -157,9 +157,11 @@ def _load_finetuned(directory: Path, meta_file: Path, meta: dict):
             f"{directory}: holds {', '.join(sorted(extra))}, which bundle.json has no checksum for; "
             "refusing to load it"
         )
+    from safetensors import SafetensorError
+
     try:
         return load_model(directory, meta)
-    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+    except (ValueError, KeyError, TypeError, RuntimeError, OSError, SafetensorError) as exc:
         raise BundleError(f"{directory}: cannot load the fine-tuned model ({exc})") from None
 
 

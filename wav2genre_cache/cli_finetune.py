@@ -88,7 +88,11 @@ def finetune(
         ),
     ] = 50,
     patience: Annotated[
-        int, typer.Option(help="Epochs without a better validation track accuracy before stopping.")
+        int,
+        typer.Option(
+            help="Epochs without a better validation score (track accuracy, then macro-F1, then "
+            "loss) before stopping."
+        ),
     ] = 3,
     augment: AugmentOpt = "",
     augment_prob: Annotated[

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from safetensors import SafetensorError
 
 from .audio import SAMPLE_RATE
 from .backbone import resolve_device
@@ -48,6 +49,8 @@ from .finetune_options import (
 from .finetune_progress import EpochBar
 from .finetune_result import RESULT_FILE, PeakMemory, finish
 from .finetuned import (
+    ENCODER_CLASSES,
+    EXTRACTOR_CLASSES,
     WEIGHTED,
     SegmentClassifier,
     feature_encoder,
@@ -56,7 +59,7 @@ from .finetuned import (
     window_batches,
 )
 from .frontends import frontend_for
-from .model_sources import fetch_model
+from .model_sources import fetch_model, first_line
 from .workers import DecodeWorkers
 
 __all__ = ["FinetuneError", "FinetuneOptions", "finetune", "lr_factor"]
@@ -71,21 +74,30 @@ def finetune(opts: FinetuneOptions, console: Console | None = None, progress: bo
     check_options(opts)
     run_dir = Path(opts.out)
     state_dir = run_dir / STATE_DIR
-    check_settings(state_dir, opts.settings())
-    if (run_dir / RESULT_FILE).is_file() and (state_dir / "settings.json").is_file():
-        log(f"{run_dir}: this fine-tuning run is already complete")
-        return json.loads((run_dir / RESULT_FILE).read_text())
     tracks = split_tracks(opts)
     labels = sorted({t.label for t in tracks})
     check_split(tracks)  # before any model loads
     device = resolve_device(opts.device)
     dtype = resolve_precision(opts.precision, device)
+    digest = split_digest([(t.track_id, t.split) for t in tracks])
+    # What decides the result: the options, and what they resolved to here (the data's split
+    # and labels, the precision `auto` chose). A run folder resumes only with the same.
+    settings = {
+        **opts.settings(),
+        "labels": labels,
+        "split_digest": digest,
+        "resolved_precision": str(dtype).removeprefix("torch."),
+    }
+    check_settings(state_dir, settings)
+    if (run_dir / RESULT_FILE).is_file() and (state_dir / "settings.json").is_file():
+        log(f"{run_dir}: this fine-tuning run is already complete")
+        return json.loads((run_dir / RESULT_FILE).read_text())
 
     encoder, extractor, frontend, info = _load_encoder(opts)
     layer, unfreeze = info["layer"], info["unfreeze"]
 
     data = decode_tracks(tracks, labels, opts, log)
-    data["split_digest"] = split_digest([(t.track_id, t.split) for t in tracks])
+    data["split_digest"] = digest
     train = data["train"]
     if not train:
         raise FinetuneError("no training track could be decoded: nothing to fine-tune on")
@@ -107,9 +119,10 @@ def finetune(opts: FinetuneOptions, console: Console | None = None, progress: bo
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
         state = load_checkpoint(state_dir, model, optimizer)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
         raise FinetuneError(
-            f"{state_dir}: its checkpoint cannot be read ({exc}); remove the folder to start over"
+            f"{state_dir}: its checkpoint cannot be read ({first_line(exc)}); remove the folder "
+            "to start over"
         ) from None
     if state:
         log(f"Resuming from {state_dir}: epoch {state['epoch'] + 1}, step {state['global_step']}")
@@ -117,13 +130,15 @@ def finetune(opts: FinetuneOptions, console: Console | None = None, progress: bo
             scaler.load_state_dict(state["scaler"])
     state = state or _fresh_state()
     width = frontend.input_samples(int(round(opts.segment_seconds * SAMPLE_RATE)))
+    # The bar's length; the learning-rate schedule follows the epochs' progress instead, since
+    # time-stretched tracks change how many batches an augmented epoch has.
     steps_per_epoch = math.ceil(train_batches(train, frontend, width, opts) / opts.grad_accum)
     if opts.probe_epochs and not state.get("probed"):
         _probe(model, frontend, train, opts, device, log)
         state["probed"] = True
-        _save(state_dir, model, optimizer, scaler, state, opts.settings())
+        _save(state_dir, model, optimizer, scaler, state, settings)
 
-    total_steps = steps_per_epoch * opts.epochs
+    total_steps = steps_per_epoch * opts.epochs  # for the progress bar
     bar = EpochBar(console, opts.epochs, total_steps, state["global_step"], enabled=progress)
     peak = PeakMemory(device)
     with bar, DecodeWorkers(augment_workers(opts)) as pool:
@@ -135,24 +150,39 @@ def finetune(opts: FinetuneOptions, console: Console | None = None, progress: bo
             for index, (batch, spans, y) in enumerate(batches):
                 if index < state["batches_done"]:
                     continue  # taken before the checkpoint this run resumed from
+                first = index - index % opts.grad_accum  # this optimizer step's first batch
+                group = min(opts.grad_accum, len(batches) - first)
                 loss = _train_step(
-                    model, frontend, batch, spans, y, device, dtype, scaler, opts, epoch, index
+                    model,
+                    frontend,
+                    batch,
+                    spans,
+                    y,
+                    device,
+                    dtype,
+                    scaler,
+                    group,
+                    opts,
+                    epoch,
+                    index,
                 )
                 if not math.isfinite(loss):
-                    raise FinetuneError(_nan_message(epoch, index, state, state_dir))
+                    raise FinetuneError(_nan_message("loss", epoch, index, state_dir))
                 state["loss_sum"] += loss
                 state["segments"] += len(y)
                 state["batches_done"] = index + 1
-                if (index + 1) % opts.grad_accum == 0 or index + 1 == len(batches):
-                    _step(model, optimizer, scaler, state, total_steps, opts)
+                if index + 1 - first == group:
+                    progress = (epoch + (index + 1) / len(batches)) / opts.epochs
+                    if not _step(model, optimizer, scaler, state, progress, opts):
+                        raise FinetuneError(_nan_message("gradients", epoch, index, state_dir))
                     bar.step(epoch, state["loss_sum"] / state["batches_done"], state["segments"])
                     if opts.checkpoint_every and state["global_step"] % opts.checkpoint_every == 0:
                         state["seconds"] += time.perf_counter() - started
                         started = time.perf_counter()
-                        _save(state_dir, model, optimizer, scaler, state, opts.settings())
+                        _save(state_dir, model, optimizer, scaler, state, settings)
             state["seconds"] += time.perf_counter() - started
             _end_epoch(model, frontend, data, labels, opts, device, state, state_dir, log)
-            _save(state_dir, model, optimizer, scaler, state, opts.settings())
+            _save(state_dir, model, optimizer, scaler, state, settings)
     return finish(
         model,
         frontend,
@@ -172,6 +202,17 @@ def finetune(opts: FinetuneOptions, console: Console | None = None, progress: bo
 def _load_encoder(opts: FinetuneOptions) -> tuple:
     """(encoder cut to the layer it pools, its extractor, its front end, what finish records)."""
     encoder, revision, extractor = fetch_model(opts.model)
+    # Refused now, not when predict cannot load the bundle after hours of training.
+    if type(encoder).__name__ not in ENCODER_CLASSES:
+        raise BackboneError(
+            f"{opts.model}: a {type(encoder).__name__} cannot be fine-tuned here; the encoders "
+            f"that can are {', '.join(ENCODER_CLASSES)}"
+        )
+    if extractor is not None and type(extractor).__name__ not in EXTRACTOR_CLASSES:
+        raise BackboneError(
+            f"{opts.model}: its feature extractor {type(extractor).__name__} is not one a "
+            f"fine-tuned bundle can hold ({', '.join(EXTRACTOR_CLASSES)})"
+        )
     try:
         frontend = frontend_for(encoder, extractor, opts.window)
         n_layers = len(transformer_layers(encoder))
@@ -182,7 +223,8 @@ def _load_encoder(opts: FinetuneOptions) -> tuple:
         raise BackboneError(problem)
     layer = resolve_layer(opts.layer, n_layers, opts.model)
     unfreeze = resolve_unfreeze(opts.unfreeze, layer, n_layers, opts.model)
-    cut = layer != WEIGHTED and keep_layers(encoder, layer)
+    # Layer 0 (the encoder's input) keeps one layer: hidden states are recorded around layers.
+    cut = layer != WEIGHTED and keep_layers(encoder, max(layer, 1))
     info = {
         "revision": revision,
         "cut": cut,
@@ -245,9 +287,13 @@ def _param_groups(model: SegmentClassifier, unfreeze: int, opts: FinetuneOptions
 
 
 def _train_step(
-    model, frontend, batch, spans, y, device, dtype, scaler, opts, epoch, index
+    model, frontend, batch, spans, y, device, dtype, scaler, group: int, opts, epoch, index
 ) -> float:
-    """Forward and backward of one micro-batch, seeded by its place; its mean loss."""
+    """Forward and backward of one micro-batch, seeded by its place; its mean loss.
+
+    The gradient is divided by the micro-batches of its optimizer step (`group`), so a step
+    that ends an epoch early weighs its batches as a full one does.
+    """
     seed = int.from_bytes(
         hashlib.blake2b(f"{opts.seed}/{epoch}/{index}".encode(), digest_size=4).digest()
     )
@@ -259,7 +305,7 @@ def _train_step(
     with autocast:
         logits = model(x, spans)
     loss = torch.nn.functional.cross_entropy(logits.float(), target)
-    scaled = loss / opts.grad_accum
+    scaled = loss / group
     (scaler.scale(scaled) if scaler is not None else scaled).backward()
     return float(loss.detach())
 
@@ -315,30 +361,38 @@ def _probe(model, frontend, train: list[Example], opts: FinetuneOptions, device,
     )
 
 
-def _step(model, optimizer, scaler, state: dict, total_steps: int, opts: FinetuneOptions) -> None:
-    """One optimizer step at the scheduled rate: warm-up, then cosine decay to zero."""
-    factor = lr_factor(state["global_step"], total_steps, opts.warmup)
+def _step(model, optimizer, scaler, state: dict, progress: float, opts: FinetuneOptions) -> bool:
+    """One optimizer step at the scheduled rate; False (no step taken) if a gradient is not finite.
+
+    With float16's loss scaling an overflow is the scaler's to handle (it skips the step and
+    lowers the scale); otherwise non-finite gradients would write NaN into the weights.
+    """
+    factor = lr_factor(progress, opts.warmup)
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
     if scaler is not None:
         scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
+    elif not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        return False
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     state["global_step"] += 1
+    return True
 
 
-def lr_factor(step: int, total: int, warmup: float) -> float:
-    """Linear warm-up over the first `warmup` of the steps, then cosine decay towards zero."""
-    warm = max(1, round(warmup * total)) if warmup > 0 else 0
-    if step < warm:
-        return (step + 1) / warm
-    progress = min(1.0, (step - warm) / max(1, total - warm))
-    return 0.5 * (1 + math.cos(math.pi * progress))
+def lr_factor(progress: float, warmup: float) -> float:
+    """The rate's factor after `progress` (0 to 1) of the run: linear warm-up over the first
+    `warmup` of it, then cosine decay to zero at its end."""
+    progress = min(max(progress, 0.0), 1.0)
+    if progress <= warmup:
+        return progress / warmup if warmup > 0 else 1.0
+    return 0.5 * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup)))
 
 
 def _fresh_state() -> dict:
@@ -402,8 +456,8 @@ def _end_epoch(model, frontend, data, labels, opts, device, state, state_dir: Pa
     )
     if state["bad_epochs"] >= opts.patience and data["valid"]:
         state["stopped"] = (
-            f"early stopping after epoch {epoch + 1}: no better validation track accuracy "
-            f"for {opts.patience} epochs"
+            f"early stopping after epoch {epoch + 1}: no better validation score (track "
+            f"accuracy, then macro-F1, then loss) for {opts.patience} epochs"
         )
         log(state["stopped"])
     state |= {"epoch": epoch + 1, "batches_done": 0, "loss_sum": 0.0, "segments": 0, "seconds": 0.0}
@@ -417,25 +471,33 @@ def _save(state_dir: Path, model, optimizer, scaler, state: dict, settings: dict
     """
     settings_file = state_dir / "settings.json"
     if not settings_file.is_file():
-        settings_file.write_text(json.dumps(settings, indent=1))
+        tmp = settings_file.with_name("settings.json.tmp")
+        tmp.write_text(json.dumps(settings, indent=1))
+        tmp.replace(settings_file)
+    state["checkpoints"] = state.get("checkpoints", 0) + 1
     progress = {**state, "scaler": scaler.state_dict() if scaler is not None else None}
-    save_checkpoint(state_dir, state["global_step"], model, optimizer, progress)
+    # A fresh name for every checkpoint: one is never replaced in place (the same step can be
+    # saved twice, mid-epoch and at the epoch's end).
+    name = f"{state['checkpoints']:06d}-step-{state['global_step']:08d}"
+    save_checkpoint(state_dir, name, model, optimizer, progress)
     keep = (state["best"] or {}).get("file")
     for old in state_dir.glob("best-epoch-*.safetensors"):
         if old.name != keep:
             old.unlink(missing_ok=True)
 
 
-def _nan_message(epoch: int, index: int, state: dict, state_dir: Path) -> str:
+def _nan_message(what: str, epoch: int, index: int, state_dir: Path) -> str:
+    """What stopped, what is kept, and what to try."""
     pointer = state_dir / "latest.json"
     kept = (
-        f"the last good checkpoint ({json.loads(pointer.read_text())['checkpoint']}) is kept in "
-        f"{state_dir}, and the same command resumes from it"
+        f"the last checkpoint before it ({json.loads(pointer.read_text())['checkpoint']}, finite "
+        f"weights) is kept in {state_dir} for inspection; the same command would take the same "
+        "steps again"
         if pointer.is_file()
         else "no checkpoint had been written yet"
     )
     return (
-        f"the training loss became NaN or infinite at epoch {epoch + 1}, batch {index + 1}; "
-        f"stopped, and {kept}. To try a lower --lr or --head-lr, or --precision float32, use "
-        "another --out (a run folder keeps the settings it was started with)"
+        f"the training {what} became NaN or infinite at epoch {epoch + 1}, batch {index + 1}; "
+        f"stopped before the step, and {kept}. Try a lower --lr or --head-lr, or --precision "
+        "float32, with another --out (a run folder keeps the settings it was started with)"
     )

@@ -1,6 +1,6 @@
 """Fine-tuning checkpoints: safe formats only, written atomically, read back to resume.
 
-A checkpoint is a folder `checkpoints/step-NNNNNNNN/` holding what training changes: the
+A checkpoint is a folder `checkpoints/<count>-step-<step>/` holding what training changes: the
 trainable weights and every buffer (BatchNorm statistics) and the optimizer's state, in
 safetensors, and the loop's position and history in JSON. It is written under a temporary
 name, synced and renamed; then `latest.json` is replaced to point at it, and only then are
@@ -52,12 +52,13 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(
-    state_dir: Path, step: int, model: torch.nn.Module, optimizer, progress: dict
+    state_dir: Path, name: str, model: torch.nn.Module, optimizer, progress: dict
 ) -> Path:
-    """Write checkpoint `step`, point latest.json at it, then remove the older ones."""
+    """Write checkpoint `name` (a name not used before), point latest.json at it, then remove
+    the older ones."""
     root = state_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
+    final = root / name
     tmp = root / f"{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -69,7 +70,7 @@ def save_checkpoint(
     (tmp / PROGRESS).write_text(json.dumps({**progress, "optimizer_groups": groups}, indent=1))
     for f in tmp.iterdir():
         _sync(f)
-    if final.exists():  # the same step written again (an epoch's end on a step boundary)
+    if final.exists():  # an orphan of a save killed before latest.json moved to it
         shutil.rmtree(final)
     os.replace(tmp, final)
     _sync_dir(root)

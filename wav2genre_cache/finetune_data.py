@@ -82,7 +82,12 @@ def _epoch_views(train: list[Example], opts: FinetuneOptions, epoch: int, pool) 
 def training_windows(
     views, train: list[Example], frontend, width: int, opts: FinetuneOptions
 ) -> list:
-    """(window, spans, label) of every full window: a short track's lone segment is not trained on."""
+    """(window, spans, label) of every window a batch can hold.
+
+    A raw-waveform segment shorter than a full one (a short track's only segment) is left out:
+    it cannot share a batch, and a batch of one cannot train BatchNorm. Whisper pads every
+    window to its fixed length, so there nothing is left out.
+    """
     out = []
     for samples, e in zip(views, train, strict=True):
         _, windows, _, _ = track_windows(frontend, samples, opts.segment_seconds, opts.hop_seconds)
@@ -92,29 +97,37 @@ def training_windows(
 
 def train_batches(train: list[Example], frontend, width: int, opts: FinetuneOptions) -> int:
     """Micro-batches in an epoch without augmentation (the schedule's length)."""
-    n = len(training_windows([e.samples for e in train], train, frontend, width, opts))
-    if n < 2:
+    windows = training_windows([e.samples for e in train], train, frontend, width, opts)
+    segments = sum(len(sp) for _, sp, _ in windows)
+    if segments < 2:
         raise FinetuneError(
-            f"{n} full segment(s) of --segment-seconds {opts.segment_seconds:g} in the training "
-            "tracks; fine-tuning needs at least two (a track shorter than a segment is not "
-            "trained on)"
+            f"{segments} full segment(s) of --segment-seconds {opts.segment_seconds:g} in the "
+            "training tracks; fine-tuning needs at least two (a track shorter than a segment is "
+            "not trained on)"
         )
-    full, rest = divmod(n, opts.batch_size)
-    return max(1, full + (rest >= 2))
+    return len(_chunks(windows, np.arange(len(windows)), opts.batch_size))
 
 
 def epoch_batches(train, frontend, width: int, opts: FinetuneOptions, epoch: int, pool) -> list:
     """This epoch's micro-batches in its seeded order: ([rows, width], spans, segment labels)."""
     windows = training_windows(_epoch_views(train, opts, epoch, pool), train, frontend, width, opts)
     order = np.random.default_rng([opts.seed, epoch]).permutation(len(windows))
-    chunks = [order[i : i + opts.batch_size] for i in range(0, len(order), opts.batch_size)]
-    if len(chunks) > 1 and len(chunks[-1]) < 2:
-        chunks.pop()  # BatchNorm cannot train on one row
-    return [_LazyBatch(windows, chunk, width, frontend.pads) for chunk in chunks]
+    return [
+        _LazyBatch(windows, chunk, width, frontend.pads)
+        for chunk in _chunks(windows, order, opts.batch_size)
+    ]
+
+
+def _chunks(windows: list, order, batch_size: int) -> list:
+    """Batches of window indices in this order; one that holds a single segment is dropped,
+    since BatchNorm cannot train on one row."""
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [c for c in chunks if sum(len(windows[i][1]) for i in c) >= 2]
 
 
 class _LazyBatch:
-    """A micro-batch built when it is reached: an epoch's batches never sit in memory at once."""
+    """A micro-batch stacked when it is reached: the epoch's windows are in memory (for Whisper,
+    copies of the training audio), but never all its stacked batches at once."""
 
     def __init__(self, windows: list, rows, width: int, pads: bool):
         self.windows, self.rows, self.width, self.pads = windows, rows, width, pads

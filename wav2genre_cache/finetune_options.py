@@ -1,4 +1,5 @@
-"""What a fine-tuning run is, and what it refuses before any model loads or any step is taken."""
+"""What a fine-tuning run is, and what it refuses before a step is taken (most of it before any
+model loads; --layer and --unfreeze once the model says how many layers it has)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,11 @@ def check_options(opts: FinetuneOptions) -> None:
         problems.append("--probe-epochs must be at least 0")
     if opts.patience < 1 or opts.checkpoint_every < 0:
         problems.append("--patience must be at least 1 and --checkpoint-every at least 0")
+    if opts.train_feature_encoder and opts.unfreeze != "all":
+        problems.append(
+            "--train-feature-encoder trains the convolutional front under the whole encoder: "
+            "it needs --unfreeze all"
+        )
     if opts.precision not in PRECISIONS:
         problems.append(f"unknown --precision {opts.precision!r}; use {', '.join(PRECISIONS)}")
     bad = set(opts.augment) - set(AUGMENTATIONS)

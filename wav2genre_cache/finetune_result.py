@@ -24,11 +24,15 @@ BUNDLE = "bundles/finetuned"
 
 
 class PeakMemory:
-    """The process's peak resident memory, and the GPU's peak allocation where there is one."""
+    """The process's peak resident memory, and the GPU's peak allocation where there is one.
+
+    Made after the probe, just before the training loop: `rss_before_training_mb` holds the
+    model, the decoded audio and the probe's states, and the GPU's peak counts the loop alone.
+    """
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.at_start = _current_rss_mb()  # model loaded, audio decoded: before any training
+        self.at_start = _current_rss_mb()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
@@ -101,6 +105,7 @@ def finish(
         "fine_tuned": {
             "unfreeze": info["unfreeze"],
             "transformer_layers": info["n_layers"],
+            "running_layers": info["n_layers"] if info["layer"] == -1 else info["layer"],
             "epochs_run": len(history),
             "best_epoch": best["epoch"],
             "stopped": state.get("stopped"),

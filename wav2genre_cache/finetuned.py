@@ -174,7 +174,8 @@ def span_weights(spans: list[list[Span]], n_frames: int) -> torch.Tensor:
 
 
 def track_windows(frontend: Any, samples: np.ndarray, segment_seconds: float, hop: float | None):
-    """(number of segments, [(window, spans)]) of one decoded track, as embed cuts it."""
+    """(number of segments, [(window, spans)], segment starts, segment length) of one decoded
+    track, cut and windowed as embed does it."""
     starts, length = segment_track(samples, segment_seconds, hop)
     return len(starts), list(frontend.windows(samples, starts, length)), starts, length
 

@@ -123,8 +123,11 @@ def _encoder_cell(row: dict) -> str:
     tuned = row.get("fine_tuned")
     if not tuned:
         return "frozen"
-    n, of = tuned["unfreeze"], tuned["transformer_layers"]
-    return f"fine-tuned (top {n} of {of})" if n < of else "fine-tuned (all)"
+    # Of the layers that run: a model pooling layer 6 of 12 runs (and may train) six.
+    n, of = tuned["unfreeze"], tuned.get("running_layers", tuned["transformer_layers"])
+    if n == 0:
+        return "fine-tuned (head only)"
+    return f"fine-tuned (top {n} of {of})" if n < of else f"fine-tuned (all {of})"
 
 
 def write_report(run_dir: str | Path) -> dict[str, Path]:
@@ -185,11 +188,17 @@ def _finetune_note(metrics: dict) -> list[str]:
         False: "**They were trained on a different split from the frozen heads: compare with care.**",
         None: "",
     }[ft["split_matches"]]
+    frozen_from = metrics.get("backbone")
+    if frozen_from and frozen_from != ft["backbone"]:
+        same = (
+            f"**They were fine-tuned from {ft['backbone']}, and the frozen rows embedded with "
+            f"{frozen_from}: compare with care.**"
+        )
     memory = ft.get("memory") or {}
     gpu = f", peak GPU memory {memory['peak_gpu_mb']:,.0f} MB" if "peak_gpu_mb" in memory else ""
     return [
         "",
-        f"Rows marked fine-tuned trained the encoder itself from audio (`wav2genre finetune`; "
+        f"Rows marked fine-tuned trained {ft['backbone']} itself from audio (`wav2genre finetune`; "
         f"bundle `bundles/finetuned`, curve `finetune_curve.png`): {ft['seconds_per_epoch']} s "
         f"per epoch on {ft['device']} in {ft['precision']}, peak resident memory "
         f"{memory.get('peak_rss_mb', 0):,.0f} MB{gpu}. {same}".rstrip(),
