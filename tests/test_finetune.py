@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import run_cli, write_audio
-from test_server import free_port
+from test_server import running_server
 
 from wav2genre_cache.errors import BackboneError, OptionError
 from wav2genre_cache.finetune import FinetuneError, FinetuneOptions, finetune, lr_factor
@@ -255,38 +255,12 @@ def test_the_bundle_round_trips_through_predict_and_the_server(tuned_bundle, tmp
         0
     ]
     assert len(cli["timeline"]) == 3
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wav2genre_cache",
-            "serve",
-            "--bundle",
-            str(tuned_bundle),
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(url + "/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        model = httpx.get(url + "/api/model").json()
+    with running_server(tuned_bundle, tmp_path / "server.log") as server:
+        model = httpx.get(server.url + "/api/model").json()
         assert model["fine_tuned"] is True and model["head"] == "finetuned"
         served = httpx.post(
-            url + "/api/predict", files={"file": ("high.wav", clip.read_bytes())}, timeout=60
+            server.url + "/api/predict", files={"file": ("high.wav", clip.read_bytes())}, timeout=60
         ).json()
-    finally:
-        proc.terminate()
-        proc.wait(10)
     assert served["top"] == cli["top"]
     assert [s["probabilities"] for s in served["timeline"]] == [
         s["probabilities"] for s in cli["timeline"]

@@ -1,6 +1,7 @@
 """The web API against a real uvicorn server, and the page in a real headless Chromium."""
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -29,48 +30,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server_proc(dev_bundle, tmp_path_factory):
-    """The running server: its URL, process and log file (stdout and stderr)."""
+@contextlib.contextmanager
+def running_server(bundle, log_path, *options: str):
+    """`wav2genre serve` on a free 127.0.0.1 port, up and answering: its URL, process and log."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
     log = log_path.open("w")  # a file, not a pipe: a pipe nobody reads would block the server
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wav2genre_cache",
-            "serve",
-            "--bundle",
-            str(dev_bundle),
-            "--port",
-            str(port),
-            "--max-upload-mb",
-            "3",
-            "--max-minutes",
-            "0.6",
-        ],
+        [sys.executable, "-m", "wav2genre_cache", "serve", "--bundle", str(bundle)]
+        + ["--port", str(port), *options],
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(url + "/api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {log_path.read_text()}")
+        else:
+            pytest.fail("server did not start in 60 s")
+        yield SimpleNamespace(url=url, proc=proc, log=log_path)
+    finally:
+        proc.terminate()
         try:
-            if httpx.get(url + "/api/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {log_path.read_text()}")
-    else:
-        proc.kill()
-        pytest.fail("server did not start in 60 s")
-    yield SimpleNamespace(url=url, proc=proc, log=log_path)
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server_proc(dev_bundle, tmp_path_factory):
+    """The running server: its URL, process and log file (stdout and stderr)."""
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with running_server(dev_bundle, log_path, "--max-upload-mb", "3", "--max-minutes", "0.6") as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
