@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, segment_track
-from .frontends import frontend_for
+from .frontends import frontend_for, span_weights
 from .whisper_windows import Span
 
 WEIGHTED = -1  # the layer of a model that pools a learned weighted sum of every layer
@@ -161,16 +161,6 @@ class SegmentClassifier(torch.nn.Module):
     def forward(self, x: torch.Tensor, spans: list[list[Span]]) -> torch.Tensor:
         """Logits of every segment the rows hold: [segments, classes]."""
         return self.head(self.mix(self.states(x, spans)).float())
-
-
-def span_weights(spans: list[list[Span]], n_frames: int) -> torch.Tensor:
-    """[rows, most spans in a row, frames]: 1/len over each span's frames (frontends.pool_spans's)."""
-    weights = torch.zeros(len(spans), max(map(len, spans)), n_frames)
-    for b, row in enumerate(spans):
-        for j, (_, first, end) in enumerate(row):
-            end = n_frames if end is None else end
-            weights[b, j, first:end] = 1.0 / (end - first)
-    return weights
 
 
 def track_windows(frontend: Any, samples: np.ndarray, segment_seconds: float, hop: float | None):

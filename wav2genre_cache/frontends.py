@@ -189,16 +189,20 @@ def pool_spans(hidden: tuple[torch.Tensor, ...], spans: list[list[Span]]) -> lis
         # One segment per row over all its frames: a plain mean (the waveform path's sums).
         pooled = torch.stack([h.mean(dim=1, dtype=torch.float32) for h in hidden], dim=1)
         return list(pooled.cpu().numpy()[:, None])
-    n_frames = hidden[0].shape[1]
+    weights = span_weights(spans, hidden[0].shape[1]).to(hidden[0].device)
+    # One batched matrix product per layer: [batch, segments, frames] @ [batch, frames, dim].
+    pooled = torch.stack([torch.bmm(weights, h.float()) for h in hidden], dim=2).cpu().numpy()
+    return [pooled[b, : len(row)] for b, row in enumerate(spans)]
+
+
+def span_weights(spans: list[list[Span]], n_frames: int) -> torch.Tensor:
+    """[rows, most spans in a row, frames]: 1/len over each span's frames, 0 elsewhere."""
     weights = torch.zeros(len(spans), max(map(len, spans)), n_frames)
     for b, row in enumerate(spans):
         for j, (_, first, end) in enumerate(row):
             end = n_frames if end is None else end
             weights[b, j, first:end] = 1.0 / (end - first)
-    weights = weights.to(hidden[0].device)
-    # One batched matrix product per layer: [batch, segments, frames] @ [batch, frames, dim].
-    pooled = torch.stack([torch.bmm(weights, h.float()) for h in hidden], dim=2).cpu().numpy()
-    return [pooled[b, : len(row)] for b, row in enumerate(spans)]
+    return weights
 
 
 # ---- which front end a model gets ----------------------------------------------------------------
