@@ -25,13 +25,20 @@ from .audio import SAMPLE_RATE
 from .backbone import resolve_device
 from .datasets import split_digest
 from .errors import BackboneError
-from .finetune_checkpoint import changing_state, load_checkpoint, save_checkpoint, write_weights
+from .finetune_checkpoint import (
+    changing_state,
+    load_checkpoint,
+    save_checkpoint,
+    write_json,
+    write_weights,
+)
 from .finetune_data import (
     Example,
     augment_workers,
     decode_tracks,
     epoch_batches,
     evaluate_tracks,
+    stack_windows,
     train_batches,
     training_windows,
 )
@@ -56,7 +63,6 @@ from .finetuned import (
     feature_encoder,
     keep_layers,
     transformer_layers,
-    window_batches,
 )
 from .frontends import frontend_for
 from .model_sources import fetch_model, first_line
@@ -101,11 +107,7 @@ def finetune(opts: FinetuneOptions, console: Console | None = None, progress: bo
     train = data["train"]
     if not train:
         raise FinetuneError("no training track could be decoded: nothing to fine-tune on")
-    if len({e.label for e in train}) < 2:
-        raise FinetuneError(
-            f"the training split holds a single label ({labels[train[0].label]!r}); "
-            "fine-tuning a classifier needs at least two"
-        )
+    check_split([e.track for e in train])  # the decoded ones may hold a single label
 
     torch.manual_seed(opts.seed)
     model = SegmentClassifier(encoder, frontend.input_name, len(labels), layer)
@@ -134,7 +136,7 @@ def finetune(opts: FinetuneOptions, console: Console | None = None, progress: bo
     # time-stretched tracks change how many batches an augmented epoch has.
     steps_per_epoch = math.ceil(train_batches(train, frontend, width, opts) / opts.grad_accum)
     if opts.probe_epochs and not state.get("probed"):
-        _probe(model, frontend, train, opts, device, log)
+        _probe(model, frontend, train, width, opts, device, log)
         state["probed"] = True
         _save(state_dir, model, optimizer, scaler, state, settings)
 
@@ -310,7 +312,9 @@ def _train_step(
     return float(loss.detach())
 
 
-def _probe(model, frontend, train: list[Example], opts: FinetuneOptions, device, log) -> None:
+def _probe(
+    model, frontend, train: list[Example], width: int, opts: FinetuneOptions, device, log
+) -> None:
     """Fit the head (and layer weights) on the frozen encoder's states before fine-tuning.
 
     Linear probing, then fine-tuning (Kumar et al., 2022): the gradients of a random head would
@@ -319,19 +323,17 @@ def _probe(model, frontend, train: list[Example], opts: FinetuneOptions, device,
     takes probe_epochs passes over them in batches of 64, which costs seconds.
     """
     started = time.perf_counter()
-    width = frontend.input_samples(int(round(opts.segment_seconds * SAMPLE_RATE)))
     windows = training_windows([e.samples for e in train], train, frontend, width, opts)
     model.eval()
     states, labels = [], []
     with torch.no_grad():
         for i in range(0, len(windows), opts.batch_size):
-            rows = windows[i : i + opts.batch_size]
-            batch, spans = next(
-                window_batches([(x, sp) for x, sp, _ in rows], width, frontend.pads, len(rows))
-            )
+            rows = range(i, min(i + opts.batch_size, len(windows)))
+            batch, spans, y = stack_windows(windows, rows, width, frontend.pads)
             states.append(model.states(frontend.inputs(batch, device), spans).float())
-            labels += [label for _, sp, label in rows for _ in sp]
-    X, y = torch.cat(states), torch.as_tensor(labels, device=device)
+            labels.append(y)
+    X = torch.cat(states)
+    y = torch.as_tensor(np.concatenate(labels), device=device)
     params = list(model.head.parameters()) + (
         [model.layer_logits] if model.layer_logits is not None else []
     )
@@ -471,9 +473,7 @@ def _save(state_dir: Path, model, optimizer, scaler, state: dict, settings: dict
     """
     settings_file = state_dir / "settings.json"
     if not settings_file.is_file():
-        tmp = settings_file.with_name("settings.json.tmp")
-        tmp.write_text(json.dumps(settings, indent=1))
-        tmp.replace(settings_file)
+        write_json(settings_file, settings)
     state["checkpoints"] = state.get("checkpoints", 0) + 1
     progress = {**state, "scaler": scaler.state_dict() if scaler is not None else None}
     # A fresh name for every checkpoint: one is never replaced in place (the same step can be

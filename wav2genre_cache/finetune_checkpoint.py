@@ -44,6 +44,14 @@ def write_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path: Path, value) -> None:
+    """JSON, written to a temporary name, synced and renamed into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    _sync(tmp)
+    os.replace(tmp, path)
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file (no pickle)."""
     from safetensors.torch import load_file
@@ -74,11 +82,7 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.replace(tmp, final)
     _sync_dir(root)
-    pointer = state_dir / LATEST
-    pointer_tmp = state_dir / (LATEST + ".tmp")
-    pointer_tmp.write_text(json.dumps({"checkpoint": final.name}))
-    _sync(pointer_tmp)
-    os.replace(pointer_tmp, pointer)
+    write_json(state_dir / LATEST, {"checkpoint": final.name})
     _sync_dir(state_dir)
     for old in root.iterdir():
         if old != final:

@@ -133,12 +133,14 @@ class _LazyBatch:
         self.windows, self.rows, self.width, self.pads = windows, rows, width, pads
 
     def __iter__(self):
-        picked = [self.windows[i] for i in self.rows]
-        batch, spans = next(
-            window_batches([(x, sp) for x, sp, _ in picked], self.width, self.pads, len(picked))
-        )
-        y = np.array([label for (_, sp, label) in picked for _ in sp])
-        return iter((batch, spans, y))
+        return iter(stack_windows(self.windows, self.rows, self.width, self.pads))
+
+
+def stack_windows(windows: list, rows, width: int, pads: bool) -> tuple:
+    """([rows, width] float32, their spans, a label per segment) of these training windows."""
+    picked = [windows[i] for i in rows]
+    batch, spans = next(window_batches([(x, sp) for x, sp, _ in picked], width, pads, len(picked)))
+    return batch, spans, np.array([label for (_, sp, label) in picked for _ in sp])
 
 
 def evaluate_tracks(model, frontend, examples: list[Example], labels, opts, device, curves=False):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import resource
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 from .bundles import write_finetuned_bundle
 from .datasets import SPLITS
 from .feature_sets import ENCODER
-from .finetune_checkpoint import read_weights
+from .finetune_checkpoint import read_weights, write_json
 from .finetune_data import evaluate_tracks
 from .finetune_options import resolve_precision
 from .finetune_progress import draw_curve
@@ -160,9 +159,7 @@ def finish(
         "curve": curve.name,
         "results": [row],
     }
-    tmp = run_dir / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(jsonable(result), indent=1))
-    tmp.replace(run_dir / RESULT_FILE)
+    write_json(run_dir / RESULT_FILE, jsonable(result))
     t = test["track"]
     log(
         f"Fine-tuned {opts.model} (best epoch {best['epoch']} of {len(history)}): {test_split} track "
