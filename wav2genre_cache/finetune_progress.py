@@ -84,7 +84,7 @@ def draw_curve(history: list[dict], path: Path, model: str) -> Path:
         ax2.set(ylabel="validation track accuracy", ylim=(0, 1.02))
         more = ax2.get_legend_handles_labels()
         lines = (lines[0] + more[0], lines[1] + more[1])
-    ax.legend(*lines, loc="center right")
+    ax.legend(*lines, loc="best")
     ax.set_title(f"Fine-tuning {model}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
