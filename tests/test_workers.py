@@ -39,6 +39,28 @@ def test_a_pool_that_broke_between_submissions_is_rebuilt():
     assert workers._pool is None  # closed once, by its owner
 
 
+def test_a_worker_that_cannot_be_started_is_a_broken_pool_and_the_pool_is_rebuilt():
+    # What CI met once: a worker being started while the pool broke failed with "bad value(s) in
+    # fds_to_keep" out of submit itself; the run must carry on on a new pool, in order.
+    from wav2genre_cache.workers import DecodeWorkers
+
+    with DecodeWorkers(1) as workers:
+        real_submit = workers._pool.submit
+        calls = []
+
+        def submit_failing_once(fn, item):
+            calls.append(item)
+            if len(calls) == 2:
+                raise ValueError("bad value(s) in fds_to_keep")
+            return real_submit(fn, item)
+
+        workers._pool.submit = submit_failing_once
+        out = list(workers.map(crash_on, ["a", "b", "c", "d"], window=2, on_crash=str))
+        assert out == ["aa", "bb", "cc", "dd"]
+        assert workers._pool.submit is not submit_failing_once  # a new pool took over
+    assert workers._pool is None
+
+
 def process_alive(pid: int) -> bool:
     """Whether `pid` runs, from /proc; a zombie has exited already (its new parent reaps it)."""
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import sys
@@ -68,7 +69,7 @@ class DecodeWorkers:
                     raise
                 self._replace_pool()
                 try:
-                    result = self._pool.submit(fn, item).result()
+                    result = self._submit(fn, item).result()
                 except BrokenProcessPool:
                     result = on_crash(item)
                     self._replace_pool()
@@ -79,19 +80,33 @@ class DecodeWorkers:
 
     def _replace_pool(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
+        # The broken pool's pipes and processes are closed by finalizers; run them now, before the
+        # new pool takes file descriptors, not at some later collection in the middle of its work.
+        gc.collect()
         self._pool = _process_pool(self.count)
 
     def _submit(self, fn: Callable, item) -> Future:
-        """pool.submit, except that a pool broken meanwhile gives a failed future, not an error.
+        """pool.submit, except that a pool that fails meanwhile gives a failed future, not an error.
 
         A worker can die between two submissions; `map` then rebuilds the pool when it reaches
-        this item, as for the item that was running.
+        this item, as for the item that was running. Starting a worker can also fail while the
+        pool breaks: the pool's manager thread closes the queues' pipes as a new worker is being
+        handed them ("bad value(s) in fds_to_keep", or an OSError), and a submission that races
+        the breakage can see "cannot schedule new futures after shutdown" before the pool says
+        it is broken (a RuntimeError); each is that same broken pool.
+        `submit` itself never runs `fn` or pickles its arguments, so these errors can only come
+        from the pool's own plumbing.
         """
         try:
             return self._pool.submit(fn, item)
-        except BrokenProcessPool as exc:
+        except (BrokenProcessPool, OSError, RuntimeError, ValueError) as exc:
+            broken = exc
+            if not isinstance(exc, BrokenProcessPool):
+                broken = BrokenProcessPool(f"could not start a decode worker: {exc}")
+                broken.__cause__ = exc
             failed: Future = Future()
-            failed.set_exception(exc)
+            failed.set_exception(broken)
             return failed
 
 
