@@ -90,11 +90,11 @@ class DecodeWorkers:
         """pool.submit, except that a pool that fails meanwhile gives a failed future, not an error.
 
         A worker can die between two submissions; `map` then rebuilds the pool when it reaches
-        this item, as for the item that was running. Starting a worker can also fail while the
-        pool breaks: the pool's manager thread closes the queues' pipes as a new worker is being
-        handed them ("bad value(s) in fds_to_keep", or an OSError), and a submission that races
-        the breakage can see "cannot schedule new futures after shutdown" before the pool says
-        it is broken (a RuntimeError); each is that same broken pool.
+        this item, as for the item that was running. Starting a worker can also fail after a
+        crash: CI once saw "bad value(s) in fds_to_keep" (a pipe handed to the new worker was
+        closed under it, as the breaking pool's manager thread closes its queues), and a
+        submission that races the breakage can see "cannot schedule new futures after shutdown"
+        before the pool says it is broken. Each is treated as a broken pool: rebuilt, retried.
         `submit` itself never runs `fn` or pickles its arguments, so these errors can only come
         from the pool's own plumbing.
         """
