@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import h5py
 import numpy as np
@@ -146,15 +148,50 @@ class ShardStore:
         if missing:
             raise CacheError(f"cannot finish {self.out}: {len(missing)} track(s) not embedded yet")
         tmp = Path(str(self.out) + ".tmp")
-        _write_final(tmp, self.config, [rows[t] for t in order], [seg_of[t] for t in order])
+        write_cache(tmp, self.config, [rows[t] for t in order], [seg_of[t] for t in order])
         os.replace(tmp, self.out)
         shutil.rmtree(self.dir, ignore_errors=True)
         return self.out
 
 
-def _write_final(
-    path: Path, config: dict, rows: list[dict], segs: list[tuple[Path, int, int]]
+class SegmentSource(Protocol):
+    """One shard's segments, read by row range [a, b) when the shards are merged."""
+
+    def starts(self, a: int, b: int) -> np.ndarray: ...
+    def views(self, a: int, b: int) -> np.ndarray: ...
+    def features(self, name: str, a: int, b: int) -> np.ndarray: ...
+    def close(self) -> None: ...
+
+
+class _H5Shard:
+    """A shard file of the local engine as a SegmentSource."""
+
+    def __init__(self, path: Path):
+        self.file = h5py.File(path, "r")
+
+    def starts(self, a: int, b: int) -> np.ndarray:
+        return self.file["starts"][a:b]
+
+    def views(self, a: int, b: int) -> np.ndarray:
+        return self.file["views"][a:b]
+
+    def features(self, name: str, a: int, b: int) -> np.ndarray:
+        # A run resumed across versions: earlier shards may use an earlier name.
+        group = self.file["features"]
+        return group[_stored_name(group, name)][a:b]
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def write_cache(
+    path: Path,
+    config: dict,
+    rows: list[dict],
+    segs: list[tuple[Path, int, int]],
+    open_source: Callable[[Path], SegmentSource] = _H5Shard,
 ) -> None:
+    """Write the final cache file: track `rows` in order, each with its segments (shard, a, b)."""
     n_total = sum(b - a for _, a, b in segs)
     with h5py.File(path, "w") as f:
         f.attrs["format_version"] = FORMAT_VERSION
@@ -185,17 +222,16 @@ def _write_final(
         views = f.create_dataset("segments/view", (n_total,), "i2")
         feats = {}
         pos = 0
-        open_files: dict[Path, h5py.File] = {}
+        sources: dict[Path, SegmentSource] = {}
         try:
             for shard, a, b in segs:
                 if b == a:
                     continue
-                src = open_files.get(shard) or open_files.setdefault(shard, h5py.File(shard, "r"))
-                starts[pos : pos + b - a] = src["starts"][a:b]
-                views[pos : pos + b - a] = src["views"][a:b]
+                src = sources.get(shard) or sources.setdefault(shard, open_source(shard))
+                starts[pos : pos + b - a] = src.starts(a, b)
+                views[pos : pos + b - a] = src.views(a, b)
                 for name in config["features"]:
-                    # A run resumed across versions: earlier shards may use an earlier name.
-                    block = src["features"][_stored_name(src["features"], name)][a:b]
+                    block = src.features(name, a, b)
                     if name not in feats:
                         shape = (n_total, *block.shape[1:])
                         chunks = (min(n_total, 256), *block.shape[1:])
@@ -205,7 +241,7 @@ def _write_final(
                     feats[name][pos : pos + b - a] = block
                 pos += b - a
         finally:
-            for src in open_files.values():
+            for src in sources.values():
                 src.close()
 
 

@@ -54,6 +54,21 @@ WindowOpt = Annotated[
 WorkersOpt = Annotated[
     int | None, typer.Option(help="Decode worker processes (0: decode in the main process).")
 ]
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        help="local (decode worker processes and one model on this machine) or ray (Ray Data: "
+        "decode tasks and an actor pool of encoders, on this machine or a cluster; needs "
+        "pip install 'wav2genre-cache[ray]'). Both write the same cache."
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="With --engine ray: the cluster to join (auto, or HOST:PORT of `ray start --head`). "
+        "Default: a Ray runtime started on this machine, on 127.0.0.1 only."
+    ),
+]
 SplitOpt = Annotated[
     str,
     typer.Option(
@@ -113,6 +128,8 @@ def embed_options(params: dict, out: Path):
         "device",
         "dtype",
         "workers",
+        "engine",
+        "ray_address",
         "split",
         "seed",
         "window",
@@ -157,6 +174,8 @@ def _stage_one(
     dtype: DtypeOpt = "auto",
     window: WindowOpt = None,
     workers: WorkersOpt = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
     split: SplitOpt = "random",
     split_dir: SplitDirOpt = None,
     seed: SeedOpt = 0,

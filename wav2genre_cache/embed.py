@@ -59,6 +59,8 @@ class EmbedOptions:
     noise_dir: str | None = None
     window: str | None = None  # alone | packed, for Whisper; None: frontends.DEFAULT_WINDOW
     logmel_in: str = "auto"  # where Whisper's log-mel is made: auto | workers | model
+    engine: str = "local"  # local | ray (ray_engine.py)
+    ray_address: str | None = None  # None: a Ray runtime on this machine; auto or HOST:PORT
 
 
 @dataclass
@@ -80,6 +82,9 @@ class EmbedSummary:
     def audio_seconds_per_second(self) -> float:
         """Throughput of this run: seconds of audio embedded per wall-clock second."""
         return self.audio_seconds / self.seconds if self.seconds else 0.0
+
+
+ENGINES = ("local", "ray")
 
 
 def default_workers() -> int:
@@ -107,11 +112,17 @@ def embed_dataset(
         raise OptionError("--augment needs --augment-copies of at least 1")
     if opts.segment_seconds < 1 or (opts.hop_seconds is not None and opts.hop_seconds <= 0):
         raise OptionError("--segment-seconds must be at least 1 and --hop-seconds positive")
+    if opts.engine not in ENGINES:
+        raise OptionError(f"unknown engine {opts.engine!r}; use {' or '.join(ENGINES)}")
+    if opts.ray_address is not None and opts.engine != "ray":
+        raise OptionError("--ray-address goes with --engine ray")
     layout = detect_layout(Path(opts.data)) if opts.dataset == "auto" else opts.dataset
     tracks = assign_splits(discover(opts.data, layout), opts.split, opts.seed, opts.split_dir)
     workers = default_workers() if opts.workers is None else opts.workers
+    if opts.engine == "ray" or Path(opts.out).exists():
+        workers = 0  # Ray decodes in its own tasks; a finished cache decodes nothing
     # Decode workers start (a second of imports each) while the model loads.
-    with DecodeWorkers(workers if not Path(opts.out).exists() else 0) as pool:
+    with DecodeWorkers(workers) as pool:
         # Only the encoder feature set needs the model; hand-crafted features alone never load it.
         # Loaded and checked before any output exists: a model that cannot embed audio, or these
         # segments, is refused here with nothing to clean up.
@@ -131,7 +142,13 @@ def embed_dataset(
             raise BackboneError(problem)
         # A failure before the first block is written (a model that breaks on real audio,
         # Ctrl-C) leaves no empty .partial folder or output folder: nothing could resume from it.
-        with _undone_on_failure(Path(opts.out)):
+        if opts.engine == "ray":
+            from .parquet_shards import shard_dir
+            from .ray_engine import embed_on_ray
+
+            with _undone_on_failure(Path(opts.out), shard_dir(opts.out), "*.parquet"):
+                return embed_on_ray(opts, layout, tracks, backbone, console, progress)
+        with _undone_on_failure(Path(opts.out), Path(opts.out + ".partial"), "shard-*.h5"):
             return _embed_into_cache(opts, layout, tracks, backbone, pool, console, progress)
 
 
@@ -152,17 +169,7 @@ def _embed_into_cache(
 
     out = Path(opts.out)
     if out.exists():
-        old = EmbeddingCache(out).config
-        diff = config_differences(old, config)
-        if diff:
-            raise CacheError(
-                f"{out} already exists with different settings:\n  "
-                + "\n  ".join(diff)
-                + "\nUse another --out, or delete the file to rebuild it."
-            )
-        summary.already_complete = True
-        console.print(f"{out} is already complete with these settings; nothing to do.")
-        return _summarise_existing(summary, EmbeddingCache(out))
+        return existing_cache(out, config, summary, console)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     store = ShardStore(out, config)
@@ -178,16 +185,7 @@ def _embed_into_cache(
         )
 
     start = time.perf_counter()
-    bar = Progress(
-        TextColumn("[bold]embed"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} tracks"),
-        TextColumn("{task.fields[speed]}"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not progress,
-    )
-    with bar:
+    with embed_progress(console, progress) as bar:
         task = bar.add_task("embed", total=len(tracks), completed=summary.tracks_skipped, speed="")
         plan = PrepareOptions(
             opts.segment_seconds,
@@ -209,17 +207,49 @@ def _embed_into_cache(
             on_crash=_decoder_crashed,
         )
         for k, block in todo:
-            results = _embed_block(block, decoded, backbone, opts)
+            results = embed_block(block, decoded, backbone, opts)
             store.write(k, results)
             for r in results:
-                _tally(summary, r, console)
+                tally(summary, r, console)
             summary.seconds = time.perf_counter() - start
             bar.update(
-                task, advance=len(block), speed=f"{summary.audio_seconds_per_second:,.1f} audio-s/s"
+                task,
+                advance=len(block),
+                speed=f"{summary.segments:,} segments, "
+                f"{summary.audio_seconds_per_second:,.1f} audio-s/s",
             )
     summary.seconds = time.perf_counter() - start
     store.finalize([t.track_id for t in tracks])
     return summary
+
+
+def embed_progress(console: Console, progress: bool) -> Progress:
+    """The one progress line of an embed run: tracks done, segments, audio-seconds per second."""
+    return Progress(
+        TextColumn("[bold]embed"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} tracks"),
+        TextColumn("{task.fields[speed]}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not progress,
+    )
+
+
+def existing_cache(
+    out: Path, config: dict, summary: EmbedSummary, console: Console
+) -> EmbedSummary:
+    """A finished cache at `out`: nothing to do if its settings are these, else refuse."""
+    diff = config_differences(EmbeddingCache(out).config, config)
+    if diff:
+        raise CacheError(
+            f"{out} already exists with different settings:\n  "
+            + "\n  ".join(diff)
+            + "\nUse another --out, or delete the file to rebuild it."
+        )
+    summary.already_complete = True
+    console.print(f"{out} is already complete with these settings; nothing to do.")
+    return _summarise_existing(summary, EmbeddingCache(out))
 
 
 def logmel_in_workers(backbone: Backbone | None, workers: int, where: str = "auto") -> bool:
@@ -241,15 +271,17 @@ def logmel_in_workers(backbone: Backbone | None, workers: int, where: str = "aut
 
 
 @contextmanager
-def _undone_on_failure(out: Path) -> Iterator[None]:
-    """On any failure before a shard is written, remove the folders this run created for `out`."""
+def _undone_on_failure(out: Path, partial: Path, shards: str) -> Iterator[None]:
+    """On any failure before a shard is written, remove the folders this run created for `out`.
+
+    `partial` is the engine's folder of shards (files matching the glob `shards`).
+    """
     new_dirs = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # deepest first
-    partial = Path(str(out) + ".partial")
     fresh = not partial.exists()
     try:
         yield
     except BaseException:
-        if fresh and not any(partial.glob("shard-*.h5")):
+        if fresh and not any(partial.glob(shards)):
             shutil.rmtree(partial, ignore_errors=True)
             for d in new_dirs:
                 try:
@@ -286,7 +318,7 @@ def embed_config(opts: EmbedOptions, layout: str, backbone: Backbone | None) -> 
     }
 
 
-def _embed_block(
+def embed_block(
     block: list[Track], decoded: Iterator, backbone: Backbone | None, opts: EmbedOptions
 ) -> list[TrackResult]:
     """Decode, segment and embed one block of tracks; batches never cross blocks (determinism).
@@ -348,7 +380,7 @@ def _track_result(t: Track, decoded: Iterator) -> tuple[TrackResult, PreparedTra
     return r, track
 
 
-def _tally(summary: EmbedSummary, r: TrackResult, console: Console) -> None:
+def tally(summary: EmbedSummary, r: TrackResult, console: Console) -> None:
     """Add one track's outcome to the run's summary; a skipped file is said at once."""
     if r.status == "ok":
         summary.tracks_ok += 1

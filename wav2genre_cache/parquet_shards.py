@@ -1,0 +1,160 @@
+"""The Ray engine's output: Parquet shards, usable on their own, merged into the HDF5 cache.
+
+A shard folder (`CACHE.h5.shards/`) holds `config.json` (the embed settings, as in the cache)
+and, per block of consecutive tracks k, two files:
+
+- `segments-<k>.parquet`: one row per segment: `track_id` (string), `segment` (int32, its
+  index in the track, views in order), `start` (float64, seconds into the audio), `view`
+  (int16: 0 the original, 1..K augmented copies), and one column per feature set (`encoder`,
+  `handcrafted`, `logmel`) of Arrow's fixed-shape tensor type `[layers, dim]`, float32.
+- `tracks-<k>.parquet`: one row per track: `track_id`, `path`, `label`, `split`, `artist`,
+  `status` (ok | failed | excluded), `reason` (why a track failed: the failures table is
+  `status == "failed"`), `content_hash`, `duration` (float64 seconds), `n_segments` (int64).
+
+Each file is written under a temporary name and renamed; the tracks file goes last, so a block
+is complete exactly when its tracks file exists, and a killed run redoes only unfinished
+blocks. Spark, DuckDB or pandas read the folder as two tables (`segments-*.parquet`,
+`tracks-*.parquet`); the merge into HDF5 rounds the features to float16, as the local engine's
+cache stores them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .cache import (
+    TRACK_COLUMNS,
+    CacheError,
+    TrackResult,
+    config_differences,
+    write_cache,
+)
+
+
+def shard_dir(out: str | Path) -> Path:
+    """Where the Parquet shards of cache `out` go."""
+    return Path(str(out) + ".shards")
+
+
+class ParquetShards:
+    """The Ray engine's shard folder: resumable blocks of tracks, then one merge into `out`."""
+
+    def __init__(self, out: str | Path, config: dict):
+        self.out = Path(out)
+        self.dir = shard_dir(out)
+        self.config = config
+
+    def open(self) -> set[int]:
+        """Create or resume the folder; return the blocks already complete."""
+        config_file = self.dir / "config.json"
+        if config_file.is_file():
+            diff = config_differences(json.loads(config_file.read_text()), self.config)
+            if diff:
+                raise CacheError(
+                    f"{self.dir} holds an unfinished run with different settings:\n  "
+                    + "\n  ".join(diff)
+                    + f"\nRe-run with the same settings to resume, or delete {self.dir} to start over."
+                )
+        else:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = config_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.config, indent=1, sort_keys=True))
+            os.replace(tmp, config_file)
+        return {int(p.stem.split("-")[1]) for p in self.dir.glob("tracks-*.parquet")}
+
+    def write(self, block: int, results: list[TrackResult]) -> None:
+        """Write one block of finished tracks: its segments, then (marking it done) its tracks."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        columns = {
+            "track_id": pa.array([r.track_id for r in results for _ in r.starts], pa.string()),
+            "segment": pa.array([i for r in results for i in range(len(r.starts))], pa.int32()),
+            "start": pa.array([s for r in results for s in r.starts], pa.float64()),
+            "view": pa.array([v for r in results for v in r.views], pa.int16()),
+        }
+        for name in self.config["features"]:
+            parts = [r.features[name] for r in results if len(r.starts)]
+            if parts:
+                columns[name] = _tensor_column(np.concatenate(parts).astype(np.float32))
+        _write_atomically(pa.table(columns), self.dir / f"segments-{block:07d}.parquet", pq)
+        tracks = {c: pa.array([getattr(r, c) for r in results], pa.string()) for c in TRACK_COLUMNS}
+        tracks["duration"] = pa.array([r.duration for r in results], pa.float64())
+        tracks["n_segments"] = pa.array([len(r.starts) for r in results], pa.int64())
+        _write_atomically(pa.table(tracks), self.dir / f"tracks-{block:07d}.parquet", pq)
+
+    def finalize(self, order: list[str]) -> Path:
+        """Merge every complete block into the HDF5 cache `out`, tracks in `order`."""
+        import pyarrow.parquet as pq
+
+        rows: dict[str, dict] = {}
+        seg_of: dict[str, tuple[Path, int, int]] = {}
+        for tracks_file in sorted(self.dir.glob("tracks-*.parquet")):
+            segments_file = tracks_file.with_name(tracks_file.name.replace("tracks-", "segments-"))
+            table = pq.read_table(tracks_file).to_pylist()
+            offsets = np.concatenate([[0], np.cumsum([r["n_segments"] for r in table])])
+            for i, row in enumerate(table):
+                rows[row["track_id"]] = row
+                seg_of[row["track_id"]] = (segments_file, int(offsets[i]), int(offsets[i + 1]))
+        missing = [t for t in order if t not in rows]
+        if missing:
+            raise CacheError(f"cannot finish {self.out}: {len(missing)} track(s) not embedded yet")
+        tmp = Path(str(self.out) + ".tmp")
+        write_cache(
+            tmp, self.config, [rows[t] for t in order], [seg_of[t] for t in order], _ParquetShard
+        )
+        os.replace(tmp, self.out)
+        return self.out
+
+
+class _ParquetShard:
+    """A segments file as a SegmentSource for cache.write_cache."""
+
+    def __init__(self, path: Path):
+        import pyarrow.parquet as pq
+
+        self.table = pq.read_table(path)
+
+    def starts(self, a: int, b: int) -> np.ndarray:
+        return self.table["start"].to_numpy()[a:b]
+
+    def views(self, a: int, b: int) -> np.ndarray:
+        return self.table["view"].to_numpy()[a:b]
+
+    def features(self, name: str, a: int, b: int) -> np.ndarray:
+        # numpy's float16 rounding, as the local engine's shards store them.
+        return tensor_column_to_numpy(self.table[name].slice(a, b - a)).astype(np.float16)
+
+    def close(self) -> None:
+        self.table = None
+
+
+def _tensor_column(values: np.ndarray):
+    """A [rows, layers, dim] float32 array as an Arrow fixed-shape tensor column."""
+    import pyarrow as pa
+
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(values))
+
+
+def tensor_column_to_numpy(column) -> np.ndarray:
+    """An Arrow fixed-shape tensor column (chunked or not) as one [rows, ...] numpy array."""
+    import pyarrow as pa
+
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    arrays = [c.to_numpy_ndarray() for c in chunks if len(c)]
+    if not arrays:
+        shape = column.type.shape
+        return np.zeros((0, *shape), np.float32)
+    return np.concatenate(arrays)
+
+
+def _write_atomically(table, path: Path, pq) -> None:
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,378 @@
+"""Stage one on Ray Data: CPU tasks decode, an actor pool of encoders embeds, Parquet shards merge.
+
+The same per-track code as the local engine runs in each place (features.prepare_track in the
+decode tasks, embed.embed_block in the encoder actors), so the cache it writes is the local
+engine's, within float16 rounding of batch-order arithmetic. The driver is the one writer: it
+reads the embedded tracks in order, writes each finished block of tracks as Parquet shards
+(parquet_shards.py) and merges them into the HDF5 cache at the end. Blocks already written are
+skipped on a re-run, so a killed driver resumes; an encoder actor that dies is restarted by Ray
+and its batch retried.
+
+Without --ray-address, a Ray runtime is started on this machine bound to 127.0.0.1 only
+(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps every Ray server and connection on loopback; it also
+refuses other nodes). With an address (`auto`, or HOST:PORT of a cluster started with
+`ray start --head`), the run joins that cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from .backbone import Backbone, default_batch_size
+from .cache import TrackResult
+from .datasets import EXCLUDED, Track
+from .embed import (
+    EmbedOptions,
+    EmbedSummary,
+    embed_block,
+    embed_config,
+    embed_progress,
+    existing_cache,
+    logmel_in_workers,
+    tally,
+)
+from .errors import OptionError, Wav2GenreError
+from .feature_sets import HANDCRAFTED, LOGMEL
+from .features import PrepareOptions, prepare_track
+from .parquet_shards import ParquetShards
+
+RAY_REQUIREMENT = "ray[data]>=2.50,<2.61"
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+TRACKS_PER_CALL = 16  # tracks per encoder call; their equal-length windows are batched together
+
+
+class RayEngineError(Wav2GenreError):
+    """The Ray engine cannot run as asked (not installed, a cluster it cannot reach)."""
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What each encoder actor loads, and the identity it must have to match the cache's config."""
+
+    model: str
+    device: str
+    dtype: str
+    window: str | None
+    identity: tuple
+    threads: int  # torch threads of a CPU actor (0: torch's own choice)
+    memory: int  # bytes an actor is expected to hold (Ray's logical memory resource)
+
+
+def model_identity(backbone: Backbone) -> tuple:
+    """The backbone fields a cache's config records: actors must load exactly this model."""
+    return (
+        backbone.model_id,
+        backbone.revision,
+        backbone.kind,
+        backbone.window,
+        backbone.n_layers,
+        backbone.dim,
+        str(backbone.dtype),
+    )
+
+
+def embed_on_ray(
+    opts: EmbedOptions,
+    layout: str,
+    tracks: list[Track],
+    backbone: Backbone | None,
+    console: Console,
+    progress: bool,
+) -> EmbedSummary:
+    """embed_dataset with --engine ray, once the driver has checked the model and the options."""
+    if opts.batch_size is None:
+        opts = replace(opts, batch_size=default_batch_size(backbone.device) if backbone else 2)
+    config = embed_config(opts, layout, backbone)
+    summary = EmbedSummary(Path(opts.out))
+    out = Path(opts.out)
+    if out.exists():
+        return existing_cache(out, config, summary, console)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store = ParquetShards(out, config)
+    done = store.open()
+    # Blocks of tracks as the local engine makes them: one Parquet shard each, what a kill redoes.
+    size = max(16, opts.batch_size)
+    blocks = [tracks[i : i + size] for i in range(0, len(tracks), size)]
+    todo = [(k, b) for k, b in enumerate(blocks) if k not in done]
+    summary.tracks_skipped = len(tracks) - sum(len(b) for _, b in todo)
+    if summary.tracks_skipped:
+        console.print(
+            f"Resuming: {summary.tracks_skipped} of {len(tracks)} tracks already embedded."
+        )
+    plan = PrepareOptions(
+        opts.segment_seconds,
+        opts.hop_seconds,
+        handcrafted=HANDCRAFTED in opts.features,
+        logmel=LOGMEL in opts.features,
+        augment=tuple(opts.augment),
+        copies=opts.augment_copies if opts.augment else 0,
+        seed=opts.seed,
+        noise_dir=opts.noise_dir,
+        windows=backbone.frontend.layout
+        if logmel_in_workers(backbone, 1, opts.logmel_in)
+        else None,
+    )
+    spec = None
+    if backbone is not None:
+        spec = EncoderSpec(
+            opts.model,
+            opts.device,
+            opts.dtype,
+            opts.window,
+            model_identity(backbone),
+            threads=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0,
+            memory=actor_memory(backbone),
+        )
+    del backbone  # the actors load their own; the driver's copy was for the checks
+    ray = start_ray(opts.ray_address, console)
+    started_here = opts.ray_address is None
+    start = time.perf_counter()
+    try:
+        with embed_progress(console, progress) as bar:
+            task = bar.add_task(
+                "embed", total=len(tracks), completed=summary.tracks_skipped, speed=""
+            )
+            for k, results in _embedded_blocks(ray, todo, plan, spec, opts):
+                store.write(k, results)
+                for r in results:
+                    tally(summary, r, console)
+                summary.seconds = time.perf_counter() - start
+                bar.update(
+                    task,
+                    advance=len(results),
+                    speed=f"{summary.segments:,} segments, "
+                    f"{summary.audio_seconds_per_second:,.1f} audio-s/s",
+                )
+    finally:
+        if started_here:
+            ray.shutdown()
+    summary.seconds = time.perf_counter() - start
+    store.finalize([t.track_id for t in tracks])
+    console.print(
+        f"Parquet shards (segments and tracks tables) kept in {store.dir}", highlight=False
+    )
+    return summary
+
+
+def actor_memory(backbone: Backbone) -> int:
+    """An encoder actor's memory: its weights twice over (loading, tuning) plus a working GiB."""
+    weights = sum(p.numel() * p.element_size() for p in backbone.model.parameters())
+    return 2 * weights + 1024**3
+
+
+def start_ray(address: str | None, console: Console):
+    """Join the cluster at `address`, or start a Ray runtime on this machine, on 127.0.0.1 only."""
+    if address is None:
+        # Read when ray is imported: a local runtime then binds and connects on loopback only.
+        os.environ.setdefault(LOOPBACK_ONLY, "0")
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise OptionError(
+            f"--engine ray needs Ray Data: pip install 'wav2genre-cache[ray]' "
+            f"(or pip install '{RAY_REQUIREMENT}')"
+        ) from None
+    if not ray.is_initialized():
+        try:
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                configure_logging=True,
+            )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise RayEngineError(
+                f"cannot reach the Ray cluster at {address!r} ({exc}); start one with "
+                "`ray start --head` or leave out --ray-address to run on this machine"
+            ) from None
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # the driver writes blocks in track order
+    context.enable_progress_bars = False  # our own progress line says it
+    context.print_on_execution_start = False
+    context.issue_detectors_config.detectors = []  # advice on memory we set on purpose
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
+    console.print(
+        f"Ray: {len(nodes)} node(s), {int(ray.cluster_resources().get('CPU', 0))} CPUs, "
+        f"{int(gpus)} GPUs",
+        highlight=False,
+    )
+    return ray
+
+
+def _embedded_blocks(
+    ray, todo: list[tuple[int, list[Track]]], plan: PrepareOptions, spec, opts: EmbedOptions
+) -> Iterator[tuple[int, list[TrackResult]]]:
+    """Each block of `todo`, embedded, in order: the pipeline's results gathered by the driver."""
+    items = [
+        {"index": i, "track": pickle.dumps(t)}
+        for i, t in enumerate(t for _, b in todo for t in b)
+        if t.split != EXCLUDED
+    ]
+    results: Iterator[tuple[int, TrackResult]] = iter(())
+    if items:
+        results = _run_pipeline(ray, items, plan, spec, opts)
+    i = 0
+    pending = next(results, None)
+    for k, block in todo:
+        out = []
+        for t in block:
+            if t.split == EXCLUDED:  # never decoded, as in the local engine
+                out.append(
+                    TrackResult(
+                        t.track_id,
+                        t.path,
+                        t.label,
+                        t.split,
+                        t.artist,
+                        "excluded",
+                        "not in the chosen split",
+                    )
+                )
+            elif pending is not None and pending[0] == i:
+                out.append(pending[1])
+                pending = next(results, None)
+            else:  # its row never came back: Ray gave up on it (a task that died every retry)
+                out.append(
+                    TrackResult(
+                        t.track_id,
+                        t.path,
+                        t.label,
+                        t.split,
+                        t.artist,
+                        "failed",
+                        f"{t.path}: lost by the Ray engine (its task failed every retry)",
+                    )
+                )
+            i += 1
+        yield k, out
+
+
+def _run_pipeline(
+    ray, items: list[dict], plan: PrepareOptions, spec: EncoderSpec | None, opts: EmbedOptions
+) -> Iterator[tuple[int, TrackResult]]:
+    """The Ray Data pipeline: decode tasks, then encoder actors; (index, result) in order."""
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    # One CPU per decode task; the encoder's resources differ, so Ray runs the two stages apart
+    # (same resources would fuse them into one operator, decoding inside the encoder actors).
+    ds = ds.map(partial(decode_task, plan=plan), num_cpus=1)
+    if spec is None:  # hand-crafted features only: no model, no actors
+        ds = ds.map_batches(
+            partial(results_without_encoder, opts=opts),
+            batch_size=TRACKS_PER_CALL,
+            batch_format="numpy",
+            num_cpus=1,
+        )
+    else:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        on_gpu = gpus >= 1 and spec.device in ("auto", "cuda")
+        actors = int(gpus) if on_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) // 8)
+        ds = ds.map_batches(
+            EncoderActor,
+            fn_constructor_kwargs={"spec": spec, "opts": opts},
+            batch_size=TRACKS_PER_CALL,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_gpus=1 if on_gpu else 0,
+            num_cpus=1,
+            # Also what keeps the actors' resources unlike the decode tasks' (see above).
+            memory=spec.memory,
+        )
+    for row in ds.iter_rows():
+        yield int(row["index"]), pickle.loads(row["result"])
+
+
+def decode_task(row: dict, plan: PrepareOptions) -> dict:
+    """Ray task: decode and prepare one track (features.prepare_track), as a decode worker does."""
+    track: Track = pickle.loads(row["track"])
+    prepared = _prepare(track, plan)
+    return {"index": row["index"], "track": row["track"], "prepared": pickle.dumps(prepared)}
+
+
+def _prepare(track: Track, plan: PrepareOptions):
+    item = (track.path, track.track_id, track.split == "train")
+    if "://" not in track.path:
+        return prepare_track(item, plan)
+    # An object store (s3://, gs://, ...): fetch it with pyarrow's filesystems, decode the copy.
+    try:
+        local = fetch_to_temp(track.path)
+    except Exception as exc:
+        return None, f"{track.path}: cannot read ({type(exc).__name__}: {exc})"
+    try:
+        prepared, reason = prepare_track((str(local), *item[1:]), plan)
+        return prepared, reason.replace(str(local), track.path)
+    finally:
+        local.unlink(missing_ok=True)
+
+
+def fetch_to_temp(uri: str) -> Path:
+    """Copy a file at a URI (s3://, gs://, file://, ...) to a local temporary file."""
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    suffix = Path(path).suffix
+    with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as out:
+        with filesystem.open_input_stream(path) as src:
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+    return Path(out.name)
+
+
+def _tracks_and_prepared(batch: dict) -> tuple[list[Track], list]:
+    return (
+        [pickle.loads(b) for b in batch["track"]],
+        [pickle.loads(b) for b in batch["prepared"]],
+    )
+
+
+def _results_batch(batch: dict, results: list[TrackResult]) -> dict:
+    return {
+        "index": batch["index"],
+        "result": np.array([pickle.dumps(r) for r in results], dtype=object),
+    }
+
+
+def results_without_encoder(batch: dict, opts: EmbedOptions) -> dict:
+    """Ray task for runs without the encoder feature set: the tracks' records and features."""
+    tracks, prepared = _tracks_and_prepared(batch)
+    return _results_batch(batch, embed_block(tracks, iter(prepared), None, opts))
+
+
+class EncoderActor:
+    """Ray actor: one loaded encoder, embedding batches of prepared tracks (embed.embed_block)."""
+
+    def __init__(self, spec: EncoderSpec, opts: EmbedOptions):
+        import torch
+
+        from .backbone import load_backbone
+
+        if spec.threads and spec.device != "cuda":
+            torch.set_num_threads(spec.threads)
+        self.backbone = load_backbone(
+            spec.model, spec.device, spec.dtype, log=lambda _: None, window=spec.window
+        )
+        got = model_identity(self.backbone)
+        if got != spec.identity:
+            raise RayEngineError(
+                f"an encoder actor loaded {got}, not the driver's {spec.identity}: give "
+                "--device and --dtype explicitly so that every node loads the same model"
+            )
+        self.opts = opts
+
+    def __call__(self, batch: dict) -> dict:
+        tracks, prepared = _tracks_and_prepared(batch)
+        return _results_batch(batch, embed_block(tracks, iter(prepared), self.backbone, self.opts))
