@@ -77,6 +77,22 @@ def test_bad_files_are_reported_stored_as_failed_and_the_run_goes_on(tmp_path):
     assert strict.returncode == 1
 
 
+def test_a_manifest_of_uris_is_fetched_through_pyarrow_filesystems(tmp_path):
+    # file:// stands in for s3:// and gs://: the same pyarrow FileSystem.from_uri path.
+    pytest.importorskip("pyarrow", reason="URIs are read with pyarrow (the [ray] extra)")
+    good = [write_audio(tmp_path / "store" / f"a {i}.flac", 2.0, seed=i) for i in range(2)]
+    rows = [f"{p.as_uri()},tone" for p in good] + [f"{(tmp_path / 'gone.wav').as_uri()},tone"]
+    (tmp_path / "m.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    proc = run_cli("embed", str(tmp_path / "m.csv"), "--out", str(tmp_path / "c.h5"),
+                   "--model", "random-tiny", "--segment-seconds", "1", "--split", "random")  # fmt: skip
+    t = EmbeddingCache(tmp_path / "c.h5").tracks.set_index("track_id")
+    assert list(t.status) == ["ok", "ok", "failed"]
+    assert t.loc[(tmp_path / "store" / "a 0").as_posix(), "path"] == good[0].as_uri()
+    gone = (tmp_path / "gone.wav").as_uri()
+    assert t.loc[(tmp_path / "gone").as_posix(), "reason"].startswith(f"{gone}: cannot read")
+    assert gone in proc.stderr
+
+
 def test_no_good_track_exits_non_zero(tmp_path):
     data = tmp_path / "data"
     (data / "x").mkdir(parents=True)

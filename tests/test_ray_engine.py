@@ -41,9 +41,11 @@ def assert_same_cache(local: Path, ray: Path) -> None:
         assert np.all(np.abs(fa - fb) <= step), name
 
 
-def embed(data: Path, out: Path, *extra: str, engine: str = "local") -> subprocess.CompletedProcess:
-    return run_cli("embed", str(data), "--out", str(out), "--model", "random-tiny",
-                   "--engine", engine, *extra)  # fmt: skip
+def embed(
+    data: Path, out: Path, *extra: str, engine: str = "local", model: str = "random-tiny"
+) -> subprocess.CompletedProcess:
+    return run_cli("embed", str(data), "--out", str(out), "--model", model, "--engine", engine,
+                   *extra)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +118,15 @@ def test_broken_files_are_reported_as_the_local_engine_reports_them(tmp_path, de
         assert said and said == [
             line for line in local.stderr.splitlines() if name in line and "skipped" in line
         ], name
+
+
+def test_a_whisper_encoder_gives_the_same_cache_on_both_engines(tmp_path, dev_clips, whisper_dir):
+    # A log-mel front end with packed windows: consecutive segments share one 30 s window.
+    data = broken_set(tmp_path / "data", dev_clips)
+    embed(data, tmp_path / "local.h5", model=whisper_dir)
+    embed(data, tmp_path / "ray.h5", engine="ray", model=whisper_dir)
+    assert_same_cache(tmp_path / "local.h5", tmp_path / "ray.h5")
+    assert EmbeddingCache(tmp_path / "ray.h5").attrs["window"] == "packed"
 
 
 def descendants(pid: int) -> set[int]:
@@ -286,14 +297,3 @@ def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
     with pytest.raises(OptionError, match=r"pip install 'wav2genre-cache\[ray\]'"):
         start_ray(None, Console(stderr=True))
-
-
-def test_objects_at_uris_are_fetched_through_pyarrow_filesystems(tmp_path):
-    from wav2genre_cache.ray_engine import fetch_to_temp
-
-    clip = write_audio(tmp_path / "a b.flac", 1.0)
-    copy = fetch_to_temp(clip.as_uri())
-    try:
-        assert copy.suffix == ".flac" and copy.read_bytes() == clip.read_bytes()
-    finally:
-        copy.unlink()

@@ -323,6 +323,32 @@ def _short(exc: Exception) -> str:
     return text.strip()[:200]
 
 
+def is_uri(path: str) -> bool:
+    """Whether `path` names an object in a store (s3://, gs://, hdfs://, file://), not a file."""
+    return "://" in str(path)
+
+
+def fetch_to_temp(uri: str) -> Path:
+    """Copy the object at `uri` to a local temporary file, through pyarrow's filesystems.
+
+    Credentials come from where the store's own tools find them (environment, config files).
+    """
+    try:
+        from pyarrow import fs
+    except ImportError:
+        raise AudioError(f"{uri}: reading URIs needs pyarrow (pip install pyarrow)") from None
+    filesystem, inner = fs.FileSystem.from_uri(uri)
+    with tempfile.NamedTemporaryFile(suffix=Path(inner).suffix, delete=False) as out:
+        try:
+            with filesystem.open_input_stream(inner) as src:
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+        except BaseException:
+            Path(out.name).unlink(missing_ok=True)
+            raise
+    return Path(out.name)
+
+
 def try_load_track(path: str) -> tuple[DecodedTrack | None, str]:
     """load_track for worker processes: (track, "") or (None, reason); never raises."""
     try:

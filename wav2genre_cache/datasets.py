@@ -7,11 +7,12 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pandas as pd
 
-from .audio import AUDIO_EXTENSIONS
+from .audio import AUDIO_EXTENSIONS, is_uri
 from .errors import Wav2GenreError
 
 SPLITS = ("train", "valid", "test")
@@ -93,7 +94,10 @@ def _read_folder(data: Path) -> list[Track]:
 
 
 def _read_csv(manifest: Path) -> list[Track]:
-    """A manifest with columns path,label[,split][,artist][,track_id]; paths relative to it."""
+    """A manifest with columns path,label[,split][,artist][,track_id]; paths relative to it.
+
+    A path may be a URI (s3://bucket/key.mp3, gs://..., file://...): decoding fetches it.
+    """
     try:
         df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     except Exception as exc:
@@ -103,13 +107,17 @@ def _read_csv(manifest: Path) -> list[Track]:
         raise DatasetError(f"{manifest}: missing column(s) {sorted(missing)}; need path,label")
     tracks = []
     for row in df.itertuples(index=False):
-        path = Path(row.path)
-        path = path if path.is_absolute() else manifest.parent / path
+        uri = is_uri(row.path)
+        path = Path(unquote(row.path.split("://", 1)[1]) if uri else row.path)
         split = getattr(row, "split", "") or ""
         if split and split not in SPLITS:
             raise DatasetError(f"{manifest}: split {split!r} for {row.path}; use {SPLITS}")
-        track_id = getattr(row, "track_id", "") or Path(row.path).with_suffix("").as_posix()
-        tracks.append(Track(track_id, str(path), row.label, split, getattr(row, "artist", "")))
+        # A URI's id: bucket and key without the scheme (s3://b/x/y.mp3 -> b/x/y).
+        track_id = getattr(row, "track_id", "") or path.with_suffix("").as_posix()
+        if not uri and not path.is_absolute():
+            path = manifest.parent / path
+        where = row.path if uri else str(path)
+        tracks.append(Track(track_id, where, row.label, split, getattr(row, "artist", "")))
     return tracks
 
 

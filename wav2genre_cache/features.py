@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, segment_track, try_load_track
+from .audio import SAMPLE_RATE, fetch_to_temp, is_uri, segment_track, try_load_track
 from .augment import augment_track
 from .whisper_windows import TrackWindows, WhisperWindows
 
@@ -143,6 +143,16 @@ def prepare_track(
     Returns (track, "") or (None, reason); never raises, so one bad file never ends a run.
     """
     path, track_id, is_train = item
+    if is_uri(path):  # an object store: decode a local copy, name the URI in any message
+        try:
+            local = fetch_to_temp(path)
+        except Exception as exc:
+            return None, f"{path}: cannot read ({type(exc).__name__}: {exc})"
+        try:
+            track, reason = prepare_track((str(local), track_id, is_train), plan)
+            return track, reason.replace(str(local), path)
+        finally:
+            local.unlink(missing_ok=True)
     decoded, reason = try_load_track(path)
     if decoded is None:
         return None, reason

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -299,37 +298,8 @@ def _run_pipeline(
 def decode_task(row: dict, plan: PrepareOptions) -> dict:
     """Ray task: decode and prepare one track (features.prepare_track), as a decode worker does."""
     track: Track = pickle.loads(row["track"])
-    prepared = _prepare(track, plan)
+    prepared = prepare_track((track.path, track.track_id, track.split == "train"), plan)
     return {"index": row["index"], "track": row["track"], "prepared": pickle.dumps(prepared)}
-
-
-def _prepare(track: Track, plan: PrepareOptions):
-    item = (track.path, track.track_id, track.split == "train")
-    if "://" not in track.path:
-        return prepare_track(item, plan)
-    # An object store (s3://, gs://, ...): fetch it with pyarrow's filesystems, decode the copy.
-    try:
-        local = fetch_to_temp(track.path)
-    except Exception as exc:
-        return None, f"{track.path}: cannot read ({type(exc).__name__}: {exc})"
-    try:
-        prepared, reason = prepare_track((str(local), *item[1:]), plan)
-        return prepared, reason.replace(str(local), track.path)
-    finally:
-        local.unlink(missing_ok=True)
-
-
-def fetch_to_temp(uri: str) -> Path:
-    """Copy a file at a URI (s3://, gs://, file://, ...) to a local temporary file."""
-    from pyarrow import fs
-
-    filesystem, path = fs.FileSystem.from_uri(uri)
-    suffix = Path(path).suffix
-    with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as out:
-        with filesystem.open_input_stream(path) as src:
-            while chunk := src.read(1 << 20):
-                out.write(chunk)
-    return Path(out.name)
 
 
 def _tracks_and_prepared(batch: dict) -> tuple[list[Track], list]:
