@@ -61,6 +61,32 @@ def test_a_worker_that_cannot_be_started_is_a_broken_pool_and_the_pool_is_rebuil
     assert workers._pool is None
 
 
+def test_a_worker_the_breaking_pool_missed_is_killed_not_waited_for():
+    # A worker started while the pool broke is neither terminated nor sent a sentinel by the
+    # pool's manager thread, which then joins it: it waits for work forever. Such a worker is
+    # made here by hiding a live one from the manager; the run must still go on.
+    import threading
+
+    from wav2genre_cache.workers import DecodeWorkers, warm_up
+
+    with DecodeWorkers(2) as workers:
+        assert all(workers._pool.submit(warm_up).result() for _ in range(4))
+        for process in workers._pool._processes.values():
+            process.terminate = lambda: None
+            process.is_alive = lambda: False
+        out = []
+        run = threading.Thread(
+            daemon=True,
+            target=lambda: out.extend(
+                workers.map(crash_on, ["crash", "a"], window=1, on_crash=str)
+            ),
+        )
+        run.start()
+        run.join(timeout=120)
+        assert not run.is_alive(), "the run waited for a worker nobody stopped"
+        assert out == ["crash", "aa"]
+
+
 def process_alive(pid: int) -> bool:
     """Whether `pid` runs, from /proc; a zombie has exited already (its new parent reaps it)."""
     try:

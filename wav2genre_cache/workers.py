@@ -79,6 +79,12 @@ class DecodeWorkers:
             yield result
 
     def _replace_pool(self) -> None:
+        # Kill the broken pool's processes first: its manager thread terminates the workers it
+        # knows of and then joins them all, and a worker started by a submission racing the
+        # breakage (after the terminate, before the join) would be joined forever, idle (a
+        # hang seen under load, Python 3.11). Only this thread submits, so none is starting now.
+        for process in list((getattr(self._pool, "_processes", None) or {}).values()):
+            process.kill()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._pool = None
         # The broken pool's pipes and processes are closed by finalizers; run them now, before the
