@@ -144,10 +144,12 @@ def embed_dataset(
         # Ctrl-C) leaves no empty .partial folder or output folder: nothing could resume from it.
         if opts.engine == "ray":
             from .parquet_shards import shard_dir
-            from .ray_engine import embed_on_ray
+            from .ray_engine import embed_on_ray, plan_ray_run
 
+            run = plan_ray_run(opts, layout, backbone)
+            backbone = None  # the encoder actors load their own; this one was for the checks
             with _undone_on_failure(Path(opts.out), shard_dir(opts.out), "*.parquet"):
-                return embed_on_ray(opts, layout, tracks, backbone, console, progress)
+                return embed_on_ray(run, tracks, console, progress)
         with _undone_on_failure(Path(opts.out), Path(opts.out + ".partial"), "shard-*.h5"):
             return _embed_into_cache(opts, layout, tracks, backbone, pool, console, progress)
 

@@ -81,34 +81,20 @@ def model_identity(backbone: Backbone) -> tuple:
     )
 
 
-def embed_on_ray(
-    opts: EmbedOptions,
-    layout: str,
-    tracks: list[Track],
-    backbone: Backbone | None,
-    console: Console,
-    progress: bool,
-) -> EmbedSummary:
-    """embed_dataset with --engine ray, once the driver has checked the model and the options."""
+@dataclass(frozen=True)
+class RayRun:
+    """What a Ray run needs of the driver's checked model: settings, not the model itself."""
+
+    opts: EmbedOptions
+    config: dict
+    plan: PrepareOptions
+    spec: EncoderSpec | None  # None: no encoder feature set, no actors
+
+
+def plan_ray_run(opts: EmbedOptions, layout: str, backbone: Backbone | None) -> RayRun:
+    """The run's settings, taken from the model the driver loaded and checked (then let go)."""
     if opts.batch_size is None:
         opts = replace(opts, batch_size=default_batch_size(backbone.device) if backbone else 2)
-    config = embed_config(opts, layout, backbone)
-    summary = EmbedSummary(Path(opts.out))
-    out = Path(opts.out)
-    if out.exists():
-        return existing_cache(out, config, summary, console)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    store = ParquetShards(out, config)
-    done = store.open()
-    # Blocks of tracks as the local engine makes them: one Parquet shard each, what a kill redoes.
-    size = max(16, opts.batch_size)
-    blocks = [tracks[i : i + size] for i in range(0, len(tracks), size)]
-    todo = [(k, b) for k, b in enumerate(blocks) if k not in done]
-    summary.tracks_skipped = len(tracks) - sum(len(b) for _, b in todo)
-    if summary.tracks_skipped:
-        console.print(
-            f"Resuming: {summary.tracks_skipped} of {len(tracks)} tracks already embedded."
-        )
     plan = PrepareOptions(
         opts.segment_seconds,
         opts.hop_seconds,
@@ -133,7 +119,30 @@ def embed_on_ray(
             threads=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0,
             memory=actor_memory(backbone),
         )
-    del backbone  # the actors load their own; the driver's copy was for the checks
+    return RayRun(opts, embed_config(opts, layout, backbone), plan, spec)
+
+
+def embed_on_ray(
+    run: RayRun, tracks: list[Track], console: Console, progress: bool
+) -> EmbedSummary:
+    """embed_dataset with --engine ray, once the driver has checked the model and the options."""
+    opts, config, plan, spec = run.opts, run.config, run.plan, run.spec
+    summary = EmbedSummary(Path(opts.out))
+    out = Path(opts.out)
+    if out.exists():
+        return existing_cache(out, config, summary, console)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store = ParquetShards(out, config)
+    done = store.open()
+    # Blocks of tracks as the local engine makes them: one Parquet shard each, what a kill redoes.
+    size = max(16, opts.batch_size)
+    blocks = [tracks[i : i + size] for i in range(0, len(tracks), size)]
+    todo = [(k, b) for k, b in enumerate(blocks) if k not in done]
+    summary.tracks_skipped = len(tracks) - sum(len(b) for _, b in todo)
+    if summary.tracks_skipped:
+        console.print(
+            f"Resuming: {summary.tracks_skipped} of {len(tracks)} tracks already embedded."
+        )
     ray = start_ray(opts.ray_address, console)
     started_here = opts.ray_address is None
     start = time.perf_counter()

@@ -1,0 +1,159 @@
+"""The Ray engine against the local engine, same audio, same machine, same run.
+
+Each engine runs `wav2genre embed` in its own process tree on the same workload (the real dev
+clips, repeated through symlinks to --tracks). Prints for each: end-to-end wall seconds (model
+loading and, for Ray, starting the runtime included), audio seconds per wall second, the run's
+own rate once started (the summary line's), peak memory as the largest sum of PSS over the
+process tree (proportional set size: shared pages, Ray's object store included, counted once),
+sampled every 0.2 s; then the ratio ray/local (target: at least 0.8) and the largest difference
+between the two caches' features. Also the decode cost per core for docs/scaling.md: one process
+decoding, resampling and segmenting every clip (features.prepare_track), audio seconds per
+CPU second.
+
+    python benchmarks/ray_engine.py                       # pip:whisper-tiny.en where installed
+    python benchmarks/ray_engine.py --model random-base --tracks 24
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from embed_throughput import DEV, make_workload  # noqa: E402
+
+
+def tree(pid: int) -> set[int]:
+    """pid and every process below it."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        children.setdefault(int(text[text.rindex(")") + 2 :].split()[1]), []).append(
+            int(stat.parent.name)
+        )
+    found, todo = {pid}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def pss_mb(pids: set[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return total / 1024
+
+
+def run_engine(engine: str, data: Path, out: Path, model: str, device: str) -> dict:
+    cmd = [sys.executable, "-m", "wav2genre_cache", "embed", str(data), "--out", str(out),
+           "--model", model, "--device", device, "--engine", engine]  # fmt: skip
+    env = os.environ | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # loopback only, always
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, pss_mb(tree(proc.pid)))
+        time.sleep(0.2)
+    seconds = time.perf_counter() - start
+    stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        sys.exit(f"{engine} engine failed:\n{stderr[-3000:]}")
+    said = re.search(r"Embedded .*? \(.*?, ([\d,.]+) s of audio\).*?: ([\d,.]+) audio-seconds", stderr)
+    audio = float(said.group(1).replace(",", ""))
+    return {
+        "wall_seconds": seconds,
+        "audio_seconds": audio,
+        "audio_seconds_per_second": audio / seconds,
+        "in_run_audio_seconds_per_second": float(said.group(2).replace(",", "")),
+        "peak_pss_mb": peak,
+    }
+
+
+def decode_rate(clips: list[Path]) -> dict:
+    """One process: decode, resample, segment every clip; audio seconds per CPU second."""
+    from wav2genre_cache.features import PrepareOptions, prepare_track
+
+    plan = PrepareOptions(10.0, None)
+    audio, cpu = 0.0, time.process_time()
+    for clip in clips:
+        track, reason = prepare_track((str(clip), clip.stem, False), plan)
+        assert track is not None, reason
+        audio += track.duration
+    cpu = time.process_time() - cpu
+    return {"clips": len(clips), "audio_seconds": audio, "cpu_seconds": cpu,
+            "audio_seconds_per_cpu_second": audio / cpu}  # fmt: skip
+
+
+def default_model() -> str:
+    try:
+        from wav2genre_cache.ct2_whisper import PIP_MODELS, pip_model_files
+
+        pip_model_files(PIP_MODELS["pip:whisper-tiny.en"])
+        return "pip:whisper-tiny.en"
+    except Exception:
+        return "random-base"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--tracks", type=int, default=60)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/ray_engine_cpu.json"))
+    args = ap.parse_args()
+    model = args.model or default_model()
+    from wav2genre_cache.cache import EmbeddingCache
+
+    result = {
+        "benchmark": "ray_engine",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "model": model,
+        "tracks": args.tracks,
+        "device": args.device,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_workload(Path(tmp) / "data", args.tracks)
+        result["decode"] = decode_rate(sorted(DEV.glob("*/*.flac")))
+        print(f"decode: {result['decode']['audio_seconds_per_cpu_second']:,.0f} audio-s per CPU-s")
+        for engine in ("local", "ray"):
+            r = run_engine(engine, data, Path(tmp) / f"{engine}.h5", model, args.device)
+            result[engine] = r
+            print(f"{engine:5s}: {r['wall_seconds']:7.1f} s wall, "
+                  f"{r['audio_seconds_per_second']:8.1f} audio-s/s end to end, "
+                  f"{r['in_run_audio_seconds_per_second']:8.1f} in the run, "
+                  f"peak PSS {r['peak_pss_mb']:,.0f} MB", flush=True)  # fmt: skip
+        result["ratio_end_to_end"] = (
+            result["ray"]["audio_seconds_per_second"] / result["local"]["audio_seconds_per_second"]
+        )
+        a = EmbeddingCache(Path(tmp) / "local.h5").features()
+        b = EmbeddingCache(Path(tmp) / "ray.h5").features()
+        result["max_abs_difference"] = float(np.abs(a - b).max())
+    print(f"ray/local throughput: {result['ratio_end_to_end']:.2f}x (target >= 0.8); "
+          f"largest feature difference {result['max_abs_difference']:.3g}")  # fmt: skip
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
