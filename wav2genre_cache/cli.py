@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -60,6 +61,8 @@ def _run_embed(opts, strict: bool, keep_freed_memory: bool = True, progress: boo
         from .cpu_tuning import keep_freed_memory as keep
 
         keep()
+        # The Ray engine's encoder actors own their processes too: they do the same.
+        opts = replace(opts, keep_freed_memory=True)
     summary = embed_dataset(opts, console=err, progress=progress)
     if not summary.already_complete:
         err.print(

@@ -61,6 +61,8 @@ class EmbedOptions:
     logmel_in: str = "auto"  # where Whisper's log-mel is made: auto | workers | model
     engine: str = "local"  # local | ray (ray_engine.py)
     ray_address: str | None = None  # None: a Ray runtime on this machine; auto or HOST:PORT
+    # Ray's encoder actors call cpu_tuning.keep_freed_memory (the CLI's default for its process).
+    keep_freed_memory: bool = False
 
 
 @dataclass

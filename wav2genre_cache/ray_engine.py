@@ -341,6 +341,10 @@ class EncoderActor:
 
         if spec.threads and spec.device != "cuda":
             torch.set_num_threads(spec.threads)
+        if opts.keep_freed_memory:  # as the CLI does for the local engine's process
+            from .cpu_tuning import keep_freed_memory
+
+            keep_freed_memory()
         self.backbone = load_backbone(
             spec.model, spec.device, spec.dtype, log=lambda _: None, window=spec.window
         )
