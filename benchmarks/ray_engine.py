@@ -14,6 +14,7 @@ per core for docs/scaling.md: one process decoding, resampling and segmenting ev
 
     python benchmarks/ray_engine.py                       # pip:whisper-tiny.en where installed
     python benchmarks/ray_engine.py --model random-base --tracks 12
+    python benchmarks/ray_engine.py --decode-only --out benchmarks/results/decode_cost_cpu.json
 """
 
 from __future__ import annotations
@@ -109,6 +110,25 @@ def decode_rate(clips: list[Path]) -> dict:
             "audio_seconds_per_cpu_second": audio / cpu}  # fmt: skip
 
 
+def decode_costs(folder: Path) -> dict:
+    """Decode cost of the dev clips as they are (FLAC, 22,050 Hz mono) and as a catalogue's MP3s.
+
+    The MP3s are the first 20 clips re-encoded at 44,100 Hz stereo (libsndfile's MP3 encoder):
+    FMA's and most previews' format, and the dearer one to decode and resample.
+    """
+    import soundfile as sf
+    import soxr
+
+    clips = sorted(DEV.glob("*/*.flac"))
+    mp3s = []
+    for clip in clips[:20]:
+        y, sr = sf.read(clip, dtype="float32")
+        y = soxr.resample(y, sr, 44_100)
+        mp3s.append(folder / f"{clip.stem}.mp3")
+        sf.write(mp3s[-1], np.stack([y, y], axis=1), 44_100, format="MP3")
+    return {"flac_22050_mono": decode_rate(clips), "mp3_44100_stereo": decode_rate(mp3s)}
+
+
 def default_model() -> str:
     try:
         from wav2genre_cache.ct2_whisper import PIP_MODELS, pip_model_files
@@ -124,6 +144,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--tracks", type=int, default=60, help="the smaller size; the larger is 4x")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--decode-only", action="store_true", help="only the decode cost per core")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/ray_engine_cpu.json"))
     args = ap.parse_args()
     model = args.model or default_model()
@@ -138,8 +159,13 @@ def main() -> None:
     }
     sizes = (args.tracks, 4 * args.tracks)
     with tempfile.TemporaryDirectory() as tmp:
-        result["decode"] = decode_rate(sorted(DEV.glob("*/*.flac")))
-        print(f"decode: {result['decode']['audio_seconds_per_cpu_second']:,.0f} audio-s per CPU-s")
+        result["decode"] = decode_costs(Path(tmp))
+        for kind, r in result["decode"].items():
+            print(f"decode {kind}: {r['audio_seconds_per_cpu_second']:,.0f} audio-s per CPU-s")
+        if args.decode_only:
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+            print(f"wrote {args.out}")
+            return
         for n in sizes:
             data = make_workload(Path(tmp) / f"data{n}", n)
             for engine in ("local", "ray"):
