@@ -297,3 +297,24 @@ def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
     with pytest.raises(OptionError, match=r"pip install 'wav2genre-cache\[ray\]'"):
         start_ray(None, Console(stderr=True))
+
+
+def test_actors_that_load_another_model_stop_the_run_with_a_clear_message(tmp_path, dev_clips):
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from wav2genre_cache.backbone import load_backbone
+    from wav2genre_cache.datasets import assign_splits, discover
+    from wav2genre_cache.embed import EmbedOptions
+    from wav2genre_cache.ray_engine import RayEngineError, embed_on_ray, plan_ray_run
+
+    opts = EmbedOptions(data=str(dev_clips), out=str(tmp_path / "c.h5"), model="random-tiny")
+    tracks = assign_splits(discover(dev_clips, "gtzan"), "random", 0)[:4]
+    run = plan_ray_run(opts, "gtzan", load_backbone("random-tiny", "cpu", "float32"))
+    # As if the driver had checked a model the actors will not load (a GPU head, CPU workers).
+    run = replace(run, spec=replace(run.spec, identity=(*run.spec.identity[:-1], "torch.float64")))
+    with pytest.raises(RayEngineError, match="not the driver's") as error:
+        embed_on_ray(run, tracks, Console(stderr=True), progress=False)
+    assert "re-run the same command to resume" in str(error.value)
+    assert not (tmp_path / "c.h5").exists()

@@ -300,8 +300,18 @@ def _run_pipeline(
             # Also what keeps the actors' resources unlike the decode tasks' (see above).
             memory=spec.memory,
         )
-    for row in ds.iter_rows():
-        yield int(row["index"]), pickle.loads(row["result"])
+    try:
+        for row in ds.iter_rows():
+            yield int(row["index"]), pickle.loads(row["result"])
+    except ray.exceptions.RayError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        cause = next(
+            (line for line in reversed(lines) if "Error" in line), lines[-1] if lines else ""
+        )
+        raise RayEngineError(
+            f"the Ray pipeline stopped ({type(exc).__name__}: {cause.strip()}); the blocks "
+            "written so far are kept: re-run the same command to resume"
+        ) from exc
 
 
 def decode_task(row: dict, plan: PrepareOptions) -> dict:
