@@ -61,6 +61,27 @@ def test_a_worker_that_cannot_be_started_is_a_broken_pool_and_the_pool_is_rebuil
     assert workers._pool is None
 
 
+def test_a_machine_that_cannot_start_workers_ends_the_run_not_each_file(monkeypatch):
+    # Once is a race with a breaking pool; again on a new pool is the machine (no memory, no
+    # file descriptors): the run stops with that error instead of failing every file.
+    import wav2genre_cache.workers as module
+
+    def never_starts(*args):
+        raise OSError(24, "Too many open files")
+
+    def pool_that_never_starts(count):
+        pool = real_pool(count)
+        pool.submit = never_starts
+        return pool
+
+    real_pool = module._process_pool
+    with module.DecodeWorkers(1) as workers:
+        monkeypatch.setattr(workers._pool, "submit", never_starts)
+        monkeypatch.setattr(module, "_process_pool", pool_that_never_starts)
+        with pytest.raises(OSError, match="Too many open files"):
+            list(workers.map(crash_on, ["a", "b"], window=2, on_crash=str))
+
+
 def test_a_worker_the_breaking_pool_missed_is_killed_not_waited_for():
     # A worker started while the pool broke is neither terminated nor sent a sentinel by the
     # pool's manager thread, which then joins it: it waits for work forever. Such a worker is

@@ -222,12 +222,18 @@ def write_cache(
         views = f.create_dataset("segments/view", (n_total,), "i2")
         feats = {}
         pos = 0
+        # One shard open at a time: tracks go in order and so, nearly always, do their shards; a
+        # shard met again is opened again rather than every shard held until the end.
         sources: dict[Path, SegmentSource] = {}
         try:
             for shard, a, b in segs:
                 if b == a:
                     continue
-                src = sources.get(shard) or sources.setdefault(shard, open_source(shard))
+                if shard not in sources:
+                    for old in sources.values():
+                        old.close()
+                    sources = {shard: open_source(shard)}
+                src = sources[shard]
                 starts[pos : pos + b - a] = src.starts(a, b)
                 views[pos : pos + b - a] = src.views(a, b)
                 for name in config["features"]:

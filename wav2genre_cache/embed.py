@@ -152,7 +152,7 @@ def embed_dataset(
             backbone = None  # the encoder actors load their own; this one was for the checks
             with _undone_on_failure(Path(opts.out), shard_dir(opts.out), "*.parquet"):
                 return embed_on_ray(run, tracks, console, progress)
-        with _undone_on_failure(Path(opts.out), Path(opts.out + ".partial"), "shard-*.h5"):
+        with _undone_on_failure(Path(opts.out), Path(str(opts.out) + ".partial"), "shard-*.h5"):
             return _embed_into_cache(opts, layout, tracks, backbone, pool, console, progress)
 
 

@@ -1,25 +1,29 @@
 """The Ray engine's output: Parquet shards, usable on their own, merged into the HDF5 cache.
 
 A shard folder (`CACHE.h5.shards/`) holds `config.json` (the embed settings, as in the cache)
-and, per block of consecutive tracks k, two files:
+and, per block of consecutive tracks, two files named by the block's first track position and
+a digest of its track ids (`<k>-<digest>`, so that no block ever overwrites another's file):
 
-- `segments-<k>.parquet`: one row per segment: `track_id` (string), `segment` (int32, its
+- `segments-<k>-<digest>.parquet`: one row per segment: `track_id` (string), `segment` (int32, its
   index in the track, views in order), `start` (float64, seconds into the audio), `view`
   (int16: 0 the original, 1..K augmented copies), and one column per feature set (`encoder`,
-  `handcrafted`, `logmel`) of Arrow's fixed-shape tensor type `[layers, dim]`, float32.
-- `tracks-<k>.parquet`: one row per track: `track_id`, `path`, `label`, `split`, `artist`,
+  `handcrafted`, `logmel`) of Arrow's fixed-shape tensor type `[layers, dim]`, float32 (a block
+  whose tracks all failed has no segments, and no feature columns).
+- `tracks-<k>-<digest>.parquet`: one row per track: `track_id`, `path`, `label`, `split`, `artist`,
   `status` (ok | failed | excluded), `reason` (why a track failed: the failures table is
   `status == "failed"`), `content_hash`, `duration` (float64 seconds), `n_segments` (int64).
 
 Each file is written under a temporary name and renamed; the tracks file goes last, so a block
-is complete exactly when its tracks file exists, and a killed run redoes only unfinished
-blocks. Spark, DuckDB or pandas read the folder as two tables (`segments-*.parquet`,
+is complete exactly when its tracks file exists, and a killed run redoes only the blocks with a
+track in no tracks file. A track in two files (a resumed run with other blocks) is the same
+track embedded twice alike; the merge takes one. Spark, DuckDB or pandas read the folder as two tables (`segments-*.parquet`,
 `tracks-*.parquet`); the merge into HDF5 rounds the features to float16, as the local engine's
 cache stores them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -48,8 +52,8 @@ class ParquetShards:
         self.dir = shard_dir(out)
         self.config = config
 
-    def open(self) -> set[int]:
-        """Create or resume the folder; return the blocks already complete."""
+    def open(self) -> set[str]:
+        """Create or resume the folder; return the ids of the tracks already embedded."""
         config_file = self.dir / "config.json"
         if config_file.is_file():
             diff = config_differences(json.loads(config_file.read_text()), self.config)
@@ -64,10 +68,16 @@ class ParquetShards:
             tmp = config_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(self.config, indent=1, sort_keys=True))
             os.replace(tmp, config_file)
-        return {int(p.stem.split("-")[1]) for p in self.dir.glob("tracks-*.parquet")}
+        import pyarrow.parquet as pq
+
+        done: set[str] = set()
+        for tracks_file in self.dir.glob("tracks-*.parquet"):
+            done.update(pq.read_table(tracks_file, columns=["track_id"])["track_id"].to_pylist())
+        return done
 
     def write(self, block: int, results: list[TrackResult]) -> None:
-        """Write one block of finished tracks: its segments, then (marking it done) its tracks."""
+        """Write the block of finished tracks starting at track position `block`: its segments,
+        then (marking it done) its tracks."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -81,11 +91,13 @@ class ParquetShards:
             parts = [r.features[name] for r in results if len(r.starts)]
             if parts:
                 columns[name] = _tensor_column(np.concatenate(parts).astype(np.float32))
-        _write_atomically(pa.table(columns), self.dir / f"segments-{block:07d}.parquet", pq)
+        digest = hashlib.sha1("\n".join(r.track_id for r in results).encode()).hexdigest()[:12]
+        name = f"{block:09d}-{digest}.parquet"
+        _write_atomically(pa.table(columns), self.dir / f"segments-{name}", pq)
         tracks = {c: pa.array([getattr(r, c) for r in results], pa.string()) for c in TRACK_COLUMNS}
         tracks["duration"] = pa.array([r.duration for r in results], pa.float64())
         tracks["n_segments"] = pa.array([len(r.starts) for r in results], pa.int64())
-        _write_atomically(pa.table(tracks), self.dir / f"tracks-{block:07d}.parquet", pq)
+        _write_atomically(pa.table(tracks), self.dir / f"tracks-{name}", pq)
 
     def finalize(self, order: list[str]) -> Path:
         """Merge every complete block into the HDF5 cache `out`, tracks in `order`."""

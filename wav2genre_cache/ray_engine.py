@@ -135,16 +135,17 @@ def embed_on_ray(
     store = ParquetShards(out, config)
     done = store.open()
     # Blocks of tracks as the local engine makes them: one Parquet shard each, what a kill redoes.
+    # A block is skipped when every one of its tracks is in some shard (by track id, as the
+    # local engine resumes: another batch size or an added file must not skip unembedded tracks).
     size = max(16, opts.batch_size)
-    blocks = [tracks[i : i + size] for i in range(0, len(tracks), size)]
-    todo = [(k, b) for k, b in enumerate(blocks) if k not in done]
+    blocks = [(k, tracks[k : k + size]) for k in range(0, len(tracks), size)]
+    todo = [(k, b) for k, b in blocks if not all(t.track_id in done for t in b)]
     summary.tracks_skipped = len(tracks) - sum(len(b) for _, b in todo)
     if summary.tracks_skipped:
         console.print(
             f"Resuming: {summary.tracks_skipped} of {len(tracks)} tracks already embedded."
         )
-    ray = start_ray(opts.ray_address, console)
-    started_here = opts.ray_address is None
+    ray, started_here = start_ray(opts.ray_address, console)
     start = time.perf_counter()
     try:
         with embed_progress(console, progress) as bar:
@@ -179,11 +180,16 @@ def actor_memory(backbone: Backbone) -> int:
     return 2 * weights + 1024**3
 
 
-def start_ray(address: str | None, console: Console):
-    """Join the cluster at `address`, or start a Ray runtime on this machine, on 127.0.0.1 only."""
+def start_ray(address: str | None, console: Console) -> tuple:
+    """Join the cluster at `address`, or start a Ray runtime on this machine, on 127.0.0.1 only.
+
+    Returns the ray module and whether this call started the runtime (and so must stop it). A
+    process that has Ray running already (a notebook, a Ray job) is used as it is.
+    """
     if address is None:
-        # Read when ray is imported: a local runtime then binds and connects on loopback only.
-        os.environ.setdefault(LOOPBACK_ONLY, "0")
+        # Read when ray is imported (and by the processes it starts, through the environment):
+        # a local runtime then binds and connects on loopback only.
+        os.environ[LOOPBACK_ONLY] = "0"
     try:
         import ray
         import ray.data  # noqa: F401
@@ -192,10 +198,16 @@ def start_ray(address: str | None, console: Console):
             f"--engine ray needs Ray Data: pip install 'wav2genre-cache[ray]' "
             f"(or pip install '{RAY_REQUIREMENT}')"
         ) from None
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
+        if address is None:
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False  # ray was imported before the variable
         try:
             ray.init(
-                address=address,
+                # "local": a new runtime here, never RAY_ADDRESS or a `ray start` cluster.
+                address=address or "local",
                 include_dashboard=False,
                 log_to_driver=False,
                 logging_level=logging.WARNING,
@@ -219,7 +231,7 @@ def start_ray(address: str | None, console: Console):
         f"{int(gpus)} GPUs",
         highlight=False,
     )
-    return ray
+    return ray, started
 
 
 def _embedded_blocks(
@@ -254,17 +266,10 @@ def _embedded_blocks(
             elif pending is not None and pending[0] == i:
                 out.append(pending[1])
                 pending = next(results, None)
-            else:  # its row never came back: Ray gave up on it (a task that died every retry)
-                out.append(
-                    TrackResult(
-                        t.track_id,
-                        t.path,
-                        t.label,
-                        t.split,
-                        t.artist,
-                        "failed",
-                        f"{t.path}: lost by the Ray engine (its task failed every retry)",
-                    )
+            else:  # the pipeline keeps track order and fails rather than drop a row
+                raise RayEngineError(
+                    f"the Ray pipeline returned no result for {t.path}; the blocks written "
+                    "so far are kept: re-run the same command to resume"
                 )
             i += 1
         yield k, out
@@ -274,7 +279,9 @@ def _run_pipeline(
     ray, items: list[dict], plan: PrepareOptions, spec: EncoderSpec | None, opts: EmbedOptions
 ) -> Iterator[tuple[int, TrackResult]]:
     """The Ray Data pipeline: decode tasks, then encoder actors; (index, result) in order."""
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    # One track per block (decode tasks run in parallel track by track), up to a bound on the
+    # blocks the driver makes up front.
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 10_000))
     # One CPU per decode task; the encoder's resources differ, so Ray runs the two stages apart
     # (same resources would fuse them into one operator, decoding inside the encoder actors).
     ds = ds.map(partial(decode_task, plan=plan), num_cpus=1)

@@ -18,6 +18,10 @@ PARENT_POLL_SECONDS = 0.5
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
+class WorkerStartError(BrokenProcessPool):
+    """A pool that could not start a worker (its cause says why), as opposed to one that died."""
+
+
 class DecodeWorkers:
     """A pool of decode processes, started now, and its one owner: `close` (or `with`) ends it.
 
@@ -70,6 +74,8 @@ class DecodeWorkers:
                 self._replace_pool()
                 try:
                     result = self._submit(fn, item).result()
+                except WorkerStartError as exc:  # twice: the machine, not this file
+                    raise exc.__cause__ from None
                 except BrokenProcessPool:
                     result = on_crash(item)
                     self._replace_pool()
@@ -100,7 +106,9 @@ class DecodeWorkers:
         crash: CI once saw "bad value(s) in fds_to_keep" (a pipe handed to the new worker was
         closed under it, as the breaking pool's manager thread closes its queues), and a
         submission that races the breakage can see "cannot schedule new futures after shutdown"
-        before the pool says it is broken. Each is treated as a broken pool: rebuilt, retried.
+        before the pool says it is broken. Each is treated as a broken pool: rebuilt, retried;
+        if the new pool cannot start a worker either, the error is the machine's (too many open
+        files, no memory), not a file's, and it ends the run (which resumes).
         `submit` itself never runs `fn` or pickles its arguments, so these errors can only come
         from the pool's own plumbing.
         """
@@ -109,7 +117,7 @@ class DecodeWorkers:
         except (BrokenProcessPool, OSError, RuntimeError, ValueError) as exc:
             broken = exc
             if not isinstance(exc, BrokenProcessPool):
-                broken = BrokenProcessPool(f"could not start a decode worker: {exc}")
+                broken = WorkerStartError(f"could not start a decode worker: {exc}")
                 broken.__cause__ = exc
             failed: Future = Future()
             failed.set_exception(broken)
