@@ -120,6 +120,14 @@ def test_broken_files_are_reported_as_the_local_engine_reports_them(tmp_path, de
         ], name
 
 
+def test_hand_crafted_features_alone_need_no_encoder_actors(tmp_path, dev_clips):
+    data = broken_set(tmp_path / "data", dev_clips)
+    embed(data, tmp_path / "local.h5", "--features", "handcrafted")
+    embed(data, tmp_path / "ray.h5", "--features", "handcrafted", engine="ray")
+    assert_same_cache(tmp_path / "local.h5", tmp_path / "ray.h5")
+    assert EmbeddingCache(tmp_path / "ray.h5").feature_names == ["handcrafted"]
+
+
 def test_a_whisper_encoder_gives_the_same_cache_on_both_engines(tmp_path, dev_clips, whisper_dir):
     # A log-mel front end with packed windows: consecutive segments share one 30 s window.
     data = broken_set(tmp_path / "data", dev_clips)

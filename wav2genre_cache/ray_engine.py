@@ -4,9 +4,9 @@ The same per-track code as the local engine runs in each place (features.prepare
 decode tasks, embed.embed_block in the encoder actors), so the cache it writes is the local
 engine's, within float16 rounding of batch-order arithmetic. The driver is the one writer: it
 reads the embedded tracks in order, writes each finished block of tracks as Parquet shards
-(parquet_shards.py) and merges them into the HDF5 cache at the end. Blocks already written are
-skipped on a re-run, so a killed driver resumes; an encoder actor that dies is restarted by Ray
-and its batch retried.
+(parquet_shards.py) and merges them into the HDF5 cache at the end. A re-run skips the blocks
+whose tracks are all in shards already, so a killed driver resumes; an encoder actor or decode
+worker that dies is replaced by Ray and its work retried.
 
 Without --ray-address, a Ray runtime is started on this machine bound to 127.0.0.1 only
 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps every Ray server and connection on loopback; it also
@@ -356,8 +356,8 @@ class EncoderActor:
 
         from .backbone import load_backbone
 
-        if spec.threads and spec.device != "cuda":
-            torch.set_num_threads(spec.threads)
+        if spec.threads and (spec.device == "cpu" or not torch.cuda.is_available()):
+            torch.set_num_threads(spec.threads)  # a CPU actor computes as the local engine does
         if opts.keep_freed_memory:  # as the CLI does for the local engine's process
             from .cpu_tuning import keep_freed_memory
 
