@@ -18,10 +18,6 @@ PARENT_POLL_SECONDS = 0.5
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-class WorkerStartError(BrokenProcessPool):
-    """A pool that could not start a worker (its cause says why), as opposed to one that died."""
-
-
 class DecodeWorkers:
     """A pool of decode processes, started now, and its one owner: `close` (or `with`) ends it.
 
@@ -74,9 +70,9 @@ class DecodeWorkers:
                 self._replace_pool()
                 try:
                     result = self._submit(fn, item).result()
-                except WorkerStartError as exc:  # twice: the machine, not this file
-                    raise exc.__cause__ from None
-                except BrokenProcessPool:
+                except BrokenProcessPool as exc:
+                    if getattr(exc, "start_failed", False):  # twice: the machine, not this file
+                        raise exc.__cause__ from None
                     result = on_crash(item)
                     self._replace_pool()
                 pending = deque((x, self._submit(fn, x)) for x, _ in pending)
@@ -117,8 +113,9 @@ class DecodeWorkers:
         except (BrokenProcessPool, OSError, RuntimeError, ValueError) as exc:
             broken = exc
             if not isinstance(exc, BrokenProcessPool):
-                broken = WorkerStartError(f"could not start a decode worker: {exc}")
+                broken = BrokenProcessPool(f"could not start a decode worker: {exc}")
                 broken.__cause__ = exc
+                broken.start_failed = True  # a pool that could not start one, not one that died
             failed: Future = Future()
             failed.set_exception(broken)
             return failed
