@@ -4,21 +4,21 @@ A shard folder (`CACHE.h5.shards/`) holds `config.json` (the embed settings, as 
 and, per block of consecutive tracks, two files named by the block's first track position and
 a digest of its track ids (`<k>-<digest>`, so that no block ever overwrites another's file):
 
-- `segments-<k>-<digest>.parquet`: one row per segment: `track_id` (string), `segment` (int32, its
-  index in the track, views in order), `start` (float64, seconds into the audio), `view`
+- `segments-<k>-<digest>.parquet`: one row per segment: `track_id` (string), `segment` (int32,
+  its index in the track, views in order), `start` (float64, seconds into the audio), `view`
   (int16: 0 the original, 1..K augmented copies), and one column per feature set (`encoder`,
   `handcrafted`, `logmel`) of Arrow's fixed-shape tensor type `[layers, dim]`, float32 (a block
   whose tracks all failed has no segments, and no feature columns).
-- `tracks-<k>-<digest>.parquet`: one row per track: `track_id`, `path`, `label`, `split`, `artist`,
-  `status` (ok | failed | excluded), `reason` (why a track failed: the failures table is
+- `tracks-<k>-<digest>.parquet`: one row per track: `track_id`, `path`, `label`, `split`,
+  `artist`, `status` (ok | failed | excluded), `reason` (why a track failed: the failures table is
   `status == "failed"`), `content_hash`, `duration` (float64 seconds), `n_segments` (int64).
 
 Each file is written under a temporary name and renamed; the tracks file goes last, so a block
 is complete exactly when its tracks file exists, and a killed run redoes only the blocks with a
 track in no tracks file. A track in two files (a resumed run with other blocks) is the same
-track embedded twice alike; the merge takes one. Spark, DuckDB or pandas read the folder as two tables (`segments-*.parquet`,
-`tracks-*.parquet`); the merge into HDF5 rounds the features to float16, as the local engine's
-cache stores them.
+track embedded twice alike; the merge takes one. Spark, DuckDB or pandas read the folder as
+two tables (`segments-*.parquet`, `tracks-*.parquet`); the merge into HDF5 rounds the features
+to float16, as the local engine's cache stores them.
 """
 
 from __future__ import annotations
