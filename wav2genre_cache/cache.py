@@ -82,6 +82,22 @@ def _stored_name(group: h5py.Group, name: str) -> str:
     return next((old for old, new in FEATURE_ALIASES.items() if new == name and old in group), name)
 
 
+def open_shard_folder(folder: Path, config: dict) -> None:
+    """Start a folder of shards with its `config.json`, or check a resumed one has this config."""
+    config_file = folder / "config.json"
+    if config_file.is_file():
+        diff = config_differences(json.loads(config_file.read_text()), config)
+        if diff:
+            raise CacheError(
+                f"{folder} holds an unfinished run with different settings:\n  "
+                + "\n  ".join(diff)
+                + f"\nRe-run with the same settings to resume, or delete {folder} to start over."
+            )
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(config_file, json.dumps(config, indent=1, sort_keys=True))
+
+
 class ShardStore:
     """The in-progress state of an embed run: a folder of atomically written shard files."""
 
@@ -92,19 +108,7 @@ class ShardStore:
 
     def open(self) -> set[str]:
         """Create or resume the shard folder; return the ids of tracks already finished."""
-        config_file = self.dir / "config.json"
-        if config_file.is_file():
-            old = json.loads(config_file.read_text())
-            diff = config_differences(old, self.config)
-            if diff:
-                raise CacheError(
-                    f"{self.dir} holds an unfinished run with different settings:\n  "
-                    + "\n  ".join(diff)
-                    + f"\nRe-run with the same settings to resume, or delete {self.dir} to start over."
-                )
-        else:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(config_file, json.dumps(self.config, indent=1, sort_keys=True))
+        open_shard_folder(self.dir, self.config)
         done: set[str] = set()
         for shard in self.shards():
             with h5py.File(shard, "r") as f:

@@ -178,32 +178,13 @@ def _embed_into_cache(
     out.parent.mkdir(parents=True, exist_ok=True)
     store = ShardStore(out, config)
     done = store.open()
-    block_size = max(16, opts.batch_size)
-    blocks = [tracks[i : i + block_size] for i in range(0, len(tracks), block_size)]
-    todo = [(k, b) for k, b in enumerate(blocks) if not all(t.track_id in done for t in b)]
-    summary.tracks_skipped = len(tracks) - sum(len(b) for _, b in todo)
+    todo = blocks_to_do(tracks, opts.batch_size, done, summary, console)
     to_decode = [t for _, b in todo for t in b if t.split != EXCLUDED]
-    if summary.tracks_skipped:
-        console.print(
-            f"Resuming: {summary.tracks_skipped} of {len(tracks)} tracks already embedded."
-        )
 
     start = time.perf_counter()
     with embed_progress(console, progress) as bar:
         task = bar.add_task("embed", total=len(tracks), completed=summary.tracks_skipped, speed="")
-        plan = PrepareOptions(
-            opts.segment_seconds,
-            opts.hop_seconds,
-            handcrafted=HANDCRAFTED in opts.features,
-            logmel=LOGMEL in opts.features,
-            augment=tuple(opts.augment),
-            copies=opts.augment_copies if opts.augment else 0,
-            seed=opts.seed,
-            noise_dir=opts.noise_dir,
-            windows=backbone.frontend.layout
-            if logmel_in_workers(backbone, workers.count, opts.logmel_in)
-            else None,
-        )
+        plan = prepare_options(opts, backbone, workers.count)
         decoded = workers.map(
             partial(prepare_track, plan=plan),
             [(t.path, t.track_id, t.split == "train") for t in to_decode],
@@ -213,18 +194,63 @@ def _embed_into_cache(
         for k, block in todo:
             results = embed_block(block, decoded, backbone, opts)
             store.write(k, results)
-            for r in results:
-                tally(summary, r, console)
-            summary.seconds = time.perf_counter() - start
-            bar.update(
-                task,
-                advance=len(block),
-                speed=f"{summary.segments:,} segments, "
-                f"{summary.audio_seconds_per_second:,.1f} audio-s/s",
-            )
+            record_block(results, summary, console, start, bar, task)
     summary.seconds = time.perf_counter() - start
     store.finalize([t.track_id for t in tracks])
     return summary
+
+
+def blocks_to_do(
+    tracks: list[Track], batch_size: int, done: set[str], summary: EmbedSummary, console: Console
+) -> list[tuple[int, list[Track]]]:
+    """The run's blocks of tracks (number, tracks) not finished yet: each is a shard, what a
+    kill redoes. A block counts as done when every track id of it is in some shard, so another
+    batch size or an added file never skips a track that was not embedded."""
+    size = max(16, batch_size)
+    blocks = [tracks[i : i + size] for i in range(0, len(tracks), size)]
+    todo = [(k, b) for k, b in enumerate(blocks) if not all(t.track_id in done for t in b)]
+    summary.tracks_skipped = len(tracks) - sum(len(b) for _, b in todo)
+    if summary.tracks_skipped:
+        console.print(
+            f"Resuming: {summary.tracks_skipped} of {len(tracks)} tracks already embedded."
+        )
+    return todo
+
+
+def prepare_options(opts: EmbedOptions, backbone: Backbone | None, workers: int) -> PrepareOptions:
+    """What the decode workers (or tasks) do to each track besides decoding."""
+    return PrepareOptions(
+        opts.segment_seconds,
+        opts.hop_seconds,
+        handcrafted=HANDCRAFTED in opts.features,
+        logmel=LOGMEL in opts.features,
+        augment=tuple(opts.augment),
+        copies=opts.augment_copies if opts.augment else 0,
+        seed=opts.seed,
+        noise_dir=opts.noise_dir,
+        windows=backbone.frontend.layout
+        if logmel_in_workers(backbone, workers, opts.logmel_in)
+        else None,
+    )
+
+
+def record_block(
+    results: list[TrackResult],
+    summary: EmbedSummary,
+    console: Console,
+    start: float,
+    bar: Progress,
+    task,
+) -> None:
+    """Count a written block of tracks in the summary and move the progress line on."""
+    for r in results:
+        tally(summary, r, console)
+    summary.seconds = time.perf_counter() - start
+    bar.update(
+        task,
+        advance=len(results),
+        speed=f"{summary.segments:,} segments, {summary.audio_seconds_per_second:,.1f} audio-s/s",
+    )
 
 
 def embed_progress(console: Console, progress: bool) -> Progress:

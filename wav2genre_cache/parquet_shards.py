@@ -1,8 +1,8 @@
 """The Ray engine's output: Parquet shards, usable on their own, merged into the HDF5 cache.
 
 A shard folder (`CACHE.h5.shards/`) holds `config.json` (the embed settings, as in the cache)
-and, per block of consecutive tracks, two files named by the block's first track position and
-a digest of its track ids (`<k>-<digest>`, so that no block ever overwrites another's file):
+and, per block k of consecutive tracks, two files named by the block's number and a digest of
+its track ids (`<k>-<digest>`, so that no block ever overwrites another's file):
 
 - `segments-<k>-<digest>.parquet`: one row per segment: `track_id` (string), `segment` (int32,
   its index in the track, views in order), `start` (float64, seconds into the audio), `view`
@@ -24,19 +24,12 @@ to float16, as the local engine's cache stores them.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from .cache import (
-    TRACK_COLUMNS,
-    CacheError,
-    TrackResult,
-    config_differences,
-    write_cache,
-)
+from .cache import TRACK_COLUMNS, CacheError, TrackResult, open_shard_folder, write_cache
 
 
 def shard_dir(out: str | Path) -> Path:
@@ -54,21 +47,9 @@ class ParquetShards:
 
     def open(self) -> set[str]:
         """Create or resume the folder; return the ids of the tracks already embedded."""
-        config_file = self.dir / "config.json"
-        if config_file.is_file():
-            diff = config_differences(json.loads(config_file.read_text()), self.config)
-            if diff:
-                raise CacheError(
-                    f"{self.dir} holds an unfinished run with different settings:\n  "
-                    + "\n  ".join(diff)
-                    + f"\nRe-run with the same settings to resume, or delete {self.dir} to start over."
-                )
-        else:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = config_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.config, indent=1, sort_keys=True))
-            os.replace(tmp, config_file)
         import pyarrow.parquet as pq
+
+        open_shard_folder(self.dir, self.config)
 
         done: set[str] = set()
         for tracks_file in self.dir.glob("tracks-*.parquet"):
@@ -76,8 +57,8 @@ class ParquetShards:
         return done
 
     def write(self, block: int, results: list[TrackResult]) -> None:
-        """Write the block of finished tracks starting at track position `block`: its segments,
-        then (marking it done) its tracks."""
+        """Write block number `block` of finished tracks: its segments, then (marking it done)
+        its tracks."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 

@@ -34,15 +34,15 @@ from .datasets import EXCLUDED, Track
 from .embed import (
     EmbedOptions,
     EmbedSummary,
+    blocks_to_do,
     embed_block,
     embed_config,
     embed_progress,
     existing_cache,
-    logmel_in_workers,
-    tally,
+    prepare_options,
+    record_block,
 )
 from .errors import OptionError, Wav2GenreError
-from .feature_sets import HANDCRAFTED, LOGMEL
 from .features import PrepareOptions, prepare_track
 from .parquet_shards import ParquetShards
 
@@ -95,19 +95,7 @@ def plan_ray_run(opts: EmbedOptions, layout: str, backbone: Backbone | None) -> 
     """The run's settings, taken from the model the driver loaded and checked (then let go)."""
     if opts.batch_size is None:
         opts = replace(opts, batch_size=default_batch_size(backbone.device) if backbone else 2)
-    plan = PrepareOptions(
-        opts.segment_seconds,
-        opts.hop_seconds,
-        handcrafted=HANDCRAFTED in opts.features,
-        logmel=LOGMEL in opts.features,
-        augment=tuple(opts.augment),
-        copies=opts.augment_copies if opts.augment else 0,
-        seed=opts.seed,
-        noise_dir=opts.noise_dir,
-        windows=backbone.frontend.layout
-        if logmel_in_workers(backbone, 1, opts.logmel_in)
-        else None,
-    )
+    plan = prepare_options(opts, backbone, workers=1)  # Ray's decode tasks are the workers
     spec = None
     if backbone is not None:
         spec = EncoderSpec(
@@ -133,18 +121,7 @@ def embed_on_ray(
         return existing_cache(out, config, summary, console)
     out.parent.mkdir(parents=True, exist_ok=True)
     store = ParquetShards(out, config)
-    done = store.open()
-    # Blocks of tracks as the local engine makes them: one Parquet shard each, what a kill redoes.
-    # A block is skipped when every one of its tracks is in some shard (by track id, as the
-    # local engine resumes: another batch size or an added file must not skip unembedded tracks).
-    size = max(16, opts.batch_size)
-    blocks = [(k, tracks[k : k + size]) for k in range(0, len(tracks), size)]
-    todo = [(k, b) for k, b in blocks if not all(t.track_id in done for t in b)]
-    summary.tracks_skipped = len(tracks) - sum(len(b) for _, b in todo)
-    if summary.tracks_skipped:
-        console.print(
-            f"Resuming: {summary.tracks_skipped} of {len(tracks)} tracks already embedded."
-        )
+    todo = blocks_to_do(tracks, opts.batch_size, store.open(), summary, console)
     ray, started_here = start_ray(opts.ray_address, console)
     start = time.perf_counter()
     try:
@@ -154,15 +131,7 @@ def embed_on_ray(
             )
             for k, results in _embedded_blocks(ray, todo, plan, spec, opts):
                 store.write(k, results)
-                for r in results:
-                    tally(summary, r, console)
-                summary.seconds = time.perf_counter() - start
-                bar.update(
-                    task,
-                    advance=len(results),
-                    speed=f"{summary.segments:,} segments, "
-                    f"{summary.audio_seconds_per_second:,.1f} audio-s/s",
-                )
+                record_block(results, summary, console, start, bar, task)
     finally:
         if started_here:
             ray.shutdown()
