@@ -192,7 +192,8 @@ def start_ray(address: str | None, console: Console) -> tuple:
     context.enable_progress_bars = False  # our own progress line says it
     context.print_on_execution_start = False
     context.issue_detectors_config.detectors = []  # advice on memory we set on purpose
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Ray Data warns that its progress bars are off, which we asked for; errors still raise.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
     console.print(
