@@ -1,7 +1,9 @@
+import json
+
 import numpy as np
 import pytest
 
-from wav2genre_cache.metrics import aggregate_tracks, classification_metrics
+from wav2genre_cache.metrics import aggregate_tracks, classification_metrics, multilabel_metrics
 
 
 def test_track_aggregation_is_the_mean_of_segment_probabilities():
@@ -55,3 +57,98 @@ def test_agrees_with_scikit_learn_on_random_predictions():
     assert m["confusion"] == confusion_matrix(y, pred).tolist()
     for k, label in enumerate("abcde"):
         assert m["auc_per_class"][label] == pytest.approx(roc_auc_score(y == k, proba[:, k]))
+
+
+def _random_tags(seed: int, n: int = 300, k: int = 8):
+    rng = np.random.default_rng(seed)
+    Y = (rng.random((n, k)) < rng.uniform(0.05, 0.5, k)).astype(int)
+    proba = np.round(np.clip(0.35 * Y + 0.65 * rng.random((n, k)), 0, 1), 2)  # ties
+    return Y, proba, [f"tag{i}" for i in range(k)]
+
+
+@pytest.mark.parametrize("thresholds", [None, 0.4, "per-tag"])
+def test_multilabel_agrees_with_scikit_learn_on_random_scores(thresholds):
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
+    Y, proba, labels = _random_tags(0)
+    Y[:, 2] = 0  # no positives: left out of the ranking metrics
+    Y[:, 5] = 1  # no negatives: likewise
+    if thresholds == "per-tag":
+        thresholds = np.linspace(0.3, 0.7, len(labels))
+    m = multilabel_metrics(Y, proba, labels, thresholds=thresholds)
+    thr = np.broadcast_to(0.5 if thresholds is None else thresholds, (len(labels),))
+    pred = (proba >= thr).astype(int)
+    ranked = [k for k in range(len(labels)) if k not in (2, 5)]
+    assert set(m["auc_per_class"]) == set(m["pr_auc_per_class"]) == {labels[k] for k in ranked}
+    ap = [average_precision_score(Y[:, k], proba[:, k]) for k in ranked]
+    auc = [roc_auc_score(Y[:, k], proba[:, k]) for k in ranked]
+    assert [m["pr_auc_per_class"][labels[k]] for k in ranked] == pytest.approx(ap)
+    assert [m["auc_per_class"][labels[k]] for k in ranked] == pytest.approx(auc)
+    assert m["macro_pr_auc"] == pytest.approx(np.mean(ap))
+    assert m["macro_auc"] == pytest.approx(np.mean(auc))
+    assert m["micro_pr_auc"] == pytest.approx(average_precision_score(Y, proba, average="micro"))
+    assert m["micro_f1"] == pytest.approx(f1_score(Y, pred, average="micro"))
+    assert m["macro_f1"] == pytest.approx(f1_score(Y, pred, average="macro", zero_division=0))
+    assert m["accuracy"] == pytest.approx(accuracy_score(Y, pred))  # subset accuracy
+    per = [m["per_class"][label] for label in labels]
+    p = precision_score(Y, pred, average=None, zero_division=0)
+    r = recall_score(Y, pred, average=None, zero_division=0)
+    assert [c["precision"] for c in per] == pytest.approx(p)
+    assert [c["recall"] for c in per] == pytest.approx(r)
+    assert [c["support"] for c in per] == Y.sum(axis=0).tolist()
+    assert [c["threshold"] for c in per] == pytest.approx(thr)
+    assert m["n"] == len(Y)
+    json.dumps(m)
+
+
+def test_multilabel_perfect_scores_give_one():
+    Y, _, labels = _random_tags(1)
+    m = multilabel_metrics(Y, Y.astype(float), labels, curves=True)
+    for key in ("macro_pr_auc", "macro_auc", "micro_pr_auc", "micro_f1", "macro_f1", "accuracy"):
+        assert m[key] == 1.0, key
+    assert np.sum(m["cooccurrence_errors"]) == 0
+
+
+def test_multilabel_cooccurrence_errors_by_hand():
+    #        truth     predicted
+    # row 0  a         a b       -> a's row with a false b
+    # row 1  a c       b         -> a and c missed, each with a false b
+    # row 2  b         -          -> b missed
+    # row 3  -         c         -> a false c on a row with no true tag: counted nowhere
+    # row 4  b         b         -> exact
+    Y = np.array([[1, 0, 0], [1, 0, 1], [0, 1, 0], [0, 0, 0], [0, 1, 0]])
+    pred = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 0], [0, 0, 1], [0, 1, 0]])
+    m = multilabel_metrics(Y, 0.2 + 0.6 * pred, ["a", "b", "c"])
+    assert m["cooccurrence_errors"] == [[1, 2, 0], [0, 1, 0], [0, 1, 1]]
+    assert m["accuracy"] == pytest.approx(1 / 5)
+    assert m["per_class"]["b"] == {
+        "precision": pytest.approx(1 / 3),
+        "recall": 0.5,
+        "f1": 0.4,
+        "support": 2,
+        "threshold": 0.5,
+    }
+
+
+def test_multilabel_curves_match_scikit_learn():
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    Y, proba, labels = _random_tags(2, k=3)
+    m = multilabel_metrics(Y, proba, labels, curves=True)
+    assert set(m["roc"]) == set(m["pr"]) == set(labels)
+    fpr, tpr, _ = roc_curve(Y[:, 1], proba[:, 1])
+    assert m["roc"]["tag1"]["fpr"] == np.round(fpr, 5).tolist()
+    assert m["roc"]["tag1"]["tpr"] == np.round(tpr, 5).tolist()
+    prec, rec, _ = precision_recall_curve(Y[:, 1], proba[:, 1])
+    assert m["pr"]["tag1"] == {
+        "precision": np.round(prec, 5).tolist(),
+        "recall": np.round(rec, 5).tolist(),
+    }
+    assert "roc" not in multilabel_metrics(Y, proba, labels)

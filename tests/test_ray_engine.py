@@ -324,7 +324,7 @@ def test_actors_that_load_another_model_stop_the_run_with_a_clear_message(tmp_pa
 
     opts = EmbedOptions(data=str(dev_clips), out=str(tmp_path / "c.h5"), model="random-tiny")
     tracks = assign_splits(discover(dev_clips, "gtzan"), "random", 0)[:4]
-    run = plan_ray_run(opts, "gtzan", load_backbone("random-tiny", "cpu", "float32"))
+    run = plan_ray_run(opts, "gtzan", load_backbone("random-tiny", "cpu", "float32"), False)
     # As if the driver had checked a model the actors will not load (a GPU head, CPU workers).
     run = replace(run, spec=replace(run.spec, identity=(*run.spec.identity[:-1], "torch.float64")))
     with pytest.raises(RayEngineError, match="not the driver's") as error:

@@ -111,7 +111,7 @@ def test_caches_that_cannot_be_trained_on(tmp_path):
                     "ok",
                     "",
                     1.0,
-                    "h",
+                    f"h{i}",  # each its own recording (equal hashes are duplicates)
                     [0.0],
                     [0],
                     {"encoder": np.ones((1, 2, 3), np.float32) * i},

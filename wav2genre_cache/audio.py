@@ -78,15 +78,11 @@ def decode_bytes(
 
 
 def load_track(path: str | os.PathLike) -> DecodedTrack:
-    """Read, hash and decode one file; raise AudioError naming the file and the problem."""
+    """Decode one file and hash its audio; raise AudioError naming the file and the problem."""
     path = Path(path)
     try:
-        digest = hashlib.blake2b(digest_size=16)
-        size = 0
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-                size += len(block)
+        with path.open("rb") as fh:  # unreadable and missing files are named as such
+            size = len(fh.read(1))
     except OSError as exc:
         raise AudioError(f"{path}: cannot read file ({exc.strerror or exc})") from None
     if size == 0:
@@ -97,7 +93,15 @@ def load_track(path: str | os.PathLike) -> DecodedTrack:
         raise AudioError(
             f"{path}: too short ({duration:.2f} s; at least {MIN_TRACK_SECONDS:g} s is needed)"
         )
-    return DecodedTrack(samples, duration, digest.hexdigest())
+    return DecodedTrack(samples, duration, audio_hash(samples))
+
+
+def audio_hash(samples: np.ndarray) -> str:
+    """A hash of decoded audio: the same recording in two files (WAV and FLAC, or a replica)
+    hashes alike. Samples are rounded to 16 bits first, so that the last bits of the float
+    resampling do not make two copies of one recording differ."""
+    pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2")
+    return hashlib.blake2b(pcm.tobytes(), digest_size=16).hexdigest()
 
 
 def decode_file(

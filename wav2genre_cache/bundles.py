@@ -44,11 +44,16 @@ def write_bundle(
     feature_set: str,
     cache_attrs: dict,
     metrics: dict,
+    multi_label: bool = False,
+    calibration: dict | None = None,
+    thresholds: list[float] | None = None,
 ) -> Path:
     """Write a fitted head with everything `predict` needs to reproduce the embedding.
 
     cache_attrs are the attributes of the cache it was trained on (backbone, segment settings,
-    dtype, front end); metrics its test (and validation) scores, shown by serve.
+    dtype, front end); metrics its test (and validation) scores, shown by serve; calibration
+    the map fitted on validation (calibration.Calibrator.as_json) and, for a tagger
+    (multi_label), each tag's threshold.
     """
     if directory.exists():
         shutil.rmtree(directory)
@@ -78,6 +83,9 @@ def write_bundle(
         "window": attrs.get("window", "alone"),
         "dtype": attrs["dtype"],
         "metrics": metrics,
+        "multi_label": multi_label,
+        "calibration": calibration,
+        "thresholds": thresholds,
     }
     (directory / "bundle.json").write_text(json.dumps(jsonable(bundle), indent=1))
     return directory

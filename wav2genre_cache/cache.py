@@ -26,7 +26,19 @@ from .errors import Wav2GenreError
 from .feature_sets import ENCODER, FEATURE_ALIASES, feature_set_name
 
 FORMAT_VERSION = 1
-TRACK_COLUMNS = ("track_id", "path", "label", "split", "artist", "status", "reason", "content_hash")
+TRACK_COLUMNS = (
+    "track_id",
+    "path",
+    "label",  # a multi-label track's tags, sorted and joined by "|"
+    "split",
+    "artist",
+    "status",
+    "reason",
+    "content_hash",  # of the decoded audio: equal hashes are the same recording
+    "source",  # the dataset it came from (a run may read several)
+)
+# Columns added after caches were first written, with the value every earlier cache implied.
+_IMPLIED_COLUMNS = {"source": ""}
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -50,11 +62,17 @@ class TrackResult:
     starts: list[float] = field(default_factory=list)
     views: list[int] = field(default_factory=list)
     features: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [n_seg, layers, dim]
+    source: str = ""  # the dataset it came from
 
 
 # Settings added to the embed config later, with the values every earlier cache implied: an
 # older cache without them is not refused for their absence alone.
-_IMPLIED = {"frontend": ("waveform", ""), "window": ("alone", "")}
+_IMPLIED = {
+    "frontend": ("waveform", ""),
+    "window": ("alone", ""),
+    "label_map": (None,),
+    "multi_label": (False,),
+}
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
@@ -215,7 +233,10 @@ def write_cache(
         tracks = f.create_group("tracks")
         for col in TRACK_COLUMNS:
             tracks.create_dataset(
-                col, data=np.array([r[col] for r in rows], dtype=object), dtype=_STR
+                col,
+                # Shards of a run resumed across versions may lack a later column.
+                data=np.array([{**_IMPLIED_COLUMNS, **r}[col] for r in rows], dtype=object),
+                dtype=_STR,
             )
         tracks.create_dataset("duration", data=np.array([r["duration"] for r in rows], "f8"))
         seg_track = np.concatenate(
@@ -276,8 +297,14 @@ class EmbeddingCache:
                     )
                 self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
                 self.config = _current_names(json.loads(self.attrs["config"]))
+                n = len(f["tracks/duration"])
                 self.tracks = pd.DataFrame(
-                    {c: f["tracks"][c].asstr()[:] for c in TRACK_COLUMNS}
+                    {
+                        c: f["tracks"][c].asstr()[:]
+                        if c in f["tracks"]
+                        else np.full(n, _IMPLIED_COLUMNS[c], dtype=object)
+                        for c in TRACK_COLUMNS
+                    }
                     | {"duration": f["tracks/duration"][:]}
                 )
                 self.segments = pd.DataFrame(

@@ -18,6 +18,7 @@ from .cli_finetune import (
 )
 from .cli_inference import predict, serve
 from .cli_options import (
+    CalibrationOpt,
     HeadsOpt,
     HeapOpt,
     LayersOpt,
@@ -95,8 +96,11 @@ def _run_embed(opts, strict: bool, keep_freed_memory: bool = True, progress: boo
 def embed(
     ctx: typer.Context,
     data: Annotated[
-        Path,
-        typer.Argument(help="Dataset folder (GTZAN, FMA, one folder per label) or CSV manifest."),
+        list[Path],
+        typer.Argument(
+            help="Dataset folder(s) (GTZAN, FMA, MSD, MTG-Jamendo, one folder per label) or CSV "
+            "manifest(s); several are read into one taxonomy with --label-map."
+        ),
     ],
     out_path: Annotated[Path, typer.Option("--out", help="The HDF5 cache to write.")],
     strict: StrictOpt = False,
@@ -153,6 +157,7 @@ def _train(
     seed: int,
     augmented: bool | str,
     trials: int = 0,
+    calibration: str = "auto",
 ) -> dict:
     from .train import train_heads
 
@@ -165,6 +170,7 @@ def _train(
         seed=seed,
         augmented=augmented,
         trials=trials,
+        calibration=calibration,
         log=lambda m: err.print(m, highlight=False),
     )
 
@@ -204,9 +210,10 @@ def train_heads_cmd(
         ),
     ] = True,
     trials: TrialsOpt = 0,
+    calibration: CalibrationOpt = "auto",
 ) -> None:
     """Stage two: train and compare heads on cached features (no audio, no GPU)."""
-    _train(cache, run_dir, heads, layers, feature_set, seed, augmented, trials)
+    _train(cache, run_dir, heads, layers, feature_set, seed, augmented, trials, calibration)
     err.print(
         f"Wrote {run_dir / 'metrics.json'} and bundles under {run_dir}; next: wav2genre compare {run_dir}",
         highlight=False,
@@ -268,13 +275,17 @@ def compare(
 @with_stage_one_options
 def run(
     ctx: typer.Context,
-    data: Annotated[Path, typer.Argument(help="Dataset folder or CSV manifest.")],
+    data: Annotated[
+        list[Path],
+        typer.Argument(help="Dataset folder(s) or CSV manifest(s); several take --label-map."),
+    ],
     run_dir: Annotated[
         Path, typer.Option("--out", help="Run folder; the cache goes to RUN_DIR/cache.h5.")
     ],
     heads: HeadsOpt = None,
     layers: LayersOpt = "all",
     trials: TrialsOpt = 0,
+    calibration: CalibrationOpt = "auto",
     strict: StrictOpt = False,
     keep_freed_memory: HeapOpt = True,
     with_finetune: Annotated[
@@ -294,6 +305,12 @@ def run(
     """embed + train-heads (+ finetune) + compare in one go."""
     cache = run_dir / "cache.h5"  # embed makes run_dir, once the model has loaded
     opts = embed_options(ctx.params, cache)
+    # Refused before anything runs: --finetune's options are checked first.
+    tune = (
+        finetune_options_of_run(ctx.params, run_dir, finetune_epochs, unfreeze, finetune_layer)
+        if with_finetune
+        else None
+    )
     _run_embed(opts, strict, keep_freed_memory)
     # With augmentation, train with and without the augmented views: the ablation.
     _train(
@@ -305,11 +322,10 @@ def run(
         opts.seed,
         "both" if opts.augment else True,
         trials,
+        calibration,
     )
-    if with_finetune:
-        run_finetune(
-            finetune_options_of_run(ctx.params, run_dir, finetune_epochs, unfreeze, finetune_layer)
-        )
+    if tune is not None:
+        run_finetune(tune)
     _compare(run_dir)
 
 

@@ -21,6 +21,7 @@ from .cli_options import (
     WorkersOpt,
     err,
 )
+from .errors import OptionError
 
 LayerOpt = Annotated[
     str,
@@ -161,8 +162,11 @@ def finetune_options_of_run(params: dict, run_dir: Path, epochs: int, unfreeze: 
     fine-tuned rows share the frozen heads' split."""
     from .finetune import FinetuneOptions
 
+    data = params["data"] if isinstance(params["data"], list) else [params["data"]]
+    if len(data) > 1 or params.get("label_map"):
+        raise OptionError("--finetune reads one dataset without a label map; run it on one DATA")
     return FinetuneOptions(
-        data=str(params["data"]),
+        data=str(data[0]),
         out=str(run_dir),
         model=params["model"],
         dataset=params["dataset"],

@@ -27,7 +27,8 @@ def predict(
         typer.Option(help="Exit 1 if any input cannot be predicted (by default only if none can)."),
     ] = False,
 ) -> None:
-    """Label songs with a trained bundle: top-k genres per file (and a timeline with --json).
+    """Label songs with a trained bundle: top-k labels per file (a tagger's bundle: also the tags
+    over their thresholds), and a timeline per segment with --json.
 
     Every input that cannot be used (missing, a symlink loop, a folder named like audio, not
     decodable) is named with its reason: on stderr, and as an error entry with --json.
@@ -46,6 +47,9 @@ def predict(
                 err.print(f"[yellow]skipped[/yellow] {r['error']}", highlight=False)
             else:
                 top = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top"])
+                if "tags" in r:  # a tagger: the tags over their thresholds, then the top-k
+                    tags = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["tags"])
+                    top = f"tags: {tags or '(none over its threshold)'}\ttop: {top}"
                 out.print(f"{r['file']}\t{top}", highlight=False)
     failed = sum("error" in r for r in results)
     if failed:

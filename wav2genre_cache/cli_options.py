@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from .errors import OptionError
+
 # soft_wrap: file paths in messages stay on one line, whatever the terminal width.
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -27,7 +29,17 @@ ModelOpt = Annotated[
 
 
 # Stage-one options, shared by `embed` and `run`.
-DatasetOpt = Annotated[str, typer.Option(help="auto | gtzan | folder | csv | fma")]
+DatasetOpt = Annotated[
+    str, typer.Option(help="auto | gtzan | folder | csv | fma | msd | mtg-jamendo (each DATA).")
+]
+LabelMapOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="CSV source,label,target mapping each dataset's labels onto one taxonomy (several "
+        "DATA); a label mapped to nothing is dropped and counted. source: the DATA's folder name "
+        "(a CSV's stem), or * for any.",
+    ),
+]
 SegmentOpt = Annotated[float, typer.Option(help="Segment length in seconds.")]
 HopOpt = Annotated[
     float | None, typer.Option(help="Hop between segment starts (default: the segment length).")
@@ -134,8 +146,13 @@ def embed_options(params: dict, out: Path):
         "seed",
         "window",
     )
+    given = params["data"]
+    data = [str(d) for d in given] if isinstance(given, list | tuple) else [str(given)]
+    if len(set(data)) < len(data):
+        raise OptionError("a dataset is named twice among DATA")
     return EmbedOptions(
-        data=str(params["data"]),
+        data=data[0] if len(data) == 1 else tuple(data),
+        label_map=str(params["label_map"]) if params.get("label_map") else None,
         out=str(out),
         split_dir=str(params["split_dir"]) if params["split_dir"] else None,
         features=tuple(f.strip() for f in params["features"].split(",") if f.strip()),
@@ -154,6 +171,13 @@ LayersOpt = Annotated[
         "head on it (seconds); or numbers like 0,6,12.",
     ),
 ]
+CalibrationOpt = Annotated[
+    str,
+    typer.Option(
+        help="How scores are calibrated on validation: auto (isotonic with 1,000+ validation "
+        "tracks, else temperature scaling), temperature, isotonic or none.",
+    ),
+]
 HeadsOpt = Annotated[
     str | None,
     typer.Option(
@@ -166,6 +190,7 @@ HeadsOpt = Annotated[
 
 def _stage_one(
     dataset: DatasetOpt = "auto",
+    label_map: LabelMapOpt = None,
     model: ModelOpt = "facebook/wav2vec2-base-960h",
     segment_seconds: SegmentOpt = 10.0,
     hop_seconds: HopOpt = None,

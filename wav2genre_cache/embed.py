@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -26,7 +27,7 @@ from .cache import (
     TrackResult,
     config_differences,
 )
-from .datasets import EXCLUDED, Track, assign_splits, detect_layout, discover
+from .datasets import EXCLUDED, Catalogue, Track, detect_layout, read_datasets
 from .embedding import embed_tracks, track_windows
 from .errors import OptionError
 from .feature_sets import ENCODER, FEATURE_SETS, HANDCRAFTED, LOGMEL, feature_set_name
@@ -40,9 +41,10 @@ from .workers import DecodeWorkers
 class EmbedOptions:
     """The settings of one `embed` run (the CLI's options)."""
 
-    data: str
+    data: str | tuple[str, ...]  # one dataset, or several read into one taxonomy (label_map)
     out: str
     dataset: str = "auto"
+    label_map: str | None = None  # CSV source,label,target
     model: str = DEFAULT_MODEL
     segment_seconds: float = 10.0
     hop_seconds: float | None = None
@@ -118,8 +120,8 @@ def embed_dataset(
         raise OptionError(f"unknown engine {opts.engine!r}; use {' or '.join(ENGINES)}")
     if opts.ray_address is not None and opts.engine != "ray":
         raise OptionError("--ray-address goes with --engine ray")
-    layout = detect_layout(Path(opts.data)) if opts.dataset == "auto" else opts.dataset
-    tracks = assign_splits(discover(opts.data, layout), opts.split, opts.seed, opts.split_dir)
+    catalogue = read_catalogue(opts, lambda m: console.print(m, highlight=False))
+    tracks, layout = catalogue.tracks, dataset_layouts(opts)
     workers = default_workers() if opts.workers is None else opts.workers
     if opts.engine == "ray" or Path(opts.out).exists():
         workers = 0  # Ray decodes in its own tasks; a finished cache decodes nothing
@@ -148,17 +150,18 @@ def embed_dataset(
             from .parquet_shards import shard_dir
             from .ray_engine import embed_on_ray, plan_ray_run
 
-            run = plan_ray_run(opts, layout, backbone)
+            run = plan_ray_run(opts, layout, backbone, catalogue.multi_label)
             backbone = None  # the encoder actors load their own; this one was for the checks
             with _undone_on_failure(Path(opts.out), shard_dir(opts.out), "*.parquet"):
                 return embed_on_ray(run, tracks, console, progress)
         with _undone_on_failure(Path(opts.out), Path(str(opts.out) + ".partial"), "shard-*.h5"):
-            return _embed_into_cache(opts, layout, tracks, backbone, pool, console, progress)
+            config = embed_config(opts, layout, backbone, catalogue.multi_label)
+            return _embed_into_cache(opts, config, tracks, backbone, pool, console, progress)
 
 
 def _embed_into_cache(
     opts: EmbedOptions,
-    layout: str,
+    config: dict,
     tracks: list[Track],
     backbone: Backbone | None,
     workers: DecodeWorkers,
@@ -168,7 +171,6 @@ def _embed_into_cache(
     """embed_dataset once the model is loaded and the decode workers are starting."""
     if opts.batch_size is None:
         opts = replace(opts, batch_size=default_batch_size(backbone.device) if backbone else 2)
-    config = embed_config(opts, layout, backbone)
     summary = EmbedSummary(Path(opts.out))
 
     out = Path(opts.out)
@@ -321,13 +323,53 @@ def _undone_on_failure(out: Path, partial: Path, shards: str) -> Iterator[None]:
         raise
 
 
-def embed_config(opts: EmbedOptions, layout: str, backbone: Backbone | None) -> dict:
+def data_paths(opts: EmbedOptions) -> list[str]:
+    """The run's datasets (DATA...), in the order given."""
+    return [opts.data] if isinstance(opts.data, str | Path) else list(opts.data)
+
+
+def dataset_layouts(opts: EmbedOptions) -> str | list[str]:
+    """Each dataset's layout (detected where --dataset is auto); one string for one dataset."""
+    layouts = [
+        detect_layout(Path(d)) if opts.dataset == "auto" else opts.dataset for d in data_paths(opts)
+    ]
+    return layouts[0] if len(layouts) == 1 else layouts
+
+
+def read_catalogue(opts: EmbedOptions, log: Callable[[str], None]) -> Catalogue:
+    """The run's tracks from every dataset, labels mapped, splits assigned; notes logged."""
+    catalogue = read_datasets(
+        data_paths(opts), opts.dataset, opts.label_map, opts.split, opts.seed, opts.split_dir
+    )
+    for note in catalogue.notes:
+        log(note)
+    return catalogue
+
+
+def _label_map_digest(label_map: str | None) -> str | None:
+    """The label map's path and a hash of its text: a changed map refuses to resume."""
+    if label_map is None:
+        return None
+    path = Path(label_map)
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError as exc:
+        raise OptionError(f"{path}: cannot read the label map ({exc.strerror or exc})") from None
+    return f"{path.resolve()} sha256:{digest}"
+
+
+def embed_config(
+    opts: EmbedOptions, layout: str | list[str], backbone: Backbone | None, multi_label: bool
+) -> dict:
     """The settings that decide what a cache holds; resuming requires them to be equal."""
     split_dir = str(Path(opts.split_dir).resolve()) if opts.split_dir else None
+    data = [str(Path(d).resolve()) for d in data_paths(opts)]
     return {
         "format_version": FORMAT_VERSION,
-        "data": str(Path(opts.data).resolve()),
+        "data": data[0] if len(data) == 1 else data,
         "dataset": layout,
+        "label_map": _label_map_digest(opts.label_map),
+        "multi_label": multi_label,
         "split": opts.split,
         "split_dir": split_dir,
         "seed": opts.seed,
@@ -391,7 +433,7 @@ def embed_block(
 
 def _track_result(t: Track, decoded: Iterator) -> tuple[TrackResult, PreparedTrack | None]:
     """The cache's record of one track, with the worker's prepared track where it has one."""
-    r = TrackResult(t.track_id, t.path, t.label, t.split, t.artist, status="ok")
+    r = TrackResult(t.track_id, t.path, t.label, t.split, t.artist, status="ok", source=t.source)
     if t.split == EXCLUDED:  # never sent to the workers
         r.status, r.reason = "excluded", "not in the chosen split"
         return r, None

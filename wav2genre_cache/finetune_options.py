@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .augment import AUGMENTATIONS
-from .datasets import EXCLUDED, SPLITS, Track, assign_splits, detect_layout, discover
+from .datasets import EXCLUDED, SPLITS, Track, read_datasets
 from .errors import OptionError, Wav2GenreError
 from .finetuned import WEIGHTED
 from .model_sources import DEFAULT_MODEL
@@ -127,9 +127,15 @@ def check_settings(state_dir: Path, settings: dict) -> None:
 
 def split_tracks(opts: FinetuneOptions) -> list[Track]:
     """The dataset's tracks with their splits, as embed assigns them; excluded ones dropped."""
-    layout = detect_layout(Path(opts.data)) if opts.dataset == "auto" else opts.dataset
-    tracks = assign_splits(discover(opts.data, layout), opts.split, opts.seed, opts.split_dir)
-    return [t for t in tracks if t.split != EXCLUDED]
+    catalogue = read_datasets(
+        [opts.data], opts.dataset, None, opts.split, opts.seed, opts.split_dir
+    )
+    if catalogue.multi_label:
+        raise FinetuneError(
+            f"{opts.data}: a multi-label (tag) dataset; finetune trains single-label heads. "
+            "Tag it with embed and train-heads, whose heads train in multi-label form"
+        )
+    return [t for t in catalogue.tracks if t.split != EXCLUDED]
 
 
 def check_split(tracks: list[Track]) -> None:

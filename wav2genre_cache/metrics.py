@@ -1,4 +1,8 @@
-"""Evaluation: segment predictions aggregated to tracks, and the metrics every report shows."""
+"""Evaluation: segment predictions aggregated to tracks, and the metrics every report shows.
+
+Single-label (one genre per track): `classification_metrics`. Multi-label (any number of tags
+per track, MTG-Jamendo style): `multilabel_metrics`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.metrics import roc_curve
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 if TYPE_CHECKING:
     from sklearn.base import BaseEstimator
@@ -81,6 +85,132 @@ def _auc(positive: np.ndarray, score: np.ndarray) -> float:
     n_pos = int(positive.sum())
     n_neg = len(positive) - n_pos
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def multilabel_metrics(
+    Y: np.ndarray,
+    proba: np.ndarray,
+    labels: list[str],
+    thresholds: np.ndarray | float | None = None,
+    curves: bool = False,
+) -> dict:
+    """Ranking and thresholded metrics of independent per-tag scores against a {0,1} indicator.
+
+    Y and proba are [n, len(labels)]; a tag is predicted when its score >= its threshold
+    (`thresholds` [K] or one number; None is 0.5 for every tag).
+
+    - macro_pr_auc / macro_auc: the mean over tags with at least one positive and one negative
+      row of average precision (sklearn's, no interpolation: the MTG-Jamendo convention) and of
+      ROC AUC; micro_pr_auc is the average precision of all (row, tag) pairs pooled.
+    - micro_f1 / macro_f1 at the thresholds (a tag never true nor predicted has F1 0 in the
+      macro mean, as sklearn's zero_division=0).
+    - accuracy: exact-match (subset) accuracy, the fraction of rows whose predicted tag set is
+      exactly the true one; it is strict and falls quickly with the number of tags.
+    - cooccurrence_errors: K x K counts of which tags get mistaken for which. C[i][j] (j != i)
+      is the number of rows that truly carry tag i and have a false positive on tag j; the
+      diagonal C[i][i] is the number of rows where tag i was missed (a false negative).
+    """
+    Y = np.asarray(Y)
+    proba = np.asarray(proba, dtype=np.float64)
+    n, k = proba.shape
+    if Y.shape != proba.shape or len(labels) != k:
+        raise ValueError(f"Y {Y.shape}, proba {proba.shape} and {len(labels)} labels disagree")
+    if Y.dtype != bool and not ((Y == 0) | (Y == 1)).all():
+        raise ValueError("Y must be a {0,1} indicator")
+    truth = Y.astype(bool)
+    thr = np.broadcast_to(np.asarray(0.5 if thresholds is None else thresholds, float), (k,))
+    pred = proba >= thr
+    tp = (truth & pred).sum(axis=0).astype(float)
+    fp_rows = pred & ~truth
+    fn_rows = truth & ~pred
+    fp, fn = fp_rows.sum(axis=0), fn_rows.sum(axis=0)
+    support = truth.sum(axis=0)
+    p = np.divide(tp, tp + fp, out=np.zeros(k), where=(tp + fp) > 0)
+    r = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    f = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(k), where=(2 * tp + fp + fn) > 0)
+    micro_den = 2 * tp.sum() + fp.sum() + fn.sum()
+    # Rows truly tagged i times their false positives (in float64: BLAS, and exact for counts).
+    # Its diagonal is 0 (a false positive of i needs i absent): the misses of i go there.
+    cooc = np.rint(truth.T.astype(float) @ fp_rows.astype(float)).astype(np.int64) + np.diag(fn)
+    ranked = (support > 0) & (support < n)  # AUC and AP need both kinds of rows
+    ap, auc = _ranking_scores(truth[:, ranked], proba[:, ranked])
+    auc_per_class, pr_auc_per_class, roc, pr = {}, {}, {}, {}
+    for j, a, u in zip(np.flatnonzero(ranked), ap, auc, strict=True):
+        label = labels[j]
+        auc_per_class[label] = float(u)
+        pr_auc_per_class[label] = float(a)
+        if curves:
+            fpr, tpr, _ = roc_curve(truth[:, j], proba[:, j])
+            roc[label] = {"fpr": np.round(fpr, 5).tolist(), "tpr": np.round(tpr, 5).tolist()}
+            prec, rec, _ = precision_recall_curve(truth[:, j], proba[:, j])
+            pr[label] = {
+                "precision": np.round(prec, 5).tolist(),
+                "recall": np.round(rec, 5).tolist(),
+            }
+    nan = float("nan")
+    out = {
+        "n": int(n),
+        "macro_pr_auc": float(np.mean(ap)) if len(ap) else nan,
+        "macro_auc": float(np.mean(list(auc_per_class.values()))) if auc_per_class else nan,
+        "micro_pr_auc": float(_ranking_scores(truth.reshape(-1, 1), proba.reshape(-1, 1))[0][0])
+        if truth.any()
+        else nan,
+        "micro_f1": float(2 * tp.sum() / micro_den) if micro_den > 0 else 0.0,
+        "macro_f1": float(f.mean()) if k else nan,
+        "accuracy": float(np.all(pred == truth, axis=1).mean()) if n else nan,
+        "per_class": {
+            label: {
+                "precision": float(p[j]),
+                "recall": float(r[j]),
+                "f1": float(f[j]),
+                "support": int(support[j]),
+                "threshold": float(thr[j]),
+            }
+            for j, label in enumerate(labels)
+        },
+        "auc_per_class": auc_per_class,
+        "pr_auc_per_class": pr_auc_per_class,
+        "cooccurrence_errors": cooc.tolist(),
+    }
+    if curves:
+        out["roc"] = roc
+        out["pr"] = pr
+    return out
+
+
+def _ranking_scores(truth: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average precision and ROC AUC per column, as sklearn's (NaN where undefined).
+
+    One sort of all columns at once serves both: sklearn's validation per call costs more than
+    the arithmetic when a training run evaluates hundreds of models.
+    """
+    n, k = score.shape
+    if k == 0:
+        return np.zeros(0), np.zeros(0)
+    order = np.argsort(-score, axis=0)  # the order within tied scores does not matter below
+    s = np.take_along_axis(score, order, axis=0)
+    hit = np.take_along_axis(truth, order, axis=0)
+    tp = np.cumsum(hit, axis=0, dtype=np.float64)
+    positives = tp[-1]
+    rows = np.arange(n)[:, None]
+    # Tied scores are one threshold: every row of a run of ties takes the values at its ends.
+    new_score = s[:-1] != s[1:]
+    end = np.ones(s.shape, dtype=bool)
+    end[:-1] = new_score
+    start = np.ones(s.shape, dtype=bool)
+    start[1:] = new_score
+    end_at = np.minimum.accumulate(np.where(end, rows, n)[::-1], axis=0)[::-1]
+    start_at = np.maximum.accumulate(np.where(start, rows, 0), axis=0)
+    # AP = sum_k (R_k - R_k-1) P_k: the precision at each positive row's threshold, averaged.
+    precision = tp / (rows + 1)
+    hits_at = (hit * np.take_along_axis(precision, end_at, axis=0)).sum(axis=0)
+    ap = np.divide(hits_at, positives, out=np.full(k, np.nan), where=positives > 0)
+    # AUC as _auc's Mann-Whitney statistic: ascending ranks, ties sharing their mean rank.
+    rank = n - (start_at + end_at) / 2
+    pairs = positives * (n - positives)
+    u = (hit * rank).sum(axis=0) - positives * (positives + 1) / 2
+    auc = np.divide(u, pairs, out=np.full(k, np.nan), where=pairs > 0)
+    return ap, auc
 
 
 def evaluate(

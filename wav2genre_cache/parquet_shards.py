@@ -11,7 +11,8 @@ its track ids (`<k>-<digest>`, so that no block ever overwrites another's file):
   whose tracks all failed has no segments, and no feature columns).
 - `tracks-<k>-<digest>.parquet`: one row per track: `track_id`, `path`, `label`, `split`,
   `artist`, `status` (ok | failed | excluded), `reason` (why a track failed: the failures table is
-  `status == "failed"`), `content_hash`, `duration` (float64 seconds), `n_segments` (int64).
+  `status == "failed"`), `content_hash` (of the decoded audio), `source` (the dataset of a
+  multi-dataset run), `duration` (float64 seconds), `n_segments` (int64).
 
 Each file is written under a temporary name and renamed; the tracks file goes last, so a block
 is complete exactly when its tracks file exists, and a killed run redoes only the blocks with a

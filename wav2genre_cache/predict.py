@@ -20,6 +20,7 @@ from .audio import (
 )
 from .backbone import cpu_has_native_bfloat16, load_backbone, resolve_device
 from .bundles import FINETUNED, BundleError, load_bundle
+from .calibration import Calibrator
 from .embedding import embed_tracks, track_windows
 from .feature_sets import ENCODER, feature_set_name
 from .finetuned import segment_probabilities
@@ -34,6 +35,12 @@ class Predictor:
         self.meta, self.head = load_bundle(self.bundle_dir)
         self.labels: list[str] = self.meta["labels"]
         self.batch_size = batch_size
+        # Scores as calibrated on validation (identity for bundles from before calibration);
+        # a tagger names every tag whose score passes the tag's threshold.
+        self.calibrator = Calibrator.from_json(self.meta.get("calibration"))
+        self.multi_label = bool(self.meta.get("multi_label", False))
+        thresholds = self.meta.get("thresholds") or [0.5] * len(self.labels)
+        self.thresholds = np.asarray(thresholds, dtype=float)
         if self.meta.get("kind") == FINETUNED:
             # The bundle holds the whole model: encoder, pooling and head, in float32.
             self.finetuned, self.frontend = self.head
@@ -96,6 +103,11 @@ class Predictor:
             "segment_seconds": m["segment_seconds"],
             "hop_seconds": m["hop_seconds"],
             "metrics": m["metrics"],
+            "multi_label": self.multi_label,
+            "thresholds": dict(zip(self.labels, self.thresholds.tolist(), strict=True))
+            if self.multi_label
+            else None,
+            "calibration": self.calibrator.method,
         }
 
     def predict_waveforms(self, waveforms: list[np.ndarray], top_k: int = 3) -> list[dict]:
@@ -131,9 +143,12 @@ class Predictor:
         return proba
 
     def _result(self, samples, starts, length, proba, top_k) -> dict:
-        track = proba.mean(axis=0)
+        # The track's score is the mean of its segments' raw scores, then calibrated: as the
+        # calibration map was fitted in training.
+        track = self.calibrator.apply(proba.mean(axis=0, keepdims=True))[0]
+        proba = self.calibrator.apply(proba)
         order = np.argsort(-track)[:top_k]
-        return {
+        result = {
             "duration": round(len(samples) / SAMPLE_RATE, 3),
             "label": self.labels[order[0]],
             "top": [
@@ -147,10 +162,26 @@ class Predictor:
                     "probabilities": {
                         lab: round(float(v), 4) for lab, v in zip(self.labels, p, strict=True)
                     },
+                    **({"tags": self._tags(p)} if self.multi_label else {}),
                 }
                 for s, p in zip(starts, proba, strict=True)
             ],
         }
+        if self.multi_label:
+            result["tags"] = self._tags(track)
+        return result
+
+    def _tags(self, scores: np.ndarray) -> list[dict]:
+        """The tags whose score reaches their threshold, highest score first."""
+        above = np.flatnonzero(scores >= self.thresholds)
+        return [
+            {
+                "label": self.labels[i],
+                "probability": round(float(scores[i]), 4),
+                "threshold": round(float(self.thresholds[i]), 4),
+            }
+            for i in above[np.argsort(-scores[above], kind="stable")]
+        ]
 
     def predict_paths(
         self, paths: Sequence[Path | SkippedInput], top_k: int = 3, group: int = 16

@@ -91,7 +91,9 @@ class RayRun:
     spec: EncoderSpec | None  # None: no encoder feature set, no actors
 
 
-def plan_ray_run(opts: EmbedOptions, layout: str, backbone: Backbone | None) -> RayRun:
+def plan_ray_run(
+    opts: EmbedOptions, layout: str | list[str], backbone: Backbone | None, multi_label: bool
+) -> RayRun:
     """The run's settings, taken from the model the driver loaded and checked (then let go)."""
     if opts.batch_size is None:
         opts = replace(opts, batch_size=default_batch_size(backbone.device) if backbone else 2)
@@ -107,7 +109,7 @@ def plan_ray_run(opts: EmbedOptions, layout: str, backbone: Backbone | None) -> 
             threads=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0,
             memory=actor_memory(backbone),
         )
-    return RayRun(opts, embed_config(opts, layout, backbone), plan, spec)
+    return RayRun(opts, embed_config(opts, layout, backbone, multi_label), plan, spec)
 
 
 def embed_on_ray(
@@ -231,6 +233,7 @@ def _embedded_blocks(
                         t.artist,
                         "excluded",
                         "not in the chosen split",
+                        source=t.source,
                     )
                 )
             elif pending is not None and pending[0] == i:

@@ -23,6 +23,26 @@ COLUMNS = [
     "track_macro_auc",
     "segment_accuracy",
     "valid_track_accuracy",
+    "ece_before",
+    "ece_after",
+    "fit_seconds",
+]
+# A tagger's table: ranked by macro PR-AUC (the MTG-Jamendo convention), with micro-F1 at the
+# tags' thresholds; its "accuracy" is exact-match accuracy.
+TAG_COLUMNS = [
+    "best",
+    "encoder",
+    "feature_set",
+    "head",
+    "layer",
+    "augmented",
+    "track_macro_pr_auc",
+    "track_macro_auc",
+    "track_micro_f1",
+    "track_macro_f1",
+    "valid_track_macro_pr_auc",
+    "ece_before",
+    "ece_after",
     "fit_seconds",
 ]
 
@@ -91,31 +111,40 @@ def _cache_split_digest(cache_path: str | None) -> str | None:
 
 def comparison_table(metrics: dict) -> pd.DataFrame:
     """One row per head x layer x feature set, best first by the selection score."""
+    tags = bool(metrics.get("multi_label"))
     rows = []
     for r in metrics["results"]:
-        rows.append(
-            {
-                "best": "*" if r.get("best_overall") else "",
-                "encoder": _encoder_cell(r),
-                "feature_set": r["feature_set"],
-                "head": r["head"],
-                "layer": "weighted" if r["layer"] == -1 else r["layer"],
-                "augmented": {True: "yes", False: "no"}.get(r.get("augmented"), "-"),
-                "track_accuracy": r["test"]["track"]["accuracy"],
-                "track_macro_f1": r["test"]["track"]["macro_f1"],
-                "track_macro_auc": r["test"]["track"]["macro_auc"],
-                "segment_accuracy": r["test"]["segment"]["accuracy"],
-                "valid_track_accuracy": (r.get("valid") or {}).get("accuracy"),
-                "fit_seconds": r["fit_seconds"],
-            }
-        )
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    return df.sort_values(
-        ["valid_track_accuracy", "track_accuracy"],
-        ascending=False,
-        na_position="last",
-        kind="stable",
-    ).reset_index(drop=True)
+        track = r["test"]["track"]
+        calibration = r.get("calibration") or {}
+        row = {
+            "best": "*" if r.get("best_overall") else "",
+            "encoder": _encoder_cell(r),
+            "feature_set": r["feature_set"],
+            "head": r["head"],
+            "layer": "weighted" if r["layer"] == -1 else r["layer"],
+            "augmented": {True: "yes", False: "no"}.get(r.get("augmented"), "-"),
+            "track_accuracy": track["accuracy"],
+            "track_macro_f1": track["macro_f1"],
+            "track_macro_auc": track["macro_auc"],
+            "track_macro_pr_auc": track.get("macro_pr_auc"),
+            "track_micro_f1": track.get("micro_f1"),
+            "segment_accuracy": r["test"]["segment"]["accuracy"],
+            "valid_track_accuracy": (r.get("valid") or {}).get("accuracy"),
+            "valid_track_macro_pr_auc": (r.get("valid") or {}).get("macro_pr_auc"),
+            "ece_before": calibration.get("ece_before"),
+            "ece_after": calibration.get("ece_after"),
+            "fit_seconds": r["fit_seconds"],
+        }
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=TAG_COLUMNS if tags else COLUMNS)
+    rank = (
+        ["valid_track_macro_pr_auc", "track_macro_pr_auc"]
+        if tags
+        else ["valid_track_accuracy", "track_accuracy"]
+    )
+    return df.sort_values(rank, ascending=False, na_position="last", kind="stable").reset_index(
+        drop=True
+    )
 
 
 def _encoder_cell(row: dict) -> str:
@@ -170,12 +199,69 @@ def markdown(table: pd.DataFrame, metrics: dict) -> str:
             "**These numbers come from an untrained (random) backbone: they test the pipeline, "
             "not the method.**",
         ]
+    lines += _data_notes(metrics)
     lines += _finetune_note(metrics)
     lines += ["", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     for row in table.itertuples(index=False):
         lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    lines += _per_source_section(metrics)
     lines += _search_section(metrics)
     return "\n".join(lines) + "\n"
+
+
+def _data_notes(metrics: dict) -> list[str]:
+    """What the data was: tags and how they are scored, sources, duplicates, calibration."""
+    lines = []
+    if metrics.get("multi_label"):
+        lines += [
+            "",
+            f"Multi-label run ({len(metrics['labels'])} tags): rows are ranked by macro PR-AUC "
+            "over tags (mean average precision, the MTG-Jamendo convention); F1 is at each "
+            "tag's threshold chosen on validation; `accuracy` there is exact-match accuracy.",
+        ]
+    if metrics.get("calibration") and metrics["calibration"] != "none":
+        lines += [
+            "",
+            "Scores are calibrated on validation "
+            f"({metrics['calibration']}: isotonic with 1,000+ validation tracks, else temperature "
+            "scaling where `auto`); `ece_before` / `ece_after` are the expected calibration error "
+            "of the test tracks before and after (15 bins; for tags, over every track and tag).",
+        ]
+    sources = [s for s in metrics.get("sources", []) if s]
+    if len(sources) > 1:
+        lines += ["", f"Datasets: {', '.join(sources)} (per-dataset figures below the table)."]
+    for note in metrics.get("notes", []):
+        lines += ["", f"Note: {note}."]
+    return lines
+
+
+def _per_source_section(metrics: dict) -> list[str]:
+    """Each dataset's test figures for the best model of each head."""
+    rows = [r for r in metrics["results"] if r.get("best_of_head") and r["test"].get("per_source")]
+    if not rows:
+        return []
+    figures = (
+        ["n", "macro_pr_auc", "macro_auc", "macro_f1"]
+        if metrics.get("multi_label")
+        else ["n", "accuracy", "macro_f1", "macro_auc"]
+    )
+    lines = [
+        "",
+        "## Per dataset (test tracks, best model of each head)",
+        "",
+        "| head | feature_set | layer | dataset | " + " | ".join(figures) + " |",
+        "|" + "---|" * (4 + len(figures)),
+    ]
+    for r in rows:
+        layer = "weighted" if r["layer"] == -1 else r["layer"]
+        for source, m in r["test"]["per_source"].items():
+            cells = [_cell(m.get(k)) for k in figures]
+            lines.append(
+                f"| {r['head']} | {r['feature_set']} | {layer} | {source or '-'} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    return lines
 
 
 def _finetune_note(metrics: dict) -> list[str]:
@@ -223,13 +309,20 @@ def _search_section(metrics: dict) -> list[str]:
         "Search space: " + "; ".join(f"{k} {v}" for k, v in search["space"].items()) + ".",
         f"Chosen on validation: `{json.dumps(r['params'])}` (empty: the defaults).",
         "",
-        "| trial | parameters | valid accuracy | valid macro-F1 | fit seconds |",
+    ]
+    pair = (
+        ("macro_pr_auc", "macro_auc", "macro PR-AUC", "macro ROC-AUC")
+        if metrics.get("multi_label")
+        else ("accuracy", "macro_f1", "accuracy", "macro-F1")
+    )
+    lines += [
+        f"| trial | parameters | valid {pair[2]} | valid {pair[3]} | fit seconds |",
         "|---|---|---|---|---|",
     ]
     for i, t in enumerate(r["trials"]):
         lines.append(
-            f"| {i} | `{json.dumps(t['params'])}` | {t['valid_accuracy']:.3f} | "
-            f"{t['valid_macro_f1']:.3f} | {t['fit_seconds']:.1f} |"
+            f"| {i} | `{json.dumps(t['params'])}` | {t[f'valid_{pair[0]}']:.3f} | "
+            f"{t[f'valid_{pair[1]}']:.3f} | {t['fit_seconds']:.1f} |"
         )
     return lines
 
@@ -241,7 +334,8 @@ def _cell(v) -> str:
 
 
 def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
-    """Ablation curve, head comparison, and the best model's confusion matrix and ROC curves."""
+    """Ablation curve, head comparison, the best model's confusion and ROC (a tagger's per-tag
+    AUC and tag errors), and its reliability before and after calibration."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -250,6 +344,10 @@ def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
     results = metrics["results"]
     labels = metrics["labels"]
     note = " (untrained backbone)" if metrics.get("untrained_backbone") else ""
+    tags = bool(metrics.get("multi_label"))
+    # What the curves and bars show: accuracy, or for taggers macro PR-AUC (whose chance level
+    # is each tag's share of the test tracks, averaged).
+    primary, primary_name = ("macro_pr_auc", "macro PR-AUC") if tags else ("accuracy", "accuracy")
     out = {}
 
     best = next(r for r in results if r.get("best_overall"))
@@ -267,16 +365,17 @@ def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
         rs = sorted((r for r in curve if r["head"] == head), key=lambda r: r["layer"])
         ax.plot(
             [r["layer"] for r in rs],
-            [r["test"]["track"]["accuracy"] for r in rs],
+            [r["test"]["track"][primary] for r in rs],
             marker="o",
             label=head,
         )
-    ax.axhline(1 / len(labels), color="grey", linestyle=":", label="chance")
+    ax.axhline(_chance(best, labels, tags), color="grey", linestyle=":", label="chance")
     ax.set_xticks(sorted({r["layer"] for r in curve}))
     ax.set(
         xlabel="layer (0 = encoder input, then transformer layers)",
-        ylabel="test track accuracy",
-        title=f"Accuracy by layer for each head: {_feature_title(best['feature_set'], metrics)}{note}",
+        ylabel=f"test track {primary_name}",
+        title=f"{primary_name.capitalize()} by layer for each head: "
+        f"{_feature_title(best['feature_set'], metrics)}{note}",
         ylim=(0, 1.02),
     )
     ax.legend(loc="best")
@@ -291,11 +390,12 @@ def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
         + ("all layers" if r["layer"] == -1 else f"L{r['layer']}")
         for r in best_rows
     ]
-    acc = [r["test"]["track"]["accuracy"] for r in best_rows]
-    f1 = [r["test"]["track"]["macro_f1"] for r in best_rows]
+    second, second_name = ("macro_auc", "macro ROC-AUC") if tags else ("macro_f1", "macro-F1")
+    first_bars = [r["test"]["track"][primary] for r in best_rows]
+    second_bars = [r["test"]["track"][second] for r in best_rows]
     x = np.arange(len(best_rows))
-    ax.bar(x - 0.2, acc, 0.4, label="accuracy")
-    ax.bar(x + 0.2, f1, 0.4, label="macro-F1")
+    ax.bar(x - 0.2, first_bars, 0.4, label=primary_name)
+    ax.bar(x + 0.2, second_bars, 0.4, label=second_name)
     ax.set_xticks(x, names)
     ax.set(
         ylabel="test (track level)",
@@ -306,49 +406,13 @@ def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
     out["heads"] = _save(fig, run_dir / "model_comparison.png")
 
     detail = best["test_detail"]
-    cm = np.array(detail["confusion"], dtype=float)
-    cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    size = max(5, 0.55 * len(labels) + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
-    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            if cm[i, j] > 0:
-                ax.text(
-                    j,
-                    i,
-                    f"{cm[i, j]:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if cm[i, j] > 0.5 else "black",
-                )
-    ax.set(
-        xlabel="predicted",
-        ylabel="true",
-        title=f"Confusion (row-normalised): {best['head']}, layer {best['layer']}{note}",
-    )
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    out["confusion"] = _save(fig, run_dir / "confusion_matrix.png")
-
-    fig, ax = plt.subplots(figsize=(7, 6))
-    for label, curve in detail.get("roc", {}).items():
-        auc = detail["auc_per_class"].get(label)
-        ax.plot(curve["fpr"], curve["tpr"], label=f"{label} (AUC {auc:.2f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    macro = detail.get("macro_auc")
-    ax.set(
-        xlabel="false positive rate",
-        ylabel="true positive rate",
-        title=f"One-vs-rest ROC: {best['head']}, layer {best['layer']}, macro AUC {macro:.2f}{note}"
-        if macro is not None
-        else "One-vs-rest ROC",
-    )
-    ax.legend(fontsize=8, loc="lower right")
-    out["roc"] = _save(fig, run_dir / "roc_curves.png")
-
+    if tags:
+        out["tag_auc"] = _tag_auc_figure(detail, best, labels, note, run_dir)
+        out["tag_errors"] = _tag_errors_figure(detail, best, labels, note, run_dir)
+    else:
+        out.update(_confusion_and_roc(detail, best, labels, note, run_dir))
+    if detail.get("reliability"):
+        out["reliability"] = _reliability_figure(detail["reliability"], best, tags, note, run_dir)
     weighted = [r for r in results if r.get("layer_weights") and r.get("best_of_head")]
     if weighted:
         fig, ax = plt.subplots(figsize=(8, 4))
@@ -392,3 +456,129 @@ def _feature_title(feature_set: str, metrics: dict) -> str:
     if feature_set_name(feature_set) == ENCODER and backbone and backbone != "none":
         return f"{backbone} layers"
     return feature_set
+
+
+def _chance(best: dict, labels: list[str], tags: bool) -> float:
+    """The chance level of the plotted figure: 1/classes, or a tagger's mean tag frequency."""
+    if not tags:
+        return 1 / len(labels)
+    y = np.asarray(best.get("test_detail", {}).get("y_true", []), dtype=float)
+    return float(y.mean()) if y.size else 0.0
+
+
+def _confusion_and_roc(detail: dict, best: dict, labels: list[str], note: str, run_dir: Path):
+    """A single-label model's confusion matrix and one-vs-rest ROC curves."""
+    import matplotlib.pyplot as plt
+
+    out = {}
+    cm = np.array(detail["confusion"], dtype=float)
+    cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = max(5, 0.55 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    im = ax.imshow(cm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if cm[i, j] > 0:
+                ax.text(
+                    j,
+                    i,
+                    f"{cm[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if cm[i, j] > 0.5 else "black",
+                )
+    ax.set(
+        xlabel="predicted",
+        ylabel="true",
+        title=f"Confusion (row-normalised): {best['head']}, layer {best['layer']}{note}",
+    )
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    out["confusion"] = _save(fig, run_dir / "confusion_matrix.png")
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for label, curve in detail.get("roc", {}).items():
+        auc = detail["auc_per_class"].get(label)
+        ax.plot(curve["fpr"], curve["tpr"], label=f"{label} (AUC {auc:.2f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    macro = detail.get("macro_auc")
+    ax.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title=f"One-vs-rest ROC: {best['head']}, layer {best['layer']}, macro AUC {macro:.2f}{note}"
+        if macro is not None
+        else "One-vs-rest ROC",
+    )
+    ax.legend(fontsize=8, loc="lower right")
+    out["roc"] = _save(fig, run_dir / "roc_curves.png")
+
+    return out
+
+
+def _tag_auc_figure(detail: dict, best: dict, labels: list[str], note: str, run_dir: Path):
+    """Per-tag ROC-AUC and PR-AUC bars of a tagger, sorted by PR-AUC."""
+    import matplotlib.pyplot as plt
+
+    scored = [t for t in labels if t in detail.get("pr_auc_per_class", {})]
+    scored.sort(key=lambda t: -detail["pr_auc_per_class"][t])
+    fig, ax = plt.subplots(figsize=(max(7, 0.35 * len(scored) + 3), 4.8))
+    x = np.arange(len(scored))
+    ax.bar(x - 0.2, [detail["pr_auc_per_class"][t] for t in scored], 0.4, label="PR-AUC")
+    ax.bar(x + 0.2, [detail["auc_per_class"][t] for t in scored], 0.4, label="ROC-AUC")
+    ax.set_xticks(x, scored, rotation=60, ha="right", fontsize=8)
+    ax.set(
+        ylabel="test (track level)",
+        ylim=(0, 1.05),
+        title=f"Per-tag AUC: {best['head']}, layer {best['layer']}, macro PR-AUC "
+        f"{detail['macro_pr_auc']:.2f}, ROC-AUC {detail['macro_auc']:.2f}{note}",
+    )
+    ax.legend()
+    return _save(fig, run_dir / "tag_auc.png")
+
+
+def _tag_errors_figure(detail: dict, best: dict, labels: list[str], note: str, run_dir: Path):
+    """Which tags are mistaken for which: rows the true tag, columns the tag wrongly added
+    (the diagonal: the tag missed), counts of test tracks."""
+    import matplotlib.pyplot as plt
+
+    cm = np.array(detail["cooccurrence_errors"], dtype=float)
+    size = max(5, 0.4 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    im = ax.imshow(cm, cmap="Reds")
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set(
+        xlabel="tag predicted but absent (diagonal: the tag missed)",
+        ylabel="a true tag of the track",
+        title=f"Tag errors by co-occurrence: {best['head']}, layer {best['layer']}{note}",
+    )
+    fig.colorbar(im, ax=ax, fraction=0.046, label="test tracks")
+    return _save(fig, run_dir / "tag_errors.png")
+
+
+def _reliability_figure(curves: dict, best: dict, tags: bool, note: str, run_dir: Path):
+    """Reliability diagram of the best model's test tracks, before and after calibration."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for when, style in (("before", "o--"), ("after", "s-")):
+        bins = curves[when]
+        points = [
+            (c, a)
+            for c, a, n in zip(bins["confidence"], bins["accuracy"], bins["count"], strict=True)
+            if n
+        ]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=f"{when} (ECE {bins['ece']:.3f})")
+    ax.set(
+        xlabel="score (tag probability)" if tags else "confidence (top label's probability)",
+        ylabel="fraction that is right",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title=f"Reliability before and after calibration: {best['head']}{note}",
+    )
+    ax.legend(loc="upper left")
+    return _save(fig, run_dir / "reliability.png")

@@ -19,10 +19,19 @@ import numpy as np
 from . import __version__
 from .bundles import write_bundle
 from .cache import EmbeddingCache
+from .calibration import METHODS as CALIBRATION_METHODS
+from .calibration import Calibrator, choose_thresholds, fit_calibrator
 from .feature_sets import ENCODER
 from .heads import ALL_HEADS, FCNN_SEARCH_SPACE, HeadSpec, Inputs, Rows, head_spec
 from .jsonable import jsonable
-from .metrics import evaluate
+from .scoring import (
+    Scores,
+    calibration_report,
+    head_scores,
+    metrics_of,
+    per_source,
+    reliability_curves,
+)
 from .train_plan import (
     Job,
     feature_sets_for,
@@ -52,6 +61,10 @@ class Result:
     fit_seconds: float
     predict_seconds: float
     layer_weights: list[float] | None = None  # heads over all layers: the weight of each
+    # The calibration map fitted on validation (method, map, ECE of test tracks before/after)
+    # and, for tags, each tag's threshold chosen on validation.
+    calibration: dict | None = None
+    thresholds: list[float] | None = None
     # Set on the best model of each head and feature set, which gets a bundle ...
     best_of_head: bool = False
     bundle: str | None = None
@@ -62,7 +75,7 @@ class Result:
     def as_json(self) -> dict:
         """The row as metrics.json holds it: the optional fields only where they are set."""
         row = asdict(self)
-        for key in ("layer_weights", "bundle", "test_detail"):
+        for key in ("layer_weights", "bundle", "test_detail", "calibration", "thresholds"):
             if row[key] is None:
                 del row[key]
         for key in ("best_of_head", "best_overall"):
@@ -73,13 +86,20 @@ class Result:
     def bundle_metrics(self) -> dict:
         """The scores its bundle carries (serve shows them): test track and segment, validation."""
         track, segment = self.test["track"], self.test["segment"]
-        return {
+        scores = {
             "test_track_accuracy": track["accuracy"],
             "test_track_macro_f1": track["macro_f1"],
             "test_track_macro_auc": track["macro_auc"],
             "test_segment_accuracy": segment["accuracy"],
             "valid": self.valid,
         }
+        if "macro_pr_auc" in track:
+            scores["test_track_macro_pr_auc"] = track["macro_pr_auc"]
+            scores["test_track_micro_f1"] = track["micro_f1"]
+        if self.calibration:
+            scores["test_ece_before"] = self.calibration["ece_before"]
+            scores["test_ece_after"] = self.calibration["ece_after"]
+        return scores
 
 
 @dataclass
@@ -89,6 +109,7 @@ class Fitted:
     result: Result
     model: object
     data: TrainingData
+    calibrator: Calibrator
 
     @property
     def key(self) -> str:
@@ -111,6 +132,7 @@ def train_heads(
     seed: int = 0,
     augmented: bool | str = True,
     trials: int = 0,
+    calibration: str = "auto",
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train every head on every chosen layer of every feature set; write metrics.json and bundles.
@@ -120,6 +142,10 @@ def train_heads(
     is written to bundles/<head>[-<feature set>]/, and the best of all to best/ (an encoder
     model when there is one, since predict and serve embed audio with the backbone).
     """
+    if calibration not in CALIBRATION_METHODS:
+        raise TrainError(
+            f"--calibration {calibration!r}: use one of {', '.join(CALIBRATION_METHODS)}"
+        )
     names = requested_heads(heads)
     # Before any training: a head asked for gets the feature set it needs, or the run stops here.
     # None asks for the default heads, none of them in particular (see feature_sets_for).
@@ -134,6 +160,9 @@ def train_heads(
     for fs in sets:
         for aug in variants:
             data = load_training_data(cache_path, fs, aug)
+            if first is None:
+                for note in data.notes:
+                    log(note)
             first = first or data
             if aug and len(variants) == 2 and not data.has_augmented_views:
                 log(f"{fs}: the cache has no augmented views; training once, on the original views")
@@ -145,7 +174,7 @@ def train_heads(
                 log(
                     "warning: no validation tracks; hyper-parameters and layers are selected on test (optimistic)"
                 )
-            fitted += fit_jobs(data, jobs, seed, trials, log)
+            fitted += fit_jobs(data, jobs, seed, trials, log, calibration)
     best = select_best(fitted)
     metrics = {
         "package_version": __version__,
@@ -154,6 +183,11 @@ def train_heads(
         "untrained_backbone": str(first.cache.attrs.get("backbone", "")).startswith("random-"),
         "feature_sets": list(sets),
         "labels": first.labels,
+        "multi_label": first.multi_label,
+        "sources": first.sources,
+        "duplicates": first.duplicates,
+        "notes": list(first.notes),
+        "calibration": calibration,
         "selected_on": first.selected_on,
         "augmented_views": augmented,
         "seed": seed,
@@ -174,6 +208,7 @@ def fit_jobs(
     seed: int,
     trials: int,
     log: Callable[[str], None],
+    calibration: str = "auto",
 ) -> list[Fitted]:
     """Fit every job on one feature set; the features of a layer are read once for its jobs."""
     out = []
@@ -181,25 +216,43 @@ def fit_jobs(
     for job in jobs:
         if X_layer != job.layer:
             X, X_layer = data.features(job.layer), job.layer
-        result, model = fit_and_select(head_spec(job.head), X, data, job.layer, seed, trials)
-        out.append(Fitted(result, model, data))
+        spec = head_spec(job.head)
+        result, model, calibrator = fit_and_select(
+            spec, X, data, job.layer, seed, trials, calibration
+        )
+        out.append(Fitted(result, model, data, calibrator))
         where = (
             "all layers, learned weights" if job.layer == EVERY_LAYER else f"layer {job.layer:>2}"
         )
         test = result.test["track"]
+        scores = (
+            f"macro PR-AUC {test['macro_pr_auc']:.3f}, ROC-AUC {test['macro_auc']:.3f}"
+            if data.multi_label
+            else f"accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f}"
+        )
         log(
             f"{job.head:>6} {data.feature_set} {where}"
             f"{'' if data.augmented else ' (original views only)'}: "
-            f"test track accuracy {test['accuracy']:.3f}, "
-            f"macro-F1 {test['macro_f1']:.3f} (fit {result.fit_seconds:.1f} s)"
+            f"test track {scores} (fit {result.fit_seconds:.1f} s)"
         )
     return out
 
 
 def fit_and_select(
-    spec: HeadSpec, X: np.ndarray, data: TrainingData, layer: int, seed: int, trials: int = 0
-) -> tuple[Result, object]:
-    """Fit each grid point (or search trial) on train, keep the best on validation track accuracy."""
+    spec: HeadSpec,
+    X: np.ndarray,
+    data: TrainingData,
+    layer: int,
+    seed: int,
+    trials: int = 0,
+    calibration: str = "auto",
+) -> tuple[Result, object, Calibrator]:
+    """Fit each grid point (or search trial) on train, keep the best on validation, calibrate it
+    on validation (and choose each tag's threshold there), and score it on test.
+
+    Single-label models are chosen by track accuracy (then macro-F1), taggers by macro PR-AUC
+    (then macro ROC-AUC), the figure tagging benchmarks rank by.
+    """
     sel = getattr(data, data.selected_on)
     grid = spec.search(trials, seed) if spec.search and trials > 1 else spec.grid
     if spec.inputs is Inputs.ALL_LAYERS:
@@ -209,8 +262,10 @@ def fit_and_select(
     train = Rows(X[data.train], data.y[data.train], bag[data.train])
     valid = Rows(X[data.valid], data.y[data.valid], bag[data.valid]) if data.valid.any() else None
 
-    def scores(head, rows: np.ndarray) -> dict:
-        return evaluate(spec, head, X[rows], data.y[rows], data.track[rows], data.labels)
+    def scores(head, rows: np.ndarray) -> Scores:
+        return head_scores(
+            spec, head, X[rows], data.y[rows], data.track[rows], len(data.labels), data.multi_label
+        )
 
     best, tried = None, []
     for params in grid:
@@ -218,23 +273,29 @@ def fit_and_select(
         start = time.perf_counter()
         spec.fit(head, train, valid)
         fit_seconds = time.perf_counter() - start
-        on_sel = scores(head, sel)["track"]
+        on_sel = metrics_of(scores(head, sel), data.labels)["track"]
         tried.append(
             {
                 "params": jsonable(params),
-                "valid_accuracy": on_sel["accuracy"],
-                "valid_macro_f1": on_sel["macro_f1"],
+                **{f"valid_{k}": on_sel[k] for k in _SELECTION_FIGURES if k in on_sel},
                 "fit_seconds": fit_seconds,
             }
         )
-        key = (on_sel["accuracy"], on_sel["macro_f1"])
+        key = _selection_key(on_sel, data.multi_label)
         if best is None or key > best[0]:
             best = (key, head, params, fit_seconds)
-    (acc, f1), head, params, fit_seconds = best
+    key, head, params, fit_seconds = best
+    calibrator, thresholds, on_valid = _calibrate(
+        scores(head, data.valid) if data.valid.any() else None, data, calibration
+    )
     start = time.perf_counter()
-    test = scores(head, data.test)
+    raw_test = scores(head, data.test)
     predict_seconds = time.perf_counter() - start
-    on_valid = scores(head, data.valid)["track"] if data.valid.any() else None
+    test = metrics_of(raw_test.calibrated(calibrator), data.labels, thresholds)
+    if len(data.sources) > 1:
+        test["per_source"] = per_source(
+            raw_test.calibrated(calibrator), data.track_source, data.labels, thresholds
+        )
     result = Result(
         head=spec.name,
         feature_set=data.feature_set,
@@ -243,17 +304,51 @@ def fit_and_select(
         selected_on=data.selected_on,
         params=jsonable(params),
         trials=tried if len(tried) > 1 else None,
-        selection_score=acc + 1e-3 * f1,
-        valid={"accuracy": on_valid["accuracy"], "macro_f1": on_valid["macro_f1"]}
-        if on_valid
-        else None,
+        selection_score=key[0] + 1e-3 * key[1],
+        valid=on_valid,
         test=test,
         fit_seconds=fit_seconds,
         predict_seconds=predict_seconds,
+        calibration=calibration_report(raw_test, calibrator),
+        thresholds=None if thresholds is None else [round(float(t), 6) for t in thresholds],
     )
+    result.calibration["fitted_on"] = "valid" if calibrator.method != "none" else None
     if spec.inputs is Inputs.ALL_LAYERS:
         result.layer_weights = [round(float(w), 5) for w in head.layer_weights_]
-    return result, head
+    return result, head, calibrator
+
+
+# What a grid point's row in `trials` and a result's `valid` hold.
+_SELECTION_FIGURES = ("accuracy", "macro_f1", "macro_pr_auc", "macro_auc")
+
+
+def _selection_key(track_metrics: dict, multi_label: bool) -> tuple[float, float]:
+    """What models are chosen by: macro PR-AUC then ROC-AUC for tags, else accuracy then F1."""
+    if multi_label:
+        return (track_metrics["macro_pr_auc"], track_metrics["macro_auc"])
+    return (track_metrics["accuracy"], track_metrics["macro_f1"])
+
+
+def _calibrate(
+    valid: Scores | None, data: TrainingData, method: str
+) -> tuple[Calibrator, np.ndarray | None, dict | None]:
+    """The calibration map and tag thresholds fitted on validation tracks, and its scores there.
+
+    Without a validation split nothing is fitted (test must stay unseen): identity map, tags
+    at 0.5.
+    """
+    n = len(data.labels)
+    if valid is None:
+        thresholds = np.full(n, 0.5) if data.multi_label else None
+        return Calibrator("none", data.multi_label), thresholds, None
+    calibrator = fit_calibrator(valid.track, valid.y_track, data.multi_label, method=method)
+    thresholds = (
+        choose_thresholds(calibrator.apply(valid.track), valid.y_track)
+        if data.multi_label
+        else None
+    )
+    on_valid = metrics_of(valid.calibrated(calibrator), data.labels, thresholds)["track"]
+    return calibrator, thresholds, {k: on_valid[k] for k in _SELECTION_FIGURES if k in on_valid}
 
 
 def select_best(fitted: list[Fitted]) -> dict[str, Fitted]:
@@ -272,15 +367,22 @@ def write_run(out_dir: Path, fitted: list[Fitted], best: dict[str, Fitted], metr
         r, data = f.result, f.data
         r.best_of_head, r.bundle = True, f"bundles/{key}"
         test = data.test
-        r.test_detail = evaluate(
+        raw = head_scores(
             head_spec(r.head),
             f.model,
             data.features(r.layer)[test],
             data.y[test],
             data.track[test],
-            data.labels,
-            curves=True,
-        )["track"]
+            len(data.labels),
+            data.multi_label,
+        )
+        calibrator = f.calibrator
+        thresholds = None if r.thresholds is None else np.array(r.thresholds)
+        final = raw.calibrated(calibrator)
+        r.test_detail = metrics_of(final, data.labels, thresholds, curves=True)["track"]
+        r.test_detail["y_true"] = final.y_track.tolist()
+        r.test_detail["proba"] = np.round(final.track, 5).tolist()
+        r.test_detail["reliability"] = reliability_curves(raw, calibrator)
         write_bundle(
             out_dir / r.bundle,
             f.model,
@@ -291,6 +393,9 @@ def write_run(out_dir: Path, fitted: list[Fitted], best: dict[str, Fitted], metr
             feature_set=data.feature_set,
             cache_attrs=data.cache.attrs,
             metrics=r.bundle_metrics(),
+            multi_label=data.multi_label,
+            calibration=f.calibrator.as_json(),
+            thresholds=r.thresholds,
         )
     # predict and serve embed audio with the backbone: an encoder model is best when there is one.
     candidates = [f for f in best.values() if f.result.feature_set == ENCODER] or list(

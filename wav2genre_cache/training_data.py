@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .cache import EmbeddingCache
+from .datasets import TAG_SEPARATOR
 from .errors import Wav2GenreError
 from .feature_sets import ENCODER, feature_set_name
 
@@ -34,6 +36,18 @@ class TrainingData:
     test: np.ndarray
     n_layers: int
     augmented: bool  # the training rows include the augmented views of training tracks
+    # Multi-label (tags): y is a {0,1} matrix [segments, tags] instead of label indices.
+    multi_label: bool = False
+    # Every track's dataset and its split after duplicates were kept to one side.
+    track_source: np.ndarray | None = None
+    track_split: np.ndarray | None = None
+    duplicates: dict | None = None  # what find_duplicates found and moved
+    notes: tuple[str, ...] = ()  # for the user: tags dropped, duplicates moved
+
+    @property
+    def sources(self) -> list[str]:
+        """The datasets the tracks came from (one empty name for a cache from before sources)."""
+        return sorted(set(self.track_source)) if self.track_source is not None else [""]
 
     @property
     def has_augmented_views(self) -> bool:
@@ -69,7 +83,9 @@ def load_training_data(
         raise TrainError(
             f"{cache_path}: no feature set {feature_set!r}; it has {cache.feature_names}"
         )
-    tracks = cache.tracks
+    tracks = cache.tracks.copy()
+    duplicates, notes = find_duplicates(tracks)
+    tracks["split"] = duplicates.pop("split")
     ok = tracks[tracks.status == "ok"]
     if ok.empty:
         raise TrainError(f"{cache_path}: no successfully embedded tracks")
@@ -78,6 +94,38 @@ def load_training_data(
             raise TrainError(
                 f"{cache_path}: no {split} tracks; re-embed with a split that has some (e.g. --split random)"
             )
+    multi_label = bool(cache.config.get("multi_label", False))
+    if multi_label:
+        labels, track_y, dropped = _tag_matrix(ok, tracks)
+        notes += dropped
+    else:
+        labels, track_y = _label_indices(cache_path, ok, tracks)
+    seg = cache.segments
+    t = seg.track.to_numpy()
+    split = tracks.split.to_numpy()[t]
+    view = seg.view.to_numpy()
+    return TrainingData(
+        cache=cache,
+        feature_set=feature_set,
+        labels=labels,
+        y=track_y[t],
+        track=t,
+        view=view,
+        train=(split == "train") & ((view == 0) | augmented),
+        valid=(split == "valid") & (view == 0),
+        test=(split == "test") & (view == 0),
+        n_layers=cache.feature_shapes[feature_set][1],
+        augmented=augmented,
+        multi_label=multi_label,
+        track_source=tracks.source.to_numpy().astype(str),
+        track_split=tracks.split.to_numpy().astype(str),
+        duplicates=duplicates,
+        notes=tuple(notes),
+    )
+
+
+def _label_indices(cache_path, ok, tracks) -> tuple[list[str], np.ndarray]:
+    """Single-label: the labels, and each track's label index (-1 for tracks not trained on)."""
     counts = ok.label.value_counts()
     few = sorted(counts[counts < 2].index)
     if few:
@@ -90,25 +138,85 @@ def load_training_data(
             f"{cache_path}: label(s) {untrained} have no training tracks under this split"
         )
     labels = sorted(ok.label.unique())
-    seg = cache.segments
-    t = seg.track.to_numpy()
-    split = tracks.split.to_numpy()[t]
-    view = seg.view.to_numpy()
     lab_index = {lab: i for i, lab in enumerate(labels)}
-    y = np.array([lab_index.get(lab, -1) for lab in tracks.label.to_numpy()[t]])
-    return TrainingData(
-        cache=cache,
-        feature_set=feature_set,
-        labels=labels,
-        y=y,
-        track=t,
-        view=view,
-        train=(split == "train") & ((view == 0) | augmented),
-        valid=(split == "valid") & (view == 0),
-        test=(split == "test") & (view == 0),
-        n_layers=cache.feature_shapes[feature_set][1],
-        augmented=augmented,
+    return labels, np.array([lab_index.get(lab, -1) for lab in tracks.label.to_numpy()])
+
+
+def _tag_matrix(ok, tracks) -> tuple[list[str], np.ndarray, list[str]]:
+    """Multi-label: the tags kept, each track's {0,1} row, and notes on the tags dropped.
+
+    A tag needs two tracks and one of them in train to be learnt and scored; rarer tags are
+    dropped (and said), as tagging benchmarks keep the tags with enough examples.
+    """
+    tags_of_ok = [set(filter(None, label.split(TAG_SEPARATOR))) for label in ok.label]
+    in_train = [tags for tags, s in zip(tags_of_ok, ok.split, strict=True) if s == "train"]
+    count = Counter(tag for tags in tags_of_ok for tag in tags)
+    trained = set().union(*in_train) if in_train else set()
+    labels = sorted(tag for tag, n in count.items() if n >= 2 and tag in trained)
+    dropped = sorted(set(count) - set(labels))
+    if len(labels) < 2:
+        raise TrainError(
+            f"{len(labels)} tag(s) have two tracks and one in train; a tagger needs at least two"
+        )
+    index = {tag: i for i, tag in enumerate(labels)}
+    y = np.zeros((len(tracks), len(labels)), dtype=np.int64)
+    for row, label in enumerate(tracks.label.to_numpy()):
+        for tag in label.split(TAG_SEPARATOR):
+            if tag in index:
+                y[row, index[tag]] = 1
+    notes = (
+        [
+            f"{len(dropped)} tag(s) dropped, with fewer than two tracks or none in train: "
+            + ", ".join(dropped[:10])
+            + (" ..." if len(dropped) > 10 else "")
+        ]
+        if dropped
+        else []
     )
+    return labels, y, notes
+
+
+# When copies of one recording sit in several splits, all of them go to the first split here.
+_KEEP_SIDE = ("train", "valid", "test")
+
+
+def find_duplicates(tracks) -> tuple[dict, list[str]]:
+    """Tracks whose decoded audio is the same (equal content hashes): reported, and kept on one
+    side of the split (copies in train, valid and test all go to train; in valid and test, to
+    valid), so no test score is a copy of a training example.
+
+    Returns a JSON-able report with the corrected splits under "split", and notes for the user.
+    """
+    split = tracks.split.to_numpy().astype(object).copy()
+    ok = (tracks.status.to_numpy() == "ok") & (tracks.content_hash.to_numpy() != "")
+    groups: dict[str, list[int]] = {}
+    for i in np.flatnonzero(ok):
+        groups.setdefault(tracks.content_hash.iat[i], []).append(int(i))
+    groups = {h: rows for h, rows in groups.items() if len(rows) > 1}
+    moved = []
+    for rows in groups.values():
+        sides = [split[i] for i in rows if split[i] in _KEEP_SIDE]
+        if len(set(sides)) < 2:
+            continue
+        keep = min(sides, key=_KEEP_SIDE.index)
+        for i in rows:
+            if split[i] in _KEEP_SIDE and split[i] != keep:
+                moved.append({"track_id": tracks.track_id.iat[i], "from": split[i], "to": keep})
+                split[i] = keep
+    ids = tracks.track_id.to_numpy()
+    report = {
+        "groups": [sorted(ids[rows].tolist()) for rows in groups.values()],
+        "tracks": sum(len(rows) for rows in groups.values()),
+        "moved": moved,
+        "split": split,
+    }
+    notes = []
+    if groups:
+        notes.append(
+            f"{len(groups)} recording(s) appear more than once ({report['tracks']} tracks with "
+            f"the same decoded audio); {len(moved)} copies moved so that none straddles a split"
+        )
+    return report, notes
 
 
 def parse_layers(spec: str, n_layers: int) -> list[int] | str:
@@ -134,7 +242,8 @@ def probe_best_layer(data: TrainingData, alpha: float = 10.0) -> tuple[int, list
     the probe of 13 layers well under a second on a GTZAN-sized cache.
     """
     target = data.valid if data.valid.any() else data.train
-    Y = np.eye(len(data.labels), dtype=np.float32)[data.y[data.train]] * 2 - 1
+    onehot = data.y if data.multi_label else np.eye(len(data.labels))[data.y]
+    Y = onehot[data.train].astype(np.float32) * 2 - 1
     scores = []
     for i in range(data.n_layers):
         X = data.layer(i)
@@ -145,6 +254,19 @@ def probe_best_layer(data: TrainingData, alpha: float = 10.0) -> tuple[int, list
         reg[-1, -1] = 0  # no penalty on the intercept
         W = np.linalg.solve(A1.T @ A1 + reg, A1.T @ Y)
         B = (X[target] - mean) / std
-        pred = np.argmax(B @ W[:-1] + W[-1], axis=1)
-        scores.append(float((pred == data.y[target]).mean()))
+        out = B @ W[:-1] + W[-1]
+        if data.multi_label:  # tags: the mean ROC-AUC of the tags scored
+            scores.append(_mean_auc(data.y[target], out))
+        else:
+            scores.append(float((np.argmax(out, axis=1) == data.y[target]).mean()))
     return int(np.argmax(scores)), scores
+
+
+def _mean_auc(Y: np.ndarray, scores: np.ndarray) -> float:
+    """Mean ROC-AUC over the tags that have positives and negatives among the rows."""
+    from .metrics import _auc
+
+    aucs = [
+        _auc(Y[:, k] == 1, scores[:, k]) for k in range(Y.shape[1]) if 0 < Y[:, k].sum() < len(Y)
+    ]
+    return float(np.mean(aucs)) if aucs else 0.0
