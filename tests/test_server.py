@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ROOT
+from conftest import ROOT, run_cli
 from test_audio import silent_flac, without_length
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -192,6 +192,41 @@ def test_page_in_a_real_browser(server, dev_clips, tmp_path):
         assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         browser.close()
     assert (shots / "serve_page.png").stat().st_size > 10_000
+
+
+def test_a_taggers_page_shows_its_tags_per_song_and_per_segment(tmp_path_factory, dev_clips):
+    playwright = pytest.importorskip("playwright.sync_api")
+    root = tmp_path_factory.mktemp("tagger")
+    run_cli(
+        "run", str(ROOT / "examples" / "dev_tags.csv"), "--out", str(root / "run"),
+        "--model", "random-tiny", "--heads", "logreg", "--layers", "best",
+    )  # fmt: skip
+    clip = sorted(dev_clips.glob("metal/*.flac"))[0]
+    with running_server(root / "run" / "best", root / "server.log") as s:
+        model = httpx.get(s.url + "/api/model").json()
+        assert model["multi_label"] is True and set(model["thresholds"]) == set(model["labels"])
+        expected = post(s.url, clip.name, clip.read_bytes()).json()
+        assert "tags" in expected and all("tags" in seg for seg in expected["timeline"])
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+            )
+            page = browser.new_page(viewport={"width": 1000, "height": 900})
+            page.goto(s.url + "/")
+            page.wait_for_function("document.querySelector('h1').textContent.includes('tags')")
+            page.set_input_files("#file-input", str(clip))
+            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+            chips = page.locator("#tags li").all_text_contents()
+            assert [c.split(" ")[0].rstrip("0123456789.%") for c in chips] == [
+                t["label"] for t in expected["tags"]
+            ]
+            assert page.locator("#bars .threshold").count() == page.locator("#bars li").count()
+            page.locator("#timeline .cell").nth(0).focus()
+            first = expected["timeline"][0]["tags"]
+            detail = page.text_content("#cell-detail")
+            assert all(t["label"] in detail for t in first) if first else "no tag" in detail
+            page.screenshot(path=str(ROOT / "artifacts" / "serve_page_tags.png"), full_page=True)
+            browser.close()
 
 
 @pytest.fixture(scope="module")

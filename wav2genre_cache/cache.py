@@ -339,7 +339,13 @@ class EmbeddingCache:
         t = self.tracks
         ok = t[t.status == "ok"]
         per_split = {s: int((ok.split == s).sum()) for s in ("train", "valid", "test")}
-        labels = ok.groupby(["label", "split"]).size().unstack(fill_value=0)
+        # A tagger's tracks count once under each of their tags.
+        per_label = (
+            ok.assign(label=ok.label.str.split("|")).explode("label")
+            if self.config.get("multi_label")
+            else ok
+        )
+        labels = per_label.groupby(["label", "split"]).size().unstack(fill_value=0)
         return {
             "path": str(self.path),
             "backbone": self.attrs.get("backbone"),
@@ -359,6 +365,12 @@ class EmbeddingCache:
             "tracks_per_label": {
                 lab: {k: int(v) for k, v in row.items()} for lab, row in labels.iterrows()
             },
+            "tracks_per_source": {
+                str(k): int(v) for k, v in ok.source.value_counts().sort_index().items()
+            },
+            # The same recording more than once (equal hashes of the decoded audio): train-heads
+            # keeps each recording's copies on one side of the split.
+            "duplicates": _duplicates(ok),
             "segments": len(self.segments),
             "views": sorted(int(v) for v in self.segments.view.unique()),
             "features": {n: {"layers": s[1], "dim": s[2]} for n, s in self.feature_shapes.items()},
@@ -366,6 +378,12 @@ class EmbeddingCache:
                 {"path": r.path, "reason": r.reason} for r in t[t.status == "failed"].itertuples()
             ],
         }
+
+
+def _duplicates(ok: pd.DataFrame) -> dict:
+    sizes = ok[ok.content_hash != ""].content_hash.value_counts()
+    sizes = sizes[sizes > 1]
+    return {"recordings": len(sizes), "tracks": int(sizes.sum())}
 
 
 def _plain(value):

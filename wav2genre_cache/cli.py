@@ -117,7 +117,7 @@ def info(
     cache: Annotated[Path, typer.Argument(help="An HDF5 cache written by embed.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show what a cache holds: tracks per split and label, layers, segments, failures."""
+    """Show what a cache holds: tracks per split, label and dataset, layers, segments, failures."""
     from .cache import EmbeddingCache
 
     s = EmbeddingCache(cache).summary()
@@ -136,6 +136,15 @@ def info(
         f"tracks     {s['tracks']['ok']} ok, {s['tracks']['failed']} failed, {s['tracks']['excluded']} excluded"
     )
     out.print("splits     " + ", ".join(f"{k} {v}" for k, v in s["tracks_per_split"].items()))
+    sources = {k: v for k, v in s["tracks_per_source"].items() if k}
+    if sources:
+        out.print("datasets   " + ", ".join(f"{k} {v}" for k, v in sources.items()))
+    if s["duplicates"]["recordings"]:
+        d = s["duplicates"]
+        out.print(
+            f"duplicates {d['recordings']} recording(s) in {d['tracks']} tracks (same decoded "
+            "audio; train-heads keeps each recording's copies on one side of the split)"
+        )
     for name, f in s["features"].items():
         out.print(f"features   {name}: {f['layers']} layers x {f['dim']}")
     from rich.table import Table

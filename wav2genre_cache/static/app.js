@@ -1,9 +1,11 @@
 "use strict";
-// The wav2genre page: upload a song, show its genre, the top-k bars and a segment timeline.
+// The wav2genre page: upload a song, show its genre (a tagger's tags), the top-k bars and a
+// segment timeline.
 const $ = (id) => document.getElementById(id);
 const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
                  "#ff9da7", "#9c755f", "#bab0ac", "#2f4b7c", "#a05195", "#d45087", "#665191"];
 let labels = [];
+let thresholds = null;  // a tagger's threshold per tag (null: one label per song)
 let objectUrl = null;
 
 function colour(label) {
@@ -32,10 +34,20 @@ async function loadModel() {
     const r = await fetch("/api/model");
     const m = await r.json();
     labels = m.labels;
+    thresholds = m.multi_label ? m.thresholds : null;
     const acc = m.metrics && m.metrics.test_track_accuracy;
+    const prAuc = m.metrics && m.metrics.test_track_macro_pr_auc;
+    if (thresholds) {
+      document.querySelector("h1").textContent = "What tags fit this song?";
+      $("bars-title").textContent = "Tag scores (the line: the tag's threshold)";
+      $("timeline-title").textContent = "Tags over time";
+      $("timeline-hint").textContent = "One cell per segment, striped with its tags over their thresholds. Hover or focus a cell for its tags; click or press Enter to play that part.";
+    }
     $("model-info").textContent =
       `Model: ${m.backbone}, layer ${m.layer}, ${m.head} head` +
-      (acc != null ? `, test accuracy ${pct(acc)}` : "") +
+      (thresholds && prAuc != null ? `, test macro PR-AUC ${prAuc.toFixed(3)}` : "") +
+      (!thresholds && acc != null ? `, test accuracy ${pct(acc)}` : "") +
+      (m.calibration && m.calibration !== "none" ? ` (scores calibrated: ${m.calibration})` : "") +
       (m.untrained_backbone ? " (untrained backbone: a demonstration, not a real model)" : "") +
       ` · ${m.segment_seconds} s segments · uploads up to ${m.limits.max_upload_mb} MB and ${m.limits.max_minutes} min`;
   } catch (e) {
@@ -74,8 +86,23 @@ function upload(file) {
 function render(r) {
   $("result").hidden = false;
   $("player").src = objectUrl;
-  $("top-label").textContent = r.label;
-  $("top-confidence").textContent = `${pct(r.top[0].probability)} confidence`;
+  const tagList = $("tags");
+  tagList.replaceChildren();
+  tagList.hidden = !r.tags;
+  if (r.tags) {
+    $("top-label").textContent = r.tags.length ? `${r.tags.length} tag${r.tags.length > 1 ? "s" : ""}` : "No tag";
+    $("top-confidence").textContent = r.tags.length ? "over their thresholds" : "scores over its threshold";
+    for (const t of r.tags) {
+      const li = document.createElement("li");
+      li.style.background = colour(t.label);
+      const score = document.createElement("span"); score.textContent = pct(t.probability);
+      li.append(document.createTextNode(t.label), score);
+      tagList.appendChild(li);
+    }
+  } else {
+    $("top-label").textContent = r.label;
+    $("top-confidence").textContent = `${pct(r.top[0].probability)} confidence`;
+  }
 
   const bars = $("bars");
   bars.replaceChildren();
@@ -86,6 +113,11 @@ function render(r) {
     const bar = document.createElement("div"); bar.className = "bar";
     bar.style.width = pct(t.probability); bar.style.background = colour(t.label);
     track.appendChild(bar);
+    if (thresholds) {
+      const mark = document.createElement("i"); mark.className = "threshold";
+      mark.style.left = pct(thresholds[t.label]); mark.title = `threshold ${pct(thresholds[t.label])}`;
+      track.appendChild(mark);
+    }
     const value = document.createElement("span"); value.className = "pct"; value.textContent = pct(t.probability);
     li.append(name, track, value);
     bars.appendChild(li);
@@ -95,14 +127,25 @@ function render(r) {
   timeline.replaceChildren();
   const seen = new Set();
   r.timeline.forEach((seg, i) => {
-    seen.add(seg.label);
     const cell = document.createElement("button");
     cell.type = "button";
     cell.className = "cell";
     cell.setAttribute("role", "listitem");
-    cell.style.background = colour(seg.label);
-    const ranked = Object.entries(seg.probabilities).sort((a, b) => b[1] - a[1]);
-    const detail = `${fmtTime(seg.start)}–${fmtTime(seg.end)}: ` + ranked.slice(0, 3).map(([l, p]) => `${l} ${pct(p)}`).join(", ");
+    let detail = `${fmtTime(seg.start)}–${fmtTime(seg.end)}: `;
+    if (seg.tags) {
+      // One stripe per tag over its threshold (grey: none).
+      seg.tags.forEach((t) => seen.add(t.label));
+      const n = seg.tags.length;
+      cell.style.background = n
+        ? `linear-gradient(${seg.tags.map((t, k) => `${colour(t.label)} ${100 * k / n}% ${100 * (k + 1) / n}%`).join(", ")})`
+        : "#d0d4da";
+      detail += n ? "tags " + seg.tags.map((t) => `${t.label} ${pct(t.probability)}`).join(", ") : "no tag over its threshold";
+    } else {
+      seen.add(seg.label);
+      cell.style.background = colour(seg.label);
+      const ranked = Object.entries(seg.probabilities).sort((a, b) => b[1] - a[1]);
+      detail += ranked.slice(0, 3).map(([l, p]) => `${l} ${pct(p)}`).join(", ");
+    }
     cell.title = detail;
     cell.setAttribute("aria-label", `Segment ${i + 1}, ${detail}`);
     const show = () => { $("cell-detail").textContent = detail; };
