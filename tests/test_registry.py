@@ -11,9 +11,11 @@ from wav2genre_cache.heads import (
     REGISTRY,
     AttentionPoolingClassifier,
     FCNNClassifier,
+    ForestHead,
     HeadError,
     Inputs,
     LayerWeightedClassifier,
+    PipelineHead,
     Rows,
     SpectrogramClassifier,
     SVMHead,
@@ -44,6 +46,7 @@ def test_every_head_is_registered_once_under_its_name():
     # Every estimator class of the package is made by an entry.
     made = {type(spec.make(0, **TINY.get(name, {}))) for name, spec in REGISTRY.items()}
     own = {SVMHead, XGBHead, FCNNClassifier, LayerWeightedClassifier, AttentionPoolingClassifier}
+    own |= {ForestHead, PipelineHead}  # rf and logreg: sklearn's, taught tag matrices
     assert own | {SpectrogramClassifier} <= made
 
 
@@ -68,6 +71,7 @@ def test_each_entry_makes_a_head_that_fits_predicts_and_round_trips(name, tmp_pa
     spec = head_spec(name)
     train, valid = rows(name, 0), rows(name, 1)
     head = spec.fit(spec.make(0, **TINY.get(name, {})), train, valid)
+    assert head.multi_label_ is False  # label indices: single-label (tests/test_multilabel_heads)
     proba = spec.predict_proba(head, valid.X, valid.groups)
     assert proba.shape == (40, 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-5)
@@ -76,6 +80,7 @@ def test_each_entry_makes_a_head_that_fits_predicts_and_round_trips(name, tmp_pa
     files = save_head(head, name, tmp_path)
     assert files == list(spec.format.files) and sorted(files) == sorted(os.listdir(tmp_path))
     loaded = load_head(name, tmp_path / files[0])
+    assert not loaded.multi_label_
     np.testing.assert_allclose(
         spec.predict_proba(loaded, valid.X, valid.groups), proba, rtol=1e-5, atol=1e-6
     )

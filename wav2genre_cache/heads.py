@@ -5,6 +5,11 @@ the package asks about it: the factory that makes it, the hyper-parameter grid t
 validation, what one row of its input is (Inputs), whether it stops early on a validation set,
 and the file format it is saved in (never pickle). Training, bundles and predict ask the
 registry and never branch on a head's name; adding a head is one entry here.
+
+Every head is also multi-label (mood/theme tags): fitted on Rows whose y is a 2-D {0, 1}
+indicator matrix [rows, tags], it has `multi_label_ = True`, `classes_ = arange(tags)`, and
+predict_proba gives each tag's independent probability (torch heads: sigmoid outputs trained
+with binary cross-entropy; the others: one-vs-rest or their library's native multi-label).
 """
 
 from __future__ import annotations
@@ -18,14 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .errors import Wav2GenreError
 from .jsonable import jsonable
-from .sklearn_heads import SVMHead, XGBHead
+from .sklearn_heads import ForestHead, LogisticRegressionHead, PipelineHead, SVMHead, XGBHead
 
 # The torch heads live in their own modules; this module is their public home too.
 from .spectrogram_heads import SPECTROGRAM_HEADS, SpectrogramClassifier
@@ -48,7 +50,10 @@ class Inputs(Enum):
 
 @dataclass(frozen=True)
 class Rows:
-    """Rows of one split for a head: features, label indices, and the track (bag) of each row."""
+    """Rows of one split for a head: features, labels, and the track (bag) of each row.
+
+    y is a label index per row, or for multi-label a {0, 1} indicator matrix [rows, tags].
+    """
 
     X: np.ndarray
     y: np.ndarray
@@ -101,7 +106,7 @@ class HeadSpec:
         return head.fit(train.X, train.y, **kwargs)
 
     def predict_proba(self, head: BaseEstimator, X: np.ndarray, groups=None) -> np.ndarray:
-        """Class probabilities per row; a track head gives every row its track's answer."""
+        """Class (or each tag's) probabilities per row; a track head gives each row its track's."""
         if self.predicts_tracks:
             return head.predict_proba(X, groups=groups)
         return head.predict_proba(X)
@@ -120,6 +125,7 @@ def _save_torch(head: TorchClassifier, directory: Path, files: tuple[str, ...]) 
         "params": json.dumps(jsonable(head.get_params())),
         "classes": json.dumps(head.classes_.tolist()),
         "n_features_in": str(head.n_features_in_),
+        "multi_label": json.dumps(bool(getattr(head, "multi_label_", False))),
     }
     save_file(tensors, directory / files[0], metadata=meta)
 
@@ -133,6 +139,8 @@ def _load_torch(spec: HeadSpec, path: Path) -> TorchClassifier:
     head = spec.make(**json.loads(meta["params"]))  # its random_state is in its params
     head.classes_ = np.array(json.loads(meta["classes"]))
     head.n_features_in_ = int(meta["n_features_in"])
+    # Heads saved before multi-label heads existed have no such entry: they are single-label.
+    head.multi_label_ = bool(json.loads(meta.get("multi_label", "false")))
     head.mean_, head.scale_ = tensors.pop("mean").numpy(), tensors.pop("scale").numpy()
     head.net_ = head._build(head.n_features_in_, len(head.classes_))
     head.net_.load_state_dict({k.removeprefix("net."): v for k, v in tensors.items()})
@@ -146,6 +154,7 @@ def _save_xgb(head: XGBHead, directory: Path, files: tuple[str, ...]) -> None:
         "params": jsonable(head.get_params()),
         "classes": head.classes_.tolist(),
         "n_features_in": int(head.n_features_in_),
+        "multi_label": bool(getattr(head, "multi_label_", False)),
     }
     (directory / files[1]).write_text(json.dumps(info))
 
@@ -158,6 +167,7 @@ def _load_xgb(spec: HeadSpec, path: Path) -> XGBHead:
     head = XGBHead(**info["params"])
     head.classes_ = np.array(info["classes"])
     head.n_features_in_ = info["n_features_in"]
+    head.multi_label_ = bool(info.get("multi_label", False))  # absent in older files
     head.booster_ = XGBClassifier()
     head.booster_.load_model(path)
     return head
@@ -179,10 +189,14 @@ def _load_skops(spec: HeadSpec, path: Path) -> BaseEstimator:
 
 
 # Types skops does not trust by default but that are plain data: our SVM head (under the module
-# it is defined in, and the one heads saved before it moved name) and sklearn's trees.
+# it is defined in, and the one heads saved before it moved name), our multi-label-aware
+# subclasses of sklearn's forest, logistic regression and pipeline, and sklearn's trees.
 _OWN_TYPES = (
     "wav2genre_cache.sklearn_heads.SVMHead",
     "wav2genre_cache.heads.SVMHead",
+    "wav2genre_cache.sklearn_heads.ForestHead",
+    "wav2genre_cache.sklearn_heads.LogisticRegressionHead",
+    "wav2genre_cache.sklearn_heads.PipelineHead",
     "sklearn.tree._tree.Tree",
 )
 
@@ -194,17 +208,21 @@ SKOPS = HeadFormat(("head.skops",), _save_skops, _load_skops)
 # ---- the registry -------------------------------------------------------------------------
 
 
-def _random_forest(seed: int = 0, **params) -> RandomForestClassifier:
+def _random_forest(seed: int = 0, **params) -> ForestHead:
     # Half-size bootstraps: twice as fast on GTZAN-sized caches, same accuracy there.
-    return RandomForestClassifier(
-        n_estimators=50, max_samples=0.5, n_jobs=-1, random_state=seed, **params
-    )
+    return ForestHead(n_estimators=50, max_samples=0.5, n_jobs=-1, random_state=seed, **params)
 
 
 def _logistic_regression(seed: int = 0, **params) -> BaseEstimator:
     step = "logisticregression"
     params = {k.removeprefix(f"{step}__"): v for k, v in params.items()}
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, **params))
+    # Named as make_pipeline named them, so `logisticregression__C` still reaches C.
+    return PipelineHead(
+        [
+            ("standardscaler", StandardScaler()),
+            (step, LogisticRegressionHead(max_iter=300, **params)),
+        ]
+    )
 
 
 def _seeded(cls: type[BaseEstimator]) -> Callable[..., BaseEstimator]:

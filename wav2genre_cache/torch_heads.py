@@ -3,6 +3,10 @@
 FCNN (the paper's classifier) and the layer-weighted FCNN, as scikit-learn estimators. The
 other torch heads use the same loop: attention pooling over a track's segments
 (track_heads.py) and the CNN / LSTM / CNN-LSTM spectrogram baselines (spectrogram_heads.py).
+
+Fitted on a tag indicator matrix [rows, tags] instead of labels, every one of them is
+multi-label: independent sigmoid outputs trained with binary cross-entropy (early stopping on
+its validation value), `multi_label_ = True`, predict_proba the sigmoid of each output.
 """
 
 from __future__ import annotations
@@ -13,10 +17,17 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
+from sklearn.utils import Tags
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .sklearn_heads import keep_init_args
+from .sklearn_heads import (
+    is_multi_label,
+    keep_init_args,
+    multi_label_tags,
+    tag_matrix,
+    tags_at_half,
+)
 
 
 class TorchClassifier(ClassifierMixin, BaseEstimator):
@@ -39,11 +50,20 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
     def _param_groups(self, net: torch.nn.Module) -> list[dict]:
         return [{"params": list(net.parameters())}]
 
+    def __sklearn_tags__(self) -> Tags:
+        return multi_label_tags(super().__sklearn_tags__())
+
     def fit(self, X, y, X_val=None, y_val=None):
-        """Train with early stopping on (X_val, y_val), or on a hold-out of (X, y)."""
+        """Train with early stopping on (X_val, y_val), or on a hold-out of (X, y).
+
+        y is a label per row, or a tag indicator matrix [rows, tags] (then y_val is one too).
+        """
+        if is_multi_label(y):
+            return self._fit_tags(X, y, X_val, y_val)
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
         self.classes_, y_idx = np.unique(y, return_inverse=True)
+        self.multi_label_ = False
         if X_val is None:
             X, X_val, y_idx, y_val_idx = self._hold_out(X, y_idx)
         else:
@@ -58,6 +78,39 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
             return (x,), torch.from_numpy(y_idx.astype(np.int64))
 
         return self._fit_net(X.shape[1], *tensors(X, y_idx), *tensors(X_val, y_val_idx))
+
+    def _fit_tags(self, X, Y, X_val, Y_val):
+        X, Y = self._tag_data(X, Y)
+        if X_val is None:
+            X, X_val, Y, Y_val = self._hold_out_tags(X, Y)
+        else:
+            X_val, Y_val = np.asarray(X_val, dtype=np.float32), self._tag_targets(Y_val)
+        self._fit_scaler(X)
+
+        def tensors(X, Y):
+            return (torch.from_numpy(self._scale(X)),), torch.from_numpy(Y)
+
+        return self._fit_net(X.shape[1], *tensors(X, Y), *tensors(X_val, Y_val))
+
+    def _tag_data(self, X, Y) -> tuple[np.ndarray, np.ndarray]:
+        """Validate a multi-label fit's rows; set classes_ (the tags) and multi_label_."""
+        X, Y = validate_data(self, X, Y, dtype=np.float32, multi_output=True)
+        Y = tag_matrix(Y)
+        self.classes_, self.multi_label_ = np.arange(Y.shape[1]), True
+        return X, Y.astype(np.float32)  # BCEWithLogitsLoss takes float targets
+
+    def _tag_targets(self, Y) -> np.ndarray:
+        return tag_matrix(Y, len(self.classes_)).astype(np.float32)
+
+    def _loss(self) -> torch.nn.Module:
+        multi = getattr(self, "multi_label_", False)
+        return torch.nn.BCEWithLogitsLoss() if multi else torch.nn.CrossEntropyLoss()
+
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each tag's sigmoid for a multi-label head, else the softmax over classes."""
+        if getattr(self, "multi_label_", False):  # absent on heads saved before it existed
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=1)
 
     def _fit_net(self, n_in: int, x: tuple, y: torch.Tensor, x_val: tuple, y_val: torch.Tensor):
         """Train the network on (x, y), stopping early on (x_val, y_val); keep its best state.
@@ -92,7 +145,7 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
             if self._plateau
             else None
         )
-        loss_fn = torch.nn.CrossEntropyLoss()
+        loss_fn = self._loss()
         best, best_state, waited = np.inf, copy.deepcopy(net.state_dict()), 0
         self.n_epochs_ = 0
         for _ in range(self.max_epochs):
@@ -129,6 +182,13 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
             X, y_idx, test_size=n_val, stratify=y_idx, random_state=self.random_state
         )
 
+    def _hold_out_tags(self, X, Y):
+        # Rows with several tags cannot be stratified by label: a plain seeded split.
+        n_val = int(round(self.validation_fraction * len(X)))
+        if n_val < 1 or len(X) - n_val < 2:
+            return X, X, Y, Y  # too small to hold out: stop on training loss
+        return train_test_split(X, Y, test_size=n_val, random_state=self.random_state)
+
     def _fit_scaler(self, X: np.ndarray) -> None:
         self.mean_ = X.mean(axis=0)
         self.scale_ = X.std(axis=0) + 1e-6
@@ -137,19 +197,21 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
         return ((np.asarray(X, dtype=np.float32) - self.mean_) / self.scale_).astype(np.float32)
 
     def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, columns in the order of classes_."""
+        """Class probabilities, columns in the order of classes_ (for tags: each tag's own)."""
         check_is_fitted(self, "net_")
         X = validate_data(self, X, dtype=np.float32, reset=False)
         with torch.no_grad():
             return (
-                torch.softmax(self.net_(torch.from_numpy(self._scale(X))), dim=1)
+                self._probabilities(self.net_(torch.from_numpy(self._scale(X))))
                 .numpy()
                 .astype(np.float64)
             )
 
     def predict(self, X) -> np.ndarray:
-        """The most probable class of each row."""
+        """The most probable class of each row (for tags: the indicator matrix at 0.5)."""
         proba = self.predict_proba(X)
+        if getattr(self, "multi_label_", False):
+            return tags_at_half(proba)
         return self.classes_[np.argmax(proba, axis=1)]
 
 

@@ -7,7 +7,7 @@ import torch
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .sklearn_heads import keep_init_args
+from .sklearn_heads import is_multi_label, keep_init_args, tags_at_half
 from .torch_heads import TorchClassifier
 
 
@@ -17,7 +17,8 @@ class AttentionPoolingClassifier(TorchClassifier):
     Each segment is encoded by a small dense layer, scored, and the track is the softmax-weighted
     sum of its segments: segments that carry the genre count more than, say, a silent intro,
     unlike the mean of segment probabilities. fit and predict_proba take `groups` (the track of
-    each row); predict_proba gives every row its track's probabilities.
+    each row); predict_proba gives every row its track's probabilities. Fitted on a tag matrix
+    (a row of tags per segment, the same for every segment of a track), it is multi-label.
     """
 
     _min_batch = 1  # no BatchNorm: a batch of one track is a batch
@@ -42,10 +43,13 @@ class AttentionPoolingClassifier(TorchClassifier):
 
     def fit(self, X, y, groups=None, X_val=None, y_val=None, groups_val=None):
         """Train on tracks (bags of segments); early stopping on the validation tracks."""
+        if is_multi_label(y):
+            return self._fit_track_tags(X, y, groups, X_val, y_val, groups_val)
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
         groups = np.arange(len(X)) if groups is None else np.asarray(groups)
         self.classes_, y_idx = np.unique(y, return_inverse=True)
+        self.multi_label_ = False
         self._fit_scaler(X)
         bags, labels = self._bags(self._scale(X), groups, y_idx)
         if X_val is not None and len(X_val):
@@ -59,9 +63,27 @@ class AttentionPoolingClassifier(TorchClassifier):
             val_bags, val_labels = bags, labels
         return self._fit_net(X.shape[1], bags, labels, val_bags, val_labels)
 
+    def _fit_track_tags(self, X, Y, groups, X_val, Y_val, groups_val):
+        X, Y = self._tag_data(X, Y)
+        groups = np.arange(len(X)) if groups is None else np.asarray(groups)
+        self._fit_scaler(X)
+        bags, labels = self._bags(self._scale(X), groups, Y)
+        if X_val is not None and len(X_val):
+            val_bags, val_labels = self._bags(
+                self._scale(np.asarray(X_val, np.float32)),
+                np.asarray(groups_val),
+                self._tag_targets(Y_val),
+            )
+        else:
+            val_bags, val_labels = bags, labels
+        return self._fit_net(X.shape[1], bags, labels, val_bags, val_labels)
+
     @staticmethod
     def _bags(X: np.ndarray, groups: np.ndarray, y_idx: np.ndarray | None = None):
-        """Pad each track's segments to [tracks, most segments, dim] with a mask of real rows."""
+        """Pad each track's segments to [tracks, most segments, dim] with a mask of real rows.
+
+        y_idx: label indices, or a float tag matrix [rows, tags]; a track takes its rows' labels.
+        """
         tracks, inverse = np.unique(groups, return_inverse=True)
         counts = np.bincount(inverse)
         padded = np.zeros((len(tracks), counts.max(), X.shape[1]), np.float32)
@@ -76,7 +98,8 @@ class AttentionPoolingClassifier(TorchClassifier):
         bags = (torch.from_numpy(padded), torch.from_numpy(mask))
         if y_idx is None:
             return bags, inverse
-        labels = np.zeros(len(tracks), np.int64)
+        dtype = np.int64 if y_idx.ndim == 1 else y_idx.dtype  # class indices, or tag rows
+        labels = np.zeros((len(tracks), *y_idx.shape[1:]), dtype)
         labels[inverse] = y_idx
         return bags, torch.from_numpy(labels)
 
@@ -97,12 +120,14 @@ class AttentionPoolingClassifier(TorchClassifier):
             for t, rows in enumerate(rows_per_track):
                 x = torch.from_numpy(X[rows])[None]
                 mask = torch.ones(1, len(rows), dtype=torch.bool)
-                proba[t] = torch.softmax(self.net_(x, mask), dim=1)[0].numpy()
+                proba[t] = self._probabilities(self.net_(x, mask))[0].numpy()
         return proba[inverse]
 
     def predict(self, X, groups=None) -> np.ndarray:
-        """The most probable class of each row's track."""
+        """The most probable class of each row's track (for tags: the indicator matrix at 0.5)."""
         proba = self.predict_proba(X, groups)
+        if getattr(self, "multi_label_", False):
+            return tags_at_half(proba)
         return self.classes_[np.argmax(proba, axis=1)]
 
     def attention_(self, X, groups) -> np.ndarray:
