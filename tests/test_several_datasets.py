@@ -23,11 +23,14 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TINY = ("--model", "random-tiny", "--segment-seconds", "1")
 
 
-def _round_trip(data: list[str], root: Path, *embed_options: str, heads: str = "logreg,svm"):
-    """embed, train-heads and compare through the CLI; the run's metrics.json."""
+def _round_trip(data: list[str], root: Path, *embed_options: str, feature_set: str = "encoder"):
+    """embed, train-heads and compare through the CLI; the run's metrics.json and embed's log."""
     cache, run = root / "cache.h5", root / "run"
     embedded = run_cli("embed", *data, "--out", str(cache), *embed_options)
-    run_cli("train-heads", str(cache), "--out", str(run), "--heads", heads, "--layers", "best")
+    run_cli(
+        "train-heads", str(cache), "--out", str(run), "--heads", "logreg,svm",
+        "--layers", "best", "--feature-set", feature_set,
+    )  # fmt: skip
     run_cli("compare", str(run))
     assert (run / "comparison.md").is_file() and (run / "best" / "bundle.json").is_file()
     return json.loads((run / "metrics.json").read_text()), embedded.stderr
@@ -71,7 +74,9 @@ def write_mtg_jamendo(root: Path, n: int = 48) -> Path:
 
 def test_the_mtg_jamendo_fake_copy_round_trips_as_tags(tmp_path):
     write_mtg_jamendo(tmp_path / "mtg")
-    m, _ = _round_trip([str(tmp_path / "mtg")], tmp_path, "--features", "handcrafted")
+    m, _ = _round_trip(
+        [str(tmp_path / "mtg")], tmp_path, "--features", "handcrafted", feature_set="handcrafted"
+    )
     assert m["multi_label"] is True and m["labels"] == ["calm", "dark", "happy"]
     assert m["counts"] == {"train": 29, "valid": 10, "test": 9}  # the official split-0
     best = next(r for r in m["results"] if r.get("best_overall"))
@@ -114,7 +119,7 @@ def test_two_datasets_joined_by_a_label_map_report_per_dataset(tmp_path, dev_cli
     m = json.loads((run / "metrics.json").read_text())
     assert m["sources"] == ["collection_a", "collection_b"]
     assert m["labels"] == sorted(p.name for p in dev_clips.iterdir())  # one taxonomy
-    assert m["counts"] == {"train": 20, "valid": 20, "test": 20}
+    assert m["counts"] == {"train": 30, "valid": 10, "test": 20}  # the manifests' own splits
     per = m["results"][0]["test"]["per_source"]
     assert {k: v["n"] for k, v in per.items()} == {"collection_a": 10, "collection_b": 10}
     cache = EmbeddingCache(run / "cache.h5")

@@ -147,3 +147,11 @@ def test_duplicates_never_straddle_a_split(tmp_path):
     assert after < before  # test lost its copies of training tracks, and gained nothing
     m = train_heads(cache, tmp_path / "run", heads=["logreg"], layers="1", **QUIET)
     assert m["duplicates"]["tracks"] == 60 and "split" not in m["duplicates"]
+
+
+def test_cross_validation_refuses_a_tag_cache_with_the_way_to_go(tag_cache):
+    from wav2genre_cache.crossval import cross_validate
+    from wav2genre_cache.training_data import TrainError
+
+    with pytest.raises(TrainError, match="multi-label.*train-heads"):
+        cross_validate(tag_cache, "encoder", ["logreg"], layer=1)

@@ -27,8 +27,7 @@ def predict(
         typer.Option(help="Exit 1 if any input cannot be predicted (by default only if none can)."),
     ] = False,
 ) -> None:
-    """Label songs with a trained bundle: top-k labels per file (a tagger's bundle: also the tags
-    over their thresholds), and a timeline per segment with --json.
+    """Label songs with a bundle: top-k labels (a tagger's tags) per file; a timeline with --json.
 
     Every input that cannot be used (missing, a symlink loop, a folder named like audio, not
     decodable) is named with its reason: on stderr, and as an error entry with --json.

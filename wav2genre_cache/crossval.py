@@ -32,6 +32,11 @@ def cross_validate(
 
     heads = requested_heads(heads)
     cache = EmbeddingCache(cache_path)
+    if cache.config.get("multi_label"):
+        raise TrainError(
+            f"{cache_path}: a multi-label (tag) cache; cross-validate folds single-label sets. "
+            "Train taggers with train-heads, which scores them by macro PR-AUC"
+        )
     tracks = cache.tracks
     ok = np.flatnonzero(tracks.status.to_numpy() == "ok")
     labels = sorted(set(tracks.label.to_numpy()[ok]))

@@ -222,10 +222,15 @@ def _data_notes(metrics: dict) -> list[str]:
     if metrics.get("calibration") and metrics["calibration"] != "none":
         lines += [
             "",
-            "Scores are calibrated on validation "
-            f"({metrics['calibration']}: isotonic with 1,000+ validation tracks, else temperature "
-            "scaling where `auto`); `ece_before` / `ece_after` are the expected calibration error "
-            "of the test tracks before and after (15 bins; for tags, over every track and tag).",
+            f"Scores are calibrated on validation (`--calibration {metrics['calibration']}`"
+            + (
+                ": isotonic regression with 1,000+ validation tracks, else temperature scaling"
+                if metrics["calibration"] == "auto"
+                else ""
+            )
+            + "); `ece_before` / `ece_after` are the expected calibration error of the test "
+            "tracks before and after (15 bins; for tags, over every track and tag; with few "
+            "test tracks it is a noisy estimate).",
         ]
     sources = [s for s in metrics.get("sources", []) if s]
     if len(sources) > 1:
