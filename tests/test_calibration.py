@@ -94,11 +94,15 @@ def test_a_bundle_without_calibration_is_the_identity():
     assert np.array_equal(out, p.astype(np.float64))
 
 
-def test_auto_takes_isotonic_only_with_enough_rows():
+def test_auto_takes_isotonic_for_tags_with_enough_rows_and_temperature_for_labels():
+    p, y = multi_label(np.random.default_rng(6), 50, scale=2.0)
+    assert fit_calibrator(p, y, True, "auto", min_isotonic=50).method == "isotonic"
+    assert fit_calibrator(p[:49], y[:49], True, "auto", min_isotonic=50).method == "temperature"
+    assert fit_calibrator(p, y, True).method == "temperature"  # default: 1000 rows
+    # Single labels: temperature at any size, so the most probable label never changes.
     p, y = single_label(np.random.default_rng(6), 50, scale=2.0)
-    assert fit_calibrator(p, y, False, "auto", min_isotonic=50).method == "isotonic"
-    assert fit_calibrator(p[:49], y[:49], False, "auto", min_isotonic=50).method == "temperature"
-    assert fit_calibrator(p, y, False).method == "temperature"  # default: 1000 rows
+    assert fit_calibrator(p, y, False, "auto", min_isotonic=50).method == "temperature"
+    assert fit_calibrator(p, y, False, "isotonic").method == "isotonic"  # when asked for
 
 
 def test_temperature_keeps_the_top_label():

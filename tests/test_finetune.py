@@ -368,3 +368,24 @@ def test_an_encoder_a_bundle_cannot_hold_is_refused_before_training(tmp_path):
     with pytest.raises(BackboneError, match="UniSpeechSatModel cannot be fine-tuned here"):
         finetune(options(data, tmp_path / "run", model=str(tmp_path / "usat")), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_copies_of_one_recording_are_kept_on_one_side_of_the_split(tmp_path):
+    import soundfile as sf
+
+    from wav2genre_cache.datasets import Track
+    from wav2genre_cache.finetune_data import decode_tracks
+
+    a = write_audio(tmp_path / "a.wav", 3.0, freq=220.0, seed=1)
+    b = write_audio(tmp_path / "b.wav", 3.0, freq=440.0, seed=2)
+    copy = tmp_path / "a_copy.flac"  # the same audio as a.wav, in another container
+    sf.write(copy, sf.read(a)[0], 16_000)
+    tracks = [
+        Track("a", str(a), "x", "train"),
+        Track("b", str(b), "y", "train"),
+        Track("a_copy", str(copy), "x", "test"),
+    ]
+    logged = []
+    data = decode_tracks(tracks, ["x", "y"], options(tmp_path, tmp_path / "o"), logged.append)
+    assert [e.track.track_id for e in data["train"]] == ["a", "b", "a_copy"]
+    assert data["test"] == [] and any("appear more than once" in m for m in logged)

@@ -181,3 +181,12 @@ def test_run_refuses_finetune_over_several_datasets_before_embedding(tmp_path, o
     )  # fmt: skip
     assert proc.returncode == 2 and "--finetune reads one dataset" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_run_refuses_finetune_of_a_tag_dataset_before_embedding(tmp_path, dev_clips):
+    proc = run_cli(
+        "run", str(EXAMPLES / "dev_tags.csv"), "--out", str(tmp_path / "r"), *TINY[:2],
+        "--finetune", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "multi-label (tag) dataset" in proc.stderr
+    assert not (tmp_path / "r").exists()

@@ -155,3 +155,42 @@ def test_cross_validation_refuses_a_tag_cache_with_the_way_to_go(tag_cache):
 
     with pytest.raises(TrainError, match="multi-label.*train-heads"):
         cross_validate(tag_cache, "encoder", ["logreg"], layer=1)
+
+
+def test_compare_draws_a_tagger_whose_test_split_leaves_figures_undefined(tag_run, tmp_path):
+    import shutil
+
+    run, _ = tag_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    m = json.loads((copy / "metrics.json").read_text())
+    for r in m["results"]:  # as metrics.json holds a NaN AUC: null
+        r["test"]["track"]["macro_pr_auc"] = None
+        if "test_detail" in r:
+            r["test_detail"]["macro_pr_auc"] = None
+            r["test_detail"]["pr_auc_per_class"]["tag0"] = None
+    (copy / "metrics.json").write_text(json.dumps(m))
+    written = write_report(copy)
+    assert written["tag_auc"].is_file() and written["ablation"].is_file()
+
+
+def test_cross_validation_keeps_copies_of_a_recording_in_one_fold(tmp_path, monkeypatch):
+    import wav2genre_cache.crossval as crossval
+
+    cache = write_synthetic_cache(
+        tmp_path / "dup.h5", n_tracks=100, segments_per_track=1, n_layers=1, dim=8,
+        n_labels=2, duplicates=20,
+    )  # fmt: skip
+    folds = []
+    real = crossval.evaluate
+
+    def recording(spec, head, X, y, track, labels):
+        folds.append(set(track.tolist()))
+        return real(spec, head, X, y, track, labels)
+
+    monkeypatch.setattr(crossval, "evaluate", recording)
+    result = crossval.cross_validate(cache, "encoder", ["logreg"], layer=0, folds=5, repeats=2)
+    assert len(folds) == 10 and result["tracks"] == 100
+    for test in folds:
+        for k in range(20):  # track 80 + k is a copy of track k
+            assert (k in test) == (80 + k in test)

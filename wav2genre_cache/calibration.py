@@ -130,9 +130,11 @@ def fit_calibrator(
 ) -> Calibrator:
     """Fit a calibrator on held-out rows (validation, never the rows the head was fitted on).
 
-    method "auto" takes isotonic with at least `min_isotonic` rows, temperature below: isotonic
-    regression has a free step per distinct score and per class, so it overfits a small
-    validation set, while temperature scaling has one parameter and cannot.
+    method "auto": for tags, isotonic with at least `min_isotonic` rows, temperature below
+    (isotonic regression has a free step per distinct score and per tag, so it overfits a small
+    validation set, while temperature scaling has one parameter and cannot); for single labels,
+    temperature always, because per-class isotonic maps renormalised can change which label
+    is the most probable, and the model chosen on validation would not be the one reported.
     """
     if method not in METHODS:
         raise CalibrationError(
@@ -144,7 +146,7 @@ def fit_calibrator(
     if len(p) == 0:
         raise CalibrationError("no rows to fit a calibration on")
     if method == "auto":
-        method = "isotonic" if len(p) >= min_isotonic else "temperature"
+        method = "isotonic" if multi_label and len(p) >= min_isotonic else "temperature"
     if method == "temperature":
         return Calibrator(
             "temperature", multi_label, temperature=_fit_temperature(p, y, multi_label)

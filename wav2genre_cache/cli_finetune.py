@@ -161,11 +161,12 @@ def finetune_options_of_run(params: dict, run_dir: Path, epochs: int, unfreeze: 
     """FinetuneOptions for `run --finetune`: run's data, model, split and segments, so the
     fine-tuned rows share the frozen heads' split."""
     from .finetune import FinetuneOptions
+    from .finetune_options import split_tracks
 
     data = params["data"] if isinstance(params["data"], list) else [params["data"]]
     if len(data) > 1 or params.get("label_map"):
         raise OptionError("--finetune reads one dataset without a label map; run it on one DATA")
-    return FinetuneOptions(
+    options = FinetuneOptions(
         data=str(data[0]),
         out=str(run_dir),
         model=params["model"],
@@ -184,3 +185,5 @@ def finetune_options_of_run(params: dict, run_dir: Path, epochs: int, unfreeze: 
         device=params["device"],
         workers=params["workers"],
     )
+    split_tracks(options)  # refuses a tag dataset (or a split it cannot use) before any work
+    return options

@@ -174,8 +174,8 @@ LayersOpt = Annotated[
 CalibrationOpt = Annotated[
     str,
     typer.Option(
-        help="How scores are calibrated on validation: auto (isotonic with 1,000+ validation "
-        "tracks, else temperature scaling), temperature, isotonic or none.",
+        help="How scores are calibrated on validation: auto (temperature scaling; for tags, "
+        "isotonic regression with 1,000+ validation tracks), temperature, isotonic or none.",
     ),
 ]
 HeadsOpt = Annotated[

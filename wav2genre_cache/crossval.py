@@ -24,11 +24,12 @@ def cross_validate(
 ) -> dict:
     """Repeated stratified k-fold by track over every embedded track, for sets too small to split.
 
-    Folds are by track (a track's segments never straddle train and test) and use original
-    views only; track predictions are the mean of segment probabilities. Returns per head the
-    mean and standard deviation of track accuracy and macro-F1 over the folds x repeats.
+    Folds are by track (a track's segments never straddle train and test, nor do copies of one
+    recording) and use original views only; track predictions are the mean of segment
+    probabilities. Returns per head the mean and standard deviation of track accuracy and
+    macro-F1 over the folds x repeats.
     """
-    from sklearn.model_selection import RepeatedStratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold
 
     heads = requested_heads(heads)
     cache = EmbeddingCache(cache_path)
@@ -52,9 +53,18 @@ def cross_validate(
     y_seg = np.array(
         [labels.index(lab) if lab in labels else -1 for lab in tracks.label.to_numpy()[seg_track]]
     )
+    # Copies of one recording (equal hashes of the decoded audio) fall in one fold together.
+    hashes = tracks.content_hash.to_numpy()[ok]
+    groups = np.where(hashes != "", hashes, [f"\0{i}" for i in ok])
     scores: dict[str, list[tuple[float, float]]] = {h: [] for h in heads}
-    splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
-    for train_idx, test_idx in splitter.split(ok, y_track):
+    splits = [
+        split
+        for r in range(repeats)
+        for split in StratifiedGroupKFold(folds, shuffle=True, random_state=seed + r).split(
+            ok, y_track, groups
+        )
+    ]
+    for train_idx, test_idx in splits:
         train_rows = np.isin(seg_track, ok[train_idx])
         test_rows = np.isin(seg_track, ok[test_idx])
         for name in heads:

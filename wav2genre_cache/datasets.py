@@ -466,7 +466,8 @@ def _audio_files(root: Path) -> list[Path]:
 
 def _read_lines(path: Path, errors: str = "strict") -> list[str]:
     try:
-        return path.read_text(encoding="utf-8", errors=errors).splitlines()
+        # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first line.
+        return path.read_text(encoding="utf-8-sig", errors=errors).splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: cannot read ({exc})") from None
 

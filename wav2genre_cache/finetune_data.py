@@ -6,13 +6,15 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
-from .audio import try_load_track
+from .audio import DecodedTrack, try_load_track
 from .augment import augment_track
 from .datasets import SPLITS, Track
 from .finetune_options import FinetuneError, FinetuneOptions
 from .finetuned import segment_probabilities, track_windows, window_batches
 from .metrics import classification_metrics
+from .training_data import find_duplicates
 from .workers import DecodeWorkers
 
 
@@ -31,6 +33,7 @@ def decode_tracks(tracks: list[Track], labels: list[str], opts: FinetuneOptions,
     data: dict[str, list[Example]] = {s: [] for s in SPLITS}
     workers = _workers(opts)
     failed = 0
+    ok: list[tuple[Track, DecodedTrack]] = []
     with DecodeWorkers(workers) as pool:
         for t, (decoded, reason) in zip(
             tracks,
@@ -41,7 +44,21 @@ def decode_tracks(tracks: list[Track], labels: list[str], opts: FinetuneOptions,
                 failed += 1
                 log(f"[yellow]skipped[/yellow] {reason}")
                 continue
-            data[t.split].append(Example(t, decoded.samples, index[t.label]))
+            ok.append((t, decoded))
+    # Copies of one recording stay on one side of the split, as train-heads keeps them.
+    rows = pd.DataFrame(
+        {
+            "track_id": [t.track_id for t, _ in ok],
+            "split": [t.split for t, _ in ok],
+            "status": "ok",
+            "content_hash": [d.content_hash for _, d in ok],
+        }
+    )
+    duplicates, notes = find_duplicates(rows)
+    for note in notes:
+        log(note)
+    for (t, decoded), split in zip(ok, duplicates["split"], strict=True):
+        data[split].append(Example(t, decoded.samples, index[t.label]))
     counts = ", ".join(f"{len(v)} {k}" for k, v in data.items())
     log(f"Decoded {sum(map(len, data.values()))} tracks ({counts}); {failed} failed")
     return data

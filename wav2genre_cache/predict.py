@@ -40,6 +40,11 @@ class Predictor:
         self.calibrator = Calibrator.from_json(self.meta.get("calibration"))
         self.multi_label = bool(self.meta.get("multi_label", False))
         thresholds = self.meta.get("thresholds") or [0.5] * len(self.labels)
+        if len(thresholds) != len(self.labels):
+            raise BundleError(
+                f"{self.bundle_dir / 'bundle.json'}: {len(thresholds)} thresholds for "
+                f"{len(self.labels)} labels"
+            )
         self.thresholds = np.asarray(thresholds, dtype=float)
         if self.meta.get("kind") == FINETUNED:
             # The bundle holds the whole model: encoder, pooling and head, in float32.

@@ -224,7 +224,7 @@ def _data_notes(metrics: dict) -> list[str]:
             "",
             f"Scores are calibrated on validation (`--calibration {metrics['calibration']}`"
             + (
-                ": isotonic regression with 1,000+ validation tracks, else temperature scaling"
+                ": temperature scaling; for tags, isotonic regression with 1,000+ validation tracks"
                 if metrics["calibration"] == "auto"
                 else ""
             )
@@ -370,7 +370,7 @@ def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
         rs = sorted((r for r in curve if r["head"] == head), key=lambda r: r["layer"])
         ax.plot(
             [r["layer"] for r in rs],
-            [r["test"]["track"][primary] for r in rs],
+            [_num(r["test"]["track"][primary]) for r in rs],
             marker="o",
             label=head,
         )
@@ -396,8 +396,8 @@ def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
         for r in best_rows
     ]
     second, second_name = ("macro_auc", "macro ROC-AUC") if tags else ("macro_f1", "macro-F1")
-    first_bars = [r["test"]["track"][primary] for r in best_rows]
-    second_bars = [r["test"]["track"][second] for r in best_rows]
+    first_bars = [_num(r["test"]["track"][primary]) for r in best_rows]
+    second_bars = [_num(r["test"]["track"][second]) for r in best_rows]
     x = np.arange(len(best_rows))
     ax.bar(x - 0.2, first_bars, 0.4, label=primary_name)
     ax.bar(x + 0.2, second_bars, 0.4, label=second_name)
@@ -463,6 +463,11 @@ def _feature_title(feature_set: str, metrics: dict) -> str:
     return feature_set
 
 
+def _num(value) -> float:
+    """A figure from metrics.json as a float: undefined ones (null there) are NaN."""
+    return float("nan") if value is None else float(value)
+
+
 def _chance(best: dict, labels: list[str], tags: bool) -> float:
     """The chance level of the plotted figure: 1/classes, or a tagger's mean tag frequency."""
     if not tags:
@@ -526,18 +531,20 @@ def _tag_auc_figure(detail: dict, best: dict, labels: list[str], note: str, run_
     """Per-tag ROC-AUC and PR-AUC bars of a tagger, sorted by PR-AUC."""
     import matplotlib.pyplot as plt
 
-    scored = [t for t in labels if t in detail.get("pr_auc_per_class", {})]
-    scored.sort(key=lambda t: -detail["pr_auc_per_class"][t])
+    pr = {t: _num(v) for t, v in detail.get("pr_auc_per_class", {}).items()}
+    roc = {t: _num(v) for t, v in detail.get("auc_per_class", {}).items()}
+    scored = [t for t in labels if t in pr and not np.isnan(pr[t])]
+    scored.sort(key=lambda t: -pr[t])
     fig, ax = plt.subplots(figsize=(max(7, 0.35 * len(scored) + 3), 4.8))
     x = np.arange(len(scored))
-    ax.bar(x - 0.2, [detail["pr_auc_per_class"][t] for t in scored], 0.4, label="PR-AUC")
-    ax.bar(x + 0.2, [detail["auc_per_class"][t] for t in scored], 0.4, label="ROC-AUC")
+    ax.bar(x - 0.2, [pr[t] for t in scored], 0.4, label="PR-AUC")
+    ax.bar(x + 0.2, [roc.get(t, np.nan) for t in scored], 0.4, label="ROC-AUC")
     ax.set_xticks(x, scored, rotation=60, ha="right", fontsize=8)
     ax.set(
         ylabel="test (track level)",
         ylim=(0, 1.05),
         title=f"Per-tag AUC: {best['head']}, layer {best['layer']}, macro PR-AUC "
-        f"{detail['macro_pr_auc']:.2f}, ROC-AUC {detail['macro_auc']:.2f}{note}",
+        f"{_num(detail['macro_pr_auc']):.2f}, ROC-AUC {_num(detail['macro_auc']):.2f}{note}",
     )
     ax.legend()
     return _save(fig, run_dir / "tag_auc.png")

@@ -310,7 +310,7 @@ def fit_and_select(
         fit_seconds=fit_seconds,
         predict_seconds=predict_seconds,
         calibration=calibration_report(raw_test, calibrator),
-        thresholds=None if thresholds is None else [round(float(t), 6) for t in thresholds],
+        thresholds=None if thresholds is None else [float(t) for t in thresholds],
     )
     result.calibration["fitted_on"] = "valid" if calibrator.method != "none" else None
     if spec.inputs is Inputs.ALL_LAYERS:
@@ -342,8 +342,9 @@ def _calibrate(
         thresholds = np.full(n, 0.5) if data.multi_label else None
         return Calibrator("none", data.multi_label), thresholds, None
     calibrator = fit_calibrator(valid.track, valid.y_track, data.multi_label, method=method)
+    # Rounded here, once: metrics.json, the bundle and predict use the very same numbers.
     thresholds = (
-        choose_thresholds(calibrator.apply(valid.track), valid.y_track)
+        np.round(choose_thresholds(calibrator.apply(valid.track), valid.y_track), 6)
         if data.multi_label
         else None
     )

@@ -100,6 +100,11 @@ def load_training_data(
         notes += dropped
     else:
         labels, track_y = _label_indices(cache_path, ok, tracks)
+    source = tracks.source.to_numpy().astype(str)
+    if isinstance(cache.config.get("data"), str):
+        # One dataset: one source, also where a run resumed from an earlier version's shards
+        # left some tracks without the name.
+        source[:] = max(source, key=len) if len(source) else ""
     seg = cache.segments
     t = seg.track.to_numpy()
     split = tracks.split.to_numpy()[t]
@@ -117,7 +122,7 @@ def load_training_data(
         n_layers=cache.feature_shapes[feature_set][1],
         augmented=augmented,
         multi_label=multi_label,
-        track_source=tracks.source.to_numpy().astype(str),
+        track_source=source,
         track_split=tracks.split.to_numpy().astype(str),
         duplicates=duplicates,
         notes=tuple(notes),
