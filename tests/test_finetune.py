@@ -82,6 +82,11 @@ def test_learns_the_pitch_bands_and_not_shuffled_labels(tmp_path):
     meta = json.loads((run / "bundles" / "finetuned" / "bundle.json").read_text())
     assert meta["kind"] == "finetuned" and meta["labels"] == sorted(LABELS)
     assert set(meta["files"]) >= {"model.safetensors", "config.json"}
+    # Calibrated on validation like the frozen heads: the map in the bundle, ECE in the row.
+    row = learnable["results"][0]
+    assert meta["calibration"]["method"] == row["calibration"]["method"] == "temperature"
+    assert meta["calibration"]["temperature"] == row["calibration"]["temperature"]
+    assert 0 <= row["calibration"]["ece_after"] <= 1 and "reliability" in row["test_detail"]
 
 
 def _cli_args(data: Path, out: Path) -> list[str]:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .bundles import write_finetuned_bundle
+from .calibration import Calibrator, expected_calibration_error, fit_calibrator, reliability
 from .datasets import SPLITS
 from .feature_sets import ENCODER
 from .finetune_checkpoint import read_weights, write_json
@@ -17,6 +18,7 @@ from .finetune_data import evaluate_tracks
 from .finetune_options import resolve_precision
 from .finetune_progress import draw_curve
 from .jsonable import jsonable
+from .metrics import classification_metrics
 
 RESULT_FILE = "finetune.json"  # RUN_DIR/finetune.json: written last; its presence means done
 BUNDLE = "bundles/finetuned"
@@ -61,20 +63,40 @@ def finish(
     model.load_state_dict(read_weights(state_dir / best["file"]), strict=False)
     selected_on = "valid" if data["valid"] else "last epoch"
     valid = None
+    calibrator = Calibrator("none", multi_label=False)
     if data["valid"]:
-        v, _ = evaluate_tracks(model, frontend, data["valid"], labels, opts, device)
+        v, valid_probas = evaluate_tracks(model, frontend, data["valid"], labels, opts, device)
         valid = {"accuracy": v["track"]["accuracy"], "macro_f1": v["track"]["macro_f1"]}
+        # Calibrated on validation as the frozen heads are (temperature: the label stays).
+        calibrator = fit_calibrator(
+            _track_proba(valid_probas), np.array([e.label for e in data["valid"]]), False
+        )
     started = time.perf_counter()
     test_set = data["test"] or data["valid"] or data["train"]
     test, probas = evaluate_tracks(model, frontend, test_set, labels, opts, device, curves=True)
     predict_seconds = time.perf_counter() - started
+    raw = _track_proba(probas)
+    test_y = np.array([e.label for e in test_set])
+    calibrated = calibrator.apply(raw)
+    test["track"] = classification_metrics(test_y, calibrated, labels, curves=True)
+    calibration = {
+        "method": calibrator.method,
+        **({"temperature": calibrator.temperature} if calibrator.method == "temperature" else {}),
+        "ece_before": expected_calibration_error(raw, test_y, False),
+        "ece_after": expected_calibration_error(calibrated, test_y, False),
+        "fitted_on": "valid" if calibrator.method != "none" else None,
+    }
     test_split = "test" if data["test"] else ("valid" if data["valid"] else "train")
     if test_split != "test":
         log(f"warning: no test tracks; the scores are on {test_split} (optimistic)")
     detail = {  # what compare's figures draw for the best model: ROC curves, track probabilities
         **test["track"],
         "y_true": [e.label for e in test_set],
-        "proba": np.round(np.stack([p.mean(axis=0) for p in probas]), 5).tolist(),
+        "proba": np.round(calibrated, 5).tolist(),
+        "reliability": {
+            "before": reliability(raw, test_y, False),
+            "after": reliability(calibrated, test_y, False),
+        },
     }
     history = state["history"]
     train_seconds = sum(h["seconds"] for h in history)
@@ -101,6 +123,7 @@ def finish(
         "best_of_head": True,
         "bundle": BUNDLE,
         "test_detail": detail,
+        "calibration": calibration,
         "fine_tuned": {
             "unfreeze": info["unfreeze"],
             "transformer_layers": info["n_layers"],
@@ -129,8 +152,11 @@ def finish(
             "test_track_macro_f1": test["track"]["macro_f1"],
             "test_track_macro_auc": test["track"]["macro_auc"],
             "test_segment_accuracy": test["segment"]["accuracy"],
+            "test_ece_before": calibration["ece_before"],
+            "test_ece_after": calibration["ece_after"],
             "valid": valid,
         },
+        "calibration": calibrator.as_json(),
         "model": {
             "encoder_class": type(model.encoder).__name__,
             "layer": info["layer"],
@@ -166,6 +192,11 @@ def finish(
         f"accuracy {t['accuracy']:.3f}, macro-F1 {t['macro_f1']:.3f}; bundle {run_dir / BUNDLE}"
     )
     return result
+
+
+def _track_proba(probas: list[np.ndarray]) -> np.ndarray:
+    """Each track's probabilities: the mean of its segments'."""
+    return np.stack([p.mean(axis=0) for p in probas])
 
 
 def _without_curves(track: dict) -> dict:

@@ -96,7 +96,7 @@ def load_training_data(
             )
     multi_label = bool(cache.config.get("multi_label", False))
     if multi_label:
-        labels, track_y, dropped = _tag_matrix(ok, tracks)
+        labels, track_y, dropped = _tag_matrix(cache_path, ok, tracks)
         notes += dropped
     else:
         labels, track_y = _label_indices(cache_path, ok, tracks)
@@ -147,7 +147,7 @@ def _label_indices(cache_path, ok, tracks) -> tuple[list[str], np.ndarray]:
     return labels, np.array([lab_index.get(lab, -1) for lab in tracks.label.to_numpy()])
 
 
-def _tag_matrix(ok, tracks) -> tuple[list[str], np.ndarray, list[str]]:
+def _tag_matrix(cache_path, ok, tracks) -> tuple[list[str], np.ndarray, list[str]]:
     """Multi-label: the tags kept, each track's {0,1} row, and notes on the tags dropped.
 
     A tag needs two tracks and one of them in train to be learnt and scored; rarer tags are
@@ -161,7 +161,8 @@ def _tag_matrix(ok, tracks) -> tuple[list[str], np.ndarray, list[str]]:
     dropped = sorted(set(count) - set(labels))
     if len(labels) < 2:
         raise TrainError(
-            f"{len(labels)} tag(s) have two tracks and one in train; a tagger needs at least two"
+            f"{cache_path}: {len(labels)} tag(s) have two tracks and one in train; a tagger "
+            "needs at least two"
         )
     index = {tag: i for i, tag in enumerate(labels)}
     y = np.zeros((len(tracks), len(labels)), dtype=np.int64)
