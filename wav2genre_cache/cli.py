@@ -98,8 +98,9 @@ def embed(
     data: Annotated[
         list[Path],
         typer.Argument(
+            metavar="DATA",
             help="Dataset folder(s) (GTZAN, FMA, MSD, MTG-Jamendo, one folder per label) or CSV "
-            "manifest(s); several are read into one taxonomy with --label-map."
+            "manifest(s); several are read into one taxonomy with --label-map.",
         ),
     ],
     out_path: Annotated[Path, typer.Option("--out", help="The HDF5 cache to write.")],
@@ -286,7 +287,10 @@ def run(
     ctx: typer.Context,
     data: Annotated[
         list[Path],
-        typer.Argument(help="Dataset folder(s) or CSV manifest(s); several take --label-map."),
+        typer.Argument(
+            metavar="DATA",
+            help="Dataset folder(s) or CSV manifest(s); several take --label-map.",
+        ),
     ],
     run_dir: Annotated[
         Path, typer.Option("--out", help="Run folder; the cache goes to RUN_DIR/cache.h5.")
