@@ -81,6 +81,11 @@ class Catalogue:
     notes: list[str] = field(default_factory=list)  # counts for the user, one line each
     counts: dict = field(default_factory=dict)  # the same as numbers, JSON-able
 
+    @property
+    def layouts(self) -> list[str]:
+        """Each dataset's layout (as detected where it was auto), in DATA order."""
+        return [self.counts["sources"][name]["layout"] for name in self.sources]
+
 
 def tags_of(label: str) -> list[str]:
     """A label's tags: the "|"-joined tags of a multi-label track, or a single label alone."""

@@ -27,7 +27,7 @@ from .cache import (
     TrackResult,
     config_differences,
 )
-from .datasets import EXCLUDED, Catalogue, Track, detect_layout, read_datasets
+from .datasets import EXCLUDED, Catalogue, Track, read_datasets
 from .embedding import embed_tracks, track_windows
 from .errors import OptionError
 from .feature_sets import ENCODER, FEATURE_SETS, HANDCRAFTED, LOGMEL, feature_set_name
@@ -121,7 +121,8 @@ def embed_dataset(
     if opts.ray_address is not None and opts.engine != "ray":
         raise OptionError("--ray-address goes with --engine ray")
     catalogue = read_catalogue(opts, lambda m: console.print(m, highlight=False))
-    tracks, layout = catalogue.tracks, dataset_layouts(opts)
+    tracks, layouts = catalogue.tracks, catalogue.layouts
+    layout = layouts[0] if len(layouts) == 1 else layouts  # one dataset: as caches always had
     workers = default_workers() if opts.workers is None else opts.workers
     if opts.engine == "ray" or Path(opts.out).exists():
         workers = 0  # Ray decodes in its own tasks; a finished cache decodes nothing
@@ -326,14 +327,6 @@ def _undone_on_failure(out: Path, partial: Path, shards: str) -> Iterator[None]:
 def data_paths(opts: EmbedOptions) -> list[str]:
     """The run's datasets (DATA...), in the order given."""
     return [opts.data] if isinstance(opts.data, str | Path) else list(opts.data)
-
-
-def dataset_layouts(opts: EmbedOptions) -> str | list[str]:
-    """Each dataset's layout (detected where --dataset is auto); one string for one dataset."""
-    layouts = [
-        detect_layout(Path(d)) if opts.dataset == "auto" else opts.dataset for d in data_paths(opts)
-    ]
-    return layouts[0] if len(layouts) == 1 else layouts
 
 
 def read_catalogue(opts: EmbedOptions, log: Callable[[str], None]) -> Catalogue:
