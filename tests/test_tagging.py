@@ -182,13 +182,13 @@ def test_cross_validation_keeps_copies_of_a_recording_in_one_fold(tmp_path, monk
         n_labels=2, duplicates=20,
     )  # fmt: skip
     folds = []
-    real = crossval.evaluate
+    real = crossval.head_scores
 
-    def recording(spec, head, X, y, track, labels):
+    def recording(spec, head, X, y, track, *args):
         folds.append(set(track.tolist()))
-        return real(spec, head, X, y, track, labels)
+        return real(spec, head, X, y, track, *args)
 
-    monkeypatch.setattr(crossval, "evaluate", recording)
+    monkeypatch.setattr(crossval, "head_scores", recording)
     result = crossval.cross_validate(cache, "encoder", ["logreg"], layer=0, folds=5, repeats=2)
     assert len(folds) == 10 and result["tracks"] == 100
     for test in folds:

@@ -8,7 +8,7 @@ import numpy as np
 
 from .cache import EmbeddingCache
 from .heads import Rows, head_spec
-from .metrics import evaluate
+from .scoring import head_scores, metrics_of
 from .train_plan import requested_heads
 from .training_data import TrainError
 
@@ -72,7 +72,7 @@ def cross_validate(
             train = Rows(X[train_rows], y_seg[train_rows], seg_track[train_rows])
             head = spec.fit(spec.make(seed), train)
             test = (X[test_rows], y_seg[test_rows], seg_track[test_rows])
-            m = evaluate(spec, head, *test, labels)["track"]
+            m = metrics_of(head_scores(spec, head, *test, len(labels), False), labels)["track"]
             scores[name].append((m["accuracy"], m["macro_f1"]))
     result = {
         "feature_set": feature_set,

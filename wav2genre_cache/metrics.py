@@ -6,16 +6,9 @@ per track, MTG-Jamendo style): `multilabel_metrics`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import precision_recall_curve, roc_curve
-
-if TYPE_CHECKING:
-    from sklearn.base import BaseEstimator
-
-    from .heads import HeadSpec
 
 
 def aggregate_tracks(proba: np.ndarray, track_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -211,28 +204,3 @@ def _ranking_scores(truth: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, n
     u = (hit * rank).sum(axis=0) - positives * (positives + 1) / 2
     auc = np.divide(u, pairs, out=np.full(k, np.nan), where=pairs > 0)
     return ap, auc
-
-
-def evaluate(
-    spec: HeadSpec,
-    head: BaseEstimator,
-    X: np.ndarray,
-    y: np.ndarray,
-    track: np.ndarray,
-    labels: list[str],
-    curves: bool = False,
-) -> dict:
-    """Segment- and track-level metrics of a fitted head on the rows given."""
-    proba_cols = spec.predict_proba(head, X, groups=track)
-    proba = np.zeros((len(X), len(labels)))
-    proba[:, head.classes_.astype(int)] = proba_cols  # heads are fitted on label indices
-    tracks, track_proba = aggregate_tracks(proba, track)
-    y_track = np.array([y[track == t][0] for t in tracks])
-    result = {
-        "segment": classification_metrics(y, proba, labels),
-        "track": classification_metrics(y_track, track_proba, labels, curves=curves),
-    }
-    if curves:
-        result["track"]["y_true"] = y_track.tolist()
-        result["track"]["proba"] = np.round(track_proba, 5).tolist()
-    return result

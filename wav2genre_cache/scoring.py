@@ -62,17 +62,18 @@ def metrics_of(
     scores: Scores, labels: list[str], thresholds: np.ndarray | None = None, curves: bool = False
 ) -> dict:
     """Segment- and track-level metrics (tags at `thresholds` for multi-label scores)."""
-    if scores.multi_label:
-        return {
-            "segment": multilabel_metrics(scores.y, scores.segment, labels, thresholds),
-            "track": multilabel_metrics(
-                scores.y_track, scores.track, labels, thresholds, curves=curves
-            ),
-        }
+    multi = scores.multi_label
     return {
-        "segment": classification_metrics(scores.y, scores.segment, labels),
-        "track": classification_metrics(scores.y_track, scores.track, labels, curves=curves),
+        "segment": _metrics(scores.y, scores.segment, labels, multi, thresholds),
+        "track": _metrics(scores.y_track, scores.track, labels, multi, thresholds, curves),
     }
+
+
+def _metrics(y, proba, labels, multi_label: bool, thresholds=None, curves: bool = False) -> dict:
+    """The metrics of one level's rows: tags at their thresholds, or single labels."""
+    if multi_label:
+        return multilabel_metrics(y, proba, labels, thresholds, curves=curves)
+    return classification_metrics(y, proba, labels, curves=curves)
 
 
 # The figures each source's row of the per-source table shows.
@@ -90,15 +91,9 @@ def per_source(
     out = {}
     for name in sorted(set(source)):
         rows = source == name
-        part = replace(
-            scores,
-            segment=scores.track[rows],
-            y=scores.y_track[rows],
-            tracks=scores.tracks[rows],
-            track=scores.track[rows],
-            y_track=scores.y_track[rows],
+        m = _metrics(
+            scores.y_track[rows], scores.track[rows], labels, scores.multi_label, thresholds
         )
-        m = metrics_of(part, labels, thresholds)["track"]
         out[name] = {k: m[k] for k in _PER_SOURCE if k in m}
     return out
 

@@ -291,11 +291,10 @@ def fit_and_select(
     start = time.perf_counter()
     raw_test = scores(head, data.test)
     predict_seconds = time.perf_counter() - start
-    test = metrics_of(raw_test.calibrated(calibrator), data.labels, thresholds)
+    final_test = raw_test.calibrated(calibrator)
+    test = metrics_of(final_test, data.labels, thresholds)
     if len(data.sources) > 1:
-        test["per_source"] = per_source(
-            raw_test.calibrated(calibrator), data.track_source, data.labels, thresholds
-        )
+        test["per_source"] = per_source(final_test, data.track_source, data.labels, thresholds)
     result = Result(
         head=spec.name,
         feature_set=data.feature_set,
