@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .datasets import find_duplicates
 from .errors import Wav2GenreError
 from .feature_sets import ENCODER, FEATURE_ALIASES, feature_set_name
 
@@ -370,7 +371,7 @@ class EmbeddingCache:
             },
             # The same recording more than once (equal hashes of the decoded audio): train-heads
             # keeps each recording's copies on one side of the split.
-            "duplicates": _duplicates(ok),
+            "duplicates": _duplicates(t),
             "segments": len(self.segments),
             "views": sorted(int(v) for v in self.segments.view.unique()),
             "features": {n: {"layers": s[1], "dim": s[2]} for n, s in self.feature_shapes.items()},
@@ -380,10 +381,9 @@ class EmbeddingCache:
         }
 
 
-def _duplicates(ok: pd.DataFrame) -> dict:
-    sizes = ok[ok.content_hash != ""].content_hash.value_counts()
-    sizes = sizes[sizes > 1]
-    return {"recordings": len(sizes), "tracks": int(sizes.sum())}
+def _duplicates(tracks: pd.DataFrame) -> dict:
+    found, _ = find_duplicates(tracks)
+    return {"recordings": len(found["groups"]), "tracks": found["tracks"]}
 
 
 def _plain(value):

@@ -10,11 +10,10 @@ import pandas as pd
 
 from .audio import DecodedTrack, try_load_track
 from .augment import augment_track
-from .datasets import SPLITS, Track
+from .datasets import SPLITS, Track, find_duplicates
 from .finetune_options import FinetuneError, FinetuneOptions
 from .finetuned import segment_probabilities, track_windows, window_batches
 from .metrics import classification_metrics
-from .training_data import find_duplicates
 from .workers import DecodeWorkers
 
 
