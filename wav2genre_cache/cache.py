@@ -167,12 +167,7 @@ class ShardStore:
                 for i, row in enumerate(json.loads(f.attrs["rows"])):
                     rows[row["track_id"]] = row
                     seg_of[row["track_id"]] = (shard, int(offsets[i]), int(offsets[i + 1]))
-        missing = [t for t in order if t not in rows]
-        if missing:
-            raise CacheError(f"cannot finish {self.out}: {len(missing)} track(s) not embedded yet")
-        tmp = Path(str(self.out) + ".tmp")
-        write_cache(tmp, self.config, [rows[t] for t in order], [seg_of[t] for t in order])
-        os.replace(tmp, self.out)
+        finish_cache(self.out, self.config, order, rows, seg_of)
         shutil.rmtree(self.dir, ignore_errors=True)
         return self.out
 
@@ -205,6 +200,25 @@ class _H5Shard:
 
     def close(self) -> None:
         self.file.close()
+
+
+def finish_cache(
+    out: Path,
+    config: dict,
+    order: list[str],
+    rows: dict[str, dict],
+    seg_of: dict[str, tuple[Path, int, int]],
+    open_source: Callable[[Path], SegmentSource] = _H5Shard,
+) -> Path:
+    """Write the cache `out` from every track's row and segments, in `order`, atomically (a
+    temporary file renamed): the cache is either absent or complete."""
+    missing = [t for t in order if t not in rows]
+    if missing:
+        raise CacheError(f"cannot finish {out}: {len(missing)} track(s) not embedded yet")
+    tmp = Path(str(out) + ".tmp")
+    write_cache(tmp, config, [rows[t] for t in order], [seg_of[t] for t in order], open_source)
+    os.replace(tmp, out)
+    return out
 
 
 def write_cache(

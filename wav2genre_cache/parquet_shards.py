@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import TRACK_COLUMNS, CacheError, TrackResult, open_shard_folder, write_cache
+from .cache import TRACK_COLUMNS, TrackResult, finish_cache, open_shard_folder
 
 
 def shard_dir(out: str | Path) -> Path:
@@ -94,15 +94,7 @@ class ParquetShards:
             for i, row in enumerate(table):
                 rows[row["track_id"]] = row
                 seg_of[row["track_id"]] = (segments_file, int(offsets[i]), int(offsets[i + 1]))
-        missing = [t for t in order if t not in rows]
-        if missing:
-            raise CacheError(f"cannot finish {self.out}: {len(missing)} track(s) not embedded yet")
-        tmp = Path(str(self.out) + ".tmp")
-        write_cache(
-            tmp, self.config, [rows[t] for t in order], [seg_of[t] for t in order], _ParquetShard
-        )
-        os.replace(tmp, self.out)
-        return self.out
+        return finish_cache(self.out, self.config, order, rows, seg_of, _ParquetShard)
 
 
 class _ParquetShard:
