@@ -11,39 +11,28 @@ import pandas as pd
 from .errors import Wav2GenreError
 from .feature_sets import ENCODER, feature_set_name
 
+# Which model a row is, then its figures, then its calibration and cost.
+_ROW = ["best", "encoder", "feature_set", "head", "layer", "augmented"]
+_CALIBRATION_AND_COST = ["ece_before", "ece_after", "fit_seconds"]
 COLUMNS = [
-    "best",
-    "encoder",
-    "feature_set",
-    "head",
-    "layer",
-    "augmented",
+    *_ROW,
     "track_accuracy",
     "track_macro_f1",
     "track_macro_auc",
     "segment_accuracy",
     "valid_track_accuracy",
-    "ece_before",
-    "ece_after",
-    "fit_seconds",
+    *_CALIBRATION_AND_COST,
 ]
 # A tagger's table: ranked by macro PR-AUC (the MTG-Jamendo convention), with micro-F1 at the
 # tags' thresholds; its "accuracy" is exact-match accuracy.
 TAG_COLUMNS = [
-    "best",
-    "encoder",
-    "feature_set",
-    "head",
-    "layer",
-    "augmented",
+    *_ROW,
     "track_macro_pr_auc",
     "track_macro_auc",
     "track_micro_f1",
     "track_macro_f1",
     "valid_track_macro_pr_auc",
-    "ece_before",
-    "ece_after",
-    "fit_seconds",
+    *_CALIBRATION_AND_COST,
 ]
 
 
