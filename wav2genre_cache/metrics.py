@@ -46,8 +46,7 @@ def classification_metrics(
             continue  # AUC is undefined for a class absent from (or alone in) the truth
         auc_per_class[label] = _auc(positive, proba[:, k])
         if curves:
-            fpr, tpr, _ = roc_curve(positive, proba[:, k])
-            roc[label] = {"fpr": np.round(fpr, 5).tolist(), "tpr": np.round(tpr, 5).tolist()}
+            roc[label] = _roc_curve(positive, proba[:, k])
     out = {
         "n": int(len(y_true)),
         "accuracy": float(tp.sum() / max(len(y_true), 1)),
@@ -55,21 +54,33 @@ def classification_metrics(
         "macro_auc": float(np.mean(list(auc_per_class.values())))
         if auc_per_class
         else float("nan"),
-        "per_class": {
-            label: {
-                "precision": float(p[k]),
-                "recall": float(r[k]),
-                "f1": float(f[k]),
-                "support": int(support[k]),
-            }
-            for k, label in enumerate(labels)
-        },
+        "per_class": _per_class(labels, p, r, f, support),
         "auc_per_class": auc_per_class,
         "confusion": confusion.tolist(),
     }
     if curves:
         out["roc"] = roc
     return out
+
+
+def _per_class(labels, p, r, f, support, thresholds=None) -> dict:
+    """Each label's precision, recall, F1 and support (and, for tags, its threshold)."""
+    return {
+        label: {
+            "precision": float(p[k]),
+            "recall": float(r[k]),
+            "f1": float(f[k]),
+            "support": int(support[k]),
+            **({} if thresholds is None else {"threshold": float(thresholds[k])}),
+        }
+        for k, label in enumerate(labels)
+    }
+
+
+def _roc_curve(positive: np.ndarray, score: np.ndarray) -> dict:
+    """One label's ROC curve, rounded for metrics.json."""
+    fpr, tpr, _ = roc_curve(positive, score)
+    return {"fpr": np.round(fpr, 5).tolist(), "tpr": np.round(tpr, 5).tolist()}
 
 
 def _auc(positive: np.ndarray, score: np.ndarray) -> float:
@@ -133,8 +144,7 @@ def multilabel_metrics(
         auc_per_class[label] = float(u)
         pr_auc_per_class[label] = float(a)
         if curves:
-            fpr, tpr, _ = roc_curve(truth[:, j], proba[:, j])
-            roc[label] = {"fpr": np.round(fpr, 5).tolist(), "tpr": np.round(tpr, 5).tolist()}
+            roc[label] = _roc_curve(truth[:, j], proba[:, j])
             prec, rec, _ = precision_recall_curve(truth[:, j], proba[:, j])
             pr[label] = {
                 "precision": np.round(prec, 5).tolist(),
@@ -151,16 +161,7 @@ def multilabel_metrics(
         "micro_f1": float(2 * tp.sum() / micro_den) if micro_den > 0 else 0.0,
         "macro_f1": float(f.mean()) if k else nan,
         "accuracy": float(np.all(pred == truth, axis=1).mean()) if n else nan,
-        "per_class": {
-            label: {
-                "precision": float(p[j]),
-                "recall": float(r[j]),
-                "f1": float(f[j]),
-                "support": int(support[j]),
-                "threshold": float(thr[j]),
-            }
-            for j, label in enumerate(labels)
-        },
+        "per_class": _per_class(labels, p, r, f, support, thr),
         "auc_per_class": auc_per_class,
         "pr_auc_per_class": pr_auc_per_class,
         "cooccurrence_errors": cooc.tolist(),
