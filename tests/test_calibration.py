@@ -35,16 +35,21 @@ def multi_label(rng, n: int, scale: float, k: int = 20):
 KINDS = [(False, single_label), (True, multi_label)]
 
 
+def held_out_ece(make, multi: bool, method: str, seed: int, scale: float):
+    """A calibrator fitted on 2,000 rows, and the ECE of 2,000 other rows before and after it."""
+    rng = np.random.default_rng(seed)
+    fit_p, fit_y = make(rng, 2000, scale=scale)
+    test_p, test_y = make(rng, 2000, scale=scale)
+    cal = fit_calibrator(fit_p, fit_y, multi, method)
+    before = expected_calibration_error(test_p, test_y, multi)
+    return cal, before, expected_calibration_error(cal.apply(test_p), test_y, multi)
+
+
 @pytest.mark.parametrize("method", ["temperature", "isotonic"])
 @pytest.mark.parametrize(("multi", "make"), KINDS, ids=["single", "multi"])
 def test_calibration_lowers_the_ece_of_overconfident_scores_on_held_out_rows(multi, make, method):
-    rng = np.random.default_rng(1)
-    fit_p, fit_y = make(rng, 2000, scale=3.0)
-    test_p, test_y = make(rng, 2000, scale=3.0)
-    cal = fit_calibrator(fit_p, fit_y, multi, method)
+    cal, before, after = held_out_ece(make, multi, method, seed=1, scale=3.0)
     assert cal.method == method
-    before = expected_calibration_error(test_p, test_y, multi)
-    after = expected_calibration_error(cal.apply(test_p), test_y, multi)
     assert before > 0.1  # the set-up is over-confident
     assert after < before / 3, (before, after)
 
@@ -52,12 +57,7 @@ def test_calibration_lowers_the_ece_of_overconfident_scores_on_held_out_rows(mul
 @pytest.mark.parametrize("method", ["temperature", "isotonic"])
 @pytest.mark.parametrize(("multi", "make"), KINDS, ids=["single", "multi"])
 def test_calibrated_scores_are_not_made_notably_worse(multi, make, method):
-    rng = np.random.default_rng(2)
-    fit_p, fit_y = make(rng, 2000, scale=1.0)
-    test_p, test_y = make(rng, 2000, scale=1.0)
-    cal = fit_calibrator(fit_p, fit_y, multi, method)
-    before = expected_calibration_error(test_p, test_y, multi)
-    after = expected_calibration_error(cal.apply(test_p), test_y, multi)
+    _, before, after = held_out_ece(make, multi, method, seed=2, scale=1.0)
     assert after <= before + 0.03, (before, after)
 
 
