@@ -34,26 +34,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))
 from embed_throughput import DEV, make_workload  # noqa: E402
-
-
-def tree(pid: int) -> set[int]:
-    """pid and every process below it."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        children.setdefault(int(text[text.rindex(")") + 2 :].split()[1]), []).append(
-            int(stat.parent.name)
-        )
-    found, todo = {pid}, [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
+from processes import descendants  # noqa: E402
 
 
 def pss_mb(pids: set[int]) -> float:
@@ -76,7 +59,7 @@ def run_engine(engine: str, data: Path, out: Path, model: str, device: str) -> d
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak = 0.0
     while proc.poll() is None:
-        peak = max(peak, pss_mb(tree(proc.pid)))
+        peak = max(peak, pss_mb({proc.pid, *descendants(proc.pid)}))
         time.sleep(1.0)
     seconds = time.perf_counter() - start
     stdout, stderr = proc.communicate()

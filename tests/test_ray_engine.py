@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import run_cli, write_audio
+from processes import descendants
 
 from wav2genre_cache.cache import EmbeddingCache
 
@@ -135,24 +136,6 @@ def test_a_whisper_encoder_gives_the_same_cache_on_both_engines(tmp_path, dev_cl
     embed(data, tmp_path / "ray.h5", engine="ray", model=whisper_dir)
     assert_same_cache(tmp_path / "local.h5", tmp_path / "ray.h5")
     assert EmbeddingCache(tmp_path / "ray.h5").attrs["window"] == "packed"
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid`: the Ray runtime a driver started is all of it."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        ppid = int(text[text.rindex(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
 
 
 def command_line(pid: int) -> str:
