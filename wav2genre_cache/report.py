@@ -368,7 +368,8 @@ def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
     ax.set(
         xlabel="layer (0 = encoder input, then transformer layers)",
         ylabel=f"test track {primary_name}",
-        title=f"{primary_name.capitalize()} by layer for each head: "
+        # Only the first letter raised: str.capitalize would lower "PR-AUC" to "pr-auc".
+        title=f"{primary_name[0].upper()}{primary_name[1:]} by layer for each head: "
         f"{_feature_title(best['feature_set'], metrics)}{note}",
         ylim=(0, 1.02),
     )
