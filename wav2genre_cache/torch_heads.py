@@ -199,13 +199,14 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, columns in the order of classes_ (for tags: each tag's own)."""
         check_is_fitted(self, "net_")
-        X = validate_data(self, X, dtype=np.float32, reset=False)
+        rows = torch.from_numpy(self._scale(validate_data(self, X, dtype=np.float32, reset=False)))
+        # One row per call, to the probabilities: batched, a row's answer moved (by 1e-7) with the
+        # rows beside it, as kernels block a product by its shape and the sigmoid's vector loop
+        # leaves a scalar tail. Alone, a row always meets the same kernels.
         with torch.no_grad():
-            return (
-                self._probabilities(self.net_(torch.from_numpy(self._scale(X))))
-                .numpy()
-                .astype(np.float64)
-            )
+            return np.concatenate(
+                [self._probabilities(self.net_(rows[i : i + 1])).numpy() for i in range(len(rows))]
+            ).astype(np.float64)
 
     def predict(self, X) -> np.ndarray:
         """The most probable class of each row (for tags: the indicator matrix at 0.5)."""
