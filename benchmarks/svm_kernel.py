@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from cpu_levers import cpu_name
 
-from wav2genre_cache.sklearn_heads import SVMHead
+from wav2genre_cache.heads.estimators import SVMHead
 
 
 def float32_kernel(head: SVMHead, P: np.ndarray, Q: np.ndarray) -> np.ndarray:

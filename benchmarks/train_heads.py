@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from wav2genre_cache.synthetic import write_synthetic_cache
+from wav2genre_cache.testing.synthetic import write_synthetic_cache
 
 TARGETS = {"all": 60.0, "best": 10.0}
 

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import WhisperConfig, WhisperFeatureExtractor
 
-from wav2genre_cache.ct2_whisper import load_ct2_whisper_encoder
+from wav2genre_cache.encoders.ct2.whisper import load_ct2_whisper_encoder
 
 
 def main() -> None:

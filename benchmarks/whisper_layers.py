@@ -44,7 +44,7 @@ def random_twin(model: str, folder: Path) -> str:
     import torch
     from transformers import WhisperModel
 
-    from wav2genre_cache.ct2_whisper import load_ct2_whisper_encoder
+    from wav2genre_cache.encoders.ct2.whisper import load_ct2_whisper_encoder
 
     encoder, _ = load_ct2_whisper_encoder(model)
     with torch.random.fork_rng(devices=[]):
@@ -55,8 +55,8 @@ def random_twin(model: str, folder: Path) -> str:
 
 def layer_table(cache: Path, heads: list[str], folds: int, repeats: int) -> list[dict]:
     """Cross-validated track accuracy of every head on every layer of a cache's encoder."""
-    from wav2genre_cache.cache import EmbeddingCache
-    from wav2genre_cache.crossval import cross_validate
+    from wav2genre_cache.stage_two.crossval import cross_validate
+    from wav2genre_cache.store.cache import EmbeddingCache
 
     c = EmbeddingCache(cache)
     name = next(n for n in c.feature_names if n != "handcrafted")
@@ -86,7 +86,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         embed(args.clips, tmp / "hc.h5", "--features", "handcrafted")
-        from wav2genre_cache.crossval import cross_validate
+        from wav2genre_cache.stage_two.crossval import cross_validate
 
         hc = cross_validate(tmp / "hc.h5", "handcrafted", heads, 0, args.folds, args.repeats)
         record["handcrafted"] = hc["heads"]

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 import wav2genre_cache
-from wav2genre_cache.cli import app
+from wav2genre_cache.cli.app import app
 from wav2genre_cache.errors import OptionError, Wav2GenreError
 
 
@@ -38,7 +38,7 @@ def test_every_error_class_of_the_package_is_a_wav2genre_error():
 
 @pytest.mark.parametrize("kind", _error_classes(), ids=lambda c: c.__name__)
 def test_the_cli_prints_every_kind_as_one_line_and_exits_2(kind, tmp_path, monkeypatch):
-    import wav2genre_cache.cache as cache
+    import wav2genre_cache.store.cache as cache
 
     def fail(*_args, **_kw):
         raise kind(f"{tmp_path}/x.h5: what went wrong; do this instead")
@@ -51,7 +51,7 @@ def test_the_cli_prints_every_kind_as_one_line_and_exits_2(kind, tmp_path, monke
 
 
 def test_a_bug_is_not_dressed_up_as_a_user_error(tmp_path, monkeypatch):
-    import wav2genre_cache.cache as cache
+    import wav2genre_cache.store.cache as cache
 
     def fail(*_args, **_kw):
         raise RuntimeError("a bug")
@@ -62,7 +62,7 @@ def test_a_bug_is_not_dressed_up_as_a_user_error(tmp_path, monkeypatch):
 
 
 def test_option_validation_raises_option_error(tmp_path):
-    from wav2genre_cache.embed import EmbedOptions, embed_dataset
+    from wav2genre_cache.stage_one.embed import EmbedOptions, embed_dataset
 
     opts = EmbedOptions(data=str(tmp_path), out=str(tmp_path / "x.h5"), augment=("reverb",))
     with pytest.raises(OptionError, match=r"unknown augmentation\(s\) \['reverb'\]"):

@@ -1,3 +1,3 @@
-from .cli import main
+from wav2genre_cache.cli import main
 
 main()

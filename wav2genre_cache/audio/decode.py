@@ -1,0 +1,363 @@
+"""Decode any audio file to 16 kHz mono float32 and cut it into equal-length segments.
+
+This module must not import torch: it runs in the decode worker processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from wav2genre_cache.errors import Wav2GenreError
+
+SAMPLE_RATE = 16_000
+MIN_TRACK_SECONDS = 1.0
+# A tail at least this fraction of a segment gets its own segment, anchored to the track's end.
+MIN_TAIL_FRACTION = 0.5
+AUDIO_EXTENSIONS = (
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".au",
+    ".snd",
+    ".aiff",
+    ".aif",
+)
+# One read block holds at most this many samples (all channels): 8 MB of float32.
+_BLOCK_SAMPLES = 1 << 21
+# libsndfile's frame count for a stream that does not say how long it is (SF_COUNT_MAX).
+_UNKNOWN_FRAMES = 2**63 - 1
+
+
+class AudioError(Wav2GenreError):
+    """A file that cannot be turned into usable audio; the message names the problem."""
+
+
+class AudioTooLong(AudioError):
+    """Audio longer than a service accepts (the server answers 413, not 422)."""
+
+
+@dataclass(frozen=True)
+class DecodedTrack:
+    """A decoded track: 16 kHz mono samples plus what the cache records about the file."""
+
+    samples: np.ndarray
+    duration: float
+    content_hash: str
+
+
+def decode_bytes(
+    data: bytes, name: str = "<bytes>", max_seconds: float | None = None
+) -> np.ndarray:
+    """Decode encoded audio bytes to 16 kHz mono float32; raise AudioError naming the problem.
+
+    With max_seconds, audio longer than that raises AudioTooLong, from the header before any
+    decoding where it says so, else as soon as the decoded audio passes the limit: a few KB of
+    compressed silence can expand to GBs, so the limit must bound the work, not just the answer.
+    """
+    if len(data) == 0:
+        raise AudioError(f"{name}: empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_seconds)
+
+
+def load_track(path: str | os.PathLike) -> DecodedTrack:
+    """Decode one file and hash its audio; raise AudioError naming the file and the problem."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:  # unreadable and missing files are named as such
+            size = len(fh.read(1))
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    samples = decode_file(path)
+    duration = len(samples) / SAMPLE_RATE
+    if duration < MIN_TRACK_SECONDS:
+        raise AudioError(
+            f"{path}: too short ({duration:.2f} s; at least {MIN_TRACK_SECONDS:g} s is needed)"
+        )
+    return DecodedTrack(samples, duration, audio_hash(samples))
+
+
+def audio_hash(samples: np.ndarray) -> str:
+    """A hash of decoded audio: the same recording in two files (WAV and FLAC, or a replica)
+    hashes alike. Samples are rounded to 16 bits first, so that the last bits of the float
+    resampling do not make two copies of one recording differ."""
+    pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2")
+    return hashlib.blake2b(pcm.tobytes(), digest_size=16).hexdigest()
+
+
+def decode_file(
+    path: Path, block_seconds: float = 10.0, max_seconds: float | None = None
+) -> np.ndarray:
+    """Stream-decode a file to 16 kHz mono float32 (see _decode; max_seconds as in decode_bytes)."""
+    return _decode(path, str(path), max_seconds, block_seconds)
+
+
+def _decode(
+    source: str | os.PathLike | io.BytesIO,
+    name: str,
+    max_seconds: float | None,
+    block_seconds: float = 10.0,
+) -> np.ndarray:
+    """Stream-decode to 16 kHz mono float32, refusing audio over max_seconds as early as possible.
+
+    Blocks are mixed down and resampled as they are read, into one preallocated array, so a long
+    file costs its 16 kHz waveform plus one block, not its whole native-rate decode as well.
+    """
+    limit = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
+    try:
+        with _c_stderr_named(name):
+            f = sf.SoundFile(source)
+        with f:
+            rate, channels = f.samplerate, f.channels
+            # libsndfile reports SF_COUNT_MAX for a stream of unknown length (e.g. piped FLAC).
+            known = 0 <= f.frames < _UNKNOWN_FRAMES
+            if known and max_seconds is not None and f.frames / rate > max_seconds:
+                raise AudioTooLong(_too_long(name, f.frames / rate, max_seconds))
+            stream = (
+                None
+                if rate == SAMPLE_RATE
+                else soxr.ResampleStream(rate, SAMPLE_RATE, 1, "float32")
+            )
+            # A block is bounded in samples, not seconds: 8 channels at 384 kHz must not make it
+            # 30x larger than a stereo 44.1 kHz one.
+            block = max(1, min(int(rate * block_seconds), _BLOCK_SAMPLES // channels))
+            expected = int(np.ceil(f.frames * SAMPLE_RATE / rate)) if known else SAMPLE_RATE * 60
+            if limit is not None:
+                # Never reserve more than the limit lets through; an unknown length reserves all
+                # of it at once, as growing by copies would briefly hold it twice (np.empty costs
+                # only the pages that get written).
+                expected = min(expected, limit) if known else limit
+            out = np.empty(expected + 64, np.float32)
+            buf = np.empty((block, channels), np.float32)
+            n = 0
+            while True:
+                with _c_stderr_named(name):
+                    # Reads until the decoder runs dry, not until the header's count: an MP3's
+                    # count is an estimate; libsndfile itself stops at that count anyway.
+                    got = f.read(dtype="float32", always_2d=True, out=buf)
+                if len(got) == 0:
+                    break
+                mono = got.mean(axis=1) if channels > 1 else got[:, 0]
+                if not np.all(np.isfinite(mono)):
+                    raise AudioError(f"{name}: contains NaN or infinite samples")
+                chunk = stream.resample_chunk(mono) if stream else mono
+                if limit is not None and n + len(chunk) > limit:  # the header lied or did not say
+                    raise AudioTooLong(_too_long(name, None, max_seconds))  # (before out grows)
+                n, out = _append(out, n, chunk)
+            if stream is not None:
+                n, out = _append(out, n, stream.resample_chunk(np.zeros(0, np.float32), last=True))
+            if limit is not None and n > limit:
+                raise AudioTooLong(_too_long(name, n / SAMPLE_RATE, max_seconds))
+    except AudioError:
+        raise
+    except Exception as exc:  # libsndfile raises several types; all mean "not decodable"
+        raise AudioError(f"{name}: not a decodable audio file ({_short(exc)})") from None
+    if n == 0:
+        raise AudioError(f"{name}: contains no audio samples")
+    return out[:n]
+
+
+def _too_long(name: str, seconds: float | None, max_seconds: float) -> str:
+    amount = f"{seconds / 60:.1f}" if seconds is not None else f"more than {max_seconds / 60:g}"
+    return f"{name}: {amount} minutes of audio; the limit is {max_seconds / 60:g} minutes"
+
+
+def _append(out: np.ndarray, n: int, chunk: np.ndarray) -> tuple[int, np.ndarray]:
+    if n + len(chunk) > len(out):  # a frame count that was an estimate (some MP3s)
+        out = np.concatenate([out[:n], np.empty(max(len(chunk), len(out) // 4), np.float32)])
+    out[n : n + len(chunk)] = chunk
+    return n + len(chunk), out
+
+
+# libmpg123 (inside libsndfile) prints its complaints about a corrupt MP3 straight to C-level
+# stderr, with no file name. While libsndfile runs, fd 2 points at a private file instead, and
+# what lands there is re-emitted afterwards: decoder lines prefixed with the file's name, anything
+# else (another thread's log line written meanwhile) unchanged. fd 2 is process-wide, so one lock
+# serialises the guarded calls (single libsndfile opens/reads, not the mixing or resampling).
+_DECODER_LINE = re.compile(r"^(\[[^\]]*\.c[:\]]|Note: |Warning: |Big trouble)")
+_MAX_DECODER_LINES = 20  # per guarded call: a badly damaged file can print thousands
+_stderr_lock = threading.Lock()
+_stderr_capture: IO[bytes] | None = None
+
+
+def _reset_after_fork() -> None:
+    # A lock held by another thread at fork time would never be released in the child, and a
+    # capture file shared with the parent would share its offset too.
+    global _stderr_lock, _stderr_capture
+    _stderr_lock = threading.Lock()
+    _stderr_capture = None
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+@contextmanager
+def _c_stderr_named(name: str) -> Iterator[None]:
+    """Capture C-level stderr (fd 2) around a libsndfile call; re-emit it naming the file."""
+    global _stderr_capture
+    with _stderr_lock:
+        if _stderr_capture is None:
+            _stderr_capture = tempfile.TemporaryFile()  # a file, not a pipe: it never fills up
+        capture = _stderr_capture.fileno()
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 at all: nothing to protect
+            saved = None
+        if saved is None:
+            yield
+            return
+        try:
+            _flush_python_stderr()  # Python's own pending output goes out before the switch
+            os.dup2(capture, 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+        finally:
+            os.close(saved)
+            # Also when the call raised (a file that does not open): else its lines would come
+            # out with the next file's name.
+            _emit_captured(capture, name)
+
+
+def _emit_captured(capture: int, name: str) -> None:
+    size = os.fstat(capture).st_size
+    if size:
+        text = os.pread(capture, size, 0).decode("utf-8", "replace")
+        os.ftruncate(capture, 0)
+        os.lseek(capture, 0, os.SEEK_SET)
+        _write_all(2, _name_decoder_lines(text, name).encode())
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError:  # a closed or broken stderr must not fail the decode
+        pass
+
+
+def _flush_python_stderr() -> None:
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+    except (OSError, ValueError):  # closed or broken: nothing to flush
+        pass
+
+
+def _name_decoder_lines(text: str, name: str) -> str:
+    """Prefix the decoder's lines in captured stderr with name; keep other lines as they were."""
+    lines, named, dropped = [], 0, 0
+    for line in text.splitlines():
+        if not _DECODER_LINE.match(line):
+            lines.append(line)
+        elif named < _MAX_DECODER_LINES:
+            lines.append(f"{name}: decoder: {line}")
+            named += 1
+        else:
+            dropped += 1
+    if dropped:
+        lines.append(f"{name}: decoder: ... {dropped} more such lines")
+    return "".join(f"{line}\n" for line in lines)
+
+
+def segment_starts(n_samples: int, segment: int, hop: int) -> list[int]:
+    """Start samples of the equal-length segments of a track of n_samples.
+
+    Segments start every `hop` samples while a whole segment fits. A remaining tail of at least
+    half a segment gets one more segment anchored to the track's end (overlapping its
+    predecessor), so no audio is padded. A track shorter than one segment yields one segment
+    covering the whole track (start 0, length n_samples), which is embedded on its own.
+    """
+    if segment <= 0 or hop <= 0:
+        raise ValueError("segment and hop must be positive")
+    if n_samples < segment:
+        return [0] if n_samples > 0 else []
+    starts = list(range(0, n_samples - segment + 1, hop))
+    covered = starts[-1] + segment
+    tail = n_samples - covered
+    last = n_samples - segment
+    if tail >= MIN_TAIL_FRACTION * segment and last > starts[-1]:
+        starts.append(last)
+    return starts
+
+
+def segment_track(
+    samples: np.ndarray, segment_seconds: float, hop_seconds: float | None = None
+) -> tuple[list[int], int]:
+    """Return (start samples, segment length in samples) for a decoded 16 kHz track."""
+    segment = int(round(segment_seconds * SAMPLE_RATE))
+    hop = int(round((hop_seconds or segment_seconds) * SAMPLE_RATE))
+    starts = segment_starts(len(samples), segment, hop)
+    return starts, min(segment, len(samples))
+
+
+def normalize_segments(batch: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance per row, as Wav2Vec2FeatureExtractor(do_normalize=True) does."""
+    batch = np.asarray(batch, dtype=np.float32)
+    mean = batch.mean(axis=-1, keepdims=True)
+    var = batch.var(axis=-1, keepdims=True)
+    # The 1e-7 matches transformers and keeps silence finite (0 / sqrt(1e-7) = 0).
+    return (batch - mean) / np.sqrt(var + 1e-7)
+
+
+def _short(exc: Exception) -> str:
+    """libsndfile's message without the noise ('Error opening <_io.BytesIO ...>: ')."""
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"^Error opening <[^>]*>: ", "", text).replace("Error : ", "")
+    return text.strip()[:200]
+
+
+def is_uri(path: str) -> bool:
+    """Whether `path` names an object in a store (s3://, gs://, hdfs://, file://), not a file."""
+    return "://" in str(path)
+
+
+def fetch_to_temp(uri: str) -> Path:
+    """Copy the object at `uri` to a local temporary file, through pyarrow's filesystems.
+
+    Credentials come from where the store's own tools find them (environment, config files).
+    """
+    try:
+        from pyarrow import fs
+    except ImportError:
+        raise AudioError(f"{uri}: reading URIs needs pyarrow (pip install pyarrow)") from None
+    filesystem, inner = fs.FileSystem.from_uri(uri)
+    with tempfile.NamedTemporaryFile(suffix=Path(inner).suffix, delete=False) as out:
+        try:
+            with filesystem.open_input_stream(inner) as src:
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+        except BaseException:
+            Path(out.name).unlink(missing_ok=True)
+            raise
+    return Path(out.name)
+
+
+def try_load_track(path: str) -> tuple[DecodedTrack | None, str]:
+    """load_track for worker processes: (track, "") or (None, reason); never raises."""
+    try:
+        return load_track(path), ""
+    except AudioError as exc:
+        return None, str(exc)
+    except Exception as exc:  # e.g. MemoryError on a huge file: report it, keep the run going
+        return None, f"{path}: {type(exc).__name__}: {exc}"

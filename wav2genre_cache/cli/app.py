@@ -1,0 +1,364 @@
+"""The `wav2genre` command line: embed, info, train-heads, compare, run, finetune, predict, serve."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from wav2genre_cache.cli.finetune import (
+    UnfreezeOpt,
+    finetune,
+    finetune_options_of_run,
+    run_finetune,
+)
+from wav2genre_cache.cli.inference import predict, serve
+from wav2genre_cache.cli.options import (
+    CalibrationOpt,
+    HeadsOpt,
+    HeapOpt,
+    LayersOpt,
+    StrictOpt,
+    TrialsOpt,
+    embed_options,
+    err,
+    out,
+    with_stage_one_options,
+)
+from wav2genre_cache.errors import Wav2GenreError
+
+
+class _Commands(TyperGroup):
+    """The commands, with the one place that turns a user's error into one line and exit 2.
+
+    Any Wav2GenreError a command raises is a problem the user can fix and its message says how:
+    it is printed as one line, without a traceback. Other exceptions are bugs and keep theirs.
+    """
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Wav2GenreError as exc:
+            err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(
+    cls=_Commands,
+    add_completion=False,
+    no_args_is_help=True,
+    help="Music genre (or any label) classification from cached per-layer Wav2Vec2 embeddings.",
+)
+
+
+def _run_embed(opts, strict: bool, keep_freed_memory: bool = True, progress: bool = True):
+    from wav2genre_cache.stage_one.embed import embed_dataset
+
+    if keep_freed_memory:
+        from wav2genre_cache.encoders.cpu_tuning import keep_freed_memory as keep
+
+        keep()
+        # The Ray engine's encoder actors own their processes too: they do the same.
+        opts = replace(opts, keep_freed_memory=True)
+    summary = embed_dataset(opts, console=err, progress=progress)
+    if not summary.already_complete:
+        err.print(
+            f"Embedded {summary.tracks_ok} tracks ({summary.segments} segments, "
+            f"{summary.audio_seconds:,.0f} s of audio) in {summary.seconds:,.1f} s: "
+            f"{summary.audio_seconds_per_second:,.1f} audio-seconds per second"
+            + (f"; {summary.tracks_skipped} were already done" if summary.tracks_skipped else "")
+            + (
+                f"; {summary.tracks_excluded} excluded by the split"
+                if summary.tracks_excluded
+                else ""
+            )
+            + f". Cache: {summary.out}",
+            highlight=False,
+        )
+    if summary.failures:
+        err.print(f"[yellow]{len(summary.failures)} track(s) failed and were skipped:[/yellow]")
+        for _path, reason in summary.failures:
+            err.print(f"  {reason}", highlight=False)
+    if summary.tracks_ok == 0:
+        err.print("[bold red]error:[/bold red] no track could be embedded")
+        raise typer.Exit(1)
+    if strict and summary.failures:
+        raise typer.Exit(1)
+    return summary
+
+
+@app.command()
+@with_stage_one_options
+def embed(
+    ctx: typer.Context,
+    data: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="DATA",
+            help="Dataset folder(s) (GTZAN, FMA, MSD, MTG-Jamendo, one folder per label) or CSV "
+            "manifest(s); several are read into one taxonomy with --label-map.",
+        ),
+    ],
+    out_path: Annotated[Path, typer.Option("--out", help="The HDF5 cache to write.")],
+    strict: StrictOpt = False,
+    keep_freed_memory: HeapOpt = True,
+    **stage_one,
+) -> None:
+    """Stage one: decode, segment and embed every track into an HDF5 cache (resumable)."""
+    opts = embed_options(ctx.params, out_path)
+    _run_embed(opts, strict, keep_freed_memory)
+
+
+@app.command()
+def info(
+    cache: Annotated[Path, typer.Argument(help="An HDF5 cache written by embed.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show what a cache holds: tracks per split, label and dataset, layers, segments, failures."""
+    from wav2genre_cache.store.cache import EmbeddingCache
+
+    s = EmbeddingCache(cache).summary()
+    if as_json:
+        print(json.dumps(s, indent=2))
+        return
+    out.print(f"[bold]{s['path']}[/bold]")
+    out.print(
+        f"backbone   {s['backbone']} (revision {s['backbone_revision']}, {s['dtype']}, "
+        f"{s['frontend']} front end, segments {s['window']})"
+    )
+    out.print(
+        f"segments   {s['segments']} of {s['segment_seconds']:g} s (hop {s['hop_seconds']:g} s), views {s['views']}"
+    )
+    out.print(
+        f"tracks     {s['tracks']['ok']} ok, {s['tracks']['failed']} failed, {s['tracks']['excluded']} excluded"
+    )
+    out.print("splits     " + ", ".join(f"{k} {v}" for k, v in s["tracks_per_split"].items()))
+    sources = {k: v for k, v in s["tracks_per_source"].items() if k}
+    if sources:
+        out.print("datasets   " + ", ".join(f"{k} {v}" for k, v in sources.items()))
+    if s["duplicates"]["recordings"]:
+        d = s["duplicates"]
+        out.print(
+            f"duplicates {d['recordings']} recording(s) in {d['tracks']} tracks (same decoded "
+            "audio; train-heads keeps each recording's copies on one side of the split)"
+        )
+    for name, f in s["features"].items():
+        out.print(f"features   {name}: {f['layers']} layers x {f['dim']}")
+    from rich.table import Table
+
+    table = Table("label", "train", "valid", "test")
+    for label, counts in s["tracks_per_label"].items():
+        table.add_row(label, *(str(counts.get(k, 0)) for k in ("train", "valid", "test")))
+    out.print(table)
+    for f in s["failures"]:
+        out.print(f"[yellow]failed[/yellow] {f['reason']}", highlight=False)
+
+
+def _train(
+    cache: Path,
+    run_dir: Path,
+    heads: str | None,
+    layers: str,
+    feature_set: str,
+    seed: int,
+    augmented: bool | str,
+    trials: int = 0,
+    calibration: str = "auto",
+) -> dict:
+    from wav2genre_cache.stage_two.train import train_heads
+
+    return train_heads(
+        cache,
+        run_dir,
+        heads=None if heads is None else [h.strip() for h in heads.split(",") if h.strip()],
+        layers=layers,
+        feature_sets=feature_set,
+        seed=seed,
+        augmented=augmented,
+        trials=trials,
+        calibration=calibration,
+        log=lambda m: err.print(m, highlight=False),
+    )
+
+
+def _compare(run_dir: Path) -> None:
+    from wav2genre_cache.report.report import comparison_table, load_metrics, markdown, write_report
+
+    written = write_report(run_dir)
+    metrics = load_metrics(run_dir)
+    out.print(markdown(comparison_table(metrics), metrics), highlight=False)
+    err.print("Wrote " + ", ".join(str(p) for p in written.values()), highlight=False)
+    for bundle in (Path(run_dir) / "best", Path(run_dir) / "bundles" / "finetuned"):
+        if (bundle / "bundle.json").is_file():
+            err.print(f"Bundle: {bundle}", highlight=False)
+
+
+@app.command("train-heads")
+def train_heads_cmd(
+    cache: Annotated[Path, typer.Argument(help="An HDF5 cache written by embed.")],
+    run_dir: Annotated[
+        Path, typer.Option("--out", help="Run folder for metrics.json and bundles.")
+    ],
+    heads: HeadsOpt = None,
+    layers: LayersOpt = "all",
+    feature_set: Annotated[
+        str,
+        typer.Option(
+            help="Cached feature set(s) to train on, comma-separated (encoder, handcrafted, logmel)."
+        ),
+    ] = "encoder",
+    seed: Annotated[int, typer.Option(help="Seed of every head.")] = 0,
+    augmented: Annotated[
+        bool,
+        typer.Option(
+            "--augmented/--no-augmented",
+            help="Train on the augmented views of training tracks too (--no-augmented: original views only).",
+        ),
+    ] = True,
+    trials: TrialsOpt = 0,
+    calibration: CalibrationOpt = "auto",
+) -> None:
+    """Stage two: train and compare heads on cached features (no audio, no GPU)."""
+    _train(cache, run_dir, heads, layers, feature_set, seed, augmented, trials, calibration)
+    err.print(
+        f"Wrote {run_dir / 'metrics.json'} and bundles under {run_dir}; next: wav2genre compare {run_dir}",
+        highlight=False,
+    )
+
+
+@app.command("cross-validate")
+def cross_validate_cmd(
+    cache: Annotated[Path, typer.Argument(help="An HDF5 cache written by embed.")],
+    feature_set: Annotated[
+        str, typer.Option(help="Cached feature set: handcrafted, encoder, ...")
+    ] = "handcrafted",
+    layer: Annotated[int, typer.Option(help="Layer of the feature set (0 for handcrafted).")] = 0,
+    heads: HeadsOpt = "svm,rf,xgb,logreg",
+    folds: Annotated[int, typer.Option(help="Folds (by track, stratified by label).")] = 5,
+    repeats: Annotated[int, typer.Option(help="Repetitions with different fold assignments.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed of the folds and heads.")] = 0,
+    out_json: Annotated[
+        Path | None, typer.Option("--out", help="Also write the result as JSON.")
+    ] = None,
+) -> None:
+    """Repeated stratified k-fold by track over every track: accuracy with its spread, for small sets."""
+    from wav2genre_cache.stage_two.crossval import cross_validate
+
+    r = cross_validate(
+        cache,
+        feature_set,
+        [h.strip() for h in heads.split(",") if h.strip()],
+        layer,
+        folds,
+        repeats,
+        seed,
+    )
+    out.print(
+        f"{r['feature_set']} (layer {r['layer']}), {r['tracks']} tracks, {len(r['labels'])} labels "
+        f"(chance {r['chance']:.2f}), {r['folds']}-fold x {r['repeats']} by track:",
+        highlight=False,
+    )
+    for head, s in r["heads"].items():
+        out.print(
+            f"  {head:>6}: track accuracy {s['accuracy_mean']:.3f} +/- {s['accuracy_std']:.3f}, "
+            f"macro-F1 {s['macro_f1_mean']:.3f} +/- {s['macro_f1_std']:.3f}",
+            highlight=False,
+        )
+    if out_json:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(r, indent=1) + "\n")
+
+
+@app.command()
+def compare(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by train-heads.")],
+) -> None:
+    """Write the model-comparison table (md/csv/json) and figures of a run, and print the table."""
+    _compare(run_dir)
+
+
+@app.command()
+@with_stage_one_options
+def run(
+    ctx: typer.Context,
+    data: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="DATA",
+            help="Dataset folder(s) or CSV manifest(s); several take --label-map.",
+        ),
+    ],
+    run_dir: Annotated[
+        Path, typer.Option("--out", help="Run folder; the cache goes to RUN_DIR/cache.h5.")
+    ],
+    heads: HeadsOpt = None,
+    layers: LayersOpt = "all",
+    trials: TrialsOpt = 0,
+    calibration: CalibrationOpt = "auto",
+    strict: StrictOpt = False,
+    keep_freed_memory: HeapOpt = True,
+    with_finetune: Annotated[
+        bool,
+        typer.Option(
+            "--finetune/--no-finetune",
+            help="Also fine-tune the encoder on the same split (its rows join the comparison).",
+        ),
+    ] = False,
+    finetune_epochs: Annotated[int, typer.Option(help="Epochs of --finetune.")] = 10,
+    unfreeze: UnfreezeOpt = "2",
+    finetune_layer: Annotated[
+        str, typer.Option(help="--layer of --finetune: weighted, last or a layer number.")
+    ] = "weighted",
+    **stage_one,
+) -> None:
+    """embed + train-heads (+ finetune) + compare in one go."""
+    cache = run_dir / "cache.h5"  # embed makes run_dir, once the model has loaded
+    opts = embed_options(ctx.params, cache)
+    # Refused before anything runs: --finetune's options are checked first.
+    tune = (
+        finetune_options_of_run(ctx.params, run_dir, finetune_epochs, unfreeze, finetune_layer)
+        if with_finetune
+        else None
+    )
+    _run_embed(opts, strict, keep_freed_memory)
+    # With augmentation, train with and without the augmented views: the ablation.
+    _train(
+        cache,
+        run_dir,
+        heads,
+        layers,
+        ",".join(opts.features),
+        opts.seed,
+        "both" if opts.augment else True,
+        trials,
+        calibration,
+    )
+    if tune is not None:
+        run_finetune(tune)
+    _compare(run_dir)
+
+
+app.command()(finetune)
+app.command()(predict)
+app.command()(serve)
+
+
+@app.command("demo-data")
+def demo_data(
+    folder: Annotated[Path, typer.Argument(help="Where to write the labelled demo audio.")],
+    per_label: Annotated[int, typer.Option(help="Clips per label.")] = 6,
+) -> None:
+    """Write a small labelled folder of synthetic audio (4 labels) for an offline demonstration."""
+    from wav2genre_cache.testing.synthetic import write_demo_audio
+
+    write_demo_audio(folder, per_label=per_label)
+    err.print(f"Wrote {4 * per_label} clips under {folder}", highlight=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

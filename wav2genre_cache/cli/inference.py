@@ -1,0 +1,97 @@
+"""The commands that use a trained bundle: predict (files) and serve (a web page and JSON API)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wav2genre_cache.cli.options import err, out
+
+
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Audio files or folders of audio files.")],
+    bundle: Annotated[
+        Path, typer.Option(help="A bundle folder: RUN_DIR/best or RUN_DIR/bundles/<head>.")
+    ],
+    top_k: Annotated[int, typer.Option(help="How many genres to show per file.")] = 3,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON with the per-segment timeline.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Segments per model call.")] = 8,
+    strict: Annotated[
+        bool,
+        typer.Option(help="Exit 1 if any input cannot be predicted (by default only if none can)."),
+    ] = False,
+) -> None:
+    """Label songs with a bundle: top-k labels (a tagger's tags) per file; a timeline with --json.
+
+    Every input that cannot be used (missing, a symlink loop, a folder named like audio, not
+    decodable) is named with its reason: on stderr, and as an error entry with --json.
+    """
+    from wav2genre_cache.inference.predict import Predictor, expand_inputs
+    from wav2genre_cache.store.bundles import resolve_bundle_dir
+
+    bundle = resolve_bundle_dir(bundle)
+    predictor = Predictor(bundle, device=device, batch_size=batch_size)
+    results = predictor.predict_paths(expand_inputs(inputs), top_k=top_k)
+    if as_json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            if "error" in r:
+                err.print(f"[yellow]skipped[/yellow] {r['error']}", highlight=False)
+            else:
+                top = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top"])
+                if "tags" in r:  # a tagger: the tags over their thresholds, then the top-k
+                    tags = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["tags"])
+                    top = f"tags: {tags or '(none over its threshold)'}\ttop: {top}"
+                out.print(f"{r['file']}\t{top}", highlight=False)
+    failed = sum("error" in r for r in results)
+    if failed:
+        err.print(
+            f"[yellow]{failed} of {len(results)} inputs could not be used[/yellow]", highlight=False
+        )
+    # All failed: exit 1 always; some failed: only with --strict, as `embed --strict` does.
+    if failed and (failed == len(results) or strict):
+        raise typer.Exit(1)
+
+
+def serve(
+    bundle: Annotated[
+        Path, typer.Option(help="A bundle folder: RUN_DIR/best or RUN_DIR/bundles/<head>.")
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted, in MB.")] = 50,
+    max_minutes: Annotated[float, typer.Option(help="Longest audio accepted, in minutes.")] = 15,
+    max_decodes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Uploads decoded and held in memory at once; others wait (bounds memory: each "
+            "holds up to --max-minutes of 16 kHz audio).",
+        ),
+    ] = 3,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Serve the web page and JSON API: upload a song, see its genre segment by segment."""
+    from wav2genre_cache.inference.server import serve as run_server
+    from wav2genre_cache.store.bundles import resolve_bundle_dir
+
+    bundle = resolve_bundle_dir(bundle)
+    err.print(f"Serving {bundle} on http://{host}:{port}/", highlight=False)
+    run_server(
+        bundle,
+        host=host,
+        port=port,
+        max_upload_mb=max_upload_mb,
+        max_minutes=max_minutes,
+        device=device,
+        max_decodes=max_decodes,
+    )

@@ -1,0 +1,1 @@
+"""The labelled tracks of datasets: layouts, label maps, splits, duplicates."""

@@ -1,0 +1,1 @@
+"""Metrics with intervals, calibration and plots: what every report shows."""

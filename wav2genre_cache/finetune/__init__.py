@@ -1,0 +1,1 @@
+"""Fine-tuning the encoder's top layers with a head, from audio; resumable."""

@@ -1,0 +1,387 @@
+"""Every classifier head, registered once: what it is made from, what it reads, how it is saved.
+
+A head is a scikit-learn estimator. Its registry entry (HeadSpec) says everything the rest of
+the package asks about it: the factory that makes it, the hyper-parameter grid tried on
+validation, what one row of its input is (Inputs), whether it stops early on a validation set,
+and the file format it is saved in (never pickle). Training, bundles and predict ask the
+registry and never branch on a head's name; adding a head is one entry here.
+
+Every head is also multi-label (mood/theme tags): fitted on Rows whose y is a 2-D {0, 1}
+indicator matrix [rows, tags], it has `multi_label_ = True`, `classes_ = arange(tags)`, and
+predict_proba gives each tag's independent probability (torch heads: sigmoid outputs trained
+with binary cross-entropy; the others: one-vs-rest or their library's native multi-label).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.preprocessing import StandardScaler
+
+from wav2genre_cache._io import jsonable
+from wav2genre_cache.errors import Wav2GenreError
+from wav2genre_cache.heads.estimators import (
+    ForestHead,
+    LogisticRegressionHead,
+    PipelineHead,
+    SVMHead,
+    XGBHead,
+)
+from wav2genre_cache.heads.networks import FCNNClassifier, LayerWeightedClassifier, TorchClassifier
+
+# The torch heads live in their own modules; this module is their public home too.
+from wav2genre_cache.heads.spectrogram import SPECTROGRAM_HEADS, SpectrogramClassifier
+from wav2genre_cache.heads.tracks import AttentionPoolingClassifier
+
+
+class HeadError(Wav2GenreError):
+    """A head that cannot be built, saved or loaded; the message says why."""
+
+
+class Inputs(Enum):
+    """What one row of a head's input is."""
+
+    VECTOR = "one layer's embedding of a segment"
+    ALL_LAYERS = "every layer of a segment, flattened"
+    SPECTROGRAM = "a segment's log-mel image, flattened"
+    SEGMENTS = "one layer's embedding of a segment, grouped by track"
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Rows of one split for a head: features, labels, and the track (bag) of each row.
+
+    y is a label index per row, or for multi-label a {0, 1} indicator matrix [rows, tags].
+    """
+
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class HeadFormat:
+    """How a head is written and read: its files (the main one first) and the two functions."""
+
+    files: tuple[str, ...]
+    save: Callable[[BaseEstimator, Path, tuple[str, ...]], None]
+    load: Callable[[HeadSpec, Path], BaseEstimator]
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A head's registry entry."""
+
+    name: str
+    factory: Callable[..., BaseEstimator]  # factory(seed, **params): a fresh, unfitted head
+    grid: tuple[dict, ...]  # hyper-parameters tried, the best kept on validation
+    inputs: Inputs
+    format: HeadFormat
+    stops_early: bool = False  # fit takes X_val, y_val (early stopping on validation)
+    default: bool = False  # trained when no heads are named
+    # Further hyper-parameter draws for --trials (random search on validation): search(n, seed).
+    search: Callable[[int, int], list[dict]] | None = None
+
+    @property
+    def predicts_tracks(self) -> bool:
+        """Whether it answers per track: fit and predict_proba take each row's track (groups)."""
+        return self.inputs is Inputs.SEGMENTS
+
+    def make(self, seed: int = 0, **params) -> BaseEstimator:
+        """A fresh, unfitted head; lists in params (read from JSON) are the tuples they were."""
+        return self.factory(
+            seed, **{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+        )
+
+    def fit(self, head: BaseEstimator, train: Rows, valid: Rows | None = None) -> BaseEstimator:
+        """The one way every head is fitted: what it takes of train and valid, it gets."""
+        kwargs = {}
+        if self.predicts_tracks:
+            kwargs["groups"] = train.groups
+        if self.stops_early and valid is not None:
+            kwargs.update(X_val=valid.X, y_val=valid.y)
+            if self.predicts_tracks:
+                kwargs["groups_val"] = valid.groups
+        return head.fit(train.X, train.y, **kwargs)
+
+    def predict_proba(self, head: BaseEstimator, X: np.ndarray, groups=None) -> np.ndarray:
+        """Class (or each tag's) probabilities per row; a track head gives each row its track's."""
+        if self.predicts_tracks:
+            return head.predict_proba(X, groups=groups)
+        return head.predict_proba(X)
+
+
+# ---- persistence: never pickle ----------------------------------------------------------
+
+
+def _save_torch(head: TorchClassifier, directory: Path, files: tuple[str, ...]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"net.{k}": v.contiguous() for k, v in head.net_.state_dict().items()}
+    tensors["mean"] = torch.from_numpy(head.mean_)
+    tensors["scale"] = torch.from_numpy(head.scale_)
+    meta = {
+        "params": json.dumps(jsonable(head.get_params())),
+        "classes": json.dumps(head.classes_.tolist()),
+        "n_features_in": str(head.n_features_in_),
+        "multi_label": json.dumps(bool(getattr(head, "multi_label_", False))),
+    }
+    save_file(tensors, directory / files[0], metadata=meta)
+
+
+def _load_torch(spec: HeadSpec, path: Path) -> TorchClassifier:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    head = spec.make(**json.loads(meta["params"]))  # its random_state is in its params
+    head.classes_ = np.array(json.loads(meta["classes"]))
+    head.n_features_in_ = int(meta["n_features_in"])
+    # Heads saved before multi-label heads existed have no such entry: they are single-label.
+    head.multi_label_ = bool(json.loads(meta.get("multi_label", "false")))
+    head.mean_, head.scale_ = tensors.pop("mean").numpy(), tensors.pop("scale").numpy()
+    head.net_ = head._build(head.n_features_in_, len(head.classes_))
+    head.net_.load_state_dict({k.removeprefix("net."): v for k, v in tensors.items()})
+    head.net_.eval()
+    return head
+
+
+def _save_xgb(head: XGBHead, directory: Path, files: tuple[str, ...]) -> None:
+    head.booster_.save_model(directory / files[0])
+    info = {
+        "params": jsonable(head.get_params()),
+        "classes": head.classes_.tolist(),
+        "n_features_in": int(head.n_features_in_),
+        "multi_label": bool(getattr(head, "multi_label_", False)),
+    }
+    (directory / files[1]).write_text(json.dumps(info))
+
+
+def _load_xgb(spec: HeadSpec, path: Path) -> XGBHead:
+    from xgboost import XGBClassifier
+
+    # The classes and parameters are in the second file (bundles checksum both).
+    info = json.loads((path.parent / spec.format.files[1]).read_text())
+    head = XGBHead(**info["params"])
+    head.classes_ = np.array(info["classes"])
+    head.n_features_in_ = info["n_features_in"]
+    head.multi_label_ = bool(info.get("multi_label", False))  # absent in older files
+    head.booster_ = XGBClassifier()
+    head.booster_.load_model(path)
+    return head
+
+
+def _save_skops(head: BaseEstimator, directory: Path, files: tuple[str, ...]) -> None:
+    import skops.io as sio
+
+    sio.dump(head, directory / files[0])
+
+
+def _load_skops(spec: HeadSpec, path: Path) -> BaseEstimator:
+    import skops.io as sio
+
+    untrusted = [t for t in sio.get_untrusted_types(file=path) if t not in _OWN_TYPES]
+    if untrusted:
+        raise HeadError(f"{path}: refuses to load types that are not known to be safe: {untrusted}")
+    return sio.load(path, trusted=list(_OWN_TYPES))
+
+
+# Types skops does not trust by default but that are plain data: our SVM head (under the module
+# it is defined in, and the one heads saved before it moved name), our multi-label-aware
+# subclasses of sklearn's forest, logistic regression and pipeline, and sklearn's trees.
+_OWN_TYPES = (
+    "wav2genre_cache.heads.estimators.SVMHead",
+    "wav2genre_cache.heads.registry.SVMHead",
+    "wav2genre_cache.heads.estimators.ForestHead",
+    "wav2genre_cache.heads.estimators.LogisticRegressionHead",
+    "wav2genre_cache.heads.estimators.PipelineHead",
+    "sklearn.tree._tree.Tree",
+)
+
+TORCH = HeadFormat(("head.safetensors",), _save_torch, _load_torch)
+XGBOOST = HeadFormat(("head.ubj", "head_params.json"), _save_xgb, _load_xgb)
+SKOPS = HeadFormat(("head.skops",), _save_skops, _load_skops)
+
+
+# ---- the registry -------------------------------------------------------------------------
+
+
+def _random_forest(seed: int = 0, **params) -> ForestHead:
+    # Half-size bootstraps: twice as fast on GTZAN-sized caches, same accuracy there.
+    return ForestHead(n_estimators=50, max_samples=0.5, n_jobs=-1, random_state=seed, **params)
+
+
+def _logistic_regression(seed: int = 0, **params) -> BaseEstimator:
+    step = "logisticregression"
+    params = {k.removeprefix(f"{step}__"): v for k, v in params.items()}
+    # Named as make_pipeline named them, so `logisticregression__C` still reaches C.
+    return PipelineHead(
+        [
+            ("standardscaler", StandardScaler()),
+            (step, LogisticRegressionHead(max_iter=300, **params)),
+        ]
+    )
+
+
+def _seeded(cls: type[BaseEstimator]) -> Callable[..., BaseEstimator]:
+    """A factory of cls whose seed is its random_state (a random_state in params wins)."""
+
+    def factory(seed: int = 0, **params) -> BaseEstimator:
+        return cls(**{"random_state": seed, **params})
+
+    return factory
+
+
+def _spectrogram(kind: str) -> Callable[..., SpectrogramClassifier]:
+    def factory(seed: int = 0, **params) -> SpectrogramClassifier:
+        return SpectrogramClassifier(**{"kind": kind, "random_state": seed, **params})
+
+    return factory
+
+
+# The FCNN's search space for --trials (random search on the validation split).
+FCNN_SEARCH_SPACE = {
+    "depth": [1, 2, 3],
+    "width": [128, 256, 512],
+    "dropout": [0.1, 0.3, 0.5],
+    "batch_size": [128, 256, 512],
+    "learning_rate": [1e-4, 3e-4, 1e-3, 2e-3, 5e-3],
+}
+
+
+def fcnn_trials(n: int, seed: int) -> list[dict]:
+    """n seeded random draws from FCNN_SEARCH_SPACE, the first being the defaults."""
+    rng = np.random.default_rng(seed)
+    trials = [{}]
+    while len(trials) < n:
+        pick = {k: v[int(rng.integers(len(v)))] for k, v in FCNN_SEARCH_SPACE.items()}
+        width, depth = pick.pop("width"), pick.pop("depth")
+        # Funnel-shaped networks: each layer half as wide as the one before.
+        pick["hidden_layers"] = tuple(max(32, width // 2**i) for i in range(depth))
+        if pick not in trials:
+            trials.append(pick)
+    return trials
+
+
+def _by_name(*specs: HeadSpec) -> dict[str, HeadSpec]:
+    names = [s.name for s in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"head(s) {twice} registered more than once")
+    return {s.name: s for s in specs}
+
+
+# A few hyper-parameter values per head, chosen on the validation split. Small on purpose:
+# every head on every layer of a GTZAN-sized cache fits in about a minute on two cores
+# (benchmarks/train_heads.py). The torch heads' early stopping and schedulers already adapt
+# them to the data. In this order the heads are listed, and ties are broken.
+REGISTRY: dict[str, HeadSpec] = _by_name(
+    HeadSpec(
+        "fcnn",
+        _seeded(FCNNClassifier),
+        ({},),
+        Inputs.VECTOR,
+        TORCH,
+        stops_early=True,
+        default=True,
+        search=fcnn_trials,
+    ),
+    HeadSpec("svm", _seeded(SVMHead), ({"C": 10.0},), Inputs.VECTOR, SKOPS, default=True),
+    HeadSpec("rf", _random_forest, ({"min_samples_leaf": 1},), Inputs.VECTOR, SKOPS, default=True),
+    HeadSpec("xgb", _seeded(XGBHead), ({"max_depth": 3},), Inputs.VECTOR, XGBOOST, default=True),
+    HeadSpec(
+        "logreg",
+        _logistic_regression,
+        ({"C": 0.1}, {"C": 1.0}),
+        Inputs.VECTOR,
+        SKOPS,
+        default=True,
+    ),
+    *(
+        HeadSpec(
+            kind,
+            _spectrogram(kind),
+            ({},),
+            Inputs.SPECTROGRAM,
+            TORCH,
+            stops_early=True,
+            default=True,
+        )
+        for kind in SPECTROGRAM_HEADS
+    ),
+    HeadSpec(
+        "fcnn-weighted",
+        _seeded(LayerWeightedClassifier),
+        ({},),
+        Inputs.ALL_LAYERS,
+        TORCH,
+        stops_early=True,
+    ),
+    HeadSpec(
+        "attention",
+        _seeded(AttentionPoolingClassifier),
+        ({},),
+        Inputs.SEGMENTS,
+        TORCH,
+        stops_early=True,
+    ),
+)
+
+ALL_HEADS = tuple(REGISTRY)
+# The heads trained on embedding vectors when none are named (the spectrogram heads, also
+# trained by default, train on log-mel images).
+HEADS = tuple(n for n, s in REGISTRY.items() if s.default and s.inputs is Inputs.VECTOR)
+
+
+def head_spec(name: str) -> HeadSpec:
+    """The registry entry of a head, or HeadError naming the heads there are."""
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise HeadError(f"unknown head {name!r}; available: {', '.join(ALL_HEADS)}") from None
+
+
+def heads_reading(inputs: Inputs) -> tuple[str, ...]:
+    """The heads whose rows are of this kind, in registry order."""
+    return tuple(n for n, s in REGISTRY.items() if s.inputs is inputs)
+
+
+def make_head(name: str, seed: int = 0, **params) -> BaseEstimator:
+    """A fresh, unfitted head by name (see ALL_HEADS)."""
+    return head_spec(name).make(seed, **params)
+
+
+def head_files(name: str) -> tuple[str, ...]:
+    """The files a head of this name consists of: save_head writes them, load_head reads them all."""
+    return head_spec(name).format.files
+
+
+def save_head(head: BaseEstimator, name: str, directory: Path) -> list[str]:
+    """Write a fitted head in a safe format; return the names of every file written, main first.
+
+    The main file is the one to pass to load_head; the caller checksums them all
+    (bundles.write_bundle), since load_head trusts each of them.
+    """
+    fmt = head_spec(name).format
+    directory.mkdir(parents=True, exist_ok=True)
+    fmt.save(head, directory, fmt.files)
+    return list(fmt.files)
+
+
+def load_head(name: str, path: Path) -> BaseEstimator:
+    """Load a head saved by save_head; foreign content raises HeadError, nothing is unpickled."""
+    spec = head_spec(name)
+    try:
+        return spec.format.load(spec, path)
+    except HeadError:
+        raise
+    except Exception as exc:
+        raise HeadError(f"{path}: not a valid {name} head ({type(exc).__name__}: {exc})") from None

@@ -1,0 +1,1 @@
+"""Labelling songs with a trained bundle: predict and the web server."""

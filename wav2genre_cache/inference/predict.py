@@ -1,0 +1,311 @@
+"""Label songs with a trained bundle: per-segment probabilities, a timeline, and the track's top-k."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from wav2genre_cache.audio.decode import (
+    AUDIO_EXTENSIONS,
+    SAMPLE_RATE,
+    AudioError,
+    AudioTooLong,
+    load_track,
+    segment_track,
+)
+from wav2genre_cache.encoders.backbone import cpu_has_native_bfloat16, load_backbone, resolve_device
+from wav2genre_cache.encoders.embed_tracks import embed_tracks, track_windows
+from wav2genre_cache.encoders.finetuned import segment_probabilities
+from wav2genre_cache.evaluation.calibration import Calibrator
+from wav2genre_cache.feature_sets import ENCODER, feature_set_name
+from wav2genre_cache.heads.registry import Inputs, head_spec
+from wav2genre_cache.store.bundles import FINETUNED, BundleError, load_bundle
+
+
+class Predictor:
+    """A bundle and its backbone, loaded once; turns audio into genre predictions."""
+
+    def __init__(self, bundle_dir: str | Path, device: str = "auto", batch_size: int = 8):
+        self.bundle_dir = Path(bundle_dir)
+        self.meta, self.head = load_bundle(self.bundle_dir)
+        self.labels: list[str] = self.meta["labels"]
+        self.batch_size = batch_size
+        # Scores as calibrated on validation (identity for bundles from before calibration);
+        # a tagger names every tag whose score passes the tag's threshold.
+        self.calibrator = Calibrator.from_json(self.meta.get("calibration"))
+        self.multi_label = bool(self.meta.get("multi_label", False))
+        thresholds = self.meta.get("thresholds") or [0.5] * len(self.labels)
+        if len(thresholds) != len(self.labels):
+            raise BundleError(
+                f"{self.bundle_dir / 'bundle.json'}: {len(thresholds)} thresholds for "
+                f"{len(self.labels)} labels"
+            )
+        self.thresholds = np.asarray(thresholds, dtype=float)
+        if self.meta.get("kind") == FINETUNED:
+            # The bundle holds the whole model: encoder, pooling and head, in float32.
+            self.finetuned, self.frontend = self.head
+            self.device = resolve_device(device)
+            self.finetuned.to(self.device)
+            return
+        self.finetuned = None
+        self.spec = head_spec(self.meta["head"])
+        if feature_set_name(self.meta["feature_set"]) != ENCODER:
+            raise BundleError(
+                f"{bundle_dir}: predicting from feature set {self.meta['feature_set']!r} is not supported yet"
+            )
+        if self.meta["backbone"] == "synthetic":
+            raise BundleError(
+                f"{bundle_dir}: trained on a synthetic cache; there is no backbone to embed audio with"
+            )
+        # The segment settings, backbone and dtype come from the bundle, never from the user: on
+        # the same machine predict then computes exactly what embed computed.
+        dtype = self.meta["dtype"]
+        if (
+            dtype == "bfloat16"
+            and resolve_device(device).type == "cpu"
+            and not cpu_has_native_bfloat16()
+        ):
+            dtype = "float32"  # emulated bfloat16 is several times slower, and no closer
+        # The window mode too: Whisper's packed windows give other embeddings than alone.
+        window = self.meta.get("window")  # absent from bundles of waveform models: alone
+        self.backbone = load_backbone(
+            self.meta["backbone"], device=device, dtype=dtype, window=window
+        )
+        frontend = self.meta.get("frontend", "waveform")
+        if self.backbone.kind != frontend:
+            raise BundleError(
+                f"{bundle_dir}: trained on {frontend} features of {self.meta['backbone']}, "
+                f"but the model loaded now reads {self.backbone.kind}; embeddings would not match"
+            )
+        if (
+            self.meta["backbone_revision"]
+            and self.backbone.revision != self.meta["backbone_revision"]
+        ):
+            raise BundleError(
+                f"{bundle_dir}: trained on {self.meta['backbone']} revision {self.meta['backbone_revision']}, "
+                f"but the loaded model is revision {self.backbone.revision}; embeddings would not match"
+            )
+
+    def describe(self) -> dict:
+        """What GET /api/model shows: labels, backbone, layer, head and test metrics."""
+        m = self.meta
+        return {
+            "labels": self.labels,
+            "backbone": m["backbone"],
+            "backbone_revision": m["backbone_revision"],
+            "untrained_backbone": m["backbone"].startswith("random-"),
+            "layer": m["layer"],
+            "head": m["head"],
+            "fine_tuned": m.get("kind") == FINETUNED,
+            "feature_set": m["feature_set"],
+            "frontend": m.get("frontend", "waveform"),
+            "window": m.get("window", "alone"),
+            "segment_seconds": m["segment_seconds"],
+            "hop_seconds": m["hop_seconds"],
+            "metrics": m["metrics"],
+            "multi_label": self.multi_label,
+            "thresholds": dict(zip(self.labels, self.thresholds.tolist(), strict=True))
+            if self.multi_label
+            else None,
+            "calibration": self.calibrator.method,
+        }
+
+    def predict_waveforms(self, waveforms: list[np.ndarray], top_k: int = 3) -> list[dict]:
+        """Predictions for decoded 16 kHz tracks; their segments are batched together."""
+        seg, hop = self.meta["segment_seconds"], self.meta["hop_seconds"]
+        segments = [segment_track(samples, seg, hop) for samples in waveforms]
+        if self.finetuned is not None:
+            probas = segment_probabilities(
+                self.finetuned, self.frontend, waveforms, seg, hop, self.batch_size, self.device
+            )
+            return [
+                self._result(samples, starts, length, proba, top_k)
+                for samples, (starts, length), proba in zip(
+                    waveforms, segments, probas, strict=True
+                )
+            ]
+        tracks = [
+            track_windows(self.backbone, w, *s) for w, s in zip(waveforms, segments, strict=True)
+        ]
+        feats = embed_tracks(self.backbone, tracks, seg, hop, self.batch_size)
+        results = []
+        for samples, (starts, length), f in zip(waveforms, segments, feats, strict=True):
+            every = self.spec.inputs is Inputs.ALL_LAYERS  # its bundle's layer is -1
+            proba = self._proba(f.reshape(len(f), -1) if every else f[:, self.meta["layer"], :])
+            results.append(self._result(samples, starts, length, proba, top_k))
+        return results
+
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        # All rows are segments of one track (a head that predicts tracks attends over them).
+        cols = self.spec.predict_proba(self.head, X, groups=np.zeros(len(X), int))
+        proba = np.zeros((len(X), len(self.labels)))
+        proba[:, np.asarray(self.head.classes_).astype(int)] = cols
+        return proba
+
+    def _result(self, samples, starts, length, proba, top_k) -> dict:
+        # The track's score is the mean of its segments' raw scores, then calibrated: as the
+        # calibration map was fitted in training.
+        track = self.calibrator.apply(proba.mean(axis=0, keepdims=True))[0]
+        proba = self.calibrator.apply(proba)
+        order = np.argsort(-track)[:top_k]
+        result = {
+            "duration": round(len(samples) / SAMPLE_RATE, 3),
+            "label": self.labels[order[0]],
+            "top": [
+                {"label": self.labels[i], "probability": round(float(track[i]), 4)} for i in order
+            ],
+            "timeline": [
+                {
+                    "start": round(s / SAMPLE_RATE, 3),
+                    "end": round((s + length) / SAMPLE_RATE, 3),
+                    "label": self.labels[int(np.argmax(p))],
+                    "probabilities": {
+                        lab: round(float(v), 4) for lab, v in zip(self.labels, p, strict=True)
+                    },
+                    **({"tags": self._tags(p)} if self.multi_label else {}),
+                }
+                for s, p in zip(starts, proba, strict=True)
+            ],
+        }
+        if self.multi_label:
+            result["tags"] = self._tags(track)
+        return result
+
+    def _tags(self, scores: np.ndarray) -> list[dict]:
+        """The tags whose score reaches their threshold, highest score first."""
+        above = np.flatnonzero(scores >= self.thresholds)
+        return [
+            {
+                "label": self.labels[i],
+                "probability": round(float(scores[i]), 4),
+                "threshold": round(float(self.thresholds[i]), 4),
+            }
+            for i in above[np.argsort(-scores[above], kind="stable")]
+        ]
+
+    def predict_paths(
+        self, paths: Sequence[Path | SkippedInput], top_k: int = 3, group: int = 16
+    ) -> list[dict]:
+        """Predict files in groups whose segments are batched together, in input order.
+
+        A file that does not decode, or a SkippedInput from expand_inputs, gets an error entry.
+        """
+        out: list[tuple[int, dict]] = []  # (input position, entry)
+        files: list[tuple[int, Path]] = []
+        for k, p in enumerate(paths):
+            if isinstance(p, SkippedInput):
+                out.append((k, {"file": str(p.path), "error": f"{p.path}: {p.reason}"}))
+            else:
+                files.append((k, p))
+        for i in range(0, len(files), group):
+            ok, decoded = [], []
+            for k, p in files[i : i + group]:
+                try:
+                    decoded.append(load_track(p).samples)
+                    ok.append((k, p))
+                except AudioError as exc:
+                    out.append((k, {"file": str(p), "error": str(exc)}))
+            for (k, p), r in zip(
+                ok, self.predict_waveforms(decoded, top_k) if decoded else [], strict=True
+            ):
+                out.append((k, {"file": str(p), **r}))
+        # By position, not by name: the same file given twice keeps both of its places.
+        return [entry for _, entry in sorted(out, key=lambda pair: pair[0])]
+
+
+def check_duration(samples: np.ndarray, name: str, max_seconds: float | None) -> None:
+    """Refuse audio longer than max_seconds (uploads are bounded in duration, not just size)."""
+    seconds = len(samples) / SAMPLE_RATE
+    if max_seconds is not None and seconds > max_seconds:
+        raise AudioTooLong(
+            f"{name}: {seconds / 60:.1f} minutes of audio; the limit is {max_seconds / 60:g} minutes"
+        )
+    if seconds < 1.0:
+        raise AudioError(f"{name}: too short ({seconds:.2f} s; at least 1 s is needed)")
+
+
+class SkippedInput(NamedTuple):
+    """An input that cannot be predicted, and why (e.g. 'a symlink loop')."""
+
+    path: Path
+    reason: str
+
+
+def expand_inputs(items: list[Path]) -> list[Path | SkippedInput]:
+    """Files as given and the audio files inside any folder (sorted), in input order.
+
+    Every input named on the command line that cannot be used comes back as a SkippedInput
+    naming the reason; inside a folder only entries named like audio files are reported, the
+    rest (notes, cover art) are not meant for us. Folders are not entered through symlinks,
+    so a symlink loop is reported, never followed.
+    """
+    entries: list[Path | SkippedInput] = []
+    for item in items:
+        reason = _unusable(item)
+        if reason:
+            entries.append(SkippedInput(item, reason))
+        elif item.is_dir():
+            found = _walk(item)
+            entries += found or [SkippedInput(item, "a folder with no audio files in it")]
+        elif not item.is_file():
+            # A pipe or a device: reading it could block forever.
+            entries.append(SkippedInput(item, "not a regular file"))
+        else:
+            entries.append(item)  # any name: the decoder says if it is not audio
+    return entries
+
+
+def _unusable(path: Path) -> str | None:
+    """Why a path cannot be opened at all (loop, dangling link, absent), or None if it can."""
+    try:
+        path.stat()
+    except OSError as exc:
+        # Path.exists()/is_dir() answer False for all of these alike; stat tells them apart.
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop"
+        if path.is_symlink():
+            return f"a broken symlink (its target {os.readlink(path)} does not exist)"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "does not exist"
+        return f"cannot be read ({exc.strerror or exc})"
+    return None
+
+
+def _walk(folder: Path) -> list[Path | SkippedInput]:
+    """The audio files under a folder, and every entry named like audio that is not one, sorted."""
+    found: list[Path | SkippedInput] = []
+    audio_dirs: list[Path] = []
+
+    def unreadable(exc: OSError) -> None:
+        found.append(SkippedInput(Path(exc.filename), f"cannot read the folder ({exc.strerror})"))
+
+    # followlinks=False: a symlinked folder (or a loop) is listed but never entered.
+    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=False):
+        dirs.sort()
+        for name in dirs + files:
+            p = Path(root) / name
+            if p.suffix.lower() not in AUDIO_EXTENSIONS:
+                continue
+            reason = _unusable(p)
+            if reason:
+                found.append(SkippedInput(p, reason))
+            elif p.is_dir() and p.is_symlink():
+                found.append(SkippedInput(p, "a symlink to a folder, which is not followed"))
+            elif p.is_dir():
+                audio_dirs.append(p)  # walked like any folder; reported if nothing is in it
+            elif p.is_file():
+                found.append(p)
+            else:
+                found.append(SkippedInput(p, "not a regular file"))
+    paths = [p for p in found if isinstance(p, Path)]
+    found += [
+        SkippedInput(d, "a folder named like an audio file, with no audio files in it")
+        for d in audio_dirs
+        if not any(p.is_relative_to(d) for p in paths)
+    ]
+    return sorted(found, key=lambda e: e.path if isinstance(e, SkippedInput) else e)

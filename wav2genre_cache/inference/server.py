@@ -1,0 +1,168 @@
+"""`serve`: a web page and JSON API where a person uploads a song and sees its genre over time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from wav2genre_cache.audio.decode import AudioError, AudioTooLong, decode_bytes
+from wav2genre_cache.inference.predict import Predictor, check_duration
+
+STATIC = Path(str(files("wav2genre_cache.inference") / "static"))
+# uvicorn's own error logger: its lines come out formatted like the server's.
+log = logging.getLogger("uvicorn.error")
+
+
+class UploadLimit:
+    """ASGI wrapper that refuses an upload body over `limit` bytes while it streams in.
+
+    A Content-Length over the limit is refused before any byte is read; a body without one is
+    counted as it arrives and cut off at the limit, so nobody can fill memory or disk.
+    """
+
+    def __init__(self, app, limit: int, path: str = "/api/predict"):
+        self.app, self.limit, self.path = app, limit, path
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            response = JSONResponse({"detail": self._message()}, status_code=413)
+            return await response(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise HTTPException(413, self._message())
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+    def _message(self) -> str:
+        return f"upload too large: the limit is {self.limit / 2**20:g} MB"
+
+
+def create_app(
+    predictor: Predictor,
+    max_upload_mb: float = 50,
+    max_minutes: float = 15,
+    max_decodes: int = 3,
+) -> UploadLimit:
+    """The FastAPI application around one loaded predictor, wrapped in the upload limit."""
+    app = FastAPI(title="wav2genre", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    # One model, one thread: requests queue for it instead of fighting over the cores.
+    model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wav2genre-model")
+    # At most max_decodes uploads hold decoded audio at once, from reading the upload's bytes to
+    # the model's answer; each holds at most max_minutes of 16 kHz samples plus one read block
+    # (decode_bytes stops there). So N concurrent uploads of compressed silence queue here
+    # instead of each taking its full allowance at the same time.
+    decode_slots = asyncio.Semaphore(max_decodes)
+    app.state.served = 0
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/health")
+    async def health() -> dict:
+        return {"status": "ok", "served": app.state.served}
+
+    @app.get("/api/model")
+    async def model() -> dict:
+        return {
+            **predictor.describe(),
+            "limits": {"max_upload_mb": max_upload_mb, "max_minutes": max_minutes},
+        }
+
+    @app.post("/api/predict")
+    async def predict(request: Request, top_k: int = 3) -> dict:
+        start = time.perf_counter()
+        try:
+            form = await request.form(max_files=1, max_fields=4)
+        except ClientDisconnect:
+            # Routine (a closed tab, a lost connection): one line, not an ASGI traceback.
+            client = f"{request.client.host}:{request.client.port}" if request.client else "?"
+            log.warning("%s: client disconnected during the upload; nothing to answer", client)
+            raise HTTPException(499, "client disconnected") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(
+                400, "no file uploaded: send the audio as multipart form field 'file'"
+            )
+        name = Path(upload.filename or "upload").name  # for messages only, never a path
+        uploaded = time.perf_counter()
+        async with decode_slots:  # so "decode" time includes any wait for a slot
+            data = await upload.read()
+            await upload.close()
+            if not data:
+                raise HTTPException(422, f"{name}: empty file (0 bytes)")
+            try:
+                # The duration limit bounds the decode itself (header first, then while streaming).
+                samples = await run_in_threadpool(decode_bytes, data, name, max_minutes * 60)
+                check_duration(samples, name, max_minutes * 60)
+            except AudioError as exc:
+                raise HTTPException(
+                    413 if isinstance(exc, AudioTooLong) else 422, str(exc)
+                ) from None
+            del data
+            if await request.is_disconnected():
+                raise HTTPException(499, "client disconnected")  # nobody is waiting: skip the model
+            decoded = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            result = (
+                await loop.run_in_executor(
+                    model_thread, predictor.predict_waveforms, [samples], max(1, min(top_k, 50))
+                )
+            )[0]
+            done = time.perf_counter()
+            app.state.served += 1
+            return {
+                "file": name,
+                **result,
+                "timings_ms": {
+                    "upload": round(1000 * (uploaded - start), 1),
+                    "decode": round(1000 * (decoded - uploaded), 1),
+                    "model": round(1000 * (done - decoded), 1),
+                    "total": round(1000 * (done - start), 1),
+                },
+            }
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return UploadLimit(app, int(max_upload_mb * 2**20))
+
+
+def serve(
+    bundle: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_upload_mb: float = 50,
+    max_minutes: float = 15,
+    device: str = "auto",
+    max_decodes: int = 3,
+) -> None:
+    """Load the bundle once and serve the page and API with uvicorn."""
+    import uvicorn
+
+    predictor = Predictor(bundle, device=device)
+    uvicorn.run(
+        create_app(predictor, max_upload_mb, max_minutes, max_decodes),
+        host=host,
+        port=port,
+        log_level="info",
+    )

@@ -1,0 +1,1 @@
+"""`compare`: a run's tables and figures."""

@@ -1,0 +1,1 @@
+"""Stage two: train, select and compare heads on cached features."""

@@ -1,0 +1,126 @@
+"""A fitted head's scores on rows of a split: probabilities, calibrated, and their metrics.
+
+Training scores every model through here, single- or multi-label alike: segment probabilities
+from the head, their mean per track, the calibration map fitted on validation applied to both,
+and the metrics of the result (per source too, when the run read several datasets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from wav2genre_cache.evaluation.calibration import (
+    Calibrator,
+    expected_calibration_error,
+    reliability,
+)
+from wav2genre_cache.evaluation.metrics import (
+    aggregate_tracks,
+    classification_metrics,
+    multilabel_metrics,
+)
+
+if TYPE_CHECKING:
+    from sklearn.base import BaseEstimator
+
+    from wav2genre_cache.heads.registry import HeadSpec
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A head's probabilities on some rows, per segment and per track, with the truth."""
+
+    segment: np.ndarray  # [rows, labels]
+    y: np.ndarray  # per row: a label index, or a {0,1} row of tags
+    tracks: np.ndarray  # the track (cache row) of each track-level row
+    track: np.ndarray  # [tracks, labels]: the mean of its segments' probabilities
+    y_track: np.ndarray
+    multi_label: bool
+
+    def calibrated(self, calibrator: Calibrator) -> Scores:
+        """The same scores through a calibration map (segments and tracks alike)."""
+        return replace(
+            self, segment=calibrator.apply(self.segment), track=calibrator.apply(self.track)
+        )
+
+
+def head_scores(
+    spec: HeadSpec,
+    head: BaseEstimator,
+    X: np.ndarray,
+    y: np.ndarray,
+    track: np.ndarray,
+    n_labels: int,
+    multi_label: bool,
+) -> Scores:
+    """The head's probabilities on rows X (of the tracks `track`), segments and tracks."""
+    columns = spec.predict_proba(head, X, groups=track)
+    proba = np.zeros((len(X), n_labels))
+    # Heads are fitted on label indices (or tag columns): classes_ says which column is which.
+    proba[:, np.asarray(head.classes_).astype(int)] = columns
+    tracks, track_proba = aggregate_tracks(proba, track)
+    _, first = np.unique(track, return_index=True)  # tracks are np.unique's order too
+    return Scores(proba, y, tracks, track_proba, y[first], multi_label)
+
+
+def metrics_of(
+    scores: Scores, labels: list[str], thresholds: np.ndarray | None = None, curves: bool = False
+) -> dict:
+    """Segment- and track-level metrics (tags at `thresholds` for multi-label scores)."""
+    multi = scores.multi_label
+    return {
+        "segment": _metrics(scores.y, scores.segment, labels, multi, thresholds),
+        "track": _metrics(scores.y_track, scores.track, labels, multi, thresholds, curves),
+    }
+
+
+def _metrics(y, proba, labels, multi_label: bool, thresholds=None, curves: bool = False) -> dict:
+    """The metrics of one level's rows: tags at their thresholds, or single labels."""
+    if multi_label:
+        return multilabel_metrics(y, proba, labels, thresholds, curves=curves)
+    return classification_metrics(y, proba, labels, curves=curves)
+
+
+# The figures each source's row of the per-source table shows.
+_PER_SOURCE = ("n", "accuracy", "macro_f1", "macro_auc", "macro_pr_auc")
+
+
+def per_source(
+    scores: Scores,
+    track_source: np.ndarray,
+    labels: list[str],
+    thresholds: np.ndarray | None = None,
+) -> dict[str, dict]:
+    """Track-level metrics of each dataset's tracks, where the rows come from several."""
+    source = track_source[scores.tracks]
+    out = {}
+    for name in sorted(set(source)):
+        rows = source == name
+        m = _metrics(
+            scores.y_track[rows], scores.track[rows], labels, scores.multi_label, thresholds
+        )
+        out[name] = {k: m[k] for k in _PER_SOURCE if k in m}
+    return out
+
+
+def calibration_report(raw: Scores, calibrator: Calibrator) -> dict:
+    """The calibration map and the expected calibration error of tracks before and after it."""
+    after = raw.calibrated(calibrator)
+    return {
+        "method": calibrator.method,
+        **({"temperature": calibrator.temperature} if calibrator.method == "temperature" else {}),
+        "ece_before": expected_calibration_error(raw.track, raw.y_track, raw.multi_label),
+        "ece_after": expected_calibration_error(after.track, after.y_track, after.multi_label),
+    }
+
+
+def reliability_curves(raw: Scores, calibrator: Calibrator) -> dict:
+    """Reliability diagrams' bins of the track scores before and after calibration."""
+    after = raw.calibrated(calibrator)
+    return {
+        "before": reliability(raw.track, raw.y_track, raw.multi_label),
+        "after": reliability(after.track, after.y_track, after.multi_label),
+    }

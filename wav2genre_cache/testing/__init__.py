@@ -1,0 +1,1 @@
+"""Synthetic audio and caches for tests, benchmarks and the demo."""
