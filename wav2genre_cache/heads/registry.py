@@ -14,8 +14,11 @@ with binary cross-entropy; the others: one-vs-rest or their library's native mul
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -191,18 +194,37 @@ def _load_skops(spec: HeadSpec, path: Path) -> BaseEstimator:
     untrusted = [t for t in sio.get_untrusted_types(file=path) if t not in _OWN_TYPES]
     if untrusted:
         raise HeadError(f"{path}: refuses to load types that are not known to be safe: {untrusted}")
-    return sio.load(path, trusted=list(_OWN_TYPES))
+    with _former_modules():
+        return sio.load(path, trusted=list(_OWN_TYPES))
 
 
-# Types skops does not trust by default but that are plain data: our SVM head (under the module
-# it is defined in, and the one heads saved before it moved name), our multi-label-aware
-# subclasses of sklearn's forest, logistic regression and pipeline, and sklearn's trees.
+# skops files name each class by its module: heads saved by version 0.1 (one flat package) name
+# wav2genre_cache.sklearn_heads, whose classes now live in heads.estimators.
+_FORMER_MODULES = {"wav2genre_cache.sklearn_heads": "wav2genre_cache.heads.estimators"}
+
+
+@contextmanager
+def _former_modules() -> Iterator[None]:
+    """While loading, the modules of former versions resolve to the ones that replaced them."""
+    added = [old for old in _FORMER_MODULES if old not in sys.modules]
+    for old in added:
+        sys.modules[old] = importlib.import_module(_FORMER_MODULES[old])
+    try:
+        yield
+    finally:
+        for old in added:
+            del sys.modules[old]
+
+
+# Types skops does not trust by default but that are plain data: our SVM head, our multi-label
+# subclasses of sklearn's forest, logistic regression and pipeline (each under its module now
+# and the ones of version 0.1: heads.SVMHead still resolves, as heads re-exports it), and
+# sklearn's trees.
+_CLASSES = ("SVMHead", "ForestHead", "LogisticRegressionHead", "PipelineHead")
 _OWN_TYPES = (
-    "wav2genre_cache.heads.estimators.SVMHead",
-    "wav2genre_cache.heads.registry.SVMHead",
-    "wav2genre_cache.heads.estimators.ForestHead",
-    "wav2genre_cache.heads.estimators.LogisticRegressionHead",
-    "wav2genre_cache.heads.estimators.PipelineHead",
+    *(f"wav2genre_cache.heads.estimators.{c}" for c in _CLASSES),
+    *(f"wav2genre_cache.sklearn_heads.{c}" for c in _CLASSES),
+    "wav2genre_cache.heads.SVMHead",
     "sklearn.tree._tree.Tree",
 )
 

@@ -17,11 +17,11 @@ import pytest
 import soundfile as sf
 from conftest import run_cli
 
-from wav2genre_cache.bundles import load_bundle
-from wav2genre_cache.cache import EmbeddingCache
-from wav2genre_cache.predict import Predictor
+from wav2genre_cache.inference.predict import Predictor
+from wav2genre_cache.store.bundles import load_bundle
+from wav2genre_cache.store.cache import EmbeddingCache
 
-FIXTURES = Path(__file__).parent / "fixtures" / "v0.1.0"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "v0.1.0"
 LABELS = ["classical", "metal"]
 TRACKS = [f"{g}.{i:05d}" for g in LABELS for i in range(4)]
 BUNDLES = ["best", *(f"bundles/{h}" for h in ("fcnn", "finetuned", "logreg", "rf", "svm", "xgb"))]
@@ -134,7 +134,7 @@ def test_every_bundle_loads_and_predicts_as_it_did_in_0_1_0(bundle):
 
 def test_each_frozen_head_scores_the_cached_segments_as_it_did_in_0_1_0():
     """Each head on the cache's own features, through its head spec as predict calls it."""
-    from wav2genre_cache.heads import head_spec
+    from wav2genre_cache.heads.registry import head_spec
 
     cache = EmbeddingCache(FIXTURES / "cache.h5")
     expected = expected_predictions()["cache_segments"]
@@ -174,7 +174,7 @@ def test_predict_on_the_run_folder_uses_its_best_bundle(tmp_path):
 
 def finetune_options(state_dir: Path, out: Path):
     """The FinetuneOptions the checkpoint was written with, from its settings.json."""
-    from wav2genre_cache.finetune import FinetuneOptions
+    from wav2genre_cache.finetune.loop import FinetuneOptions
 
     settings = json.loads((state_dir / "settings.json").read_text())
     names = {f.name for f in dataclasses.fields(FinetuneOptions)}
@@ -186,9 +186,9 @@ def finetune_options(state_dir: Path, out: Path):
 def test_the_checkpoint_loads_into_a_fresh_model_of_its_kind(tmp_path):
     import torch
 
-    from wav2genre_cache.finetune import _freeze, _load_encoder, _param_groups
-    from wav2genre_cache.finetune_checkpoint import load_checkpoint, read_weights
-    from wav2genre_cache.finetuned import SegmentClassifier
+    from wav2genre_cache.encoders.finetuned import SegmentClassifier
+    from wav2genre_cache.finetune.checkpoint import load_checkpoint, read_weights
+    from wav2genre_cache.finetune.loop import _freeze, _load_encoder, _param_groups
 
     copy_fixture(tmp_path, "run/finetune")
     state_dir = tmp_path / "run" / "finetune"
@@ -261,7 +261,7 @@ def test_the_parquet_shards_read_back(tmp_path):
     pytest.importorskip("pyarrow", reason="the Ray engine's extra: pip install '.[ray]'")
     import pyarrow.parquet as pq
 
-    from wav2genre_cache.parquet_shards import ParquetShards, shard_dir, tensor_column_to_numpy
+    from wav2genre_cache.store.parquet import ParquetShards, shard_dir, tensor_column_to_numpy
 
     out = shard_copy(tmp_path)
     folder = shard_dir(out)
@@ -281,7 +281,7 @@ def test_the_parquet_shards_read_back(tmp_path):
 
 def test_the_parquet_shards_merge_into_the_fixture_cache(tmp_path):
     pytest.importorskip("pyarrow", reason="the Ray engine's extra: pip install '.[ray]'")
-    from wav2genre_cache.parquet_shards import ParquetShards, shard_dir
+    from wav2genre_cache.store.parquet import ParquetShards, shard_dir
 
     out = shard_copy(tmp_path)
     config = json.loads((shard_dir(out) / "config.json").read_text())
