@@ -1,8 +1,85 @@
-"""Values as JSON can hold them: what bundle.json, metrics.json and saved heads are written with."""
+"""One copy of the small file and value helpers every stage uses.
+
+Atomic writes (a temporary name in the same folder, synced, renamed into place: a reader sees
+the old file or the new one, never a part), sha256 of a file, values as JSON can hold them,
+and comma-separated option lists.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def temporary_name(path: Path, unique: bool = False) -> Path:
+    """The name path is written under before its rename: `<name>.tmp` (a killed run's leftover
+    is overwritten by the next), or `<name>.<pid>.tmp` where processes write one file at once."""
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp" if unique else f"{path.name}.tmp")
+
+
+@contextmanager
+def atomic_path(path: str | Path, sync: bool = True, unique: bool = False) -> Iterator[Path]:
+    """A temporary path to write; on a clean exit it is synced and renamed to path, else removed."""
+    path = Path(path)
+    tmp = temporary_name(path, unique)
+    try:
+        yield tmp
+        if sync:
+            sync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(
+    path: str | Path, write: Callable[[Path], object], sync: bool = True, unique: bool = False
+) -> Path:
+    """write(tmp) to a temporary file, then rename it to path: path is never left half written."""
+    with atomic_path(path, sync, unique) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str, sync: bool = True, unique: bool = False) -> Path:
+    """text written atomically to path."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text), sync, unique)
+
+
+def atomic_write_json(path: str | Path, value, sync: bool = True) -> Path:
+    """value (made JSON-safe) written atomically to path, one key per line."""
+    return atomic_write_text(path, json.dumps(jsonable(value), indent=1), sync)
+
+
+def sync_file(path: Path) -> None:
+    """Flush a file's data to the disk (a rename after it is then safe from power loss)."""
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def sync_dir(path: Path) -> None:
+    """Flush a folder's entries (renames within it) to the disk, where the system allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    """The file's sha256, hex; read in blocks, so a large file is never held whole."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def jsonable(obj):
@@ -17,3 +94,10 @@ def jsonable(obj):
     if isinstance(obj, list | tuple):
         return [jsonable(v) for v in obj]
     return obj
+
+
+def comma_list(value: str | None) -> tuple[str, ...]:
+    """The stripped, non-empty items of a comma-separated option ('a, b,' -> ('a', 'b'))."""
+    if value is None:
+        return ()
+    return tuple(item.strip() for item in value.split(",") if item.strip())

@@ -14,8 +14,6 @@ from hypothesis import strategies as st
 
 from wav2genre_cache.audio.decode import (
     SAMPLE_RATE,
-    AudioError,
-    AudioTooLong,
     _c_stderr_named,
     decode_bytes,
     decode_file,
@@ -24,6 +22,7 @@ from wav2genre_cache.audio.decode import (
     segment_starts,
     segment_track,
 )
+from wav2genre_cache.errors import AudioError, AudioTooLong
 
 
 @given(

@@ -5,13 +5,13 @@ import pytest
 from conftest import make_label_folder, write_audio
 
 from wav2genre_cache.data.datasets import (
-    DatasetError,
     Track,
     assign_splits,
     detect_layout,
     discover,
     read_gtzan_ff,
 )
+from wav2genre_cache.errors import DatasetError
 
 
 def test_gtzan_layout_is_detected_on_the_dev_clips(dev_clips):

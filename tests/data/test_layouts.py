@@ -30,7 +30,6 @@ from fakes import (
 from wav2genre_cache.data.datasets import (
     EXCLUDED,
     TAG_SEPARATOR,
-    DatasetError,
     Track,
     assign_splits,
     detect_layout,
@@ -41,6 +40,7 @@ from wav2genre_cache.data.datasets import (
     source_names,
     tags_of,
 )
+from wav2genre_cache.errors import DatasetError
 
 # ---- fake copies -------------------------------------------------------------------------------
 

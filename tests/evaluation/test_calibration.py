@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from scipy.special import expit, softmax
 
-from wav2genre_cache.errors import Wav2GenreError
+from wav2genre_cache.errors import CalibrationError, Wav2GenreError
 from wav2genre_cache.evaluation.calibration import (
-    CalibrationError,
     Calibrator,
     choose_thresholds,
     expected_calibration_error,

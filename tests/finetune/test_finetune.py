@@ -17,9 +17,9 @@ import pytest
 from conftest import run_cli, write_audio
 from fakes import running_server
 
-from wav2genre_cache.errors import BackboneError, OptionError
+from wav2genre_cache.errors import BackboneError, FinetuneError, OptionError
 from wav2genre_cache.finetune.checkpoint import read_weights
-from wav2genre_cache.finetune.loop import FinetuneError, FinetuneOptions, finetune, lr_factor
+from wav2genre_cache.finetune.loop import FinetuneOptions, finetune, lr_factor
 
 LABELS = ("low", "mid", "high")
 

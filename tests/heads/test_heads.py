@@ -5,13 +5,13 @@ import pytest
 from sklearn.datasets import make_classification
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from wav2genre_cache.errors import HeadError
 from wav2genre_cache.heads.registry import (
     ALL_HEADS,
     HEADS,
     AttentionPoolingClassifier,
     FCNNClassifier,
     ForestHead,
-    HeadError,
     Inputs,
     LayerWeightedClassifier,
     LogisticRegressionHead,

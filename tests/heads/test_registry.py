@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from fakes import TINY, rows
 
+from wav2genre_cache.errors import HeadError
 from wav2genre_cache.heads.registry import (
     ALL_HEADS,
     REGISTRY,
     AttentionPoolingClassifier,
     FCNNClassifier,
     ForestHead,
-    HeadError,
     Inputs,
     LayerWeightedClassifier,
     PipelineHead,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import run_cli, write_audio
 
-from wav2genre_cache.audio.decode import AudioError
+from wav2genre_cache.errors import AudioError
 from wav2genre_cache.inference.predict import Predictor, check_duration
 
 

@@ -150,8 +150,8 @@ def test_duplicates_never_straddle_a_split(tmp_path):
 
 
 def test_cross_validation_refuses_a_tag_cache_with_the_way_to_go(tag_cache):
+    from wav2genre_cache.errors import TrainError
     from wav2genre_cache.stage_two.crossval import cross_validate
-    from wav2genre_cache.stage_two.data import TrainError
 
     with pytest.raises(TrainError, match="multi-label.*train-heads"):
         cross_validate(tag_cache, "encoder", ["logreg"], layer=1)

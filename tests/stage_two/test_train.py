@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from wav2genre_cache.heads.registry import HeadError, head_spec
-from wav2genre_cache.stage_two.train import TrainError, train_heads
+from wav2genre_cache.errors import CacheError, HeadError, TrainError
+from wav2genre_cache.heads.registry import head_spec
+from wav2genre_cache.stage_two.train import train_heads
 from wav2genre_cache.store.bundles import load_bundle
-from wav2genre_cache.store.cache import CacheError
 from wav2genre_cache.testing.synthetic import write_synthetic_cache
 
 SMALL = dict(n_tracks=120, segments_per_track=2, n_layers=4, dim=24, n_labels=4)

@@ -2,13 +2,8 @@ import h5py
 import numpy as np
 import pytest
 
-from wav2genre_cache.store.cache import (
-    CacheError,
-    EmbeddingCache,
-    ShardStore,
-    TrackResult,
-    config_differences,
-)
+from wav2genre_cache.errors import CacheError
+from wav2genre_cache.store.cache import EmbeddingCache, ShardStore, TrackResult, config_differences
 
 CONFIG = {
     "backbone": "random-tiny",

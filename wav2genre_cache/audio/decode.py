@@ -22,7 +22,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from wav2genre_cache.errors import Wav2GenreError
+from wav2genre_cache.errors import AudioError, AudioTooLong
 
 SAMPLE_RATE = 16_000
 MIN_TRACK_SECONDS = 1.0
@@ -44,14 +44,6 @@ AUDIO_EXTENSIONS = (
 _BLOCK_SAMPLES = 1 << 21
 # libsndfile's frame count for a stream that does not say how long it is (SF_COUNT_MAX).
 _UNKNOWN_FRAMES = 2**63 - 1
-
-
-class AudioError(Wav2GenreError):
-    """A file that cannot be turned into usable audio; the message names the problem."""
-
-
-class AudioTooLong(AudioError):
-    """Audio longer than a service accepts (the server answers 413, not 422)."""
 
 
 @dataclass(frozen=True)

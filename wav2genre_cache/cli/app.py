@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
+from wav2genre_cache._io import comma_list
 from wav2genre_cache.cli.finetune import (
     UnfreezeOpt,
     finetune,
@@ -174,7 +175,7 @@ def _train(
     return train_heads(
         cache,
         run_dir,
-        heads=None if heads is None else [h.strip() for h in heads.split(",") if h.strip()],
+        heads=None if heads is None else list(comma_list(heads)),
         layers=layers,
         feature_sets=feature_set,
         seed=seed,
@@ -251,7 +252,7 @@ def cross_validate_cmd(
     r = cross_validate(
         cache,
         feature_set,
-        [h.strip() for h in heads.split(",") if h.strip()],
+        list(comma_list(heads)),
         layer,
         folds,
         repeats,

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from wav2genre_cache._io import comma_list
 from wav2genre_cache.cli.options import (
     AugmentOpt,
     DatasetOpt,
@@ -135,7 +136,7 @@ def finetune(
         gradient_checkpointing=gradient_checkpointing,
         probe_epochs=probe_epochs,
         patience=patience,
-        augment=tuple(a.strip() for a in augment.split(",") if a.strip()),
+        augment=comma_list(augment),
         augment_prob=augment_prob,
         noise_dir=str(noise_dir) if noise_dir else None,
         checkpoint_every=checkpoint_every,
@@ -180,7 +181,7 @@ def finetune_options_of_run(params: dict, run_dir: Path, epochs: int, unfreeze: 
         layer=layer,
         unfreeze=unfreeze,
         epochs=epochs,
-        augment=tuple(a.strip() for a in params["augment"].split(",") if a.strip()),
+        augment=comma_list(params["augment"]),
         noise_dir=str(params["noise_dir"]) if params["noise_dir"] else None,
         device=params["device"],
         workers=params["workers"],

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from wav2genre_cache._io import comma_list
 from wav2genre_cache.errors import OptionError
 
 # soft_wrap: file paths in messages stay on one line, whatever the terminal width.
@@ -130,7 +131,7 @@ def embed_options(params: dict, out: Path):
     """EmbedOptions from a command's stage-one parameters (embed's and run's share their names)."""
     from wav2genre_cache.stage_one.embed import EmbedOptions
 
-    kinds = tuple(a.strip() for a in params["augment"].split(",") if a.strip())
+    kinds = comma_list(params["augment"])
     same = (
         "dataset",
         "model",
@@ -155,7 +156,7 @@ def embed_options(params: dict, out: Path):
         label_map=str(params["label_map"]) if params.get("label_map") else None,
         out=str(out),
         split_dir=str(params["split_dir"]) if params["split_dir"] else None,
-        features=tuple(f.strip() for f in params["features"].split(",") if f.strip()),
+        features=comma_list(params["features"]),
         augment=kinds,
         augment_copies=params["augment_copies"] or (1 if kinds else 0),
         noise_dir=str(params["noise_dir"]) if params["noise_dir"] else None,

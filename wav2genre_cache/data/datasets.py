@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from wav2genre_cache.audio.decode import AUDIO_EXTENSIONS, is_uri
-from wav2genre_cache.errors import Wav2GenreError
+from wav2genre_cache.errors import DatasetError
 
 SPLITS = ("train", "valid", "test")
 EXCLUDED = "excluded"  # in the data but outside the chosen split (e.g. faults in GTZAN-ff)
@@ -43,10 +43,6 @@ _COUNT_NOTES = {
     "no_audio": "{n} annotated tracks have no audio, left out",
     "unannotated_audio": "{n} audio files have no annotation, ignored",
 }
-
-
-class DatasetError(Wav2GenreError):
-    """A dataset that cannot be read; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)

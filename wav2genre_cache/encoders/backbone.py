@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wav2genre_cache._io import atomic_write_text
 from wav2genre_cache.audio.decode import SAMPLE_RATE
 from wav2genre_cache.encoders.cpu_tuning import enabled_levers, tune_for_cpu
 from wav2genre_cache.encoders.frontends import (
@@ -352,9 +353,8 @@ def _write_precision_check(key: str, value: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         checks = {**_read_precision_checks(), key: value}
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(checks, indent=1))
-        os.replace(tmp, path)
+        # unique: processes of one run may each check the same model at once
+        atomic_write_text(path, json.dumps(checks, indent=1), sync=False, unique=True)
     except OSError:
         pass
 

@@ -39,6 +39,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from wav2genre_cache._io import comma_list
 from wav2genre_cache.errors import OptionError
 
 # Models whose modules the swaps below were checked against (tests/test_cpu_tuning.py). Others,
@@ -59,7 +60,7 @@ def enabled_levers() -> frozenset[str]:
         return DEFAULT_LEVERS
     if value in ("all", "none"):
         return frozenset(LEVERS if value == "all" else ())
-    names = frozenset(n.strip() for n in value.split(",") if n.strip())
+    names = frozenset(comma_list(value))
     if unknown := sorted(names - set(LEVERS)):
         raise OptionError(
             f"{LEVERS_ENV}={value}: unknown lever(s) {', '.join(unknown)}; use all, none, or "

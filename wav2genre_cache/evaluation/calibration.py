@@ -20,7 +20,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, log_softmax, logit, softmax
 
-from wav2genre_cache.errors import Wav2GenreError
+from wav2genre_cache.errors import CalibrationError
 
 METHODS = ("auto", "none", "temperature", "isotonic")
 # Scores are clipped before taking logs so that a 0 or 1 has a finite logit.
@@ -32,10 +32,6 @@ T_BOUNDS = (0.05, 20.0)
 # apply uses exactly the stored numbers, so a JSON round trip changes nothing.
 _DIGITS = 8
 _IDENTITY = {"x": [0.0, 1.0], "y": [0.0, 1.0]}
-
-
-class CalibrationError(Wav2GenreError):
-    """Scores, labels or a calibration method that cannot be used; the message says which."""
 
 
 @dataclass

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from wav2genre_cache._io import atomic_write, atomic_write_json, sync_dir, sync_file
+
 LATEST = "latest.json"
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.safetensors"
@@ -38,18 +40,7 @@ def write_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """safetensors, written to a temporary name, synced and renamed into place."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    _sync(tmp)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, value) -> None:
-    """JSON, written to a temporary name, synced and renamed into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    _sync(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -77,13 +68,13 @@ def save_checkpoint(
     save_file(tensors, str(tmp / OPTIMIZER))
     (tmp / PROGRESS).write_text(json.dumps({**progress, "optimizer_groups": groups}, indent=1))
     for f in tmp.iterdir():
-        _sync(f)
+        sync_file(f)
     if final.exists():  # an orphan of a save killed before latest.json moved to it
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _sync_dir(root)
-    write_json(state_dir / LATEST, {"checkpoint": final.name})
-    _sync_dir(state_dir)
+    sync_dir(root)
+    atomic_write_json(state_dir / LATEST, {"checkpoint": final.name})
+    sync_dir(state_dir)
     for old in root.iterdir():
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
@@ -124,19 +115,3 @@ def load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], groups: li
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-def _sync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _sync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

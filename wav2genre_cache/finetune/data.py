@@ -13,8 +13,9 @@ from wav2genre_cache.audio.decode import DecodedTrack, try_load_track
 from wav2genre_cache.audio.workers import DecodeWorkers
 from wav2genre_cache.data.datasets import SPLITS, Track, find_duplicates
 from wav2genre_cache.encoders.finetuned import segment_probabilities, track_windows, window_batches
+from wav2genre_cache.errors import FinetuneError
 from wav2genre_cache.evaluation.metrics import classification_metrics
-from wav2genre_cache.finetune.options import FinetuneError, FinetuneOptions
+from wav2genre_cache.finetune.options import FinetuneOptions
 
 
 @dataclass

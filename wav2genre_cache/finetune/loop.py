@@ -21,6 +21,7 @@ import torch
 from rich.console import Console
 from safetensors import SafetensorError
 
+from wav2genre_cache._io import atomic_write_json
 from wav2genre_cache.audio.decode import SAMPLE_RATE
 from wav2genre_cache.audio.workers import DecodeWorkers
 from wav2genre_cache.data.datasets import split_digest
@@ -36,12 +37,11 @@ from wav2genre_cache.encoders.finetuned import (
 )
 from wav2genre_cache.encoders.frontends import frontend_for
 from wav2genre_cache.encoders.sources import fetch_model, first_line
-from wav2genre_cache.errors import BackboneError
+from wav2genre_cache.errors import BackboneError, FinetuneError
 from wav2genre_cache.finetune.checkpoint import (
     changing_state,
     load_checkpoint,
     save_checkpoint,
-    write_json,
     write_weights,
 )
 from wav2genre_cache.finetune.data import (
@@ -55,7 +55,6 @@ from wav2genre_cache.finetune.data import (
     training_windows,
 )
 from wav2genre_cache.finetune.options import (
-    FinetuneError,
     FinetuneOptions,
     check_options,
     check_settings,
@@ -473,7 +472,7 @@ def _save(state_dir: Path, model, optimizer, scaler, state: dict, settings: dict
     """
     settings_file = state_dir / "settings.json"
     if not settings_file.is_file():
-        write_json(settings_file, settings)
+        atomic_write_json(settings_file, settings)
     state["checkpoints"] = state.get("checkpoints", 0) + 1
     progress = {**state, "scaler": scaler.state_dict() if scaler is not None else None}
     # A fresh name for every checkpoint: one is never replaced in place (the same step can be

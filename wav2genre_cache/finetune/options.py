@@ -13,13 +13,9 @@ from wav2genre_cache.audio.augment import AUGMENTATIONS
 from wav2genre_cache.data.datasets import EXCLUDED, SPLITS, Track, read_datasets
 from wav2genre_cache.encoders.finetuned import WEIGHTED
 from wav2genre_cache.encoders.sources import DEFAULT_MODEL
-from wav2genre_cache.errors import OptionError, Wav2GenreError
+from wav2genre_cache.errors import FinetuneError, OptionError
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
-
-
-class FinetuneError(Wav2GenreError):
-    """A fine-tuning run that cannot go on; the message says why and what is kept."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wav2genre_cache._io import jsonable
+from wav2genre_cache._io import atomic_write_json
 from wav2genre_cache.data.datasets import SPLITS
 from wav2genre_cache.evaluation.calibration import (
     Calibrator,
@@ -20,7 +20,7 @@ from wav2genre_cache.evaluation.calibration import (
 from wav2genre_cache.evaluation.metrics import classification_metrics
 from wav2genre_cache.evaluation.plots import draw_curve
 from wav2genre_cache.feature_sets import ENCODER
-from wav2genre_cache.finetune.checkpoint import read_weights, write_json
+from wav2genre_cache.finetune.checkpoint import read_weights
 from wav2genre_cache.finetune.data import evaluate_tracks
 from wav2genre_cache.finetune.options import resolve_precision
 from wav2genre_cache.store.bundles import write_finetuned_bundle
@@ -190,7 +190,7 @@ def finish(
         "curve": curve.name,
         "results": [row],
     }
-    write_json(run_dir / RESULT_FILE, jsonable(result))
+    atomic_write_json(run_dir / RESULT_FILE, result)
     t = test["track"]
     log(
         f"Fine-tuned {opts.model} (best epoch {best['epoch']} of {len(history)}): {test_split} track "

@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator
 from sklearn.preprocessing import StandardScaler
 
 from wav2genre_cache._io import jsonable
-from wav2genre_cache.errors import Wav2GenreError
+from wav2genre_cache.errors import HeadError
 from wav2genre_cache.heads.estimators import (
     ForestHead,
     LogisticRegressionHead,
@@ -42,10 +42,6 @@ from wav2genre_cache.heads.networks import FCNNClassifier, LayerWeightedClassifi
 # The torch heads live in their own modules; this module is their public home too.
 from wav2genre_cache.heads.spectrogram import SPECTROGRAM_HEADS, SpectrogramClassifier
 from wav2genre_cache.heads.tracks import AttentionPoolingClassifier
-
-
-class HeadError(Wav2GenreError):
-    """A head that cannot be built, saved or loaded; the message says why."""
 
 
 class Inputs(Enum):

@@ -10,21 +10,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from wav2genre_cache.audio.decode import (
-    AUDIO_EXTENSIONS,
-    SAMPLE_RATE,
-    AudioError,
-    AudioTooLong,
-    load_track,
-    segment_track,
-)
+from wav2genre_cache.audio.decode import AUDIO_EXTENSIONS, SAMPLE_RATE, load_track, segment_track
 from wav2genre_cache.encoders.backbone import cpu_has_native_bfloat16, load_backbone, resolve_device
 from wav2genre_cache.encoders.embed_tracks import embed_tracks, track_windows
 from wav2genre_cache.encoders.finetuned import segment_probabilities
+from wav2genre_cache.errors import AudioError, AudioTooLong, BundleError
 from wav2genre_cache.evaluation.calibration import Calibrator
 from wav2genre_cache.feature_sets import ENCODER, feature_set_name
 from wav2genre_cache.heads.registry import Inputs, head_spec
-from wav2genre_cache.store.bundles import FINETUNED, BundleError, load_bundle
+from wav2genre_cache.store.bundles import FINETUNED, load_bundle
 
 
 class Predictor:

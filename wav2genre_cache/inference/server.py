@@ -15,7 +15,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from wav2genre_cache.audio.decode import AudioError, AudioTooLong, decode_bytes
+from wav2genre_cache.audio.decode import decode_bytes
+from wav2genre_cache.errors import AudioError, AudioTooLong
 from wav2genre_cache.inference.predict import Predictor, check_duration
 
 STATIC = Path(str(files("wav2genre_cache.inference") / "static"))

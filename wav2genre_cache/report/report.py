@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wav2genre_cache.errors import Wav2GenreError
+from wav2genre_cache.errors import ReportError
 from wav2genre_cache.feature_sets import ENCODER, feature_set_name
 
 # Which model a row is, then its figures, then its calibration and cost.
@@ -34,10 +34,6 @@ TAG_COLUMNS = [
     "valid_track_macro_pr_auc",
     *_CALIBRATION_AND_COST,
 ]
-
-
-class ReportError(Wav2GenreError):
-    """A run folder that cannot be reported on; the message says why."""
 
 
 def load_metrics(run_dir: str | Path) -> dict:

@@ -29,7 +29,7 @@ from wav2genre_cache.encoders.backbone import (
 )
 from wav2genre_cache.encoders.embed_tracks import embed_tracks, track_windows
 from wav2genre_cache.encoders.sources import DEFAULT_MODEL
-from wav2genre_cache.errors import OptionError
+from wav2genre_cache.errors import CacheError, OptionError
 from wav2genre_cache.feature_sets import (
     ENCODER,
     FEATURE_SETS,
@@ -40,7 +40,6 @@ from wav2genre_cache.feature_sets import (
 from wav2genre_cache.stage_one.per_track import PreparedTrack, PrepareOptions, prepare_track
 from wav2genre_cache.store.cache import (
     FORMAT_VERSION,
-    CacheError,
     EmbeddingCache,
     ShardStore,
     TrackResult,

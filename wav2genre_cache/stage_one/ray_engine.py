@@ -30,7 +30,7 @@ from rich.console import Console
 
 from wav2genre_cache.data.datasets import EXCLUDED, Track
 from wav2genre_cache.encoders.backbone import Backbone, default_batch_size
-from wav2genre_cache.errors import OptionError, Wav2GenreError
+from wav2genre_cache.errors import OptionError, RayEngineError
 from wav2genre_cache.stage_one.embed import (
     EmbedOptions,
     EmbedSummary,
@@ -49,10 +49,6 @@ from wav2genre_cache.store.parquet import ParquetShards
 RAY_REQUIREMENT = "ray[data]>=2.50,<2.61"
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 TRACKS_PER_CALL = 16  # tracks per encoder call; their equal-length windows are batched together
-
-
-class RayEngineError(Wav2GenreError):
-    """The Ray engine cannot run as asked (not installed, a cluster it cannot reach)."""
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wav2genre_cache.errors import TrainError
 from wav2genre_cache.heads.registry import Rows, head_spec
-from wav2genre_cache.stage_two.data import TrainError
 from wav2genre_cache.stage_two.plan import requested_heads
 from wav2genre_cache.stage_two.scoring import head_scores, metrics_of
 from wav2genre_cache.store.cache import EmbeddingCache

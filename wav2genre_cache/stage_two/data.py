@@ -8,17 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from wav2genre_cache._io import comma_list
 from wav2genre_cache.data.datasets import TAG_SEPARATOR, find_duplicates
-from wav2genre_cache.errors import Wav2GenreError
+from wav2genre_cache.errors import TrainError
 from wav2genre_cache.feature_sets import ENCODER, feature_set_name
 from wav2genre_cache.store.cache import EmbeddingCache
 
 # The layer of a head that reads every layer at once (in results, metrics.json and bundles).
 EVERY_LAYER = -1
-
-
-class TrainError(Wav2GenreError):
-    """A cache or request that training cannot use; the message says why."""
 
 
 @dataclass
@@ -187,7 +184,7 @@ def parse_layers(spec: str, n_layers: int) -> list[int] | str:
     if spec in ("all", "best"):
         return spec
     try:
-        layers = [int(x) for x in spec.split(",") if x.strip()]
+        layers = [int(x) for x in comma_list(spec)]
     except ValueError:
         raise TrainError(f"--layers {spec!r}: use all, best, or numbers like 0,6,12") from None
     bad = [i for i in layers if not -n_layers <= i < n_layers]

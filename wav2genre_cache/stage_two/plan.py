@@ -5,15 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from wav2genre_cache._io import comma_list
+from wav2genre_cache.errors import TrainError
 from wav2genre_cache.feature_sets import ENCODER, HANDCRAFTED, LOGMEL, feature_set_name
 from wav2genre_cache.heads.registry import ALL_HEADS, HEADS, Inputs, head_spec, heads_reading
-from wav2genre_cache.stage_two.data import (
-    EVERY_LAYER,
-    TrainError,
-    TrainingData,
-    parse_layers,
-    probe_best_layer,
-)
+from wav2genre_cache.stage_two.data import EVERY_LAYER, TrainingData, parse_layers, probe_best_layer
 
 VECTOR_FEATURE_SETS = (ENCODER, HANDCRAFTED)  # in order of preference
 
@@ -38,7 +34,7 @@ def requested_heads(heads: list[str] | tuple[str, ...] | None) -> list[str]:
 def requested_feature_sets(feature_sets: str | list[str] | tuple[str, ...]) -> list[str]:
     """Feature set names from a comma-separated string or a list, old names made current."""
     if isinstance(feature_sets, str):
-        feature_sets = [f.strip() for f in feature_sets.split(",") if f.strip()]
+        feature_sets = list(comma_list(feature_sets))
     return [feature_set_name(f) for f in feature_sets]
 
 

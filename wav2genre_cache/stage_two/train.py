@@ -7,7 +7,6 @@ head and feature set, and the best of all), and write (a bundle per head, metric
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -17,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from wav2genre_cache import __version__
-from wav2genre_cache._io import jsonable
+from wav2genre_cache._io import atomic_write_json, jsonable
+from wav2genre_cache.errors import TrainError
 from wav2genre_cache.evaluation.calibration import METHODS as CALIBRATION_METHODS
 from wav2genre_cache.evaluation.calibration import Calibrator, choose_thresholds, fit_calibrator
 from wav2genre_cache.feature_sets import ENCODER
@@ -29,7 +29,7 @@ from wav2genre_cache.heads.registry import (
     Rows,
     head_spec,
 )
-from wav2genre_cache.stage_two.data import EVERY_LAYER, TrainError, TrainingData, load_training_data
+from wav2genre_cache.stage_two.data import EVERY_LAYER, TrainingData, load_training_data
 from wav2genre_cache.stage_two.plan import (
     Job,
     feature_sets_for,
@@ -423,5 +423,5 @@ def write_run(out_dir: Path, fitted: list[Fitted], best: dict[str, Fitted], metr
             "bundle": overall.bundle,
         },
     }
-    (out_dir / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=1))
+    atomic_write_json(out_dir / "metrics.json", metrics)
     return metrics

@@ -7,24 +7,20 @@ train-heads writes them; predict and serve read them, and nothing here touches a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path, PureWindowsPath
 
 from wav2genre_cache import __version__
-from wav2genre_cache._io import jsonable
+from wav2genre_cache._io import atomic_write_json, sha256_file
+from wav2genre_cache.errors import BundleError
 from wav2genre_cache.feature_sets import ENCODER
-from wav2genre_cache.heads.registry import HeadError, head_files, load_head, save_head
+from wav2genre_cache.heads.registry import head_files, load_head, save_head
 
 BUNDLE_FORMAT = "wav2genre-bundle"
 BUNDLE_VERSION = 2  # 2: a sha256 for every file of the head
 FINETUNED = "finetuned"  # bundle.json's "kind" of a fine-tuned encoder with its head
 RECREATE = "re-run train-heads on the cache (wav2genre train-heads CACHE --out RUN_DIR)"
-
-
-class BundleError(HeadError):
-    """A bundle folder that cannot be used (missing, altered, or not for this model)."""
 
 
 def resolve_bundle_dir(path: str | Path) -> Path:
@@ -87,7 +83,7 @@ def write_bundle(
         "calibration": calibration,
         "thresholds": thresholds,
     }
-    (directory / "bundle.json").write_text(json.dumps(jsonable(bundle), indent=1))
+    atomic_write_json(directory / "bundle.json", bundle)
     return directory
 
 
@@ -113,7 +109,7 @@ def write_finetuned_bundle(directory: Path, model, extractor, meta: dict) -> Pat
         "dtype": "float32",  # fine-tuned weights are float32, whatever the training precision
         **meta,
     }
-    (directory / "bundle.json").write_text(json.dumps(jsonable(bundle), indent=1))
+    atomic_write_json(directory / "bundle.json", bundle)
     return directory
 
 
@@ -234,12 +230,3 @@ def _bundle_file_name(meta_file: Path, name: object, what: str) -> str:
             "folder; refusing it"
         )
     return name
-
-
-def sha256_file(path: Path) -> str:
-    """The file's sha256, hex; read in blocks, so a large file is never held whole."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

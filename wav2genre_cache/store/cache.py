@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 
 from wav2genre_cache import __version__
+from wav2genre_cache._io import atomic_write, atomic_write_text
 from wav2genre_cache.data.datasets import find_duplicates
-from wav2genre_cache.errors import Wav2GenreError
+from wav2genre_cache.errors import CacheError
 from wav2genre_cache.feature_sets import ENCODER, FEATURE_ALIASES, feature_set_name
 
 FORMAT_VERSION = 1
@@ -41,10 +42,6 @@ TRACK_COLUMNS = (
 # Columns added after caches were first written, with the value every earlier cache implied.
 _IMPLIED_COLUMNS = {"source": ""}
 _STR = h5py.string_dtype("utf-8")
-
-
-class CacheError(Wav2GenreError):
-    """A cache that cannot be used as asked; the message says why."""
 
 
 @dataclass
@@ -114,7 +111,7 @@ def open_shard_folder(folder: Path, config: dict) -> None:
             )
     else:
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(config_file, json.dumps(config, indent=1, sort_keys=True))
+        atomic_write_text(config_file, json.dumps(config, indent=1, sort_keys=True))
 
 
 class ShardStore:
@@ -215,10 +212,12 @@ def finish_cache(
     missing = [t for t in order if t not in rows]
     if missing:
         raise CacheError(f"cannot finish {out}: {len(missing)} track(s) not embedded yet")
-    tmp = Path(str(out) + ".tmp")
-    write_cache(tmp, config, [rows[t] for t in order], [seg_of[t] for t in order], open_source)
-    os.replace(tmp, out)
-    return out
+    return atomic_write(
+        out,
+        lambda tmp: write_cache(
+            tmp, config, [rows[t] for t in order], [seg_of[t] for t in order], open_source
+        ),
+    )
 
 
 def write_cache(
@@ -406,9 +405,3 @@ def _plain(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

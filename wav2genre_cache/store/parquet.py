@@ -25,11 +25,11 @@ to float16, as the local engine's cache stores them.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 
+from wav2genre_cache._io import atomic_write
 from wav2genre_cache.store.cache import TRACK_COLUMNS, TrackResult, finish_cache, open_shard_folder
 
 
@@ -75,11 +75,13 @@ class ParquetShards:
                 columns[name] = _tensor_column(np.concatenate(parts).astype(np.float32))
         digest = hashlib.sha1("\n".join(r.track_id for r in results).encode()).hexdigest()[:12]
         name = f"{block:09d}-{digest}.parquet"
-        _write_atomically(pa.table(columns), self.dir / f"segments-{name}", pq)
+        atomic_write(
+            self.dir / f"segments-{name}", lambda tmp: pq.write_table(pa.table(columns), tmp)
+        )
         tracks = {c: pa.array([getattr(r, c) for r in results], pa.string()) for c in TRACK_COLUMNS}
         tracks["duration"] = pa.array([r.duration for r in results], pa.float64())
         tracks["n_segments"] = pa.array([len(r.starts) for r in results], pa.int64())
-        _write_atomically(pa.table(tracks), self.dir / f"tracks-{name}", pq)
+        atomic_write(self.dir / f"tracks-{name}", lambda tmp: pq.write_table(pa.table(tracks), tmp))
 
     def finalize(self, order: list[str]) -> Path:
         """Merge every complete block into the HDF5 cache `out`, tracks in `order`."""
@@ -136,11 +138,3 @@ def tensor_column_to_numpy(column) -> np.ndarray:
         shape = column.type.shape
         return np.zeros((0, *shape), np.float32)
     return np.concatenate(arrays)
-
-
-def _write_atomically(table, path: Path, pq) -> None:
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
