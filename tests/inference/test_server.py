@@ -149,6 +149,7 @@ def test_page_in_a_real_browser(server, dev_clips, tmp_path):
     assert (shots / "serve_page.png").stat().st_size > 10_000
 
 
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_a_taggers_page_shows_its_tags_per_song_and_per_segment(tmp_path_factory, dev_clips):
     playwright = pytest.importorskip("playwright.sync_api")
     root = tmp_path_factory.mktemp("tagger")

@@ -2,7 +2,7 @@ import pytest
 from conftest import run_cli
 
 from wav2genre_cache.errors import ReportError
-from wav2genre_cache.report.report import write_report
+from wav2genre_cache.report.compare import write_report
 from wav2genre_cache.stage_two.train import train_heads
 from wav2genre_cache.testing.synthetic import write_synthetic_cache
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from wav2genre_cache.report.report import write_report
+from wav2genre_cache.report.compare import write_report
 from wav2genre_cache.stage_two.data import load_training_data
 from wav2genre_cache.stage_two.train import train_heads
 from wav2genre_cache.store.bundles import load_bundle

@@ -133,7 +133,7 @@ def test_caches_that_cannot_be_trained_on(tmp_path):
 
 def test_fcnn_search_is_bounded_seeded_and_reported(separable_cache, tmp_path):
     from wav2genre_cache.heads.registry import fcnn_trials
-    from wav2genre_cache.report.report import write_report
+    from wav2genre_cache.report.compare import write_report
 
     assert fcnn_trials(5, seed=1) == fcnn_trials(5, seed=1) and len(fcnn_trials(5, 1)) == 5
     m = train_heads(
@@ -151,7 +151,7 @@ def test_fcnn_search_is_bounded_seeded_and_reported(separable_cache, tmp_path):
 
 
 def test_learned_layer_weights_sum_to_one_and_find_the_informative_layer(tmp_path):
-    from wav2genre_cache.report.report import write_report
+    from wav2genre_cache.report.compare import write_report
 
     cache = write_synthetic_cache(
         tmp_path / "c.h5",

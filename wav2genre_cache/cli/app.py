@@ -187,7 +187,8 @@ def _train(
 
 
 def _compare(run_dir: Path) -> None:
-    from wav2genre_cache.report.report import comparison_table, load_metrics, markdown, write_report
+    from wav2genre_cache.report.compare import load_metrics, write_report
+    from wav2genre_cache.report.tables import comparison_table, markdown
 
     written = write_report(run_dir)
     metrics = load_metrics(run_dir)

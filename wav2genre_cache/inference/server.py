@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -94,34 +95,11 @@ def create_app(
     @app.post("/api/predict")
     async def predict(request: Request, top_k: int = 3) -> dict:
         start = time.perf_counter()
-        try:
-            form = await request.form(max_files=1, max_fields=4)
-        except ClientDisconnect:
-            # Routine (a closed tab, a lost connection): one line, not an ASGI traceback.
-            client = f"{request.client.host}:{request.client.port}" if request.client else "?"
-            log.warning("%s: client disconnected during the upload; nothing to answer", client)
-            raise HTTPException(499, "client disconnected") from None
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise HTTPException(
-                400, "no file uploaded: send the audio as multipart form field 'file'"
-            )
+        upload = await _form_file(request)
         name = Path(upload.filename or "upload").name  # for messages only, never a path
         uploaded = time.perf_counter()
         async with decode_slots:  # so "decode" time includes any wait for a slot
-            data = await upload.read()
-            await upload.close()
-            if not data:
-                raise HTTPException(422, f"{name}: empty file (0 bytes)")
-            try:
-                # The duration limit bounds the decode itself (header first, then while streaming).
-                samples = await run_in_threadpool(decode_bytes, data, name, max_minutes * 60)
-                check_duration(samples, name, max_minutes * 60)
-            except AudioError as exc:
-                raise HTTPException(
-                    413 if isinstance(exc, AudioTooLong) else 422, str(exc)
-                ) from None
-            del data
+            samples = await _decode_upload(upload, name, max_minutes * 60)
             if await request.is_disconnected():
                 raise HTTPException(499, "client disconnected")  # nobody is waiting: skip the model
             decoded = time.perf_counter()
@@ -136,16 +114,51 @@ def create_app(
             return {
                 "file": name,
                 **result,
-                "timings_ms": {
-                    "upload": round(1000 * (uploaded - start), 1),
-                    "decode": round(1000 * (decoded - uploaded), 1),
-                    "model": round(1000 * (done - decoded), 1),
-                    "total": round(1000 * (done - start), 1),
-                },
+                "timings_ms": _timings_ms(start, uploaded, decoded, done),
             }
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return UploadLimit(app, int(max_upload_mb * 2**20))
+
+
+async def _form_file(request: Request) -> UploadFile:
+    """The upload in form field 'file': 499 if the client leaves during it, 400 if there is none."""
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except ClientDisconnect:
+        # Routine (a closed tab, a lost connection): one line, not an ASGI traceback.
+        client = f"{request.client.host}:{request.client.port}" if request.client else "?"
+        log.warning("%s: client disconnected during the upload; nothing to answer", client)
+        raise HTTPException(499, "client disconnected") from None
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise HTTPException(400, "no file uploaded: send the audio as multipart form field 'file'")
+    return upload
+
+
+async def _decode_upload(upload: UploadFile, name: str, max_seconds: float) -> np.ndarray:
+    """The upload decoded to 16 kHz samples: 422 if it is empty or not audio, 413 if too long."""
+    data = await upload.read()
+    await upload.close()
+    if not data:
+        raise HTTPException(422, f"{name}: empty file (0 bytes)")
+    try:
+        # The duration limit bounds the decode itself (header first, then while streaming).
+        samples = await run_in_threadpool(decode_bytes, data, name, max_seconds)
+        check_duration(samples, name, max_seconds)
+    except AudioError as exc:
+        raise HTTPException(413 if isinstance(exc, AudioTooLong) else 422, str(exc)) from None
+    return samples  # the upload's bytes are freed here, before the model runs
+
+
+def _timings_ms(start: float, uploaded: float, decoded: float, done: float) -> dict:
+    """How long each step of one prediction took, in milliseconds."""
+    return {
+        "upload": round(1000 * (uploaded - start), 1),
+        "decode": round(1000 * (decoded - uploaded), 1),
+        "model": round(1000 * (done - decoded), 1),
+        "total": round(1000 * (done - start), 1),
+    }
 
 
 def serve(

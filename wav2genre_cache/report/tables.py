@@ -1,0 +1,261 @@
+"""`compare`'s tables: the model comparison as comparison.md, comparison.csv and comparison.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wav2genre_cache.feature_sets import ENCODER, feature_set_name
+
+# Which model a row is, then its figures, then its calibration and cost.
+_ROW = ["best", "encoder", "feature_set", "head", "layer", "augmented"]
+_CALIBRATION_AND_COST = ["ece_before", "ece_after", "fit_seconds"]
+COLUMNS = [
+    *_ROW,
+    "track_accuracy",
+    "track_macro_f1",
+    "track_macro_auc",
+    "segment_accuracy",
+    "valid_track_accuracy",
+    *_CALIBRATION_AND_COST,
+]
+# A tagger's table: ranked by macro PR-AUC (the MTG-Jamendo convention), with micro-F1 at the
+# tags' thresholds; its "accuracy" is exact-match accuracy.
+TAG_COLUMNS = [
+    *_ROW,
+    "track_macro_pr_auc",
+    "track_macro_auc",
+    "track_micro_f1",
+    "track_macro_f1",
+    "valid_track_macro_pr_auc",
+    *_CALIBRATION_AND_COST,
+]
+
+
+def comparison_table(metrics: dict) -> pd.DataFrame:
+    """One row per head x layer x feature set, best first by the selection score."""
+    tags = bool(metrics.get("multi_label"))
+    rows = []
+    for r in metrics["results"]:
+        track = r["test"]["track"]
+        calibration = r.get("calibration") or {}
+        row = {
+            "best": "*" if r.get("best_overall") else "",
+            "encoder": _encoder_cell(r),
+            "feature_set": r["feature_set"],
+            "head": r["head"],
+            "layer": "weighted" if r["layer"] == -1 else r["layer"],
+            "augmented": {True: "yes", False: "no"}.get(r.get("augmented"), "-"),
+            "track_accuracy": track["accuracy"],
+            "track_macro_f1": track["macro_f1"],
+            "track_macro_auc": track["macro_auc"],
+            "track_macro_pr_auc": track.get("macro_pr_auc"),
+            "track_micro_f1": track.get("micro_f1"),
+            "segment_accuracy": r["test"]["segment"]["accuracy"],
+            "valid_track_accuracy": (r.get("valid") or {}).get("accuracy"),
+            "valid_track_macro_pr_auc": (r.get("valid") or {}).get("macro_pr_auc"),
+            "ece_before": calibration.get("ece_before"),
+            "ece_after": calibration.get("ece_after"),
+            "fit_seconds": r["fit_seconds"],
+        }
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=TAG_COLUMNS if tags else COLUMNS)
+    rank = (
+        ["valid_track_macro_pr_auc", "track_macro_pr_auc"]
+        if tags
+        else ["valid_track_accuracy", "track_accuracy"]
+    )
+    return df.sort_values(rank, ascending=False, na_position="last", kind="stable").reset_index(
+        drop=True
+    )
+
+
+def _encoder_cell(row: dict) -> str:
+    """frozen, or fine-tuned with how many of its top layers were trained."""
+    tuned = row.get("fine_tuned")
+    if not tuned:
+        return "frozen"
+    # Of the layers that run: a model pooling layer 6 of 12 runs (and may train) six.
+    n, of = tuned["unfreeze"], tuned.get("running_layers", tuned["transformer_layers"])
+    if n == 0:
+        return "fine-tuned (head only)"
+    return f"fine-tuned (top {n} of {of})" if n < of else f"fine-tuned (all {of})"
+
+
+def write_tables(table: pd.DataFrame, metrics: dict, run_dir: Path) -> dict[str, Path]:
+    """Write comparison.{csv,json,md} into RUN_DIR; return what was written."""
+    written = {}
+    table.to_csv(run_dir / "comparison.csv", index=False)
+    written["csv"] = run_dir / "comparison.csv"
+    (run_dir / "comparison.json").write_text(
+        json.dumps(json.loads(table.to_json(orient="records")), indent=1)
+    )
+    written["json"] = run_dir / "comparison.json"
+    (run_dir / "comparison.md").write_text(markdown(table, metrics))
+    written["md"] = run_dir / "comparison.md"
+    return written
+
+
+def markdown(table: pd.DataFrame, metrics: dict) -> str:
+    """The comparison as a Markdown document with a short header on how it was made."""
+    lines = ["# Model comparison", ""]
+    counts = metrics["counts"]
+    lines.append(
+        f"Backbone `{metrics['backbone']}`, feature sets `{', '.join(metrics['feature_sets'])}`; tracks: "
+        f"{counts['train']} train, {counts['valid']} valid, {counts['test']} test. Metrics are on the "
+        f"test split at track level (mean of segment probabilities); layers and hyper-parameters "
+        f"were selected on `{metrics['selected_on']}`. `*` marks the selected best model"
+        + (
+            " among the encoder rows (the one in `best/`, which predict and serve embed audio for)."
+            if len(metrics.get("feature_sets", [])) > 1
+            and ENCODER in map(feature_set_name, metrics["feature_sets"])
+            else "."
+        )
+    )
+    if metrics.get("untrained_backbone"):
+        lines += [
+            "",
+            "**These numbers come from an untrained (random) backbone: they test the pipeline, "
+            "not the method.**",
+        ]
+    lines += _data_notes(metrics)
+    lines += _finetune_note(metrics)
+    lines += ["", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    lines += _per_source_section(metrics)
+    lines += _search_section(metrics)
+    return "\n".join(lines) + "\n"
+
+
+def _data_notes(metrics: dict) -> list[str]:
+    """What the data was: tags and how they are scored, sources, duplicates, calibration."""
+    lines = []
+    if metrics.get("multi_label"):
+        lines += [
+            "",
+            f"Multi-label run ({len(metrics['labels'])} tags): rows are ranked by macro PR-AUC "
+            "over tags (mean average precision, the MTG-Jamendo convention); F1 is at each "
+            "tag's threshold chosen on validation; `accuracy` there is exact-match accuracy.",
+        ]
+    if metrics.get("calibration") and metrics["calibration"] != "none":
+        lines += [
+            "",
+            f"Scores are calibrated on validation (`--calibration {metrics['calibration']}`"
+            + (
+                ": temperature scaling; for tags, isotonic regression with 1,000+ validation tracks"
+                if metrics["calibration"] == "auto"
+                else ""
+            )
+            + "); `ece_before` / `ece_after` are the expected calibration error of the test "
+            "tracks before and after (15 bins; for tags, over every track and tag; with few "
+            "test tracks it is a noisy estimate).",
+        ]
+    sources = [s for s in metrics.get("sources", []) if s]
+    if len(sources) > 1:
+        lines += ["", f"Datasets: {', '.join(sources)} (per-dataset figures below the table)."]
+    for note in metrics.get("notes", []):
+        lines += ["", f"Note: {note}."]
+    return lines
+
+
+def _per_source_section(metrics: dict) -> list[str]:
+    """Each dataset's test figures for the best model of each head."""
+    rows = [r for r in metrics["results"] if r.get("best_of_head") and r["test"].get("per_source")]
+    if not rows:
+        return []
+    figures = (
+        ["n", "macro_pr_auc", "macro_auc", "macro_f1"]
+        if metrics.get("multi_label")
+        else ["n", "accuracy", "macro_f1", "macro_auc"]
+    )
+    lines = [
+        "",
+        "## Per dataset (test tracks, best model of each head)",
+        "",
+        "| head | feature_set | layer | dataset | " + " | ".join(figures) + " |",
+        "|" + "---|" * (4 + len(figures)),
+    ]
+    for r in rows:
+        layer = "weighted" if r["layer"] == -1 else r["layer"]
+        for source, m in r["test"]["per_source"].items():
+            cells = [_cell(m.get(k)) for k in figures]
+            lines.append(
+                f"| {r['head']} | {r['feature_set']} | {layer} | {source or '-'} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    return lines
+
+
+def _finetune_note(metrics: dict) -> list[str]:
+    """How the fine-tuned rows were made, and whether they share the frozen rows' split."""
+    ft = metrics.get("finetune")
+    if not ft:
+        return []
+    same = {
+        True: "They were trained and tested on the same split as the frozen heads.",
+        False: "**They were trained on a different split from the frozen heads: compare with care.**",
+        None: "",
+    }[ft["split_matches"]]
+    frozen_from = metrics.get("backbone")
+    if frozen_from and frozen_from != ft["backbone"]:
+        same = (
+            f"**They were fine-tuned from {ft['backbone']}, and the frozen rows embedded with "
+            f"{frozen_from}: compare with care.**"
+        )
+    memory = ft.get("memory") or {}
+    gpu = f", peak GPU memory {memory['peak_gpu_mb']:,.0f} MB" if "peak_gpu_mb" in memory else ""
+    return [
+        "",
+        f"Rows marked fine-tuned trained {ft['backbone']} itself from audio (`wav2genre finetune`; "
+        f"bundle `bundles/finetuned`, curve `finetune_curve.png`): {ft['seconds_per_epoch']} s "
+        f"per epoch on {ft['device']} in {ft['precision']}, peak resident memory "
+        f"{memory.get('peak_rss_mb', 0):,.0f} MB{gpu}. {same}".rstrip(),
+    ]
+
+
+def _search_section(metrics: dict) -> list[str]:
+    """The FCNN hyper-parameter search of the best FCNN row: space, trials, chosen values."""
+    search = metrics.get("fcnn_search")
+    rows = [
+        r
+        for r in metrics["results"]
+        if r["head"] == "fcnn" and r.get("best_of_head") and r.get("trials")
+    ]
+    if not search or not rows:
+        return []
+    r = rows[0]
+    lines = [
+        "",
+        f"## FCNN hyper-parameter search ({search['trials']} trials, {r['feature_set']} layer {r['layer']})",
+        "",
+        "Search space: " + "; ".join(f"{k} {v}" for k, v in search["space"].items()) + ".",
+        f"Chosen on validation: `{json.dumps(r['params'])}` (empty: the defaults).",
+        "",
+    ]
+    pair = (
+        ("macro_pr_auc", "macro_auc", "macro PR-AUC", "macro ROC-AUC")
+        if metrics.get("multi_label")
+        else ("accuracy", "macro_f1", "accuracy", "macro-F1")
+    )
+    lines += [
+        f"| trial | parameters | valid {pair[2]} | valid {pair[3]} | fit seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for i, t in enumerate(r["trials"]):
+        lines.append(
+            f"| {i} | `{json.dumps(t['params'])}` | {t[f'valid_{pair[0]}']:.3f} | "
+            f"{t[f'valid_{pair[1]}']:.3f} | {t['fit_seconds']:.1f} |"
+        )
+    return lines
+
+
+def _cell(v) -> str:
+    """A table cell: floats to three places, missing values as a dash."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
