@@ -9,7 +9,7 @@ import pytest
 from conftest import make_label_folder, write_audio
 
 from wav2genre_cache.data.catalogue import read_source
-from wav2genre_cache.data.layouts import detect_layout
+from wav2genre_cache.data.layouts import LAYOUTS, detect_layout
 from wav2genre_cache.data.splits import assign_splits
 from wav2genre_cache.errors import DatasetError
 
@@ -96,3 +96,31 @@ def test_fma_reads_tracks_csv_with_two_header_rows(tmp_path):
         ("000140", "Pop", "test"),
     ]
     assert tracks[0].path.endswith("fma_small/000/000002.mp3") and tracks[0].artist == "1"
+
+
+def test_layouts_are_named_in_one_order_and_detected_in_another(tmp_path):
+    assert list(LAYOUTS) == ["gtzan", "folder", "csv", "fma", "msd", "mtg-jamendo"]
+    tried = sorted(LAYOUTS.values(), key=lambda layout: layout.detect_rank)
+    assert [layout.name for layout in tried] == [
+        "csv",
+        "fma",
+        "mtg-jamendo",
+        "msd",
+        "gtzan",
+        "folder",
+    ]
+    # A folder that holds both MTG-Jamendo's tsv and tagtraum's genre file is MTG-Jamendo.
+    (tmp_path / "both").mkdir()
+    (tmp_path / "both" / "msd_tagtraum_cd2.cls").write_text("")
+    (tmp_path / "both" / "autotagging.tsv").write_text("")
+    assert detect_layout(tmp_path / "both") == "mtg-jamendo"
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(DatasetError, match=r"notes.txt: a dataset is a folder or a .csv manifest"):
+        detect_layout(tmp_path / "notes.txt")
+    with pytest.raises(DatasetError, match="missing: no such file or folder"):
+        detect_layout(tmp_path / "missing")
+    with pytest.raises(
+        DatasetError,
+        match="unknown dataset layout 'mp3'; use one of auto, gtzan, folder, csv, fma, msd, mtg",
+    ):
+        read_source(tmp_path, "mp3")

@@ -45,4 +45,4 @@ def read(root: Path, split_dir: Path | None = None) -> SourceTracks:
     return SourceTracks(tracks, "fma")
 
 
-LAYOUT = Layout("fma", detect, read, detect_rank=1)
+LAYOUT = Layout("fma", detect, read, detect_rank=10)

@@ -27,4 +27,4 @@ def read(data: Path, split_dir: Path | None = None) -> SourceTracks:
     return SourceTracks(tracks, "folder")
 
 
-LAYOUT = Layout("folder", detect, read, detect_rank=5)
+LAYOUT = Layout("folder", detect, read, detect_rank=90)

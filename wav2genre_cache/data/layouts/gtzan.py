@@ -20,4 +20,4 @@ def detect(root: Path) -> bool:
     )
 
 
-LAYOUT = Layout("gtzan", detect, folder.read, detect_rank=4)
+LAYOUT = Layout("gtzan", detect, folder.read, detect_rank=40)

@@ -18,4 +18,5 @@ class Layout:
     read: Callable[[Path, Path | None], SourceTracks]  # (DATA, --split-dir) -> its tracks
     # detect_layout tries layouts by rank, lowest first: a look at one file before listing
     # audio (a large tree takes long to list), and last the folder layout, which takes any.
+    # Ranks are spaced by 10 so that a new layout slots in between without renumbering.
     detect_rank: int

@@ -105,4 +105,4 @@ def _read_artists(path: Path) -> dict[str, str]:
     return artists
 
 
-LAYOUT = Layout("msd", detect, read, detect_rank=3)
+LAYOUT = Layout("msd", detect, read, detect_rank=30)

@@ -138,4 +138,4 @@ def _read_splits(tsv: Path, split_dir: Path | None) -> dict[str, str] | None:
     return split_of
 
 
-LAYOUT = Layout("mtg-jamendo", detect, read, detect_rank=2)
+LAYOUT = Layout("mtg-jamendo", detect, read, detect_rank=20)
