@@ -378,7 +378,7 @@ def test_an_encoder_a_bundle_cannot_hold_is_refused_before_training(tmp_path):
 def test_copies_of_one_recording_are_kept_on_one_side_of_the_split(tmp_path):
     import soundfile as sf
 
-    from wav2genre_cache.data.datasets import Track
+    from wav2genre_cache.data.tracks import Track
     from wav2genre_cache.finetune.data import decode_tracks
 
     a = write_audio(tmp_path / "a.wav", 3.0, freq=220.0, seed=1)

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from conftest import make_label_folder, run_cli, write_audio
 
-from wav2genre_cache.data.datasets import read_gtzan_ff
+from wav2genre_cache.data.splits import read_gtzan_ff
 from wav2genre_cache.store.cache import EmbeddingCache
 
 

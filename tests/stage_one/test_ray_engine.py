@@ -300,14 +300,15 @@ def test_actors_that_load_another_model_stop_the_run_with_a_clear_message(tmp_pa
 
     from rich.console import Console
 
-    from wav2genre_cache.data.datasets import assign_splits, discover
+    from wav2genre_cache.data.catalogue import read_source
+    from wav2genre_cache.data.splits import assign_splits
     from wav2genre_cache.encoders.backbone import load_backbone
     from wav2genre_cache.errors import RayEngineError
     from wav2genre_cache.stage_one.embed import EmbedOptions
     from wav2genre_cache.stage_one.ray_engine import embed_on_ray, plan_ray_run
 
     opts = EmbedOptions(data=str(dev_clips), out=str(tmp_path / "c.h5"), model="random-tiny")
-    tracks = assign_splits(discover(dev_clips, "gtzan"), "random", 0)[:4]
+    tracks = assign_splits(read_source(dev_clips, "gtzan").tracks, "random", 0)[:4]
     run = plan_ray_run(opts, "gtzan", load_backbone("random-tiny", "cpu", "float32"), False)
     # As if the driver had checked a model the actors will not load (a GPU head, CPU workers).
     run = replace(run, spec=replace(run.spec, identity=(*run.spec.identity[:-1], "torch.float64")))

@@ -11,7 +11,8 @@ import pandas as pd
 from wav2genre_cache.audio.augment import augment_track
 from wav2genre_cache.audio.decode import DecodedTrack, try_load_track
 from wav2genre_cache.audio.workers import DecodeWorkers
-from wav2genre_cache.data.datasets import SPLITS, Track, find_duplicates
+from wav2genre_cache.data.duplicates import find_duplicates
+from wav2genre_cache.data.tracks import SPLITS, Track
 from wav2genre_cache.encoders.finetuned import segment_probabilities, track_windows, window_batches
 from wav2genre_cache.errors import FinetuneError
 from wav2genre_cache.evaluation.metrics import classification_metrics

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from wav2genre_cache._io import atomic_write_json
 from wav2genre_cache.audio.decode import SAMPLE_RATE
 from wav2genre_cache.audio.workers import DecodeWorkers
-from wav2genre_cache.data.datasets import split_digest
+from wav2genre_cache.data.splits import split_digest
 from wav2genre_cache.encoders.backbone import resolve_device
 from wav2genre_cache.encoders.finetuned import (
     ENCODER_CLASSES,

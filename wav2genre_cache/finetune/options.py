@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from wav2genre_cache.audio.augment import AUGMENTATIONS
-from wav2genre_cache.data.datasets import EXCLUDED, SPLITS, Track, read_datasets
+from wav2genre_cache.data.catalogue import read_datasets
+from wav2genre_cache.data.tracks import EXCLUDED, SPLITS, Track
 from wav2genre_cache.encoders.finetuned import WEIGHTED
 from wav2genre_cache.encoders.sources import DEFAULT_MODEL
 from wav2genre_cache.errors import FinetuneError, OptionError

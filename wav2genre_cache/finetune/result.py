@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from wav2genre_cache._io import atomic_write_json
-from wav2genre_cache.data.datasets import SPLITS
+from wav2genre_cache.data.tracks import SPLITS
 from wav2genre_cache.evaluation.calibration import (
     Calibrator,
     expected_calibration_error,

@@ -71,7 +71,7 @@ def _cache_split_digest(cache_path: str | None) -> str | None:
     """The split digest of the cache the frozen heads were trained on, if it is still there."""
     if not cache_path or not Path(cache_path).is_file():
         return None
-    from wav2genre_cache.data.datasets import split_digest
+    from wav2genre_cache.data.splits import split_digest
     from wav2genre_cache.store.cache import EmbeddingCache
 
     tracks = EmbeddingCache(cache_path).tracks

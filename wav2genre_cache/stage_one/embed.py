@@ -20,7 +20,8 @@ from wav2genre_cache.audio.augment import AUGMENTATIONS
 from wav2genre_cache.audio.decode import SAMPLE_RATE
 from wav2genre_cache.audio.whisper_windows import TrackWindows
 from wav2genre_cache.audio.workers import DecodeWorkers
-from wav2genre_cache.data.datasets import EXCLUDED, Catalogue, Track, read_datasets
+from wav2genre_cache.data.catalogue import read_datasets
+from wav2genre_cache.data.tracks import EXCLUDED, Catalogue, Track
 from wav2genre_cache.encoders.backbone import (
     Backbone,
     BackboneError,

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from wav2genre_cache.data.datasets import EXCLUDED, Track
+from wav2genre_cache.data.tracks import EXCLUDED, Track
 from wav2genre_cache.encoders.backbone import Backbone, default_batch_size
 from wav2genre_cache.errors import OptionError, RayEngineError
 from wav2genre_cache.stage_one.embed import (

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from wav2genre_cache._io import comma_list
-from wav2genre_cache.data.datasets import TAG_SEPARATOR, find_duplicates
+from wav2genre_cache.data.duplicates import find_duplicates
+from wav2genre_cache.data.tracks import TAG_SEPARATOR
 from wav2genre_cache.errors import TrainError
 from wav2genre_cache.feature_sets import ENCODER, feature_set_name
 from wav2genre_cache.store.cache import EmbeddingCache

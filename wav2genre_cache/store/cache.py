@@ -23,7 +23,7 @@ import pandas as pd
 
 from wav2genre_cache import __version__
 from wav2genre_cache._io import atomic_write, atomic_write_text
-from wav2genre_cache.data.datasets import find_duplicates
+from wav2genre_cache.data.duplicates import find_duplicates
 from wav2genre_cache.errors import CacheError
 from wav2genre_cache.feature_sets import ENCODER, FEATURE_ALIASES, feature_set_name
 
