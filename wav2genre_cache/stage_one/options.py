@@ -25,11 +25,11 @@ class EmbedOptions(AudioRunOptions):
 
     label_map: str | None = None  # CSV source,label,target
     batch_size: int | None = None  # None: by device (backbone.default_batch_size)
-    dtype: str = "auto"
-    features: tuple[str, ...] = (ENCODER,)
+    dtype: str = "auto"  # the encoder's: auto | float32 | bfloat16 | float16
+    features: tuple[str, ...] = (ENCODER,)  # feature sets: encoder, handcrafted, logmel
     augment: tuple[str, ...] = ()  # any of pitch, stretch, noise; applied to training tracks only
-    augment_copies: int = 0
-    noise_dir: str | None = None
+    augment_copies: int = 0  # augmented copies stored per training track
+    noise_dir: str | None = None  # noise clips for the noise augmentation; None: white or pink
     logmel_in: str = "auto"  # where Whisper's log-mel is made: auto | workers | model
     engine: str = "local"  # local | ray (ray_engine.py)
     ray_address: str | None = None  # None: a Ray runtime on this machine; auto or HOST:PORT
