@@ -16,7 +16,7 @@ import numpy as np
 
 from wav2genre_cache.audio.decode import load_track
 from wav2genre_cache.encoders.backbone import load_backbone, probe_signal, relative_error
-from wav2genre_cache.stage_one.embed import embed_tracks
+from wav2genre_cache.encoders.embed_tracks import embed_tracks
 
 CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "gtzan_dev"
 

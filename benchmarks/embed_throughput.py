@@ -197,7 +197,7 @@ def time_backbone(totals: dict[str, float]) -> None:
     front end that calls its parent's `inputs` is counted once); the load-time checks run before
     the wrap and are not counted. On CUDA both return before the GPU has finished (host time).
     """
-    from wav2genre_cache.stage_one import embed
+    from wav2genre_cache.stage_one import run as embed
 
     load = embed.load_backbone
 
@@ -236,7 +236,8 @@ def run_ours(
     from rich.console import Console
 
     from wav2genre_cache.encoders.cpu_tuning import keep_freed_memory
-    from wav2genre_cache.stage_one.embed import EmbedOptions, embed_dataset
+    from wav2genre_cache.stage_one.options import EmbedOptions
+    from wav2genre_cache.stage_one.run import embed_dataset
     from wav2genre_cache.store.cache import EmbeddingCache
 
     keep_freed_memory()  # as `wav2genre embed` does by default

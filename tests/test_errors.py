@@ -62,7 +62,8 @@ def test_a_bug_is_not_dressed_up_as_a_user_error(tmp_path, monkeypatch):
 
 
 def test_option_validation_raises_option_error(tmp_path):
-    from wav2genre_cache.stage_one.embed import EmbedOptions, embed_dataset
+    from wav2genre_cache.stage_one.options import EmbedOptions
+    from wav2genre_cache.stage_one.run import embed_dataset
 
     opts = EmbedOptions(data=str(tmp_path), out=str(tmp_path / "x.h5"), augment=("reverb",))
     with pytest.raises(OptionError, match=r"unknown augmentation\(s\) \['reverb'\]"):

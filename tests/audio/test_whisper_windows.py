@@ -41,7 +41,7 @@ def test_packed_windows_hold_whole_segments_back_to_back():
 
 def test_the_log_mel_place_is_decided_and_checked():
     from wav2genre_cache.errors import OptionError
-    from wav2genre_cache.stage_one.embed import logmel_in_workers
+    from wav2genre_cache.stage_one.blocks import logmel_in_workers
 
     assert not logmel_in_workers(None, 4, "workers")  # no encoder, nothing to make
     with pytest.raises(OptionError, match="unknown log-mel place 'gpu'"):
@@ -51,7 +51,9 @@ def test_the_log_mel_place_is_decided_and_checked():
 def test_log_mel_made_in_the_workers_gives_the_same_cache(tmp_path, whisper_dir):
     # Bit for bit: the workers run the model side's own numpy code, one thread each.
     from wav2genre_cache.encoders.backbone import load_backbone
-    from wav2genre_cache.stage_one.embed import EmbedOptions, embed_dataset, logmel_in_workers
+    from wav2genre_cache.stage_one.blocks import logmel_in_workers
+    from wav2genre_cache.stage_one.options import EmbedOptions
+    from wav2genre_cache.stage_one.run import embed_dataset
     from wav2genre_cache.store.cache import EmbeddingCache
 
     backbone = load_backbone(whisper_dir, device="cpu", dtype="float32")
@@ -64,9 +66,15 @@ def test_log_mel_made_in_the_workers_gives_the_same_cache(tmp_path, whisper_dir)
     for where, workers in (("model", 0), ("workers", 1)):
         out = tmp_path / f"{where}.h5"
         opts = EmbedOptions(
-            str(tmp_path / "data"), str(out), model=whisper_dir, device="cpu", dtype="float32"
+            str(tmp_path / "data"),
+            str(out),
+            model=whisper_dir,
+            device="cpu",
+            dtype="float32",
+            workers=workers,
+            logmel_in=where,
+            window="packed",
         )
-        opts.workers, opts.logmel_in, opts.window = workers, where, "packed"
         embed_dataset(opts, progress=False)
         caches[where] = EmbeddingCache(out)
     a, b = caches["model"], caches["workers"]

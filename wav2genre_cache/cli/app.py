@@ -57,7 +57,7 @@ app = typer.Typer(
 
 
 def _run_embed(opts, strict: bool, keep_freed_memory: bool = True, progress: bool = True):
-    from wav2genre_cache.stage_one.embed import embed_dataset
+    from wav2genre_cache.stage_one.run import embed_dataset
 
     if keep_freed_memory:
         from wav2genre_cache.encoders.cpu_tuning import keep_freed_memory as keep

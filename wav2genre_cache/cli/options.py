@@ -129,7 +129,7 @@ TrialsOpt = Annotated[
 
 def embed_options(params: dict, out: Path):
     """EmbedOptions from a command's stage-one parameters (embed's and run's share their names)."""
-    from wav2genre_cache.stage_one.embed import EmbedOptions
+    from wav2genre_cache.stage_one.options import EmbedOptions
 
     kinds = comma_list(params["augment"])
     same = (

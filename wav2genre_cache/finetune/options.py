@@ -13,26 +13,16 @@ from wav2genre_cache.audio.augment import AUGMENTATIONS
 from wav2genre_cache.data.catalogue import read_datasets
 from wav2genre_cache.data.tracks import EXCLUDED, SPLITS, Track
 from wav2genre_cache.encoders.finetuned import WEIGHTED
-from wav2genre_cache.encoders.sources import DEFAULT_MODEL
 from wav2genre_cache.errors import FinetuneError, OptionError
+from wav2genre_cache.run_options import AudioRunOptions
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
-@dataclass(frozen=True)
-class FinetuneOptions:
+@dataclass(frozen=True, kw_only=True)
+class FinetuneOptions(AudioRunOptions):
     """The settings of one `finetune` run (the CLI's options)."""
 
-    data: str
-    out: str
-    model: str = DEFAULT_MODEL
-    dataset: str = "auto"
-    split: str = "random"
-    split_dir: str | None = None
-    seed: int = 0
-    segment_seconds: float = 10.0
-    hop_seconds: float | None = None
-    window: str | None = None
     layer: str = "weighted"  # weighted | last | a hidden-state index
     unfreeze: str = "2"  # top transformer layers trained: N, or all
     train_feature_encoder: bool = False
@@ -52,8 +42,6 @@ class FinetuneOptions:
     augment_prob: float = 0.5
     noise_dir: str | None = None
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0: each epoch's end
-    device: str = "auto"
-    workers: int | None = None
 
     def settings(self) -> dict:
         """What decides the result: compared with an existing run folder before resuming."""
@@ -166,10 +154,7 @@ def resolve_layer(spec: str, n_layers: int, model_id: str) -> int:
         return WEIGHTED
     if spec == "last":
         return n_layers
-    try:
-        layer = int(spec)
-    except ValueError:
-        raise OptionError(f"--layer {spec!r}: use weighted, last or a layer number") from None
+    layer = _whole_number(spec, "--layer", "weighted, last or a layer number")
     if not 0 <= layer <= n_layers:
         raise FinetuneError(
             f"--layer {layer}: {model_id} has {n_layers} transformer layers, so its hidden "
@@ -183,10 +168,7 @@ def resolve_unfreeze(spec: str, layer: int, n_layers: int, model_id: str) -> int
     running = n_layers if layer == WEIGHTED else layer
     if spec == "all":
         return running
-    try:
-        n = int(spec)
-    except ValueError:
-        raise OptionError(f"--unfreeze {spec!r}: use a number of layers or all") from None
+    n = _whole_number(spec, "--unfreeze", "a number of layers or all")
     if not 0 <= n <= running:
         where = "" if layer == WEIGHTED else f" up to --layer {layer}"
         raise FinetuneError(
@@ -194,3 +176,11 @@ def resolve_unfreeze(spec: str, layer: int, n_layers: int, model_id: str) -> int
             f"unfreeze 0 to {running}, or all"
         )
     return n
+
+
+def _whole_number(spec: str, option: str, takes: str) -> int:
+    """spec read as a whole number; OptionError saying what the option takes otherwise."""
+    try:
+        return int(spec)
+    except ValueError:
+        raise OptionError(f"{option} {spec!r}: use {takes}") from None

@@ -1,7 +1,7 @@
 """Per-track work in the decode workers: augmented copies, hand-crafted features, Whisper log-mel.
 
 The encoder's Whisper windows and their log-mel are made here where that pays (see
-embed.logmel_in_workers). The hand-crafted features are the paper's traditional baseline, computed with librosa. All of
+blocks.logmel_in_workers). The hand-crafted features are the paper's traditional baseline, computed with librosa. All of
 this runs in worker processes beside decoding, so the model never waits on it, and imports no
 torch.
 """
@@ -124,7 +124,7 @@ class PrepareOptions:
     seed: int = 0
     noise_dir: str | None = None
     # Set where the encoder's Whisper windows and their log-mel are made here, not on the
-    # model's thread (embed.logmel_in_workers); the audio then stays in the worker.
+    # model's thread (blocks.logmel_in_workers); the audio then stays in the worker.
     windows: WhisperWindows | None = None
 
 

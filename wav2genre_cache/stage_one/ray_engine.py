@@ -1,10 +1,10 @@
 """Stage one on Ray Data: CPU tasks decode, an actor pool of encoders embeds, Parquet shards merge.
 
-The same per-track code as the local engine runs in each place (features.prepare_track in the
-decode tasks, embed.embed_block in the encoder actors), so the cache it writes is the local
+The same per-track code as the local engine runs in each place (per_track.prepare_track in the
+decode tasks, blocks.embed_block in the encoder actors), so the cache it writes is the local
 engine's, within float16 rounding of batch-order arithmetic. The driver is the one writer: it
 reads the embedded tracks in order, writes each finished block of tracks as Parquet shards
-(parquet_shards.py) and merges them into the HDF5 cache at the end. A re-run skips the blocks
+(store/parquet.py) and merges them into the HDF5 cache at the end. A re-run skips the blocks
 whose tracks are all in shards already, so a killed driver resumes; an encoder actor or decode
 worker that dies is replaced by Ray and its work retried.
 
@@ -21,26 +21,21 @@ import os
 import pickle
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
 from wav2genre_cache.data.tracks import EXCLUDED, Track
-from wav2genre_cache.encoders.backbone import Backbone, default_batch_size
+from wav2genre_cache.encoders.backbone import Backbone
 from wav2genre_cache.errors import OptionError, RayEngineError
-from wav2genre_cache.stage_one.embed import (
+from wav2genre_cache.stage_one.blocks import embed_block, open_blocks, prepare_options, write_blocks
+from wav2genre_cache.stage_one.options import (
     EmbedOptions,
     EmbedSummary,
-    blocks_to_do,
-    embed_block,
     embed_config,
-    embed_progress,
-    existing_cache,
-    prepare_options,
-    record_block,
+    with_batch_size,
 )
 from wav2genre_cache.stage_one.per_track import PrepareOptions, prepare_track
 from wav2genre_cache.store.cache import TrackResult
@@ -91,8 +86,7 @@ def plan_ray_run(
     opts: EmbedOptions, layout: str | list[str], backbone: Backbone | None, multi_label: bool
 ) -> RayRun:
     """The run's settings, taken from the model the driver loaded and checked (then let go)."""
-    if opts.batch_size is None:
-        opts = replace(opts, batch_size=default_batch_size(backbone.device) if backbone else 2)
+    opts = with_batch_size(opts, backbone)
     plan = prepare_options(opts, backbone, workers=1)  # Ray's decode tasks are the workers
     spec = None
     if backbone is not None:
@@ -113,23 +107,14 @@ def embed_on_ray(
 ) -> EmbedSummary:
     """embed_dataset with --engine ray, once the driver has checked the model and the options."""
     opts, config, plan, spec = run.opts, run.config, run.plan, run.spec
-    summary = EmbedSummary(Path(opts.out))
-    out = Path(opts.out)
-    if out.exists():
-        return existing_cache(out, config, summary, console)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    store = ParquetShards(out, config)
-    todo = blocks_to_do(tracks, opts.batch_size, store.open(), summary, console)
+    summary, store, todo = open_blocks(opts, config, tracks, ParquetShards, console)
+    if store is None:
+        return summary
     ray, started_here = start_ray(opts.ray_address, console)
     start = time.perf_counter()
     try:
-        with embed_progress(console, progress) as bar:
-            task = bar.add_task(
-                "embed", total=len(tracks), completed=summary.tracks_skipped, speed=""
-            )
-            for k, results in _embedded_blocks(ray, todo, plan, spec, opts):
-                store.write(k, results)
-                record_block(results, summary, console, start, bar, task)
+        blocks = _embedded_blocks(ray, todo, plan, spec, opts)
+        write_blocks(store, blocks, len(tracks), summary, console, progress, start)
     finally:
         if started_here:
             ray.shutdown()
@@ -291,7 +276,7 @@ def _run_pipeline(
 
 
 def decode_task(row: dict, plan: PrepareOptions) -> dict:
-    """Ray task: decode and prepare one track (features.prepare_track), as a decode worker does."""
+    """Ray task: decode and prepare one track (per_track.prepare_track), as a decode worker does."""
     track: Track = pickle.loads(row["track"])
     prepared = prepare_track((track.path, track.track_id, track.split == "train"), plan)
     return {"index": row["index"], "track": row["track"], "prepared": pickle.dumps(prepared)}
@@ -318,7 +303,7 @@ def results_without_encoder(batch: dict, opts: EmbedOptions) -> dict:
 
 
 class EncoderActor:
-    """Ray actor: one loaded encoder, embedding batches of prepared tracks (embed.embed_block)."""
+    """Ray actor: one loaded encoder, embedding batches of prepared tracks (blocks.embed_block)."""
 
     def __init__(self, spec: EncoderSpec, opts: EmbedOptions):
         import torch

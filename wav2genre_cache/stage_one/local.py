@@ -1,0 +1,55 @@
+"""Stage one's local engine: decode worker processes feed one model on this machine, block by
+block, into HDF5 shards that merge into the cache at the end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from functools import partial
+
+from wav2genre_cache.audio.workers import DecodeWorkers
+from wav2genre_cache.data.tracks import EXCLUDED, Track
+from wav2genre_cache.encoders.backbone import Backbone
+from wav2genre_cache.stage_one.blocks import embed_block, open_blocks, prepare_options, write_blocks
+from wav2genre_cache.stage_one.options import EmbedJob, EmbedOptions, EmbedSummary, with_batch_size
+from wav2genre_cache.stage_one.per_track import prepare_track
+from wav2genre_cache.store.cache import ShardStore, TrackResult
+
+
+def embed_into_cache(
+    job: EmbedJob, config: dict, backbone: Backbone | None, workers: DecodeWorkers
+) -> EmbedSummary:
+    """Embed the job's tracks here into the cache with these settings, resuming its shards."""
+    opts, tracks = with_batch_size(job.opts, backbone), job.catalogue.tracks
+    summary, store, todo = open_blocks(opts, config, tracks, ShardStore, job.console)
+    if store is None:
+        return summary
+    start = time.perf_counter()
+    blocks = _embedded_blocks(todo, backbone, workers, opts)
+    write_blocks(store, blocks, len(tracks), summary, job.console, job.progress, start)
+    summary.seconds = time.perf_counter() - start
+    store.finalize([t.track_id for t in tracks])
+    return summary
+
+
+def _embedded_blocks(
+    todo: list[tuple[int, list[Track]]],
+    backbone: Backbone | None,
+    workers: DecodeWorkers,
+    opts: EmbedOptions,
+) -> Iterator[tuple[int, list[TrackResult]]]:
+    """Each block of `todo`, embedded, in order; its tracks decoded by the workers ahead of it."""
+    plan = prepare_options(opts, backbone, workers.count)
+    to_decode = [t for _, b in todo for t in b if t.split != EXCLUDED]
+    decoded = workers.map(
+        partial(prepare_track, plan=plan),
+        [(t.path, t.track_id, t.split == "train") for t in to_decode],
+        window=2 * workers.count + 2,
+        on_crash=_decoder_crashed,
+    )
+    for k, block in todo:
+        yield k, embed_block(block, decoded, backbone, opts)
+
+
+def _decoder_crashed(item: tuple[str, str, bool]) -> tuple[None, str]:
+    return None, f"{item[0]}: the decoder crashed on this file (its worker process died)"
