@@ -41,10 +41,10 @@ from wav2genre_cache.stage_one.per_track import PreparedTrack, PrepareOptions, p
 from wav2genre_cache.store.cache import (
     FORMAT_VERSION,
     EmbeddingCache,
-    ShardStore,
     TrackResult,
     config_differences,
 )
+from wav2genre_cache.store.cache_writer import ShardStore
 
 
 @dataclass

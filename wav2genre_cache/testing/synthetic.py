@@ -8,7 +8,8 @@ import numpy as np
 import soundfile as sf
 
 from wav2genre_cache.feature_sets import ENCODER
-from wav2genre_cache.store.cache import ShardStore, TrackResult
+from wav2genre_cache.store.cache import TrackResult
+from wav2genre_cache.store.cache_writer import ShardStore
 
 
 def write_synthetic_cache(
