@@ -90,7 +90,7 @@ def test_one_fit_signature_gives_each_head_what_it_takes(inputs, stops_early):
 
 def test_an_svm_head_saved_before_it_moved_module_still_loads(tmp_path):
     # skops records a type by its module: heads saved when SVMHead lived in heads.py name
-    # wav2genre_cache.heads.registry.SVMHead, which still resolves (heads re-exports it) and is trusted.
+    # wav2genre_cache.heads.SVMHead, which still resolves (heads re-exports it) and is trusted.
     import zipfile
 
     spec = head_spec("svm")
@@ -108,7 +108,7 @@ def test_an_svm_head_saved_before_it_moved_module_still_loads(tmp_path):
             if item.filename == "schema.json":
                 assert b'"wav2genre_cache.heads.estimators"' in data
                 data = data.replace(
-                    b'"wav2genre_cache.heads.estimators"', b'"wav2genre_cache.heads.registry"'
+                    b'"wav2genre_cache.heads.estimators"', b'"wav2genre_cache.heads"'
                 )
             dst.writestr(item, data)
     loaded = load_head("svm", old)

@@ -85,7 +85,8 @@ def test_clear_errors(separable_cache, tmp_path):
 
 
 def test_caches_that_cannot_be_trained_on(tmp_path):
-    from wav2genre_cache.store.cache import ShardStore, TrackResult
+    from wav2genre_cache.store.cache import TrackResult
+    from wav2genre_cache.store.cache_writer import ShardStore
 
     def cache_with(rows, name):
         config = {
@@ -335,7 +336,8 @@ def test_file_names_outside_the_bundle_folder_are_rejected(bad, why, tmp_path):
 def cache_of(path, feature_sets=("encoder", "logmel"), n_tracks=16, seed=0):
     """A small cache of two labels holding encoder (3 layers x 8, which tells them apart) and/or
     logmel (128 mels x 16 frames of noise)."""
-    from wav2genre_cache.store.cache import ShardStore, TrackResult
+    from wav2genre_cache.store.cache import TrackResult
+    from wav2genre_cache.store.cache_writer import ShardStore
 
     rng = np.random.default_rng(seed)
     shapes = {"encoder": (3, 8), "logmel": (1, 128 * 16)}

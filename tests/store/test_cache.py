@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from wav2genre_cache.errors import CacheError
-from wav2genre_cache.store.cache import EmbeddingCache, ShardStore, TrackResult, config_differences
+from wav2genre_cache.store.cache import EmbeddingCache, TrackResult, config_differences
+from wav2genre_cache.store.cache_writer import ShardStore
 
 CONFIG = {
     "backbone": "random-tiny",

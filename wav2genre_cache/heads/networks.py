@@ -2,7 +2,7 @@
 
 FCNN (the paper's classifier) and the layer-weighted FCNN, as scikit-learn estimators. The
 other torch heads use the same loop: attention pooling over a track's segments
-(track_heads.py) and the CNN / LSTM / CNN-LSTM spectrogram baselines (spectrogram_heads.py).
+(tracks.py) and the CNN / LSTM / CNN-LSTM spectrogram baselines (spectrogram.py).
 
 Fitted on a tag indicator matrix [rows, tags] instead of labels, every one of them is
 multi-label: independent sigmoid outputs trained with binary cross-entropy (early stopping on
@@ -21,12 +21,12 @@ from sklearn.utils import Tags
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from wav2genre_cache.heads.estimators import (
+from wav2genre_cache.heads.contract import (
     is_multi_label,
     keep_init_args,
     multi_label_tags,
+    predictions_from_proba,
     tag_matrix,
-    tags_at_half,
 )
 
 
@@ -210,10 +210,7 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """The most probable class of each row (for tags: the indicator matrix at 0.5)."""
-        proba = self.predict_proba(X)
-        if getattr(self, "multi_label_", False):
-            return tags_at_half(proba)
-        return self.classes_[np.argmax(proba, axis=1)]
+        return predictions_from_proba(self, self.predict_proba(X))
 
 
 class FCNNClassifier(TorchClassifier):

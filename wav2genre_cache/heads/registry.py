@@ -3,7 +3,7 @@
 A head is a scikit-learn estimator. Its registry entry (HeadSpec) says everything the rest of
 the package asks about it: the factory that makes it, the hyper-parameter grid tried on
 validation, what one row of its input is (Inputs), whether it stops early on a validation set,
-and the file format it is saved in (never pickle). Training, bundles and predict ask the
+and the file format it is saved in (heads.formats; never pickle). Training, bundles and predict ask the
 registry and never branch on a head's name; adding a head is one entry here.
 
 Every head is also multi-label (mood/theme tags): fitted on Rows whose y is a 2-D {0, 1}
@@ -14,21 +14,15 @@ with binary cross-entropy; the others: one-vs-rest or their library's native mul
 
 from __future__ import annotations
 
-import importlib
-import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator
 from sklearn.preprocessing import StandardScaler
 
-from wav2genre_cache._io import jsonable
 from wav2genre_cache.errors import HeadError
 from wav2genre_cache.heads.estimators import (
     ForestHead,
@@ -37,7 +31,8 @@ from wav2genre_cache.heads.estimators import (
     SVMHead,
     XGBHead,
 )
-from wav2genre_cache.heads.networks import FCNNClassifier, LayerWeightedClassifier, TorchClassifier
+from wav2genre_cache.heads.formats import SKOPS, TORCH, XGBOOST, HeadFormat
+from wav2genre_cache.heads.networks import FCNNClassifier, LayerWeightedClassifier
 
 # The torch heads live in their own modules; this module is their public home too.
 from wav2genre_cache.heads.spectrogram import SPECTROGRAM_HEADS, SpectrogramClassifier
@@ -63,15 +58,6 @@ class Rows:
     X: np.ndarray
     y: np.ndarray
     groups: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class HeadFormat:
-    """How a head is written and read: its files (the main one first) and the two functions."""
-
-    files: tuple[str, ...]
-    save: Callable[[BaseEstimator, Path, tuple[str, ...]], None]
-    load: Callable[[HeadSpec, Path], BaseEstimator]
 
 
 @dataclass(frozen=True)
@@ -115,118 +101,6 @@ class HeadSpec:
         if self.predicts_tracks:
             return head.predict_proba(X, groups=groups)
         return head.predict_proba(X)
-
-
-# ---- persistence: never pickle ----------------------------------------------------------
-
-
-def _save_torch(head: TorchClassifier, directory: Path, files: tuple[str, ...]) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {f"net.{k}": v.contiguous() for k, v in head.net_.state_dict().items()}
-    tensors["mean"] = torch.from_numpy(head.mean_)
-    tensors["scale"] = torch.from_numpy(head.scale_)
-    meta = {
-        "params": json.dumps(jsonable(head.get_params())),
-        "classes": json.dumps(head.classes_.tolist()),
-        "n_features_in": str(head.n_features_in_),
-        "multi_label": json.dumps(bool(getattr(head, "multi_label_", False))),
-    }
-    save_file(tensors, directory / files[0], metadata=meta)
-
-
-def _load_torch(spec: HeadSpec, path: Path) -> TorchClassifier:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    head = spec.make(**json.loads(meta["params"]))  # its random_state is in its params
-    head.classes_ = np.array(json.loads(meta["classes"]))
-    head.n_features_in_ = int(meta["n_features_in"])
-    # Heads saved before multi-label heads existed have no such entry: they are single-label.
-    head.multi_label_ = bool(json.loads(meta.get("multi_label", "false")))
-    head.mean_, head.scale_ = tensors.pop("mean").numpy(), tensors.pop("scale").numpy()
-    head.net_ = head._build(head.n_features_in_, len(head.classes_))
-    head.net_.load_state_dict({k.removeprefix("net."): v for k, v in tensors.items()})
-    head.net_.eval()
-    return head
-
-
-def _save_xgb(head: XGBHead, directory: Path, files: tuple[str, ...]) -> None:
-    head.booster_.save_model(directory / files[0])
-    info = {
-        "params": jsonable(head.get_params()),
-        "classes": head.classes_.tolist(),
-        "n_features_in": int(head.n_features_in_),
-        "multi_label": bool(getattr(head, "multi_label_", False)),
-    }
-    (directory / files[1]).write_text(json.dumps(info))
-
-
-def _load_xgb(spec: HeadSpec, path: Path) -> XGBHead:
-    from xgboost import XGBClassifier
-
-    # The classes and parameters are in the second file (bundles checksum both).
-    info = json.loads((path.parent / spec.format.files[1]).read_text())
-    head = XGBHead(**info["params"])
-    head.classes_ = np.array(info["classes"])
-    head.n_features_in_ = info["n_features_in"]
-    head.multi_label_ = bool(info.get("multi_label", False))  # absent in older files
-    head.booster_ = XGBClassifier()
-    head.booster_.load_model(path)
-    return head
-
-
-def _save_skops(head: BaseEstimator, directory: Path, files: tuple[str, ...]) -> None:
-    import skops.io as sio
-
-    sio.dump(head, directory / files[0])
-
-
-def _load_skops(spec: HeadSpec, path: Path) -> BaseEstimator:
-    import skops.io as sio
-
-    untrusted = [t for t in sio.get_untrusted_types(file=path) if t not in _OWN_TYPES]
-    if untrusted:
-        raise HeadError(f"{path}: refuses to load types that are not known to be safe: {untrusted}")
-    with _former_modules():
-        return sio.load(path, trusted=list(_OWN_TYPES))
-
-
-# skops files name each class by its module: heads saved by version 0.1 (one flat package) name
-# wav2genre_cache.sklearn_heads, whose classes now live in heads.estimators.
-_FORMER_MODULES = {"wav2genre_cache.sklearn_heads": "wav2genre_cache.heads.estimators"}
-
-
-@contextmanager
-def _former_modules() -> Iterator[None]:
-    """While loading, the modules of former versions resolve to the ones that replaced them."""
-    added = [old for old in _FORMER_MODULES if old not in sys.modules]
-    for old in added:
-        sys.modules[old] = importlib.import_module(_FORMER_MODULES[old])
-    try:
-        yield
-    finally:
-        for old in added:
-            del sys.modules[old]
-
-
-# Types skops does not trust by default but that are plain data: our SVM head, our multi-label
-# subclasses of sklearn's forest, logistic regression and pipeline (each under its module now
-# and the ones of version 0.1: heads.SVMHead still resolves, as heads re-exports it), and
-# sklearn's trees.
-_CLASSES = ("SVMHead", "ForestHead", "LogisticRegressionHead", "PipelineHead")
-_OWN_TYPES = (
-    *(f"wav2genre_cache.heads.estimators.{c}" for c in _CLASSES),
-    *(f"wav2genre_cache.sklearn_heads.{c}" for c in _CLASSES),
-    "wav2genre_cache.heads.SVMHead",
-    "sklearn.tree._tree.Tree",
-)
-
-TORCH = HeadFormat(("head.safetensors",), _save_torch, _load_torch)
-XGBOOST = HeadFormat(("head.ubj", "head_params.json"), _save_xgb, _load_xgb)
-SKOPS = HeadFormat(("head.skops",), _save_skops, _load_skops)
 
 
 # ---- the registry -------------------------------------------------------------------------
@@ -388,18 +262,10 @@ def save_head(head: BaseEstimator, name: str, directory: Path) -> list[str]:
     The main file is the one to pass to load_head; the caller checksums them all
     (bundles.write_bundle), since load_head trusts each of them.
     """
-    fmt = head_spec(name).format
-    directory.mkdir(parents=True, exist_ok=True)
-    fmt.save(head, directory, fmt.files)
-    return list(fmt.files)
+    return head_spec(name).format.write(head, directory)
 
 
 def load_head(name: str, path: Path) -> BaseEstimator:
     """Load a head saved by save_head; foreign content raises HeadError, nothing is unpickled."""
     spec = head_spec(name)
-    try:
-        return spec.format.load(spec, path)
-    except HeadError:
-        raise
-    except Exception as exc:
-        raise HeadError(f"{path}: not a valid {name} head ({type(exc).__name__}: {exc})") from None
+    return spec.format.read(spec.make, path, name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from wav2genre_cache.heads.estimators import keep_init_args
+from wav2genre_cache.heads.contract import keep_init_args
 from wav2genre_cache.heads.networks import TorchClassifier
 
 SPECTROGRAM_HEADS = ("cnn", "lstm", "cnn-lstm")

@@ -7,7 +7,7 @@ import torch
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from wav2genre_cache.heads.estimators import is_multi_label, keep_init_args, tags_at_half
+from wav2genre_cache.heads.contract import is_multi_label, keep_init_args, predictions_from_proba
 from wav2genre_cache.heads.networks import TorchClassifier
 
 
@@ -125,10 +125,7 @@ class AttentionPoolingClassifier(TorchClassifier):
 
     def predict(self, X, groups=None) -> np.ndarray:
         """The most probable class of each row's track (for tags: the indicator matrix at 0.5)."""
-        proba = self.predict_proba(X, groups)
-        if getattr(self, "multi_label_", False):
-            return tags_at_half(proba)
-        return self.classes_[np.argmax(proba, axis=1)]
+        return predictions_from_proba(self, self.predict_proba(X, groups))
 
     def attention_(self, X, groups) -> np.ndarray:
         """The weight each row gets within its track (they sum to one per track)."""

