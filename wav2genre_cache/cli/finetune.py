@@ -108,7 +108,7 @@ def finetune(
     workers: WorkersOpt = None,
 ) -> None:
     """Fine-tune the encoder's top layers with the paper's head, from audio; resumable; a bundle."""
-    from wav2genre_cache.finetune.loop import FinetuneOptions
+    from wav2genre_cache.finetune.options import FinetuneOptions
 
     opts = FinetuneOptions(
         data=str(data),
@@ -153,7 +153,7 @@ def finetune(
 
 def run_finetune(opts) -> dict:
     """Fine-tune with the command line's console (run --finetune calls it too)."""
-    from wav2genre_cache.finetune.loop import finetune as finetune_run
+    from wav2genre_cache.finetune.run import finetune as finetune_run
 
     return finetune_run(opts, console=err)
 
@@ -161,8 +161,7 @@ def run_finetune(opts) -> dict:
 def finetune_options_of_run(params: dict, run_dir: Path, epochs: int, unfreeze: str, layer: str):
     """FinetuneOptions for `run --finetune`: run's data, model, split and segments, so the
     fine-tuned rows share the frozen heads' split."""
-    from wav2genre_cache.finetune.loop import FinetuneOptions
-    from wav2genre_cache.finetune.options import split_tracks
+    from wav2genre_cache.finetune.options import FinetuneOptions, split_tracks
 
     data = params["data"] if isinstance(params["data"], list) else [params["data"]]
     if len(data) > 1 or params.get("label_map"):
