@@ -105,7 +105,7 @@ def finetune(opts: FinetuneOptions, console: Console | None = None, progress: bo
         labels,
         opts,
         device,
-        asdict(state),
+        asdict(state),  # finish reads the state as progress.json holds it
         state_dir,
         peak,
         info,
