@@ -19,7 +19,9 @@ from fakes import running_server
 
 from wav2genre_cache.errors import BackboneError, FinetuneError, OptionError
 from wav2genre_cache.finetune.checkpoint import read_weights
-from wav2genre_cache.finetune.loop import FinetuneOptions, finetune, lr_factor
+from wav2genre_cache.finetune.loop import lr_factor
+from wav2genre_cache.finetune.options import FinetuneOptions
+from wav2genre_cache.finetune.run import finetune
 
 LABELS = ("low", "mid", "high")
 

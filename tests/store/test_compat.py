@@ -174,7 +174,7 @@ def test_predict_on_the_run_folder_uses_its_best_bundle(tmp_path):
 
 def finetune_options(state_dir: Path, out: Path):
     """The FinetuneOptions the checkpoint was written with, from its settings.json."""
-    from wav2genre_cache.finetune.loop import FinetuneOptions
+    from wav2genre_cache.finetune.options import FinetuneOptions
 
     settings = json.loads((state_dir / "settings.json").read_text())
     names = {f.name for f in dataclasses.fields(FinetuneOptions)}
@@ -188,7 +188,9 @@ def test_the_checkpoint_loads_into_a_fresh_model_of_its_kind(tmp_path):
 
     from wav2genre_cache.encoders.finetuned import SegmentClassifier
     from wav2genre_cache.finetune.checkpoint import load_checkpoint, read_weights
-    from wav2genre_cache.finetune.loop import _freeze, _load_encoder, _param_groups
+    from wav2genre_cache.finetune.model import freeze as _freeze
+    from wav2genre_cache.finetune.model import load_encoder as _load_encoder
+    from wav2genre_cache.finetune.model import param_groups as _param_groups
 
     copy_fixture(tmp_path, "run/finetune")
     state_dir = tmp_path / "run" / "finetune"

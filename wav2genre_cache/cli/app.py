@@ -12,13 +12,14 @@ from typer.core import TyperGroup
 
 from wav2genre_cache._io import comma_list
 from wav2genre_cache.cli.finetune import (
-    UnfreezeOpt,
+    RUN_FINETUNE_OPTIONS,
     finetune,
     finetune_options_of_run,
     run_finetune,
 )
 from wav2genre_cache.cli.inference import predict, serve
 from wav2genre_cache.cli.options import (
+    STAGE_ONE_OPTIONS,
     CalibrationOpt,
     HeadsOpt,
     HeapOpt,
@@ -28,7 +29,7 @@ from wav2genre_cache.cli.options import (
     embed_options,
     err,
     out,
-    with_stage_one_options,
+    with_options,
 )
 from wav2genre_cache.errors import Wav2GenreError
 
@@ -93,7 +94,7 @@ def _run_embed(opts, strict: bool, keep_freed_memory: bool = True, progress: boo
 
 
 @app.command()
-@with_stage_one_options
+@with_options(STAGE_ONE_OPTIONS)
 def embed(
     ctx: typer.Context,
     data: Annotated[
@@ -284,7 +285,7 @@ def compare(
 
 
 @app.command()
-@with_stage_one_options
+@with_options(STAGE_ONE_OPTIONS, last=RUN_FINETUNE_OPTIONS)
 def run(
     ctx: typer.Context,
     data: Annotated[
@@ -303,29 +304,13 @@ def run(
     calibration: CalibrationOpt = "auto",
     strict: StrictOpt = False,
     keep_freed_memory: HeapOpt = True,
-    with_finetune: Annotated[
-        bool,
-        typer.Option(
-            "--finetune/--no-finetune",
-            help="Also fine-tune the encoder on the same split (its rows join the comparison).",
-        ),
-    ] = False,
-    finetune_epochs: Annotated[int, typer.Option(help="Epochs of --finetune.")] = 10,
-    unfreeze: UnfreezeOpt = "2",
-    finetune_layer: Annotated[
-        str, typer.Option(help="--layer of --finetune: weighted, last or a layer number.")
-    ] = "weighted",
-    **stage_one,
+    **options,
 ) -> None:
     """embed + train-heads (+ finetune) + compare in one go."""
     cache = run_dir / "cache.h5"  # embed makes run_dir, once the model has loaded
     opts = embed_options(ctx.params, cache)
     # Refused before anything runs: --finetune's options are checked first.
-    tune = (
-        finetune_options_of_run(ctx.params, run_dir, finetune_epochs, unfreeze, finetune_layer)
-        if with_finetune
-        else None
-    )
+    tune = finetune_options_of_run(ctx.params, run_dir) if options["with_finetune"] else None
     _run_embed(opts, strict, keep_freed_memory)
     # With augmentation, train with and without the augmented views: the ablation.
     _train(

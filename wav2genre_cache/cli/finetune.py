@@ -9,141 +9,125 @@ import typer
 
 from wav2genre_cache._io import comma_list
 from wav2genre_cache.cli.options import (
-    AugmentOpt,
-    DatasetOpt,
-    DeviceOpt,
-    HopOpt,
-    ModelOpt,
-    NoiseDirOpt,
-    SegmentOpt,
-    SplitDirOpt,
-    SplitOpt,
-    WindowOpt,
-    WorkersOpt,
+    AUGMENT,
+    DATASET,
+    DEVICE,
+    HOP,
+    MODEL,
+    NOISE_DIR,
+    SEGMENT,
+    SPLIT,
+    SPLIT_DIR,
+    WINDOW,
+    WORKERS,
+    Options,
     err,
+    option,
+    path_text,
+    with_options,
 )
 from wav2genre_cache.errors import OptionError
 
-LayerOpt = Annotated[
-    str,
-    typer.Option(
+UNFREEZE = option(
+    "unfreeze",
+    "2",
+    "--unfreeze",
+    help="Top transformer layers to train: N (0: only the head and layer weights), or all.",
+)
+
+# finetune's options, in the order --help lists them; named as FinetuneOptions' fields.
+FINETUNE_OPTIONS: Options = (
+    MODEL,
+    DATASET,
+    SPLIT,
+    SPLIT_DIR,
+    option("seed", 0, help="Seed of the split, initialisation and order."),
+    SEGMENT,
+    HOP,
+    WINDOW,
+    option(
+        "layer",
+        "weighted",
         "--layer",
         help="weighted (a learned softmax-weighted sum of every layer), last, or a layer number "
         "(layers above it are not run).",
     ),
-]
-UnfreezeOpt = Annotated[
-    str,
-    typer.Option(
-        "--unfreeze",
-        help="Top transformer layers to train: N (0: only the head and layer weights), or all.",
+    UNFREEZE,
+    option(
+        "train_feature_encoder",
+        False,
+        help="Also train the convolutional feature encoder (frozen by default).",
     ),
-]
+    option("epochs", 10, help="Most epochs (early stopping may end sooner)."),
+    option("batch_size", 8, help="Model inputs per micro-batch."),
+    option("grad_accum", 1, help="Micro-batches per optimizer step."),
+    option("lr", 5e-5, help="Learning rate of the top unfrozen layer."),
+    option("head_lr", 1e-3, help="Learning rate of the head."),
+    option("layer_decay", 0.8, help="Layer-wise decay: each layer down gets this times the rate."),
+    option("weight_decay", 0.01, help="AdamW weight decay."),
+    option("warmup", 0.1, help="Fraction of steps of linear warm-up before cosine decay."),
+    option(
+        "precision",
+        "auto",
+        help="auto (bfloat16 autocast on a CUDA GPU that has it, else float32) | float32 | "
+        "bfloat16 | float16 (CUDA, with loss scaling)",
+    ),
+    option(
+        "gradient_checkpointing",
+        False,
+        help="Recompute activations in the backward pass: less memory.",
+    ),
+    option(
+        "probe_epochs",
+        50,
+        help="Before fine-tuning, passes of the head over the frozen encoder's states of the "
+        "training segments, computed once (linear probe, then fine-tune; 0: none).",
+    ),
+    option(
+        "patience",
+        3,
+        help="Epochs without a better validation score (track accuracy, then macro-F1, then "
+        "loss) before stopping.",
+    ),
+    AUGMENT,
+    option("augment_prob", 0.5, help="Chance that a training track is augmented in an epoch."),
+    NOISE_DIR,
+    option(
+        "checkpoint_every", 0, help="Optimizer steps between checkpoints (0: at each epoch's end)."
+    ),
+    DEVICE,
+    WORKERS,
+)
+
+# run's options for its --finetune step, after its own.
+RUN_FINETUNE_OPTIONS: Options = (
+    option(
+        "with_finetune",
+        False,
+        "--finetune/--no-finetune",
+        help="Also fine-tune the encoder on the same split (its rows join the comparison).",
+    ),
+    option("finetune_epochs", 10, help="Epochs of --finetune."),
+    UNFREEZE,
+    option(
+        "finetune_layer",
+        "weighted",
+        help="--layer of --finetune: weighted, last or a layer number.",
+    ),
+)
 
 
+@with_options(FINETUNE_OPTIONS)
 def finetune(
     data: Annotated[Path, typer.Argument(help="Dataset folder or CSV manifest.")],
     run_dir: Annotated[
         Path,
         typer.Option("--out", help="Run folder (may be a train-heads run of the same split)."),
     ],
-    model: ModelOpt = "facebook/wav2vec2-base-960h",
-    dataset: DatasetOpt = "auto",
-    split: SplitOpt = "random",
-    split_dir: SplitDirOpt = None,
-    seed: Annotated[int, typer.Option(help="Seed of the split, initialisation and order.")] = 0,
-    segment_seconds: SegmentOpt = 10.0,
-    hop_seconds: HopOpt = None,
-    window: WindowOpt = None,
-    layer: LayerOpt = "weighted",
-    unfreeze: UnfreezeOpt = "2",
-    train_feature_encoder: Annotated[
-        bool, typer.Option(help="Also train the convolutional feature encoder (frozen by default).")
-    ] = False,
-    epochs: Annotated[int, typer.Option(help="Most epochs (early stopping may end sooner).")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Model inputs per micro-batch.")] = 8,
-    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
-    lr: Annotated[float, typer.Option(help="Learning rate of the top unfrozen layer.")] = 5e-5,
-    head_lr: Annotated[float, typer.Option(help="Learning rate of the head.")] = 1e-3,
-    layer_decay: Annotated[
-        float, typer.Option(help="Layer-wise decay: each layer down gets this times the rate.")
-    ] = 0.8,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
-    warmup: Annotated[
-        float, typer.Option(help="Fraction of steps of linear warm-up before cosine decay.")
-    ] = 0.1,
-    precision: Annotated[
-        str,
-        typer.Option(
-            help="auto (bfloat16 autocast on a CUDA GPU that has it, else float32) | float32 | "
-            "bfloat16 | float16 (CUDA, with loss scaling)"
-        ),
-    ] = "auto",
-    gradient_checkpointing: Annotated[
-        bool, typer.Option(help="Recompute activations in the backward pass: less memory.")
-    ] = False,
-    probe_epochs: Annotated[
-        int,
-        typer.Option(
-            help="Before fine-tuning, passes of the head over the frozen encoder's states of the "
-            "training segments, computed once (linear probe, then fine-tune; 0: none)."
-        ),
-    ] = 50,
-    patience: Annotated[
-        int,
-        typer.Option(
-            help="Epochs without a better validation score (track accuracy, then macro-F1, then "
-            "loss) before stopping."
-        ),
-    ] = 3,
-    augment: AugmentOpt = "",
-    augment_prob: Annotated[
-        float, typer.Option(help="Chance that a training track is augmented in an epoch.")
-    ] = 0.5,
-    noise_dir: NoiseDirOpt = None,
-    checkpoint_every: Annotated[
-        int, typer.Option(help="Optimizer steps between checkpoints (0: at each epoch's end).")
-    ] = 0,
-    device: DeviceOpt = "auto",
-    workers: WorkersOpt = None,
+    **options,
 ) -> None:
     """Fine-tune the encoder's top layers with the paper's head, from audio; resumable; a bundle."""
-    from wav2genre_cache.finetune.loop import FinetuneOptions
-
-    opts = FinetuneOptions(
-        data=str(data),
-        out=str(run_dir),
-        model=model,
-        dataset=dataset,
-        split=split,
-        split_dir=str(split_dir) if split_dir else None,
-        seed=seed,
-        segment_seconds=segment_seconds,
-        hop_seconds=hop_seconds,
-        window=window,
-        layer=layer,
-        unfreeze=unfreeze,
-        train_feature_encoder=train_feature_encoder,
-        epochs=epochs,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        lr=lr,
-        head_lr=head_lr,
-        layer_decay=layer_decay,
-        weight_decay=weight_decay,
-        warmup=warmup,
-        precision=precision,
-        gradient_checkpointing=gradient_checkpointing,
-        probe_epochs=probe_epochs,
-        patience=patience,
-        augment=comma_list(augment),
-        augment_prob=augment_prob,
-        noise_dir=str(noise_dir) if noise_dir else None,
-        checkpoint_every=checkpoint_every,
-        device=device,
-        workers=workers,
-    )
-    run_finetune(opts)
+    run_finetune(finetune_options(data, run_dir, options))
     err.print(
         f"Wrote {run_dir / 'finetune.json'}, {run_dir / 'bundles' / 'finetuned'} and "
         f"{run_dir / 'finetune_curve.png'}; next: wav2genre compare {run_dir}",
@@ -153,38 +137,55 @@ def finetune(
 
 def run_finetune(opts) -> dict:
     """Fine-tune with the command line's console (run --finetune calls it too)."""
-    from wav2genre_cache.finetune.loop import finetune as finetune_run
+    from wav2genre_cache.finetune.run import finetune as finetune_run
 
     return finetune_run(opts, console=err)
 
 
-def finetune_options_of_run(params: dict, run_dir: Path, epochs: int, unfreeze: str, layer: str):
-    """FinetuneOptions for `run --finetune`: run's data, model, split and segments, so the
-    fine-tuned rows share the frozen heads' split."""
-    from wav2genre_cache.finetune.loop import FinetuneOptions
+def finetune_options(data: Path, run_dir: Path, options: dict):
+    """FinetuneOptions from DATA, --out and options named as its fields, with the CLI's types."""
+    from wav2genre_cache.finetune.options import FinetuneOptions
+
+    converted = {
+        "data": str(data),
+        "out": str(run_dir),
+        "split_dir": path_text(options["split_dir"]),
+        "augment": comma_list(options["augment"]),
+        "noise_dir": path_text(options["noise_dir"]),
+    }
+    return FinetuneOptions(**(options | converted))
+
+
+# The options of run that `run --finetune` takes as they are: its model, split and segments.
+TAKEN_FROM_RUN = (
+    "model",
+    "dataset",
+    "split",
+    "split_dir",
+    "seed",
+    "segment_seconds",
+    "hop_seconds",
+    "window",
+    "augment",
+    "noise_dir",
+    "device",
+    "workers",
+)
+
+
+def finetune_options_of_run(params: dict, run_dir: Path):
+    """FinetuneOptions for `run --finetune` from run's parameters: run's data, model, split and
+    segments, so the fine-tuned rows share the frozen heads' split."""
     from wav2genre_cache.finetune.options import split_tracks
 
     data = params["data"] if isinstance(params["data"], list) else [params["data"]]
     if len(data) > 1 or params.get("label_map"):
         raise OptionError("--finetune reads one dataset without a label map; run it on one DATA")
-    options = FinetuneOptions(
-        data=str(data[0]),
-        out=str(run_dir),
-        model=params["model"],
-        dataset=params["dataset"],
-        split=params["split"],
-        split_dir=str(params["split_dir"]) if params["split_dir"] else None,
-        seed=params["seed"],
-        segment_seconds=params["segment_seconds"],
-        hop_seconds=params["hop_seconds"],
-        window=params["window"],
-        layer=layer,
-        unfreeze=unfreeze,
-        epochs=epochs,
-        augment=comma_list(params["augment"]),
-        noise_dir=str(params["noise_dir"]) if params["noise_dir"] else None,
-        device=params["device"],
-        workers=params["workers"],
-    )
+    chosen = {
+        "layer": params["finetune_layer"],
+        "unfreeze": params["unfreeze"],
+        "epochs": params["finetune_epochs"],
+    }
+    options = finetune_options(data[0], run_dir, {k: params[k] for k in TAKEN_FROM_RUN} | chosen)
     split_tracks(options)  # refuses a tag dataset (or a split it cannot use) before any work
     return options

@@ -8,19 +8,21 @@ from typing import Annotated
 
 import typer
 
-from wav2genre_cache.cli.options import err, out
+from wav2genre_cache.cli.options import DeviceOpt, err, out
+
+BundleOpt = Annotated[
+    Path, typer.Option(help="A bundle folder: RUN_DIR/best or RUN_DIR/bundles/<head>.")
+]
 
 
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Audio files or folders of audio files.")],
-    bundle: Annotated[
-        Path, typer.Option(help="A bundle folder: RUN_DIR/best or RUN_DIR/bundles/<head>.")
-    ],
+    bundle: BundleOpt,
     top_k: Annotated[int, typer.Option(help="How many genres to show per file.")] = 3,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON with the per-segment timeline.")
     ] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option(help="Segments per model call.")] = 8,
     strict: Annotated[
         bool,
@@ -61,9 +63,7 @@ def predict(
 
 
 def serve(
-    bundle: Annotated[
-        Path, typer.Option(help="A bundle folder: RUN_DIR/best or RUN_DIR/bundles/<head>.")
-    ],
+    bundle: BundleOpt,
     host: Annotated[
         str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")
     ] = "127.0.0.1",
@@ -78,7 +78,7 @@ def serve(
             "holds up to --max-minutes of 16 kHz audio).",
         ),
     ] = 3,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    device: DeviceOpt = "auto",
 ) -> None:
     """Serve the web page and JSON API: upload a song, see its genre segment by segment."""
     from wav2genre_cache.inference.server import serve as run_server

