@@ -43,6 +43,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(device)
 
     def read(self) -> dict:
+        """The peaks so far, in MiB: the process's resident memory (and the GPU's allocation)."""
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         out = {"peak_rss_mb": round(rss, 1), "rss_before_training_mb": self.at_start}
         if self.device.type == "cuda":
