@@ -12,11 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from wav2genre_cache.evaluation.calibration import (
-    Calibrator,
-    expected_calibration_error,
-    reliability,
-)
+from wav2genre_cache.evaluation.calibration import Calibrator
 from wav2genre_cache.evaluation.metrics import (
     aggregate_tracks,
     classification_metrics,
@@ -104,23 +100,3 @@ def per_source(
         )
         out[name] = {k: m[k] for k in _PER_SOURCE if k in m}
     return out
-
-
-def calibration_report(raw: Scores, calibrator: Calibrator) -> dict:
-    """The calibration map and the expected calibration error of tracks before and after it."""
-    after = raw.calibrated(calibrator)
-    return {
-        "method": calibrator.method,
-        **({"temperature": calibrator.temperature} if calibrator.method == "temperature" else {}),
-        "ece_before": expected_calibration_error(raw.track, raw.y_track, raw.multi_label),
-        "ece_after": expected_calibration_error(after.track, after.y_track, after.multi_label),
-    }
-
-
-def reliability_curves(raw: Scores, calibrator: Calibrator) -> dict:
-    """Reliability diagrams' bins of the track scores before and after calibration."""
-    after = raw.calibrated(calibrator)
-    return {
-        "before": reliability(raw.track, raw.y_track, raw.multi_label),
-        "after": reliability(after.track, after.y_track, after.multi_label),
-    }

@@ -1,0 +1,229 @@
+"""Stage two's fit and select: each job's grid fitted on train, the best point kept on validation,
+calibrated there and scored on test; then the best model of each head and feature set."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from wav2genre_cache._io import jsonable
+from wav2genre_cache.evaluation.calibration import Calibrator, choose_thresholds, fit_calibrator
+from wav2genre_cache.evaluation.result_row import (
+    SELECTION_FIGURES,
+    CalibratedTracks,
+    ResultRow,
+    selection_key,
+    selection_score,
+)
+from wav2genre_cache.feature_sets import ENCODER
+from wav2genre_cache.heads.registry import HeadSpec, Inputs, Rows, head_spec
+from wav2genre_cache.stage_two.data import EVERY_LAYER, TrainingData
+from wav2genre_cache.stage_two.plan import Job
+from wav2genre_cache.stage_two.scoring import Scores, head_scores, metrics_of, per_source
+
+
+@dataclass
+class Fitted:
+    """A result row with its model and the data it was trained on (its features are re-read)."""
+
+    result: ResultRow  # replaced by the run's writer as it marks the best and writes bundles
+    model: object
+    data: TrainingData
+    calibrator: Calibrator
+
+    @property
+    def key(self) -> str:
+        """Its bundle's name: the head, and the feature set unless it is the encoder's."""
+        r = self.result
+        return r.head if r.feature_set == ENCODER else f"{r.head}-{r.feature_set}"
+
+    @property
+    def score(self) -> tuple:
+        """Better validation score first, then augmented training, then the lower layer."""
+        return (self.result.selection_score, self.data.augmented, -self.result.layer)
+
+
+def fit_jobs(
+    data: TrainingData,
+    jobs: list[Job],
+    seed: int,
+    trials: int,
+    log: Callable[[str], None],
+    calibration: str = "auto",
+) -> list[Fitted]:
+    """Fit every job on one feature set; the features of a layer are read once for its jobs."""
+    out = []
+    X, X_layer = None, None
+    for job in jobs:
+        if X_layer != job.layer:
+            X, X_layer = data.features(job.layer), job.layer
+        spec = head_spec(job.head)
+        result, model, calibrator = fit_and_select(
+            spec, X, data, job.layer, seed, trials, calibration
+        )
+        out.append(Fitted(result, model, data, calibrator))
+        log(_fitted_line(job, data, result))
+    return out
+
+
+def _fitted_line(job: Job, data: TrainingData, result: ResultRow) -> str:
+    """The log line of one fitted job: where it was trained, its test track scores."""
+    where = "all layers, learned weights" if job.layer == EVERY_LAYER else f"layer {job.layer:>2}"
+    test = result.test["track"]
+    scores = (
+        f"macro PR-AUC {test['macro_pr_auc']:.3f}, ROC-AUC {test['macro_auc']:.3f}"
+        if data.multi_label
+        else f"accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f}"
+    )
+    return (
+        f"{job.head:>6} {data.feature_set} {where}"
+        f"{'' if data.augmented else ' (original views only)'}: "
+        f"test track {scores} (fit {result.fit_seconds:.1f} s)"
+    )
+
+
+def fit_and_select(
+    spec: HeadSpec,
+    X: np.ndarray,
+    data: TrainingData,
+    layer: int,
+    seed: int,
+    trials: int = 0,
+    calibration: str = "auto",
+) -> tuple[ResultRow, object, Calibrator]:
+    """Fit each grid point (or search trial) on train, keep the best on validation, calibrate it
+    on validation (and choose each tag's threshold there), and score it on test.
+
+    Single-label models are chosen by track accuracy (then macro-F1), taggers by macro PR-AUC
+    (then macro ROC-AUC), the figure tagging benchmarks rank by.
+    """
+    grid = spec.search(trials, seed) if spec.search and trials > 1 else spec.grid
+    if spec.inputs is Inputs.ALL_LAYERS:
+        grid = [{**p, "n_layers": data.n_layers} for p in grid]
+    # One bag per (track, view) for the heads that predict tracks: an augmented copy is its own.
+    bag = data.track * 1000 + data.view
+    train = Rows(X[data.train], data.y[data.train], bag[data.train])
+    valid = Rows(X[data.valid], data.y[data.valid], bag[data.valid]) if data.valid.any() else None
+
+    def scores(head, rows: np.ndarray) -> Scores:
+        return head_scores(
+            spec, head, X[rows], data.y[rows], data.track[rows], len(data.labels), data.multi_label
+        )
+
+    sel = getattr(data, data.selected_on)
+    chosen, tried = _grid_search(
+        spec,
+        grid,
+        seed,
+        train,
+        valid,
+        lambda head: metrics_of(scores(head, sel), data.labels)["track"],
+        data.multi_label,
+    )
+    calibrator, thresholds, on_valid = _calibrate(
+        scores(chosen.head, data.valid) if data.valid.any() else None, data, calibration
+    )
+    start = time.perf_counter()
+    raw_test = scores(chosen.head, data.test)
+    predict_seconds = time.perf_counter() - start
+    final_test = raw_test.calibrated(calibrator)
+    test = metrics_of(final_test, data.labels, thresholds)
+    if len(data.sources) > 1:
+        test["per_source"] = per_source(final_test, data.track_source, data.labels, thresholds)
+    tracks = CalibratedTracks.of(raw_test.track, raw_test.y_track, data.multi_label, calibrator)
+    result = ResultRow(
+        head=spec.name,
+        feature_set=data.feature_set,
+        layer=layer,
+        augmented=data.augmented if data.has_augmented_views else None,
+        selected_on=data.selected_on,
+        params=jsonable(chosen.params),
+        trials=tried if len(tried) > 1 else None,
+        selection_score=selection_score(chosen.on_selection, data.multi_label),
+        valid=on_valid,
+        test=test,
+        fit_seconds=chosen.fit_seconds,
+        predict_seconds=predict_seconds,
+        layer_weights=[round(float(w), 5) for w in chosen.head.layer_weights_]
+        if spec.inputs is Inputs.ALL_LAYERS
+        else None,
+        calibration=tracks.calibration(calibrator),
+        thresholds=None if thresholds is None else [float(t) for t in thresholds],
+    )
+    return result, chosen.head, calibrator
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """The grid point kept on the selection split."""
+
+    head: object  # fitted on train
+    params: dict
+    on_selection: dict  # its track metrics on the selection split
+    fit_seconds: float
+
+
+def _grid_search(
+    spec: HeadSpec,
+    grid: list[dict],
+    seed: int,
+    train: Rows,
+    valid: Rows | None,
+    metrics_on_selection: Callable[[object], dict],
+    multi_label: bool,
+) -> tuple[_Choice, list[dict]]:
+    """Fit each grid point on train; the best by its track metrics on the selection split (the
+    first of equals), and every point's row for `trials`."""
+    best, tried = None, []
+    for params in grid:
+        head = spec.make(seed, **params)
+        start = time.perf_counter()
+        spec.fit(head, train, valid)
+        fit_seconds = time.perf_counter() - start
+        on_sel = metrics_on_selection(head)
+        tried.append(
+            {
+                "params": jsonable(params),
+                **{f"valid_{k}": on_sel[k] for k in SELECTION_FIGURES if k in on_sel},
+                "fit_seconds": fit_seconds,
+            }
+        )
+        key = selection_key(on_sel, multi_label)
+        if best is None or key > best[0]:
+            best = (key, _Choice(head, params, on_sel, fit_seconds))
+    return best[1], tried
+
+
+def _calibrate(
+    valid: Scores | None, data: TrainingData, method: str
+) -> tuple[Calibrator, np.ndarray | None, dict | None]:
+    """The calibration map and tag thresholds fitted on validation tracks, and its scores there.
+
+    Without a validation split nothing is fitted (test must stay unseen): identity map, tags
+    at 0.5.
+    """
+    n = len(data.labels)
+    if valid is None:
+        thresholds = np.full(n, 0.5) if data.multi_label else None
+        return Calibrator("none", data.multi_label), thresholds, None
+    calibrator = fit_calibrator(valid.track, valid.y_track, data.multi_label, method=method)
+    # Rounded here, once: metrics.json, the bundle and predict use the very same numbers.
+    thresholds = (
+        np.round(choose_thresholds(calibrator.apply(valid.track), valid.y_track), 6)
+        if data.multi_label
+        else None
+    )
+    on_valid = metrics_of(valid.calibrated(calibrator), data.labels, thresholds)["track"]
+    return calibrator, thresholds, {k: on_valid[k] for k in SELECTION_FIGURES if k in on_valid}
+
+
+def select_best(fitted: list[Fitted]) -> dict[str, Fitted]:
+    """The best model of each head and feature set (by Fitted.score; the first of equals)."""
+    best: dict[str, Fitted] = {}
+    for f in fitted:
+        if f.key not in best or f.score > best[f.key].score:
+            best[f.key] = f
+    return best
