@@ -24,7 +24,7 @@ needs_onednn = pytest.mark.skipif(not onednn_available(), reason="torch without 
 # oneDNN's bfloat16 grouped convolution is wrong on Intel AMX for 8 channels per group
 # (random-tiny's 4 groups of 8 came out 0.95 off there, F.conv1d included; the base model's 16
 # groups of 48 are right): the bfloat16 kernels are checked here on a shape oneDNN gets right,
-# and load_backbone's precision check catches the other (tests/test_backbone.py).
+# and load_backbone's precision check catches the other (tests/encoders/test_backbone.py).
 RIGHT_IN_BFLOAT16 = {"num_conv_pos_embedding_groups": 2}
 
 

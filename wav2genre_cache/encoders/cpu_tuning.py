@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from wav2genre_cache._io import comma_list
 from wav2genre_cache.errors import OptionError
 
-# Models whose modules the swaps below were checked against (tests/test_cpu_tuning.py). Others,
+# Models whose modules the swaps below were checked against (tests/encoders/test_cpu_tuning.py). Others,
 # WavLM for one (its attention reads q_proj.weight directly), keep transformers' modules.
 TUNED_MODELS = ("Wav2Vec2Model", "HubertModel")
 

@@ -27,7 +27,7 @@ from wav2genre_cache.audio.whisper_windows import Span
 from wav2genre_cache.encoders.frontends import frontend_for, span_weights
 
 WEIGHTED = -1  # the layer of a model that pools a learned weighted sum of every layer
-HEAD_HIDDEN = (256, 128)  # the frozen FCNN's default widths (torch_heads.FCNNClassifier)
+HEAD_HIDDEN = (256, 128)  # the frozen FCNN's default widths (heads.networks.FCNNClassifier)
 HEAD_DROPOUT = 0.3
 # The encoder classes a fine-tuned bundle may name: built from their config, weights loaded from
 # safetensors. Anything else in bundle.json is refused, never imported by name.

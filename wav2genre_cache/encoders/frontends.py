@@ -143,7 +143,7 @@ class WhisperFrontEnd(FeatureFrontEnd):
         return None
 
     def windows(self, samples: np.ndarray, starts: list[int], length: int) -> Iterable[Window]:
-        """Consecutive segments sharing windows as --window says (whisper_windows.py)."""
+        """Consecutive segments sharing windows as --window says (audio/whisper_windows.py)."""
         return self.layout.windows(samples, starts, length)
 
     def inputs(self, batch: np.ndarray, device: torch.device) -> torch.Tensor:

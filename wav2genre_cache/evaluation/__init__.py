@@ -1,1 +1,1 @@
-"""Metrics with intervals, calibration and plots: what every report shows."""
+"""Metrics, calibration, the one result row and the shared plots: what every report shows."""
