@@ -13,7 +13,6 @@ from wav2genre_cache.heads.registry import (
     FCNNClassifier,
     ForestHead,
     Inputs,
-    LayerWeightedClassifier,
     LogisticRegressionHead,
     Rows,
     SVMHead,
@@ -40,7 +39,7 @@ FOREST_XFAIL = {
         SVMHead(),
         XGBHead(n_estimators=5),
         # One layer: the checks feed plain feature matrices. No groups: each row is its own track.
-        LayerWeightedClassifier(n_layers=1, max_epochs=40, hidden_layers=(16,), learning_rate=1e-2),
+        FCNNClassifier(n_layers=1, max_epochs=40, hidden_layers=(16,), learning_rate=1e-2),
         AttentionPoolingClassifier(hidden=16, max_epochs=40, learning_rate=1e-2),
         # sklearn's own, subclassed to take tag matrices: still estimators by sklearn's rules.
         ForestHead(n_estimators=5),
@@ -51,7 +50,7 @@ FOREST_XFAIL = {
             # Early stopping holds out a stratified tenth, so sample order changes the fitted weights.
             "check_sample_weight_equivalence_on_dense_data": "no sample weights",
         }
-        if isinstance(est, FCNNClassifier | LayerWeightedClassifier | AttentionPoolingClassifier)
+        if isinstance(est, FCNNClassifier | AttentionPoolingClassifier)
         else FOREST_XFAIL
         if isinstance(est, ForestHead)
         else {}

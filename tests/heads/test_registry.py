@@ -2,6 +2,7 @@
 
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,6 @@ from wav2genre_cache.heads.registry import (
     FCNNClassifier,
     ForestHead,
     Inputs,
-    LayerWeightedClassifier,
     PipelineHead,
     Rows,
     SpectrogramClassifier,
@@ -37,7 +37,7 @@ def test_every_head_is_registered_once_under_its_name():
         head_spec("knn")
     # Every estimator class of the package is made by an entry.
     made = {type(spec.make(0, **TINY.get(name, {}))) for name, spec in REGISTRY.items()}
-    own = {SVMHead, XGBHead, FCNNClassifier, LayerWeightedClassifier, AttentionPoolingClassifier}
+    own = {SVMHead, XGBHead, FCNNClassifier, AttentionPoolingClassifier}
     own |= {ForestHead, PipelineHead}  # rf and logreg: sklearn's, taught tag matrices
     assert own | {SpectrogramClassifier} <= made
 
@@ -113,3 +113,16 @@ def test_an_svm_head_saved_before_it_moved_module_still_loads(tmp_path):
             dst.writestr(item, data)
     loaded = load_head("svm", old)
     np.testing.assert_allclose(loaded.predict_proba(train.X), head.predict_proba(train.X))
+
+
+def test_an_fcnn_weighted_head_of_version_0_1_0_loads_and_predicts_as_it_did():
+    # Written when the layer-weighted FCNN was a class of its own: its file names no class, and
+    # the FCNN with n_layers set builds the same network from the saved parameters.
+    saved = Path(__file__).parents[1] / "fixtures" / "fcnn_weighted_v0.1.0"
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, 3 * 8)).astype(np.float32)
+    X[:, 8:16] += (np.arange(120) % 3)[:, None]
+    head = load_head("fcnn-weighted", saved / "head.safetensors")
+    assert isinstance(head, FCNNClassifier) and head.n_layers == 3
+    assert head.layer_weights_.sum() == pytest.approx(1.0)
+    np.testing.assert_array_equal(head.predict_proba(X), np.load(saved / "expected_proba.npy"))

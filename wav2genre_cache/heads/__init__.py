@@ -7,7 +7,7 @@ from wav2genre_cache.heads.estimators import (
     SVMHead,
     XGBHead,
 )
-from wav2genre_cache.heads.networks import FCNNClassifier, LayerWeightedClassifier
+from wav2genre_cache.heads.networks import FCNNClassifier
 from wav2genre_cache.heads.registry import (
     ALL_HEADS,
     HEADS,
@@ -34,7 +34,6 @@ __all__ = [
     "ForestHead",
     "HeadSpec",
     "Inputs",
-    "LayerWeightedClassifier",
     "LogisticRegressionHead",
     "PipelineHead",
     "Rows",

@@ -1,7 +1,7 @@
 """The heads written in torch: the training loop they share, and the heads over embeddings.
 
-FCNN (the paper's classifier) and the layer-weighted FCNN, as scikit-learn estimators. The
-other torch heads use the same loop: attention pooling over a track's segments
+The FCNN (the paper's classifier, optionally over learned layer weights) as a scikit-learn
+estimator. The other torch heads use the same loop: attention pooling over a track's segments
 (tracks.py) and the CNN / LSTM / CNN-LSTM spectrogram baselines (spectrogram.py).
 
 Fitted on a tag indicator matrix [rows, tags] instead of labels, every one of them is
@@ -222,6 +222,11 @@ class FCNNClassifier(TorchClassifier):
     about 125 epochs (21 s per layer here), where batches of 512 at 5e-3 stop after about 15
     epochs (0.7 s) with a lower validation loss, and match 2e-3 on the real dev clips
     (benchmarks/README.md), so those are the defaults.
+
+    With `n_layers` set, X rows are a segment's layers flattened ([n_layers x dim]) and the
+    network reads a learned softmax-weighted sum of them, as the SUPERB benchmark does (the
+    `fcnn-weighted` head); after fitting, `layer_weights_` holds the weights (they sum to one).
+    The weights learn at `weights_learning_rate`, without weight decay.
     """
 
     def __init__(
@@ -236,56 +241,24 @@ class FCNNClassifier(TorchClassifier):
         validation_fraction: float = 0.1,
         device: str = "cpu",
         random_state: int = 0,
-    ):
-        keep_init_args(self, locals())
-
-    def _build(self, n_in: int, n_out: int) -> torch.nn.Sequential:
-        layers: list[torch.nn.Module] = []
-        for width in self.hidden_layers:
-            layers += [
-                torch.nn.Linear(n_in, width),
-                torch.nn.BatchNorm1d(width),
-                torch.nn.ReLU(),
-                torch.nn.Dropout(self.dropout),
-            ]
-            n_in = width
-        layers.append(torch.nn.Linear(n_in, n_out))
-        return torch.nn.Sequential(*layers)
-
-
-class LayerWeightedClassifier(TorchClassifier):
-    """The FCNN over a learned softmax-weighted sum of all layers, as the SUPERB benchmark does.
-
-    X rows are a segment's layers flattened ([n_layers x dim]); each feature is standardised.
-    After fitting, `layer_weights_` holds the learned weights (they sum to one).
-    """
-
-    def __init__(
-        self,
-        n_layers: int = 13,
+        n_layers: int | None = None,
         weights_learning_rate: float = 5e-2,
-        hidden_layers: tuple[int, ...] = (256, 128),
-        dropout: float = 0.3,
-        learning_rate: float = 2e-3,
-        weight_decay: float = 1e-4,
-        batch_size: int = 512,
-        max_epochs: int = 100,
-        patience: int = 6,
-        validation_fraction: float = 0.1,
-        device: str = "cpu",
-        random_state: int = 0,
     ):
         keep_init_args(self, locals())
 
     def _build(self, n_in: int, n_out: int) -> torch.nn.Module:
+        if self.n_layers is None:
+            return _mlp(n_in, n_out, self.hidden_layers, self.dropout)
         if n_in % self.n_layers:
             raise ValueError(
                 f"{n_in} features are not n_layers={self.n_layers} layers of equal width"
             )
-        mlp = FCNNClassifier(self.hidden_layers, self.dropout)._build(n_in // self.n_layers, n_out)
+        mlp = _mlp(n_in // self.n_layers, n_out, self.hidden_layers, self.dropout)
         return _LayerWeightedNet(self.n_layers, mlp)
 
     def _param_groups(self, net: torch.nn.Module) -> list[dict]:
+        if self.n_layers is None:
+            return super()._param_groups(net)
         # The layer weights learn faster than the MLP and without decay; otherwise the MLP
         # fits first and early stopping ends training with the weights still near uniform.
         rest = [p for n, p in net.named_parameters() if n != "logits"]
@@ -298,7 +271,24 @@ class LayerWeightedClassifier(TorchClassifier):
     def layer_weights_(self) -> np.ndarray:
         """The learned weight of each layer (softmax: positive, summing to one)."""
         check_is_fitted(self, "net_")
+        if self.n_layers is None:
+            raise AttributeError("layer_weights_: this FCNN reads one layer (n_layers is None)")
         return torch.softmax(self.net_.logits.detach(), dim=0).numpy()
+
+
+def _mlp(n_in: int, n_out: int, hidden_layers: tuple[int, ...], dropout: float):
+    """Dense layers with BatchNorm, ReLU and Dropout, then a linear output layer."""
+    layers: list[torch.nn.Module] = []
+    for width in hidden_layers:
+        layers += [
+            torch.nn.Linear(n_in, width),
+            torch.nn.BatchNorm1d(width),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(dropout),
+        ]
+        n_in = width
+    layers.append(torch.nn.Linear(n_in, n_out))
+    return torch.nn.Sequential(*layers)
 
 
 class _LayerWeightedNet(torch.nn.Module):
