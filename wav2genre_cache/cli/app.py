@@ -20,12 +20,10 @@ from wav2genre_cache.cli.finetune import (
 from wav2genre_cache.cli.inference import predict, serve
 from wav2genre_cache.cli.options import (
     STAGE_ONE_OPTIONS,
-    CalibrationOpt,
+    TRAIN_OPTIONS,
     HeadsOpt,
     HeapOpt,
-    LayersOpt,
     StrictOpt,
-    TrialsOpt,
     embed_options,
     err,
     out,
@@ -160,31 +158,10 @@ def info(
         out.print(f"[yellow]failed[/yellow] {f['reason']}", highlight=False)
 
 
-def _train(
-    cache: Path,
-    run_dir: Path,
-    heads: str | None,
-    layers: str,
-    feature_set: str,
-    seed: int,
-    augmented: bool | str,
-    trials: int = 0,
-    calibration: str = "auto",
-) -> dict:
+def _train(cache: Path, run_dir: Path, **options) -> dict:
     from wav2genre_cache.stage_two.train import train_heads
 
-    return train_heads(
-        cache,
-        run_dir,
-        heads=None if heads is None else list(comma_list(heads)),
-        layers=layers,
-        feature_sets=feature_set,
-        seed=seed,
-        augmented=augmented,
-        trials=trials,
-        calibration=calibration,
-        log=lambda m: err.print(m, highlight=False),
-    )
+    return train_heads(cache, run_dir, log=lambda m: err.print(m, highlight=False), **options)
 
 
 def _compare(run_dir: Path) -> None:
@@ -201,17 +178,17 @@ def _compare(run_dir: Path) -> None:
 
 
 @app.command("train-heads")
+@with_options(TRAIN_OPTIONS)
 def train_heads_cmd(
     cache: Annotated[Path, typer.Argument(help="An HDF5 cache written by embed.")],
     run_dir: Annotated[
         Path, typer.Option("--out", help="Run folder for metrics.json and bundles.")
     ],
-    heads: HeadsOpt = None,
-    layers: LayersOpt = "all",
-    feature_set: Annotated[
+    feature_sets: Annotated[
         str,
         typer.Option(
-            help="Cached feature set(s) to train on, comma-separated (encoder, handcrafted, logmel)."
+            "--feature-set",
+            help="Cached feature set(s) to train on, comma-separated (encoder, handcrafted, logmel).",
         ),
     ] = "encoder",
     seed: Annotated[int, typer.Option(help="Seed of every head.")] = 0,
@@ -222,11 +199,10 @@ def train_heads_cmd(
             help="Train on the augmented views of training tracks too (--no-augmented: original views only).",
         ),
     ] = True,
-    trials: TrialsOpt = 0,
-    calibration: CalibrationOpt = "auto",
+    **options,
 ) -> None:
     """Stage two: train and compare heads on cached features (no audio, no GPU)."""
-    _train(cache, run_dir, heads, layers, feature_set, seed, augmented, trials, calibration)
+    _train(cache, run_dir, feature_sets=feature_sets, seed=seed, augmented=augmented, **options)
     err.print(
         f"Wrote {run_dir / 'metrics.json'} and bundles under {run_dir}; next: wav2genre compare {run_dir}",
         highlight=False,
@@ -285,7 +261,7 @@ def compare(
 
 
 @app.command()
-@with_options(STAGE_ONE_OPTIONS, last=RUN_FINETUNE_OPTIONS)
+@with_options(STAGE_ONE_OPTIONS, TRAIN_OPTIONS, last=RUN_FINETUNE_OPTIONS)
 def run(
     ctx: typer.Context,
     data: Annotated[
@@ -298,10 +274,6 @@ def run(
     run_dir: Annotated[
         Path, typer.Option("--out", help="Run folder; the cache goes to RUN_DIR/cache.h5.")
     ],
-    heads: HeadsOpt = None,
-    layers: LayersOpt = "all",
-    trials: TrialsOpt = 0,
-    calibration: CalibrationOpt = "auto",
     strict: StrictOpt = False,
     keep_freed_memory: HeapOpt = True,
     **options,
@@ -313,17 +285,9 @@ def run(
     tune = finetune_options_of_run(ctx.params, run_dir) if options["with_finetune"] else None
     _run_embed(opts, strict, keep_freed_memory)
     # With augmentation, train with and without the augmented views: the ablation.
-    _train(
-        cache,
-        run_dir,
-        heads,
-        layers,
-        ",".join(opts.features),
-        opts.seed,
-        "both" if opts.augment else True,
-        trials,
-        calibration,
-    )
+    augmented = "both" if opts.augment else True
+    train = {p.name: options[p.name] for p in TRAIN_OPTIONS}
+    _train(cache, run_dir, feature_sets=opts.features, seed=opts.seed, augmented=augmented, **train)
     if tune is not None:
         run_finetune(tune)
     _compare(run_dir)

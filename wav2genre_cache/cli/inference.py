@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from wav2genre_cache.cli.options import DeviceOpt, err, out
+from wav2genre_cache.cli.options import DEVICE, DeviceOpt, Options, err, option, out, with_options
 
 BundleOpt = Annotated[
     Path, typer.Option(help="A bundle folder: RUN_DIR/best or RUN_DIR/bundles/<head>.")
@@ -62,36 +62,30 @@ def predict(
         raise typer.Exit(1)
 
 
-def serve(
-    bundle: BundleOpt,
-    host: Annotated[
-        str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted, in MB.")] = 50,
-    max_minutes: Annotated[float, typer.Option(help="Longest audio accepted, in minutes.")] = 15,
-    max_decodes: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Uploads decoded and held in memory at once; others wait (bounds memory: each "
-            "holds up to --max-minutes of 16 kHz audio).",
-        ),
-    ] = 3,
-    device: DeviceOpt = "auto",
-) -> None:
+# serve's options, named as inference.server.ServeOptions' fields.
+SERVE_OPTIONS: Options = (
+    option("host", "127.0.0.1", help="Address to bind; 127.0.0.1 keeps it on this machine."),
+    option("port", 8000, help="Port."),
+    option("max_upload_mb", 50.0, help="Largest upload accepted, in MB."),
+    option("max_minutes", 15.0, help="Longest audio accepted, in minutes."),
+    option(
+        "max_decodes",
+        3,
+        help="Uploads decoded and held in memory at once; others wait (bounds memory: each "
+        "holds up to --max-minutes of 16 kHz audio).",
+    ),
+    DEVICE,
+)
+
+
+@with_options(SERVE_OPTIONS)
+def serve(bundle: BundleOpt, **options) -> None:
     """Serve the web page and JSON API: upload a song, see its genre segment by segment."""
+    from wav2genre_cache.inference.server import ServeOptions
     from wav2genre_cache.inference.server import serve as run_server
     from wav2genre_cache.store.bundles import resolve_bundle_dir
 
+    settings = ServeOptions(**options)
     bundle = resolve_bundle_dir(bundle)
-    err.print(f"Serving {bundle} on http://{host}:{port}/", highlight=False)
-    run_server(
-        bundle,
-        host=host,
-        port=port,
-        max_upload_mb=max_upload_mb,
-        max_minutes=max_minutes,
-        device=device,
-        max_decodes=max_decodes,
-    )
+    err.print(f"Serving {bundle} on http://{settings.host}:{settings.port}/", highlight=False)
+    run_server(bundle, settings)

@@ -189,35 +189,37 @@ HeapOpt = Annotated[
         "the system after every call (glibc; 7% faster on the CPU, more resident memory).",
     ),
 ]
-TrialsOpt = Annotated[
-    int,
-    typer.Option(
-        help="Random-search trials for the FCNN's hyper-parameters on validation (0: defaults)."
+# Stage two's options, shared by train-heads and run; named as stage_two.options.TrainOptions'
+# fields.
+TRAIN_OPTIONS: Options = (
+    option(
+        "heads",
+        None,
+        help="Comma-separated heads: fcnn, svm, rf, xgb, logreg per layer; attention (over a track's "
+        "segments) per layer; fcnn-weighted (learned weights over all layers); cnn, lstm, cnn-lstm on "
+        "the logmel feature set. Default: fcnn,svm,rf,xgb,logreg, and cnn,lstm,cnn-lstm on logmel.",
+        kind=str | None,
     ),
-]
-LayersOpt = Annotated[
-    str,
-    typer.Option(
+    option(
+        "layers",
+        "all",
         help="all (default): every head on every layer, the layer ablation, under a minute for "
         "GTZAN on a laptop; best: one layer picked by a fast linear probe on validation, then every "
         "head on it (seconds); or numbers like 0,6,12.",
     ),
-]
-CalibrationOpt = Annotated[
-    str,
-    typer.Option(
+    option(
+        "trials",
+        0,
+        help="Random-search trials for the FCNN's hyper-parameters on validation (0: defaults).",
+    ),
+    option(
+        "calibration",
+        "auto",
         help="How scores are calibrated on validation: auto (temperature scaling; for tags, "
         "isotonic regression with 1,000+ validation tracks), temperature, isotonic or none.",
     ),
-]
-HeadsOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="Comma-separated heads: fcnn, svm, rf, xgb, logreg per layer; attention (over a track's "
-        "segments) per layer; fcnn-weighted (learned weights over all layers); cnn, lstm, cnn-lstm on "
-        "the logmel feature set. Default: fcnn,svm,rf,xgb,logreg, and cnn,lstm,cnn-lstm on logmel."
-    ),
-]
+)
+HeadsOpt = TRAIN_OPTIONS[0].annotation  # cross-validate's --heads
 
 
 def path_text(path: Path | None) -> str | None:

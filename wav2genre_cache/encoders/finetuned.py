@@ -25,6 +25,7 @@ import torch
 from wav2genre_cache.audio.decode import SAMPLE_RATE, segment_track
 from wav2genre_cache.audio.whisper_windows import Span
 from wav2genre_cache.encoders.frontends import frontend_for, span_weights
+from wav2genre_cache.mlp import mlp
 
 WEIGHTED = -1  # the layer of a model that pools a learned weighted sum of every layer
 HEAD_HIDDEN = (256, 128)  # the frozen FCNN's default widths (heads.networks.FCNNClassifier)
@@ -94,18 +95,9 @@ def _norm_is_last(owner: torch.nn.Module) -> bool:
 
 def build_head(dim: int, n_classes: int) -> torch.nn.Sequential:
     """The paper's head: BatchNorm on the pooled state, then dense layers with BatchNorm, ReLU, Dropout."""
-    layers: list[torch.nn.Module] = [torch.nn.BatchNorm1d(dim)]
-    n_in = dim
-    for width in HEAD_HIDDEN:
-        layers += [
-            torch.nn.Linear(n_in, width),
-            torch.nn.BatchNorm1d(width),
-            torch.nn.ReLU(),
-            torch.nn.Dropout(HEAD_DROPOUT),
-        ]
-        n_in = width
-    layers.append(torch.nn.Linear(n_in, n_classes))
-    return torch.nn.Sequential(*layers)
+    return torch.nn.Sequential(
+        torch.nn.BatchNorm1d(dim), *mlp(dim, n_classes, HEAD_HIDDEN, HEAD_DROPOUT)
+    )
 
 
 class SegmentClassifier(torch.nn.Module):

@@ -113,13 +113,17 @@ def finish(
 class _Scored:
     """The best epoch's model scored: on validation, calibrated there, and on test."""
 
-    selected_on: str  # "valid", or "last epoch" without validation tracks
     valid: dict | None  # track accuracy and macro-F1 on validation, where there is one
     calibrator: Calibrator  # fitted on validation (the identity without it)
     test: dict  # evaluate_tracks' metrics on test, the track metrics calibrated (with curves)
     tracks: CalibratedTracks  # the test tracks' probabilities
     test_split: str  # the split scored as test: another where there are no test tracks
     predict_seconds: float
+
+    @property
+    def selected_on(self) -> str:
+        """Where the epoch was chosen: "valid", or "last epoch" without validation tracks."""
+        return "valid" if self.valid is not None else "last epoch"
 
 
 def _score(
@@ -151,15 +155,7 @@ def _score(
     test_split = "test" if data["test"] else ("valid" if data["valid"] else "train")
     if test_split != "test":
         log(f"warning: no test tracks; the scores are on {test_split} (optimistic)")
-    return _Scored(
-        selected_on="valid" if data["valid"] else "last epoch",
-        valid=valid,
-        calibrator=calibrator,
-        test=test,
-        tracks=tracks,
-        test_split=test_split,
-        predict_seconds=predict_seconds,
-    )
+    return _Scored(valid, calibrator, test, tracks, test_split, predict_seconds)
 
 
 def _result_row(

@@ -28,6 +28,7 @@ from wav2genre_cache.heads.contract import (
     predictions_from_proba,
     tag_matrix,
 )
+from wav2genre_cache.mlp import mlp
 
 
 class TorchClassifier(ClassifierMixin, BaseEstimator):
@@ -248,13 +249,13 @@ class FCNNClassifier(TorchClassifier):
 
     def _build(self, n_in: int, n_out: int) -> torch.nn.Module:
         if self.n_layers is None:
-            return _mlp(n_in, n_out, self.hidden_layers, self.dropout)
+            return mlp(n_in, n_out, self.hidden_layers, self.dropout)
         if n_in % self.n_layers:
             raise ValueError(
                 f"{n_in} features are not n_layers={self.n_layers} layers of equal width"
             )
-        mlp = _mlp(n_in // self.n_layers, n_out, self.hidden_layers, self.dropout)
-        return _LayerWeightedNet(self.n_layers, mlp)
+        per_layer = mlp(n_in // self.n_layers, n_out, self.hidden_layers, self.dropout)
+        return _LayerWeightedNet(self.n_layers, per_layer)
 
     def _param_groups(self, net: torch.nn.Module) -> list[dict]:
         if self.n_layers is None:
@@ -274,21 +275,6 @@ class FCNNClassifier(TorchClassifier):
         if self.n_layers is None:
             raise AttributeError("layer_weights_: this FCNN reads one layer (n_layers is None)")
         return torch.softmax(self.net_.logits.detach(), dim=0).numpy()
-
-
-def _mlp(n_in: int, n_out: int, hidden_layers: tuple[int, ...], dropout: float):
-    """Dense layers with BatchNorm, ReLU and Dropout, then a linear output layer."""
-    layers: list[torch.nn.Module] = []
-    for width in hidden_layers:
-        layers += [
-            torch.nn.Linear(n_in, width),
-            torch.nn.BatchNorm1d(width),
-            torch.nn.ReLU(),
-            torch.nn.Dropout(dropout),
-        ]
-        n_in = width
-    layers.append(torch.nn.Linear(n_in, n_out))
-    return torch.nn.Sequential(*layers)
 
 
 class _LayerWeightedNet(torch.nn.Module):

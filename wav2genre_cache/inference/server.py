@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
@@ -17,12 +18,30 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from wav2genre_cache.audio.decode import decode_bytes
-from wav2genre_cache.errors import AudioError, AudioTooLong
+from wav2genre_cache.errors import AudioError, AudioTooLong, OptionError
 from wav2genre_cache.inference.predict import Predictor, check_duration
 
 STATIC = Path(str(files("wav2genre_cache.inference") / "static"))
 # uvicorn's own error logger: its lines come out formatted like the server's.
 log = logging.getLogger("uvicorn.error")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Where the server listens and what it accepts: the `serve` command's options."""
+
+    host: str = "127.0.0.1"  # loopback: only this machine reaches the page unless told otherwise
+    port: int = 8000
+    max_upload_mb: float = 50  # a larger upload is refused (413) while it streams in
+    max_minutes: float = 15  # longer audio is refused as soon as decoding passes it
+    max_decodes: int = 3  # uploads decoded and held in memory at once; the others wait
+    device: str = "auto"  # where the model runs: auto, cpu or cuda
+
+    def __post_init__(self):
+        for name in ("max_upload_mb", "max_minutes", "max_decodes"):
+            if not getattr(self, name) > 0:
+                flag = "--" + name.replace("_", "-")
+                raise OptionError(f"{flag} {getattr(self, name)}: must be above 0")
 
 
 class UploadLimit:
@@ -60,13 +79,9 @@ class UploadLimit:
         return f"upload too large: the limit is {self.limit / 2**20:g} MB"
 
 
-def create_app(
-    predictor: Predictor,
-    max_upload_mb: float = 50,
-    max_minutes: float = 15,
-    max_decodes: int = 3,
-) -> UploadLimit:
+def create_app(predictor: Predictor, options: ServeOptions = ServeOptions()) -> UploadLimit:
     """The FastAPI application around one loaded predictor, wrapped in the upload limit."""
+    max_upload_mb, max_minutes = options.max_upload_mb, options.max_minutes
     app = FastAPI(title="wav2genre", docs_url="/api/docs", openapi_url="/api/openapi.json")
     # One model, one thread: requests queue for it instead of fighting over the cores.
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wav2genre-model")
@@ -74,7 +89,7 @@ def create_app(
     # the model's answer; each holds at most max_minutes of 16 kHz samples plus one read block
     # (decode_bytes stops there). So N concurrent uploads of compressed silence queue here
     # instead of each taking its full allowance at the same time.
-    decode_slots = asyncio.Semaphore(max_decodes)
+    decode_slots = asyncio.Semaphore(options.max_decodes)
     app.state.served = 0
 
     @app.get("/", include_in_schema=False)
@@ -161,22 +176,11 @@ def _timings_ms(start: float, uploaded: float, decoded: float, done: float) -> d
     }
 
 
-def serve(
-    bundle: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    max_upload_mb: float = 50,
-    max_minutes: float = 15,
-    device: str = "auto",
-    max_decodes: int = 3,
-) -> None:
+def serve(bundle: str | Path, options: ServeOptions = ServeOptions()) -> None:
     """Load the bundle once and serve the page and API with uvicorn."""
     import uvicorn
 
-    predictor = Predictor(bundle, device=device)
+    predictor = Predictor(bundle, device=options.device)
     uvicorn.run(
-        create_app(predictor, max_upload_mb, max_minutes, max_decodes),
-        host=host,
-        port=port,
-        log_level="info",
+        create_app(predictor, options), host=options.host, port=options.port, log_level="info"
     )

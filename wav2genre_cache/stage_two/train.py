@@ -17,11 +17,11 @@ import numpy as np
 from wav2genre_cache import __version__
 from wav2genre_cache._io import atomic_write_json
 from wav2genre_cache.errors import TrainError
-from wav2genre_cache.evaluation.calibration import METHODS as CALIBRATION_METHODS
 from wav2genre_cache.evaluation.result_row import CalibratedTracks
 from wav2genre_cache.feature_sets import ENCODER
 from wav2genre_cache.heads.registry import ALL_HEADS, FCNN_SEARCH_SPACE, head_spec
 from wav2genre_cache.stage_two.data import TrainingData, load_training_data
+from wav2genre_cache.stage_two.options import TrainOptions
 from wav2genre_cache.stage_two.plan import (
     feature_sets_for,
     plan_jobs,
@@ -33,40 +33,32 @@ from wav2genre_cache.stage_two.select import Fitted, fit_jobs, select_best
 from wav2genre_cache.store.bundles import write_bundle
 from wav2genre_cache.store.cache import EmbeddingCache
 
-__all__ = ["TrainError", "train_heads"]
+__all__ = ["TrainError", "TrainOptions", "train_heads"]
 
 
 def train_heads(
-    cache_path: str | Path,
-    out_dir: str | Path,
-    heads: list[str] | tuple[str, ...] | None = None,
-    layers: str = "all",
-    feature_sets: str | list[str] | tuple[str, ...] = (ENCODER,),
-    seed: int = 0,
-    augmented: bool | str = True,
-    trials: int = 0,
-    calibration: str = "auto",
-    log: Callable[[str], None] = print,
+    cache_path: str | Path, out_dir: str | Path, log: Callable[[str], None] = print, **options
 ) -> dict:
     """Train every head on every chosen layer of every feature set; write metrics.json and bundles.
 
-    augmented: True trains on every view of the training tracks, False on the original views
-    only, "both" does each (the augmentation ablation). Each head's best model per feature set
-    is written to bundles/<head>[-<feature set>]/, and the best of all to best/ (an encoder
-    model when there is one, since predict and serve embed audio with the backbone).
+    options are TrainOptions' fields. augmented: True trains on every view of the training
+    tracks, False on the original views only, "both" does each (the augmentation ablation).
+    Each head's best model per feature set is written to bundles/<head>[-<feature set>]/, and
+    the best of all to best/ (an encoder model when there is one, since predict and serve embed
+    audio with the backbone).
     """
-    if calibration not in CALIBRATION_METHODS:
-        raise TrainError(
-            f"--calibration {calibration!r}: use one of {', '.join(CALIBRATION_METHODS)}"
-        )
-    names = requested_heads(heads)
+    opts = TrainOptions(**options)
+    names = requested_heads(opts.heads)
     # Before any training: a head asked for gets the feature set it needs, or the run stops here.
     # None asks for the default heads, none of them in particular (see feature_sets_for).
     layers_of = {n: s[1] for n, s in EmbeddingCache(cache_path).feature_shapes.items()}
     sets = feature_sets_for(
-        None if heads is None else names, requested_feature_sets(feature_sets), layers_of, log
+        None if opts.heads is None else names,
+        requested_feature_sets(opts.feature_sets),
+        layers_of,
+        log,
     )
-    variants = [True, False] if augmented == "both" else [bool(augmented)]
+    variants = [True, False] if opts.augmented == "both" else [bool(opts.augmented)]
     fitted: list[Fitted] = []
     probes: dict[str, list[float]] = {}
     first = None
@@ -80,16 +72,16 @@ def train_heads(
             if aug and len(variants) == 2 and not data.has_augmented_views:
                 log(f"{fs}: the cache has no augmented views; training once, on the original views")
                 continue
-            jobs, probe = plan_jobs(data, names, layers, log)
+            jobs, probe = plan_jobs(data, names, opts.layers, log)
             if probe is not None:
                 probes[fs] = probe
             if data.selected_on == "test":
                 log(
                     "warning: no validation tracks; hyper-parameters and layers are selected on test (optimistic)"
                 )
-            fitted += fit_jobs(data, jobs, seed, trials, log, calibration)
+            fitted += fit_jobs(data, jobs, opts.seed, opts.trials, log, opts.calibration)
     metrics = {
-        **_run_header(cache_path, first, sets, calibration, augmented, seed, trials),
+        **_run_header(cache_path, first, sets, opts),
         "layers": sorted({f.result.layer for f in fitted}),
         "probe_scores": probes,
         "counts": {
@@ -101,13 +93,7 @@ def train_heads(
 
 
 def _run_header(
-    cache_path: str | Path,
-    first: TrainingData,
-    sets: list[str],
-    calibration: str,
-    augmented: bool | str,
-    seed: int,
-    trials: int,
+    cache_path: str | Path, first: TrainingData, sets: list[str], opts: TrainOptions
 ) -> dict:
     """metrics.json's first fields: the cache and its data (as the first feature set read them),
     and the run's settings."""
@@ -123,11 +109,13 @@ def _run_header(
         "sources": first.sources,
         "duplicates": first.duplicates,
         "notes": list(first.notes),
-        "calibration": calibration,
+        "calibration": opts.calibration,
         "selected_on": first.selected_on,
-        "augmented_views": augmented,
-        "seed": seed,
-        "fcnn_search": {"trials": trials, "space": FCNN_SEARCH_SPACE} if trials > 1 else None,
+        "augmented_views": opts.augmented,
+        "seed": opts.seed,
+        "fcnn_search": (
+            {"trials": opts.trials, "space": FCNN_SEARCH_SPACE} if opts.trials > 1 else None
+        ),
     }
 
 
