@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import run_cli, write_audio
+from conftest import run_cli, run_cli_process, write_audio
 from fakes import running_server
 
 from wav2genre_cache.errors import BackboneError, FinetuneError, OptionError
@@ -100,8 +100,10 @@ def _cli_args(data: Path, out: Path) -> list[str]:
 
 
 def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    # Every run a process of its own, as the killed one must be: weights compared bit for bit
+    # come from processes that start alike (in the test's process, one ran apart once).
     data = pitch_set(tmp_path / "d", per_label=8, seconds=8.0)
-    run_cli(*_cli_args(data, tmp_path / "whole"))
+    run_cli_process(*_cli_args(data, tmp_path / "whole"))
     # The same command, killed with SIGKILL once a few optimizer steps are checkpointed.
     out = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -124,7 +126,7 @@ def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_pa
     proc.wait(30)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (out / "finetune.json").exists()
-    resumed = run_cli(*_cli_args(data, out))
+    resumed = run_cli_process(*_cli_args(data, out))
     assert "Resuming from" in resumed.stderr
     # CPU float32 with every step seeded by its place: the same weights, bit for bit.
     a = read_weights(tmp_path / "whole" / "bundles" / "finetuned" / "model.safetensors")

@@ -25,7 +25,9 @@ from wav2genre_cache.store.cache import EmbeddingCache
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is first imported
 pytest.importorskip("ray", reason="Ray is an optional dependency: pip install '.[ray]'")
 
-pytestmark = pytest.mark.slow
+# One worker runs them all, one after another: two Ray runtimes at once on two cores slowed a
+# killed actor's recovery fivefold (29 s alone, 147 s beside another runtime).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
 def assert_same_cache(local: Path, ray: Path) -> None:
