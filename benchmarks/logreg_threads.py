@@ -59,7 +59,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/logreg_threads.json")
     args = parser.parse_args()
-    blas = [(i["internal_api"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"]
+    blas = [
+        (i["internal_api"], i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas"
+    ]
     result = {
         "benchmark": "logreg_threads",
         "cpu": cpu_name(),

@@ -54,8 +54,11 @@ def test_the_json_holds_the_optional_fields_only_where_set():
 def test_bundle_metrics_add_tag_and_calibration_scores_where_there_are_some():
     single = row().bundle_metrics()
     assert single == {
+        "test_tracks": None,  # TRACK has no n: a row written before intervals
         "test_track_accuracy": 0.5,
+        "test_track_accuracy_ci": None,
         "test_track_macro_f1": 0.4,
+        "test_track_macro_f1_ci": None,
         "test_track_macro_auc": 0.7,
         "test_segment_accuracy": 0.3,
         "valid": {"accuracy": 0.5, "macro_f1": 0.4},

@@ -4,6 +4,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -125,6 +126,9 @@ def test_page_in_a_real_browser(server, dev_clips, tmp_path):
         page.wait_for_function(
             "document.getElementById('model-info').textContent.includes('random-tiny')"
         )
+        # The test figure with its n and interval, e.g. "3 test tracks, 1 right (95 % CI ...)".
+        info = page.text_content("#model-info")
+        assert re.search(r"\d+ test tracks, \d+ right \(95 % CI \d\.\d\d–\d\.\d\d\)", info), info
         page.set_input_files("#file-input", str(clip))
         page.wait_for_selector("#result:not([hidden])", timeout=60_000)
         assert page.text_content("#top-label") == expected["label"]

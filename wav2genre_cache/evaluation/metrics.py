@@ -10,6 +10,8 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from wav2genre_cache.evaluation.intervals import bootstrap_interval, wilson_interval
+
 
 def aggregate_tracks(proba: np.ndarray, track_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean of segment probabilities per track: (track indices in first-seen order, [tracks, classes])."""
@@ -21,11 +23,16 @@ def aggregate_tracks(proba: np.ndarray, track_index: np.ndarray) -> tuple[np.nda
 
 
 def classification_metrics(
-    y_true: np.ndarray, proba: np.ndarray, labels: list[str], curves: bool = False
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    labels: list[str],
+    curves: bool = False,
+    intervals: bool = False,
 ) -> dict:
     """Accuracy, macro-F1, per-class P/R/F1, confusion matrix, one-vs-rest AUC (and ROC curves).
 
-    y_true holds label indices into `labels`; proba is [n, len(labels)].
+    y_true holds label indices into `labels`; proba is [n, len(labels)]. With intervals, the
+    95 % intervals of accuracy (Wilson) and macro-F1 (bootstrap within labels) as [low, high].
     """
     y_true = np.asarray(y_true)
     y_pred = np.argmax(proba, axis=1)
@@ -58,9 +65,28 @@ def classification_metrics(
         "auc_per_class": auc_per_class,
         "confusion": confusion.tolist(),
     }
+    if intervals:
+        out["accuracy_ci"] = list(wilson_interval(int(tp.sum()), len(y_true)))
+        out["macro_f1_ci"] = list(
+            bootstrap_interval(lambda i: _macro_f1(y_true[i], y_pred[i], n), y_true)
+        )
     if curves:
         out["roc"] = roc
     return out
+
+
+def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> np.ndarray:
+    """Macro-F1 of each row of [resamples, rows] label arrays, as classification_metrics'."""
+    rounds = len(y_true)
+    cells = (np.arange(rounds)[:, None] * n_labels + y_true) * n_labels + y_pred
+    confusion = np.bincount(cells.ravel(), minlength=rounds * n_labels**2)
+    confusion = confusion.reshape(rounds, n_labels, n_labels).astype(float)
+    tp = np.diagonal(confusion, axis1=1, axis2=2)
+    support, predicted = confusion.sum(axis=2), confusion.sum(axis=1)
+    p = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    r = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    f = np.divide(2 * p * r, p + r, out=np.zeros_like(tp), where=(p + r) > 0)
+    return f.mean(axis=1)
 
 
 def _per_class(labels, p, r, f, support, thresholds=None) -> dict:
@@ -97,6 +123,7 @@ def multilabel_metrics(
     labels: list[str],
     thresholds: np.ndarray | float | None = None,
     curves: bool = False,
+    intervals: bool = False,
 ) -> dict:
     """Ranking and thresholded metrics of independent per-tag scores against a {0,1} indicator.
 
@@ -113,6 +140,8 @@ def multilabel_metrics(
     - cooccurrence_errors: K x K counts of which tags get mistaken for which. C[i][j] (j != i)
       is the number of rows that truly carry tag i and have a false positive on tag j; the
       diagonal C[i][i] is the number of rows where tag i was missed (a false negative).
+    - with intervals: the 95 % intervals of macro_pr_auc (bootstrap over rows) and of accuracy
+      (Wilson), as [low, high].
     """
     Y = np.asarray(Y)
     proba = np.asarray(proba, dtype=np.float64)
@@ -166,9 +195,27 @@ def multilabel_metrics(
         "pr_auc_per_class": pr_auc_per_class,
         "cooccurrence_errors": cooc.tolist(),
     }
+    if intervals:
+        exact = int(np.all(pred == truth, axis=1).sum())
+        out["accuracy_ci"] = list(wilson_interval(exact, n))
+        out["macro_pr_auc_ci"] = list(
+            bootstrap_interval(
+                lambda i: _macro_ap(truth[:, ranked], proba[:, ranked], i), np.zeros(n)
+            )
+        )
     if curves:
         out["roc"] = roc
         out["pr"] = pr
+    return out
+
+
+def _macro_ap(truth: np.ndarray, proba: np.ndarray, resamples: np.ndarray) -> np.ndarray:
+    """Macro average precision of each resample of rows (tags absent from one are left out)."""
+    out = np.full(len(resamples), np.nan)
+    for r, rows in enumerate(resamples):
+        ap = _ranking_scores(truth[rows], proba[rows])[0]
+        if np.isfinite(ap).any():
+            out[r] = np.nanmean(ap)
     return out
 
 

@@ -137,14 +137,18 @@ class ResultRow:
         """The scores its bundle carries (serve shows them): test track and segment, validation."""
         track, segment = self.test["track"], self.test["segment"]
         scores = {
+            "test_tracks": track.get("n"),
             "test_track_accuracy": track["accuracy"],
+            "test_track_accuracy_ci": track.get("accuracy_ci"),
             "test_track_macro_f1": track["macro_f1"],
+            "test_track_macro_f1_ci": track.get("macro_f1_ci"),
             "test_track_macro_auc": track["macro_auc"],
             "test_segment_accuracy": segment["accuracy"],
             "valid": self.valid,
         }
         if "macro_pr_auc" in track:
             scores["test_track_macro_pr_auc"] = track["macro_pr_auc"]
+            scores["test_track_macro_pr_auc_ci"] = track.get("macro_pr_auc_ci")
             scores["test_track_micro_f1"] = track["micro_f1"]
         if self.calibration:
             scores["test_ece_before"] = self.calibration["ece_before"]

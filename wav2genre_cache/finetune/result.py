@@ -151,7 +151,9 @@ def _score(
     predict_seconds = time.perf_counter() - started
     y = np.array([e.label for e in test_set])
     tracks = CalibratedTracks.of(_track_proba(probas), y, False, calibrator)
-    test["track"] = classification_metrics(y, tracks.calibrated, labels, curves=True)
+    test["track"] = classification_metrics(
+        y, tracks.calibrated, labels, curves=True, intervals=True
+    )
     test_split = "test" if data["test"] else ("valid" if data["valid"] else "train")
     if test_split != "test":
         log(f"warning: no test tracks; the scores are on {test_split} (optimistic)")

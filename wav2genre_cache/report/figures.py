@@ -20,16 +20,20 @@ class _Run:
     run_dir: Path  # where the PNGs are written
     best: dict  # the result row of the selected best model
     tags: bool  # a multi-label run: macro PR-AUC and per-tag figures
-    note: str  # appended to every title: " (untrained backbone)" or nothing
+    note: str  # appended to every title: the number of test tracks, an untrained backbone
 
     @classmethod
     def of(cls, metrics: dict, run_dir: Path) -> _Run:
+        best = next(r for r in metrics["results"] if r.get("best_overall"))
+        n = best["test"]["track"].get("n")
+        notes = [f"n = {n} test tracks"] if n is not None else []
+        notes += ["untrained backbone"] if metrics.get("untrained_backbone") else []
         return cls(
             metrics=metrics,
             run_dir=run_dir,
-            best=next(r for r in metrics["results"] if r.get("best_overall")),
+            best=best,
             tags=bool(metrics.get("multi_label")),
-            note=" (untrained backbone)" if metrics.get("untrained_backbone") else "",
+            note=f" ({', '.join(notes)})" if notes else "",
         )
 
     @property
@@ -124,16 +128,26 @@ def _heads_figure(run: _Run) -> Path:
     primary, primary_name = run.primary
     second, second_name = ("macro_auc", "macro ROC-AUC") if run.tags else ("macro_f1", "macro-F1")
     x = np.arange(len(best_rows))
-    ax.bar(x - 0.2, [_num(r["test"]["track"][primary]) for r in best_rows], 0.4, label=primary_name)
+    values = [_num(r["test"]["track"][primary]) for r in best_rows]
+    ax.bar(x - 0.2, values, 0.4, label=primary_name, yerr=_error_bars(best_rows, primary, values))
     ax.bar(x + 0.2, [_num(r["test"]["track"][second]) for r in best_rows], 0.4, label=second_name)
     ax.set_xticks(x, names)
     ax.set(
-        ylabel="test (track level)",
+        ylabel="test (track level; bars: 95 % interval)",
         title=f"Best model of each head and feature set{run.note}",
         ylim=(0, 1.05),
     )
     ax.legend()
     return _save(fig, run.run_dir / "model_comparison.png")
+
+
+def _error_bars(rows: list[dict], figure: str, values: list[float]) -> np.ndarray | None:
+    """[2, rows] distances from each value down and up to its 95 % interval (None if none)."""
+    intervals = [r["test"]["track"].get(f"{figure}_ci") for r in rows]
+    if any(ci is None for ci in intervals):
+        return None
+    low, high = np.array(intervals, dtype=float).T
+    return np.clip(np.stack([np.array(values) - low, high - np.array(values)]), 0, None)
 
 
 def _layer_weights_figure(weighted: list[dict], run: _Run) -> Path:
@@ -255,7 +269,7 @@ def _tag_auc_figure(run: _Run) -> Path:
     ax.bar(x + 0.2, [roc.get(t, np.nan) for t in scored], 0.4, label="ROC-AUC")
     ax.set_xticks(x, scored, rotation=60, ha="right", fontsize=8)
     ax.set(
-        ylabel="test (track level)",
+        ylabel="test (track level; bars: 95 % interval)",
         ylim=(0, 1.05),
         title=f"Per-tag AUC: {run.best_model}, macro PR-AUC "
         f"{_num(detail['macro_pr_auc']):.2f}, ROC-AUC {_num(detail['macro_auc']):.2f}{run.note}",

@@ -10,13 +10,23 @@ import pandas as pd
 
 from wav2genre_cache.feature_sets import ENCODER, feature_set_name
 
-# Which model a row is, then its figures, then its calibration and cost.
-_ROW = ["best", "encoder", "feature_set", "head", "layer", "augmented"]
+# Which model a row is, then its figures, then its calibration and cost. A figure's 95 %
+# interval follows it as <figure>_low and <figure>_high; n is the number of test tracks.
+_ROW = ["best", "encoder", "feature_set", "head", "layer", "augmented", "n"]
 _CALIBRATION_AND_COST = ["ece_before", "ece_after", "fit_seconds"]
+_WITH_INTERVAL = {
+    "track_accuracy": "accuracy_ci",
+    "track_macro_f1": "macro_f1_ci",
+    "track_macro_pr_auc": "macro_pr_auc_ci",
+}
 COLUMNS = [
     *_ROW,
     "track_accuracy",
+    "track_accuracy_low",
+    "track_accuracy_high",
     "track_macro_f1",
+    "track_macro_f1_low",
+    "track_macro_f1_high",
     "track_macro_auc",
     "segment_accuracy",
     "valid_track_accuracy",
@@ -27,28 +37,34 @@ COLUMNS = [
 TAG_COLUMNS = [
     *_ROW,
     "track_macro_pr_auc",
+    "track_macro_pr_auc_low",
+    "track_macro_pr_auc_high",
     "track_macro_auc",
     "track_micro_f1",
     "track_macro_f1",
     "valid_track_macro_pr_auc",
     *_CALIBRATION_AND_COST,
 ]
+# Marks in the `best` column: the selected model, and the rows its interval cannot tell apart.
+SELECTED, OVERLAPS = "*", "~"
 
 
 def comparison_table(metrics: dict) -> pd.DataFrame:
-    """One row per head x layer x feature set, best first by the selection score."""
+    """One row per head x layer x feature set, best first by the selection score; rows whose
+    interval of the ranking figure overlaps the selected model's are marked `~`."""
     tags = bool(metrics.get("multi_label"))
     rows = []
     for r in metrics["results"]:
         track = r["test"]["track"]
         calibration = r.get("calibration") or {}
         row = {
-            "best": "*" if r.get("best_overall") else "",
+            "best": SELECTED if r.get("best_overall") else "",
             "encoder": _encoder_cell(r),
             "feature_set": r["feature_set"],
             "head": r["head"],
             "layer": "weighted" if r["layer"] == -1 else r["layer"],
             "augmented": {True: "yes", False: "no"}.get(r.get("augmented"), "-"),
+            "n": track.get("n"),
             "track_accuracy": track["accuracy"],
             "track_macro_f1": track["macro_f1"],
             "track_macro_auc": track["macro_auc"],
@@ -61,8 +77,11 @@ def comparison_table(metrics: dict) -> pd.DataFrame:
             "ece_after": calibration.get("ece_after"),
             "fit_seconds": r["fit_seconds"],
         }
+        for column, key in _WITH_INTERVAL.items():
+            row[f"{column}_low"], row[f"{column}_high"] = track.get(key) or (None, None)
         rows.append(row)
     df = pd.DataFrame(rows, columns=TAG_COLUMNS if tags else COLUMNS)
+    _mark_overlaps(df, "track_macro_pr_auc" if tags else "track_accuracy")
     rank = (
         ["valid_track_macro_pr_auc", "track_macro_pr_auc"]
         if tags
@@ -71,6 +90,16 @@ def comparison_table(metrics: dict) -> pd.DataFrame:
     return df.sort_values(rank, ascending=False, na_position="last", kind="stable").reset_index(
         drop=True
     )
+
+
+def _mark_overlaps(df: pd.DataFrame, figure: str) -> None:
+    """Mark `~` each row whose interval of `figure` overlaps the selected row's."""
+    selected = df.index[df["best"] == SELECTED]
+    if len(selected) != 1 or df[f"{figure}_low"].isna().all():
+        return
+    low, high = df.loc[selected[0], [f"{figure}_low", f"{figure}_high"]]
+    overlaps = (df[f"{figure}_high"] >= low) & (df[f"{figure}_low"] <= high)
+    df.loc[overlaps & (df["best"] != SELECTED), "best"] = OVERLAPS
 
 
 def _encoder_cell(row: dict) -> str:
@@ -122,13 +151,49 @@ def markdown(table: pd.DataFrame, metrics: dict) -> str:
             "not the method.**",
         ]
     lines += _data_notes(metrics)
+    lines += _intervals_note(table, metrics)
     lines += _finetune_note(metrics)
-    lines += ["", "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    for row in table.itertuples(index=False):
+    shown = _with_intervals(table)
+    lines += ["", "| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+    for row in shown.itertuples(index=False):
         lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
     lines += _per_source_section(metrics)
     lines += _search_section(metrics)
     return "\n".join(lines) + "\n"
+
+
+def _with_intervals(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as Markdown shows it: each figure with its interval in one cell."""
+    shown = table.copy()
+    for column in _WITH_INTERVAL:
+        if f"{column}_low" not in shown:
+            continue
+        low, high = shown.pop(f"{column}_low"), shown.pop(f"{column}_high")
+        shown[column] = [
+            _cell(v) if pd.isna(lo) else f"{_cell(v)} [{lo:.2f}, {hi:.2f}]"
+            for v, lo, hi in zip(shown[column], low, high, strict=True)
+        ]
+    return shown
+
+
+def _intervals_note(table: pd.DataFrame, metrics: dict) -> list[str]:
+    """What n and the brackets mean, and what the figures of a small test split can say."""
+    n = table["n"].dropna()
+    if n.empty:
+        return []
+    figure = "macro_pr_auc" if metrics.get("multi_label") else "accuracy"
+    note = f"`n` is the number of test tracks ({int(n.max())})"
+    if table[f"track_{figure}_low"].isna().all():  # a run written before intervals
+        return ["", note + "; this run has no intervals (train it again for them)."]
+    return [
+        "",
+        note + "; `[low, high]` is a 95 % interval (Wilson's for accuracy, a seeded bootstrap "
+        f"over the test tracks within each label for the others). `{OVERLAPS}` marks rows whose "
+        f"{figure.replace('_', ' ')} interval overlaps the selected model's: this test split "
+        "cannot tell them apart. The intervals count tracks as independent: tracks of one "
+        "artist on both sides of the split (GTZAN's consecutive ids share artists) inflate the "
+        "figures and narrow the intervals.",
+    ]
 
 
 def _data_notes(metrics: dict) -> list[str]:
@@ -183,6 +248,9 @@ def _per_source_section(metrics: dict) -> list[str]:
         layer = "weighted" if r["layer"] == -1 else r["layer"]
         for source, m in r["test"]["per_source"].items():
             cells = [_cell(m.get(k)) for k in figures]
+            if m.get("accuracy_ci") and "accuracy" in figures:
+                low, high = m["accuracy_ci"]
+                cells[figures.index("accuracy")] += f" [{low:.2f}, {high:.2f}]"
             lines.append(
                 f"| {r['head']} | {r['feature_set']} | {layer} | {source or '-'} | "
                 + " | ".join(cells)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from wav2genre_cache.evaluation.calibration import Calibrator
+from wav2genre_cache.evaluation.intervals import wilson_interval
 from wav2genre_cache.evaluation.metrics import (
     aggregate_tracks,
     classification_metrics,
@@ -63,25 +64,34 @@ def head_scores(
 
 
 def metrics_of(
-    scores: Scores, labels: list[str], thresholds: np.ndarray | None = None, curves: bool = False
+    scores: Scores,
+    labels: list[str],
+    thresholds: np.ndarray | None = None,
+    curves: bool = False,
+    intervals: bool = False,
 ) -> dict:
-    """Segment- and track-level metrics (tags at `thresholds` for multi-label scores)."""
+    """Segment- and track-level metrics (tags at `thresholds` for multi-label scores); the
+    track level with its curves, and with the 95 % intervals of its figures, where asked."""
     multi = scores.multi_label
     return {
         "segment": _metrics(scores.y, scores.segment, labels, multi, thresholds),
-        "track": _metrics(scores.y_track, scores.track, labels, multi, thresholds, curves),
+        "track": _metrics(
+            scores.y_track, scores.track, labels, multi, thresholds, curves, intervals
+        ),
     }
 
 
-def _metrics(y, proba, labels, multi_label: bool, thresholds=None, curves: bool = False) -> dict:
+def _metrics(
+    y, proba, labels, multi_label: bool, thresholds=None, curves=False, intervals=False
+) -> dict:
     """The metrics of one level's rows: tags at their thresholds, or single labels."""
     if multi_label:
-        return multilabel_metrics(y, proba, labels, thresholds, curves=curves)
-    return classification_metrics(y, proba, labels, curves=curves)
+        return multilabel_metrics(y, proba, labels, thresholds, curves, intervals)
+    return classification_metrics(y, proba, labels, curves, intervals)
 
 
 # The figures each source's row of the per-source table shows.
-_PER_SOURCE = ("n", "accuracy", "macro_f1", "macro_auc", "macro_pr_auc")
+_PER_SOURCE = ("n", "accuracy", "accuracy_ci", "macro_f1", "macro_auc", "macro_pr_auc")
 
 
 def per_source(
@@ -95,8 +105,11 @@ def per_source(
     out = {}
     for name in sorted(set(source)):
         rows = source == name
-        m = _metrics(
-            scores.y_track[rows], scores.track[rows], labels, scores.multi_label, thresholds
-        )
+        y, proba = scores.y_track[rows], scores.track[rows]
+        if scores.multi_label:
+            m = multilabel_metrics(y, proba, labels, thresholds)
+        else:  # accuracy's interval is Wilson's: free
+            m = classification_metrics(y, proba, labels)
+            m["accuracy_ci"] = list(wilson_interval(round(m["accuracy"] * m["n"]), m["n"]))
         out[name] = {k: m[k] for k in _PER_SOURCE if k in m}
     return out

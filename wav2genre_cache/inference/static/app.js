@@ -45,14 +45,27 @@ async function loadModel() {
     }
     $("model-info").textContent =
       `Model: ${m.backbone}, layer ${m.layer}, ${m.head} head` +
-      (thresholds && prAuc != null ? `, test macro PR-AUC ${prAuc.toFixed(3)}` : "") +
-      (!thresholds && acc != null ? `, test accuracy ${pct(acc)}` : "") +
+      (thresholds && prAuc != null ? `, ${testFigure(m.metrics, "macro PR-AUC", prAuc, m.metrics.test_track_macro_pr_auc_ci)}` : "") +
+      (!thresholds && acc != null ? `, ${testAccuracy(m.metrics)}` : "") +
       (m.calibration && m.calibration !== "none" ? ` (scores calibrated: ${m.calibration})` : "") +
       (m.untrained_backbone ? " (untrained backbone: a demonstration, not a real model)" : "") +
       ` · ${m.segment_seconds} s segments · uploads up to ${m.limits.max_upload_mb} MB and ${m.limits.max_minutes} min`;
   } catch (e) {
     $("model-info").textContent = "Could not load model information.";
   }
+}
+
+// A test figure as a person can weigh it: how many tracks, and its 95 % interval.
+function testAccuracy(metrics) {
+  const n = metrics.test_tracks, acc = metrics.test_track_accuracy, ci = metrics.test_track_accuracy_ci;
+  if (n == null || !ci) return `test accuracy ${pct(acc)}`;
+  return `${n} test tracks, ${Math.round(acc * n)} right (95 % CI ${ci[0].toFixed(2)}–${ci[1].toFixed(2)})`;
+}
+
+function testFigure(metrics, name, value, ci) {
+  const n = metrics.test_tracks;
+  return `test ${name} ${value.toFixed(3)}` +
+    (n != null && ci ? ` on ${n} tracks (95 % CI ${ci[0].toFixed(2)}–${ci[1].toFixed(2)})` : "");
 }
 
 function upload(file) {
