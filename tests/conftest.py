@@ -41,6 +41,18 @@ os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
 atexit.register(shutil.rmtree, _CACHE_HOME, ignore_errors=True)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The longest tests first (the Ray group, then those marked slow), so that pytest-xdist's
+    workers do not end with one of them running alone while the others wait."""
+
+    def weight(item) -> int:
+        if item.get_closest_marker("xdist_group"):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=weight)  # stable: within each weight, the files' own order
+
+
 @pytest.fixture(scope="session")
 def dev_clips() -> Path:
     """The 60 real GTZAN clips of ../shared, or a skip that says why."""

@@ -452,3 +452,29 @@ def test_feature_sets_for_adds_what_a_head_needs_and_keeps_the_defaults():
     assert any("encoder: none of the heads asked for (cnn)" in line for line in said)
     with pytest.raises(TrainError, match="no feature set to train on"):
         plan(["svm"], [])
+
+
+def test_cross_validate_and_train_heads_give_the_same_figures_run_twice(tmp_path):
+    # Seeded end to end: the same command twice writes the same numbers (rf and xgb use every
+    # core; their trees are summed in a fixed order).
+    from conftest import run_cli
+
+    cache = write_synthetic_cache(tmp_path / "c.h5", signal=0.6, **SMALL)
+    outputs = []
+    for k in range(2):
+        run_cli(
+            "cross-validate", str(cache), "--feature-set", "encoder", "--layer", "1",
+            "--folds", "3", "--repeats", "2", "--out", str(tmp_path / f"cv{k}.json"),
+        )  # fmt: skip
+        run_cli(
+            "train-heads", str(cache), "--out", str(tmp_path / f"run{k}"), "--heads",
+            "svm,rf,xgb,logreg", "--layers", "1",
+        )  # fmt: skip
+        metrics = json.loads((tmp_path / f"run{k}" / "metrics.json").read_text())
+        outputs.append(
+            (
+                json.loads((tmp_path / f"cv{k}.json").read_text()),
+                [(r["head"], r["valid"], r["test"]["track"]) for r in metrics["results"]],
+            )
+        )
+    assert outputs[0] == outputs[1]

@@ -19,10 +19,13 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -111,6 +114,7 @@ def embed_on_ray(
     if store is None:
         return summary
     ray, started_here = start_ray(opts.ray_address, console)
+    watchdog = _watch_runtime() if started_here and opts.ray_address is None else None
     start = time.perf_counter()
     try:
         blocks = _embedded_blocks(ray, todo, plan, spec, opts)
@@ -118,6 +122,8 @@ def embed_on_ray(
     finally:
         if started_here:
             ray.shutdown()
+        if watchdog is not None:
+            _stop_watching(watchdog)
     summary.seconds = time.perf_counter() - start
     store.finalize([t.track_id for t in tracks])
     console.print(
@@ -130,6 +136,30 @@ def actor_memory(backbone: Backbone) -> int:
     """An encoder actor's memory: its weights twice over (loading, tuning) plus a working GiB."""
     weights = sum(p.numel() * p.element_size() for p in backbone.model.parameters())
     return 2 * weights + 1024**3
+
+
+def _watch_runtime() -> subprocess.Popen | None:
+    """ray_watchdog.py beside this driver: it ends the runtime's processes if the driver is
+    killed before it stops them (SIGKILL, an out-of-memory kill)."""
+    script = Path(__file__).with_name("ray_watchdog.py")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-I", str(script), str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C to the terminal stops the driver, not it
+        )
+    except OSError:
+        return None  # a runtime that may linger after a kill beats no run at all
+
+
+def _stop_watching(watchdog: subprocess.Popen) -> None:
+    """Tell the watchdog the runtime was stopped; it exits without killing anything."""
+    try:
+        watchdog.communicate(b"done", timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        watchdog.kill()
 
 
 def start_ray(address: str | None, console: Console) -> tuple:
