@@ -39,13 +39,19 @@ def bootstrap_interval(
     rounds: int = ROUNDS,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """A seeded 95 % percentile bootstrap of statistic over rows resampled within each stratum.
+    """A seeded 95 % percentile bootstrap of statistic over rows resampled within each stratum
+    (over all rows where a stratum has a single row).
 
     statistic takes an index matrix [rounds, n] (each row one resample of row indices) and
     returns the statistic of each resample [rounds]; non-finite values are left out.
     """
     rng = np.random.default_rng(seed)
     strata = np.asarray(strata)
+    _, counts = np.unique(strata, return_counts=True)
+    if counts.min() < 2:
+        # A stratum of one row would be drawn the same in every resample, and an interval of
+        # zero width would claim a certainty the data do not have: resample all rows instead.
+        strata = np.zeros(len(strata))
     parts = []
     for value in np.unique(strata):  # each stratum's rows drawn with replacement, count kept
         rows = np.flatnonzero(strata == value)

@@ -86,7 +86,10 @@ def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> np.ndarr
     p = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
     r = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
     f = np.divide(2 * p * r, p + r, out=np.zeros_like(tp), where=(p + r) > 0)
-    return f.mean(axis=1)
+    # Over the labels a resample holds or predicts: one that drew no track of a label would
+    # otherwise count its F1 as 0 (sklearn's macro-F1 averages over the same labels).
+    seen = (support + predicted) > 0
+    return (f * seen).sum(axis=1) / np.maximum(seen.sum(axis=1), 1)
 
 
 def _per_class(labels, p, r, f, support, thresholds=None) -> dict:
