@@ -188,7 +188,9 @@ def _intervals_note(table: pd.DataFrame, metrics: dict) -> list[str]:
     return [
         "",
         note + "; `[low, high]` is a 95 % interval (Wilson's for accuracy, a seeded bootstrap "
-        f"over the test tracks within each label for the others). `{OVERLAPS}` marks rows whose "
+        "over the test tracks within each label for the others; a bootstrap cannot reach beyond "
+        "its sample, so a perfect score gets [1.00, 1.00]: read accuracy's interval there). "
+        f"`{OVERLAPS}` marks rows whose "
         f"{figure.replace('_', ' ')} interval overlaps the selected model's: this test split "
         "cannot tell them apart. The intervals count tracks as independent: tracks of one "
         "artist on both sides of the split (GTZAN's consecutive ids share artists) inflate the "
