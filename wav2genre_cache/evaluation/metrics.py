@@ -43,9 +43,7 @@ def classification_metrics(
     tp = np.diag(confusion).astype(float)
     support = confusion.sum(axis=1)
     predicted = confusion.sum(axis=0)
-    p = np.divide(tp, predicted, out=np.zeros(n), where=predicted > 0)
-    r = np.divide(tp, support, out=np.zeros(n), where=support > 0)
-    f = np.divide(2 * p * r, p + r, out=np.zeros(n), where=(p + r) > 0)
+    p, r, f = _precision_recall_f1(tp, predicted, support)
     auc_per_class, roc = {}, {}
     for k, label in enumerate(labels):
         positive = y_true == k
@@ -75,6 +73,15 @@ def classification_metrics(
     return out
 
 
+def _precision_recall_f1(tp: np.ndarray, predicted: np.ndarray, support: np.ndarray) -> tuple:
+    """Per-label precision, recall and F1 from counts of any shape (0 where undefined)."""
+    tp = tp.astype(float)
+    p = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    r = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    f = np.divide(2 * p * r, p + r, out=np.zeros_like(tp), where=(p + r) > 0)
+    return p, r, f
+
+
 def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> np.ndarray:
     """Macro-F1 of each row of [resamples, rows] label arrays, as classification_metrics'."""
     rounds = len(y_true)
@@ -83,9 +90,7 @@ def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> np.ndarr
     confusion = confusion.reshape(rounds, n_labels, n_labels).astype(float)
     tp = np.diagonal(confusion, axis1=1, axis2=2)
     support, predicted = confusion.sum(axis=2), confusion.sum(axis=1)
-    p = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    r = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    f = np.divide(2 * p * r, p + r, out=np.zeros_like(tp), where=(p + r) > 0)
+    _, _, f = _precision_recall_f1(tp, predicted, support)
     # Over the labels a resample holds or predicts: one that drew no track of a label would
     # otherwise count its F1 as 0 (sklearn's macro-F1 averages over the same labels).
     seen = (support + predicted) > 0
