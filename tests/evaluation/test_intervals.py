@@ -37,6 +37,7 @@ def test_wilson_matches_its_formula_and_stays_inside_0_1():
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=5e-4)
     assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=5e-4)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(20, 20)[1] == 1.0 and wilson_interval(0, 20)[0] == 0.0
 
 
 def test_bootstrap_intervals_are_seeded_and_narrow_with_more_tracks():

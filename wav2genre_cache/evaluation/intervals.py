@@ -30,7 +30,10 @@ def wilson_interval(successes: int, n: int) -> tuple[float, float]:
     p = successes / n
     centre = (p + _Z**2 / (2 * n)) / (1 + _Z**2 / n)
     half = _Z * np.sqrt(p * (1 - p) / n + _Z**2 / (4 * n**2)) / (1 + _Z**2 / n)
-    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+    # At 0 or n successes one end is exactly 0 or 1: float rounding left 0.9999999999999999.
+    low = 0.0 if successes == 0 else max(0.0, float(centre - half))
+    high = 1.0 if successes == n else min(1.0, float(centre + half))
+    return low, high
 
 
 def bootstrap_interval(
