@@ -166,27 +166,15 @@ def multilabel_metrics(
     fn_rows = truth & ~pred
     fp, fn = fp_rows.sum(axis=0), fn_rows.sum(axis=0)
     support = truth.sum(axis=0)
-    p = np.divide(tp, tp + fp, out=np.zeros(k), where=(tp + fp) > 0)
-    r = np.divide(tp, support, out=np.zeros(k), where=support > 0)
-    f = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(k), where=(2 * tp + fp + fn) > 0)
+    p, r, f = _precision_recall_f1(tp, tp + fp, support)
     micro_den = 2 * tp.sum() + fp.sum() + fn.sum()
     # Rows truly tagged i times their false positives (in float64: BLAS, and exact for counts).
     # Its diagonal is 0 (a false positive of i needs i absent): the misses of i go there.
     cooc = np.rint(truth.T.astype(float) @ fp_rows.astype(float)).astype(np.int64) + np.diag(fn)
     ranked = (support > 0) & (support < n)  # AUC and AP need both kinds of rows
-    ap, auc = _ranking_scores(truth[:, ranked], proba[:, ranked])
-    auc_per_class, pr_auc_per_class, roc, pr = {}, {}, {}, {}
-    for j, a, u in zip(np.flatnonzero(ranked), ap, auc, strict=True):
-        label = labels[j]
-        auc_per_class[label] = float(u)
-        pr_auc_per_class[label] = float(a)
-        if curves:
-            roc[label] = _roc_curve(truth[:, j], proba[:, j])
-            prec, rec, _ = precision_recall_curve(truth[:, j], proba[:, j])
-            pr[label] = {
-                "precision": np.round(prec, 5).tolist(),
-                "recall": np.round(rec, 5).tolist(),
-            }
+    ap, auc_per_class, pr_auc_per_class, roc, pr = _per_tag_ranking(
+        truth, proba, ranked, labels, curves
+    )
     nan = float("nan")
     out = {
         "n": int(n),
@@ -215,6 +203,26 @@ def multilabel_metrics(
         out["roc"] = roc
         out["pr"] = pr
     return out
+
+
+def _per_tag_ranking(
+    truth: np.ndarray, proba: np.ndarray, ranked: np.ndarray, labels: list[str], curves: bool
+) -> tuple:
+    """Average precision and ROC AUC of each ranked tag, by label, and their curves if asked."""
+    ap, auc = _ranking_scores(truth[:, ranked], proba[:, ranked])
+    auc_per_class, pr_auc_per_class, roc, pr = {}, {}, {}, {}
+    for j, a, u in zip(np.flatnonzero(ranked), ap, auc, strict=True):
+        label = labels[j]
+        auc_per_class[label] = float(u)
+        pr_auc_per_class[label] = float(a)
+        if curves:
+            roc[label] = _roc_curve(truth[:, j], proba[:, j])
+            prec, rec, _ = precision_recall_curve(truth[:, j], proba[:, j])
+            pr[label] = {
+                "precision": np.round(prec, 5).tolist(),
+                "recall": np.round(rec, 5).tolist(),
+            }
+    return ap, auc_per_class, pr_auc_per_class, roc, pr
 
 
 def _macro_ap(truth: np.ndarray, proba: np.ndarray, resamples: np.ndarray) -> np.ndarray:
