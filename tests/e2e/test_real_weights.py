@@ -28,6 +28,18 @@ def whisper_base():
     return "pip:whisper-base"
 
 
+# Both tests read the one embedding of the dev clips below: one worker runs them.
+pytestmark = pytest.mark.xdist_group("real-weights")
+
+
+@pytest.fixture(scope="module")
+def whisper_cache(tmp_path_factory, dev_clips, whisper_base) -> Path:
+    """Whisper base's embeddings of the 60 dev clips, made once; the runs below reuse them."""
+    out = tmp_path_factory.mktemp("whisper") / "dev.h5"
+    run_cli("embed", str(dev_clips), "--out", str(out), "--model", whisper_base)
+    return out
+
+
 def best_layer_accuracy(cache, feature_set: str, layers: int) -> float:
     accuracies = [
         cross_validate(cache, feature_set, ["logreg"], layer, folds=5, repeats=2)["heads"][
@@ -40,15 +52,17 @@ def best_layer_accuracy(cache, feature_set: str, layers: int) -> float:
 
 @pytest.mark.slow
 def test_two_collections_of_real_music_and_whisper_against_hand_crafted_features(
-    tmp_path, dev_clips, whisper_base
+    tmp_path, dev_clips, whisper_base, whisper_cache
 ):
-    # The README's multi-dataset run: two collections with other label names, one label map.
+    # The README's multi-dataset run: two collections with other label names, one label map,
+    # over the same audio as the dev clips' cache, whose encoder features it reuses.
     mix = tmp_path / "mix"
-    run_cli(
+    ran = run_cli(
         "run", str(EXAMPLES / "collection_a.csv"), str(EXAMPLES / "collection_b.csv"),
         "--label-map", str(EXAMPLES / "label_map.csv"), "--out", str(mix),
-        "--model", whisper_base, "--heads", "logreg",
+        "--model", whisper_base, "--heads", "logreg", "--reuse", str(whisper_cache),
     )  # fmt: skip
+    assert "60 tracks' encoder features reused" in ran.stderr + ran.stdout
     m = json.loads((mix / "metrics.json").read_text())
     best = next(r for r in m["results"] if r.get("best_overall"))
     per = best["test"]["per_source"]
@@ -71,12 +85,12 @@ def test_two_collections_of_real_music_and_whisper_against_hand_crafted_features
 
 
 @pytest.mark.slow
-def test_tags_of_real_music_with_real_weights(tmp_path, dev_clips, whisper_base):
+def test_tags_of_real_music_with_real_weights(tmp_path, whisper_base, whisper_cache):
     # The README's multi-label run: genre and genre-family tags of the same clips.
     tags = tmp_path / "tags"
     run_cli(
         "run", str(EXAMPLES / "dev_tags.csv"), "--out", str(tags), "--model", whisper_base,
-        "--heads", "logreg",
+        "--heads", "logreg", "--reuse", str(whisper_cache),
     )  # fmt: skip
     m = json.loads((tags / "metrics.json").read_text())
     best = next(r for r in m["results"] if r.get("best_overall"))

@@ -72,6 +72,11 @@ def _run_embed(opts, strict: bool, keep_freed_memory: bool = True, progress: boo
             f"{summary.audio_seconds_per_second:,.1f} audio-seconds per second"
             + (f"; {summary.tracks_skipped} were already done" if summary.tracks_skipped else "")
             + (
+                f"; {summary.tracks_reused} tracks' encoder features reused"
+                if summary.tracks_reused
+                else ""
+            )
+            + (
                 f"; {summary.tracks_excluded} excluded by the split"
                 if summary.tracks_excluded
                 else ""

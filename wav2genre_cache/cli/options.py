@@ -176,6 +176,14 @@ STAGE_ONE_OPTIONS: Options = (
         help="Augmented copies per training track (default 1 when --augment is given).",
     ),
     NOISE_DIR,
+    option(
+        "reuse",
+        None,
+        help="An earlier cache of the same model and segments: the encoder features of audio it "
+        "holds (the same decoded audio, whatever its path or label) are copied instead of "
+        "computed again. For relabelling, label maps and tags over embedded audio.",
+        kind=Path | None,
+    ),
 )
 
 # Options commands declare in their own signatures, shared by several.
@@ -245,6 +253,7 @@ def embed_options(params: dict, out: Path):
         "augment": kinds,
         "augment_copies": params["augment_copies"] or (1 if kinds else 0),
         "noise_dir": path_text(params["noise_dir"]),
+        "reuse": path_text(params["reuse"]),
     }
     as_given = {p.name: params[p.name] for p in STAGE_ONE_OPTIONS if p.name not in converted}
     return EmbedOptions(**as_given, **converted)

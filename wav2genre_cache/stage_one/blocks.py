@@ -22,6 +22,7 @@ from wav2genre_cache.errors import CacheError, OptionError
 from wav2genre_cache.feature_sets import ENCODER, HANDCRAFTED, LOGMEL
 from wav2genre_cache.stage_one.options import EmbedOptions, EmbedSummary
 from wav2genre_cache.stage_one.per_track import PreparedTrack, PrepareOptions
+from wav2genre_cache.stage_one.reuse import ReusedFeatures
 from wav2genre_cache.store.cache import EmbeddingCache, TrackResult, config_differences
 
 
@@ -177,15 +178,21 @@ def logmel_in_workers(backbone: Backbone | None, workers: int, where: str = "aut
 
 
 def embed_block(
-    block: list[Track], decoded: Iterator, backbone: Backbone | None, opts: EmbedOptions
+    block: list[Track],
+    decoded: Iterator,
+    backbone: Backbone | None,
+    opts: EmbedOptions,
+    reuse: ReusedFeatures | None = None,
 ) -> list[TrackResult]:
     """Decode, segment and embed one block of tracks; batches never cross blocks (determinism).
 
     Every view of a track (the original, then its augmented copies) is segmented alike; the
-    segments of all views are stored in order, view by view.
+    segments of all views are stored in order, view by view. With `reuse`, an original view
+    whose audio that cache holds is copied from it instead of embedded.
     """
     results: list[TrackResult] = []
     views_of: list[int] = []  # how many views each result sent to the model, in results' order
+    copied: dict[int, np.ndarray] = {}  # result index -> its original view's reused features
 
     def views_to_embed() -> Iterator[TrackWindows]:
         # A generator, so that one track at a time is in memory: the model reads a track's
@@ -195,10 +202,20 @@ def embed_block(
             results.append(r)
             views = []
             if track is not None and backbone is not None:
-                views = track.inputs or [
-                    track_windows(backbone, samples, starts, length)
-                    for samples, (starts, length) in zip(track.views, track.segments, strict=True)
-                ]
+                first = 0  # the first view to embed: 1 when the original is reused
+                original = reuse.encoder_features(r.content_hash, r.starts_of(0)) if reuse else None
+                if original is not None:
+                    copied[len(results) - 1], first = original, 1
+                views = (
+                    track.inputs[first:]
+                    if track.inputs
+                    else [
+                        track_windows(backbone, samples, starts, length)
+                        for samples, (starts, length) in zip(
+                            track.views[first:], track.segments[first:], strict=True
+                        )
+                    ]
+                )
             views_of.append(len(views))
             yield from views
 
@@ -211,9 +228,10 @@ def embed_block(
             backbone, views_to_embed(), opts.segment_seconds, opts.hop_seconds, opts.batch_size
         )
     )
-    for r, n_views in zip(results, views_of, strict=True):
-        if n_views:
-            r.features[ENCODER] = np.concatenate([next(feats) for _ in range(n_views)])
+    for i, (r, n_views) in enumerate(zip(results, views_of, strict=True)):
+        parts = ([copied[i]] if i in copied else []) + [next(feats) for _ in range(n_views)]
+        if parts:
+            r.features[ENCODER] = np.concatenate(parts)
     return results
 
 

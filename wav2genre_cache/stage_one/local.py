@@ -13,6 +13,7 @@ from wav2genre_cache.encoders.backbone import Backbone
 from wav2genre_cache.stage_one.blocks import embed_block, open_blocks, prepare_options, write_blocks
 from wav2genre_cache.stage_one.options import EmbedJob, EmbedOptions, EmbedSummary, with_batch_size
 from wav2genre_cache.stage_one.per_track import prepare_track
+from wav2genre_cache.stage_one.reuse import ReusedFeatures
 from wav2genre_cache.store.cache import TrackResult
 from wav2genre_cache.store.cache_writer import ShardStore
 
@@ -22,13 +23,15 @@ def embed_into_cache(
 ) -> EmbedSummary:
     """Embed the job's tracks here into the cache with these settings, resuming its shards."""
     opts, tracks = with_batch_size(job.opts, backbone), job.catalogue.tracks
+    reuse = ReusedFeatures(opts.reuse, config) if opts.reuse and backbone else None
     summary, store, todo = open_blocks(opts, config, tracks, ShardStore, job.console)
     if store is None:
         return summary
     start = time.perf_counter()
-    blocks = _embedded_blocks(todo, backbone, workers, opts)
+    blocks = _embedded_blocks(todo, backbone, workers, opts, reuse)
     write_blocks(store, blocks, len(tracks), summary, job.console, job.progress, start)
     summary.seconds = time.perf_counter() - start
+    summary.tracks_reused = reuse.reused if reuse else 0
     store.finalize([t.track_id for t in tracks])
     return summary
 
@@ -38,6 +41,7 @@ def _embedded_blocks(
     backbone: Backbone | None,
     workers: DecodeWorkers,
     opts: EmbedOptions,
+    reuse: ReusedFeatures | None,
 ) -> Iterator[tuple[int, list[TrackResult]]]:
     """Each block of `todo`, embedded, in order; its tracks decoded by the workers ahead of it."""
     plan = prepare_options(opts, backbone, workers.count)
@@ -49,7 +53,7 @@ def _embedded_blocks(
         on_crash=_decoder_crashed,
     )
     for k, block in todo:
-        yield k, embed_block(block, decoded, backbone, opts)
+        yield k, embed_block(block, decoded, backbone, opts, reuse)
 
 
 def _decoder_crashed(item: tuple[str, str, bool]) -> tuple[None, str]:

@@ -33,6 +33,9 @@ class EmbedOptions(AudioRunOptions):
     logmel_in: str = "auto"  # where Whisper's log-mel is made: auto | workers | model
     engine: str = "local"  # local | ray (ray_engine.py)
     ray_address: str | None = None  # None: a Ray runtime on this machine; auto or HOST:PORT
+    # An earlier cache whose encoder features of the same decoded audio are copied, not computed
+    # again (stage_one/reuse.py); the local engine only.
+    reuse: str | None = None
     # Ray's encoder actors call cpu_tuning.keep_freed_memory (the CLI's default for its process).
     keep_freed_memory: bool = False
 
@@ -46,6 +49,7 @@ class EmbedSummary:
     tracks_failed: int = 0
     tracks_excluded: int = 0
     tracks_skipped: int = 0  # already done by an earlier, interrupted run
+    tracks_reused: int = 0  # their encoder features copied from the --reuse cache
     segments: int = 0
     audio_seconds: float = 0.0
     seconds: float = 0.0
@@ -89,6 +93,10 @@ def checked_options(opts: EmbedOptions) -> EmbedOptions:
         )
     if opts.augment and opts.augment_copies < 1:
         raise OptionError("--augment needs --augment-copies of at least 1")
+    if opts.reuse is not None and (opts.engine != "local" or ENCODER not in opts.features):
+        raise OptionError(
+            "--reuse copies encoder features: it goes with --engine local and the encoder feature set"
+        )
     if opts.segment_seconds < 1 or (opts.hop_seconds is not None and opts.hop_seconds <= 0):
         raise OptionError("--segment-seconds must be at least 1 and --hop-seconds positive")
     return opts

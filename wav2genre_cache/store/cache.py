@@ -52,6 +52,10 @@ class TrackResult:
     features: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [n_seg, layers, dim]
     source: str = ""  # the dataset it came from
 
+    def starts_of(self, view: int) -> list[float]:
+        """The start seconds of one view's segments."""
+        return [s for s, v in zip(self.starts, self.views, strict=True) if v == view]
+
 
 # Settings added to the embed config later, with the values every earlier cache implied: an
 # older cache without them is not refused for their absence alone.
@@ -138,6 +142,13 @@ class EmbeddingCache:
                     )
                 return data[:, layer, :].astype(np.float32)
             return data[:].astype(np.float32)
+
+    def feature_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Segments start..stop-1 of a feature set as float32: [stop - start, layers, dim]."""
+        with h5py.File(self.path, "r") as f:
+            return f["features"][self._stored[feature_set_name(name)]][start:stop].astype(
+                np.float32
+            )
 
     def summary(self) -> dict:
         """What the cache holds, as a JSON-ready dict (what `wav2genre info` prints)."""
