@@ -118,16 +118,20 @@ def broken_set(root: Path, dev_clips: Path | None) -> Path:
     return root
 
 
-def test_broken_files_are_reported_as_the_local_engine_reports_them(tmp_path, dev_clips):
-    # With every per-track option the decode tasks carry: augmented copies of training tracks
-    # and the hand-crafted features, beside the encoder's.
+def test_broken_files_and_a_whisper_encoder_give_the_local_engines_cache(
+    tmp_path, dev_clips, whisper_dir
+):
+    # With every per-track option the decode tasks carry (augmented copies of training tracks,
+    # hand-crafted features beside the encoder's), and a log-mel front end with packed windows:
+    # consecutive segments share one 30 s window.
     data = broken_set(tmp_path / "data", dev_clips)
     extra = ("--segment-seconds", "5", "--features", "encoder,handcrafted",
              "--augment", "noise", "--augment-copies", "1")  # fmt: skip
-    local = embed(data, tmp_path / "local.h5", *extra)
-    ray = embed(data, tmp_path / "ray.h5", *extra, engine="ray")
+    local = embed(data, tmp_path / "local.h5", *extra, model=whisper_dir)
+    ray = embed(data, tmp_path / "ray.h5", *extra, engine="ray", model=whisper_dir)
     assert_same_cache(tmp_path / "local.h5", tmp_path / "ray.h5")
     cache = EmbeddingCache(tmp_path / "ray.h5")
+    assert cache.attrs["window"] == "packed"
     assert (cache.tracks.status == "failed").sum() == 4
     assert set(cache.segments.view) == {0, 1}
     for name in ("empty.wav", "text.mp3", "corrupt.flac", "tiny.wav"):
@@ -143,15 +147,6 @@ def test_hand_crafted_features_alone_need_no_encoder_actors(tmp_path, dev_clips)
     embed(data, tmp_path / "ray.h5", "--features", "handcrafted", engine="ray")
     assert_same_cache(tmp_path / "local.h5", tmp_path / "ray.h5")
     assert EmbeddingCache(tmp_path / "ray.h5").feature_names == ["handcrafted"]
-
-
-def test_a_whisper_encoder_gives_the_same_cache_on_both_engines(tmp_path, dev_clips, whisper_dir):
-    # A log-mel front end with packed windows: consecutive segments share one 30 s window.
-    data = broken_set(tmp_path / "data", dev_clips)
-    embed(data, tmp_path / "local.h5", model=whisper_dir)
-    embed(data, tmp_path / "ray.h5", engine="ray", model=whisper_dir)
-    assert_same_cache(tmp_path / "local.h5", tmp_path / "ray.h5")
-    assert EmbeddingCache(tmp_path / "ray.h5").attrs["window"] == "packed"
 
 
 def command_line(pid: int) -> str:
