@@ -41,8 +41,9 @@ os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
 atexit.register(shutil.rmtree, _CACHE_HOME, ignore_errors=True)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xdist has marked the grouped tests' ids
 def pytest_collection_modifyitems(config, items):
-    """The longest tests first (the Ray group, then those marked slow), so that pytest-xdist's
+    """The longest tests first (the groups, then those marked slow), so that pytest-xdist's
     workers do not end with one of them running alone while the others wait."""
 
     def weight(item) -> int:
@@ -51,6 +52,17 @@ def pytest_collection_modifyitems(config, items):
         return 1 if item.get_closest_marker("slow") else 2
 
     items.sort(key=weight)  # stable: within each weight, the files' own order
+
+
+def pytest_runtest_setup(item):
+    """Fail a grouped test that --dist loadgroup did not group (a Ray runtime on every worker,
+    a module's fixture made once per worker): pytest-xdist marks the ids of grouped tests."""
+    if getattr(item.config.option, "loadgroup", False) and "@" not in item.nodeid:
+        if item.get_closest_marker("xdist_group"):
+            pytest.fail(
+                f"pytest-xdist's --dist loadgroup ignored xdist_group here: pytest "
+                f"{pytest.__version__} keeps node ids where this pytest-xdist cannot mark them"
+            )
 
 
 @pytest.fixture(scope="session")
