@@ -98,4 +98,5 @@ def test_one_gtzan_dataset_is_read_as_before(dev_clips, split_lists):
         cat = read_datasets(dev_clips, split=split, seed=3, split_dir=split_dir)
         before = assign_splits(read_source(dev_clips).tracks, split, 3, split_dir)
         assert cat.tracks == [_with_source(t, "gtzan_dev") for t in before]
-        assert cat.counts["sources"]["gtzan_dev"]["layout"] == "gtzan" and cat.notes == []
+        assert cat.counts["sources"]["gtzan_dev"]["layout"] == "gtzan"
+        assert len(cat.notes) <= 1 and all("GTZAN artists from" in n for n in cat.notes)

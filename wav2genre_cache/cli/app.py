@@ -225,11 +225,19 @@ def cross_validate_cmd(
     folds: Annotated[int, typer.Option(help="Folds (by track, stratified by label).")] = 5,
     repeats: Annotated[int, typer.Option(help="Repetitions with different fold assignments.")] = 3,
     seed: Annotated[int, typer.Option(help="Seed of the folds and heads.")] = 0,
+    group_by: Annotated[
+        str,
+        typer.Option(
+            help="artist (default): an artist's tracks stay in one fold where the cache knows "
+            "artists, and a label with one artist only trains; none: only copies of one "
+            "recording stay together (figures inflated by artists heard in training)."
+        ),
+    ] = "artist",
     out_json: Annotated[
         Path | None, typer.Option("--out", help="Also write the result as JSON.")
     ] = None,
 ) -> None:
-    """Repeated stratified k-fold by track over every track: accuracy with its spread, for small sets."""
+    """Repeated stratified k-fold, grouped by artist where known: accuracy with its spread."""
     from wav2genre_cache.stage_two.crossval import cross_validate
 
     r = cross_validate(
@@ -240,12 +248,28 @@ def cross_validate_cmd(
         folds,
         repeats,
         seed,
+        group_by,
     )
+    by = {"artist": f"by artist ({r['groups']} artists)", "recording": "by recording"}
     out.print(
         f"{r['feature_set']} (layer {r['layer']}), {r['tracks']} tracks, {len(r['labels'])} labels "
-        f"(chance {r['chance']:.2f}), {r['folds']}-fold x {r['repeats']} by track:",
+        f"(chance {r['chance']:.2f}), {r['folds']}-fold x {r['repeats']} "
+        f"{by[r['grouped_by']]}:",
         highlight=False,
     )
+    if r["unmeasured_labels"]:
+        out.print(
+            "  not measured (their tracks only train): "
+            + ", ".join(f"{k} ({v})" for k, v in r["unmeasured_labels"].items()),
+            highlight=False,
+            markup=False,
+        )
+    if r["grouped_by"] == "recording":
+        out.print(
+            "  no artist grouping: tracks of one artist may be on both sides of a fold, which "
+            "inflates these figures",
+            highlight=False,
+        )
     for head, s in r["heads"].items():
         out.print(
             f"  {head:>6}: track accuracy {s['accuracy_mean']:.3f} +/- {s['accuracy_std']:.3f}, "

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from wav2genre_cache.data.gtzan_artists import with_gtzan_artists
 from wav2genre_cache.data.label_maps import LabelMap, map_labels, read_label_map
 from wav2genre_cache.data.layouts import LAYOUTS, detect_layout
 from wav2genre_cache.data.splits import apply_split_file, check_gtzan_ff, split_file, split_source
@@ -35,6 +36,8 @@ def read_source(
     read.layout = layout  # gtzan and folder share a reader
     if not read.tracks:
         raise DatasetError(f"{data}: no audio files found (layout {layout})")
+    read.tracks, artist_notes = with_gtzan_artists(read.tracks)
+    read.notes += artist_notes
     ids = [t.track_id for t in read.tracks]
     if len(set(ids)) != len(ids):
         dup = sorted(i for i, n in Counter(ids).items() if n > 1)[:5]
@@ -114,6 +117,7 @@ def _mapped_source(
     """One source's tracks with their labels mapped, its counts and its notes for the user."""
     counts: dict = {"layout": read.layout, "multi_label": read.multi_label, **read.counts}
     notes = [f"{name}: " + _COUNT_NOTES[k].format(n=n) for k, n in read.counts.items() if n > 0]
+    notes += read.notes
     if mapping is None:
         return read.tracks, counts, notes
     tracks, map_counts, map_notes = map_labels(read.tracks, name, read.multi_label, mapping)

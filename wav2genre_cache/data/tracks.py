@@ -35,6 +35,7 @@ class SourceTracks:
     # What was left out, by kind: "no_audio" (annotated tracks without audio) and
     # "unannotated_audio" (audio files without annotation); read_datasets words them as notes.
     counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # for the user, as read_datasets logs them
 
 
 @dataclass

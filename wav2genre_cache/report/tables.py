@@ -192,10 +192,23 @@ def _intervals_note(table: pd.DataFrame, metrics: dict) -> list[str]:
         "its sample, so a perfect score gets [1.00, 1.00]: read accuracy's interval there). "
         f"`{OVERLAPS}` marks rows whose "
         f"{figure.replace('_', ' ')} interval overlaps the selected model's: this test split "
-        "cannot tell them apart. The intervals count tracks as independent: tracks of one "
-        "artist on both sides of the split (GTZAN's consecutive ids share artists) inflate the "
-        "figures and narrow the intervals.",
+        "cannot tell them apart. " + _independence_note(metrics.get("grouping")),
     ]
+
+
+def _independence_note(grouping: dict | None) -> str:
+    """What the intervals assume of the tracks, by what the run knew of their artists."""
+    if grouping and grouping.get("by") == "artist":
+        return (
+            f"The split kept each of the {grouping['artists']} artists on one side, so test "
+            "tracks are by artists not heard in training; the intervals count tracks as "
+            "independent, and several tracks of one test artist make them too narrow."
+        )
+    return (
+        "The intervals count tracks as independent: tracks of one artist on both sides of the "
+        "split (GTZAN's consecutive ids share artists) inflate the figures and narrow the "
+        "intervals."
+    )
 
 
 def _data_notes(metrics: dict) -> list[str]:

@@ -1,4 +1,5 @@
-"""Repeated stratified k-fold by track: accuracy with its spread, for sets too small to split."""
+"""Repeated stratified k-fold, grouped by artist where known: accuracy with its spread, for sets
+too small to split."""
 
 from __future__ import annotations
 
@@ -21,16 +22,21 @@ def cross_validate(
     folds: int = 5,
     repeats: int = 3,
     seed: int = 0,
+    group_by: str = "artist",
 ) -> dict:
-    """Repeated stratified k-fold by track over every embedded track, for sets too small to split.
+    """Repeated stratified k-fold over every embedded track, for sets too small to split.
 
-    Folds are by track (a track's segments never straddle train and test, nor do copies of one
-    recording) and use original views only; track predictions are the mean of segment
-    probabilities. Returns per head the mean and standard deviation of track accuracy and
-    macro-F1 over the folds x repeats.
+    Folds keep a group on one side: with group_by "artist", an artist's tracks (where the cache
+    knows artists), and always the copies of one recording; a track's segments never straddle.
+    A label whose tracks are all one artist cannot be tested on an artist the model has not
+    heard: its tracks only ever train, and the result names it. Original views only; a track's
+    prediction is the mean of its segments' probabilities. Returns per head the mean and
+    standard deviation of track accuracy and macro-F1 over the folds x repeats.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
+    if group_by not in ("artist", "none"):
+        raise TrainError(f"--group-by {group_by!r}: use artist or none")
     heads = requested_heads(heads)
     cache = EmbeddingCache(cache_path)
     if cache.config.get("multi_label"):
@@ -42,7 +48,11 @@ def cross_validate(
     ok = np.flatnonzero(tracks.status.to_numpy() == "ok")
     labels = sorted(set(tracks.label.to_numpy()[ok]))
     y_track = np.array([labels.index(lab) for lab in tracks.label.to_numpy()[ok]])
-    if np.bincount(y_track).min() < folds:
+    groups, grouped_by = _fold_groups(tracks, ok, group_by)
+    alone = _one_group_labels(y_track, groups, labels) if grouped_by == "artist" else {}
+    tested = ~np.isin(y_track, [labels.index(lab) for lab in alone])
+    counts = np.bincount(y_track[tested], minlength=len(labels))
+    if not tested.any() or counts[counts > 0].min() < folds:
         raise TrainError(
             f"{cache_path}: every label needs at least {folds} tracks for {folds}-fold cross-validation"
         )
@@ -53,20 +63,17 @@ def cross_validate(
     y_seg = np.array(
         [labels.index(lab) if lab in labels else -1 for lab in tracks.label.to_numpy()[seg_track]]
     )
-    # Copies of one recording (equal hashes of the decoded audio) fall in one fold together.
-    hashes = tracks.content_hash.to_numpy()[ok]
-    groups = np.where(hashes != "", hashes, [f"\0{i}" for i in ok])
-    scores: dict[str, list[tuple[float, float]]] = {h: [] for h in heads}
     splits = [
-        split
+        (np.concatenate([ok[tested][train], ok[~tested]]), ok[tested][test])
         for r in range(repeats)
-        for split in StratifiedGroupKFold(folds, shuffle=True, random_state=seed + r).split(
-            ok, y_track, groups
+        for train, test in StratifiedGroupKFold(folds, shuffle=True, random_state=seed + r).split(
+            ok[tested], y_track[tested], groups[tested]
         )
     ]
-    for train_idx, test_idx in splits:
-        train_rows = np.isin(seg_track, ok[train_idx])
-        test_rows = np.isin(seg_track, ok[test_idx])
+    scores: dict[str, list[tuple[float, float]]] = {h: [] for h in heads}
+    for train_tracks, test_tracks in splits:
+        train_rows = np.isin(seg_track, train_tracks)
+        test_rows = np.isin(seg_track, test_tracks)
         for name in heads:
             spec = head_spec(name)
             train = Rows(X[train_rows], y_seg[train_rows], seg_track[train_rows])
@@ -74,12 +81,16 @@ def cross_validate(
             test = (X[test_rows], y_seg[test_rows], seg_track[test_rows])
             m = metrics_of(head_scores(spec, head, *test, len(labels), False), labels)["track"]
             scores[name].append((m["accuracy"], m["macro_f1"]))
-    result = {
+    return {
         "feature_set": feature_set,
         "layer": layer,
         "folds": folds,
         "repeats": repeats,
-        "tracks": len(ok),
+        "grouped_by": grouped_by,
+        "groups": int(len(set(groups[tested]))),
+        "tracks": int(tested.sum()),
+        "train_only_tracks": int((~tested).sum()),
+        "unmeasured_labels": alone,
         "labels": labels,
         "chance": 1 / len(labels),
         "heads": {
@@ -92,4 +103,24 @@ def cross_validate(
             for h, s in scores.items()
         },
     }
-    return result
+
+
+def _fold_groups(tracks, ok: np.ndarray, group_by: str) -> tuple[np.ndarray, str]:
+    """Each track's fold group: its artist where known (group_by artist), else its recording
+    (equal hashes of the decoded audio), else itself; and what the groups are."""
+    hashes = tracks.content_hash.to_numpy()[ok].astype(str)
+    recording = np.where(hashes != "", np.char.add("\0rec:", hashes), [f"\0{i}" for i in ok])
+    artists = tracks.artist.to_numpy()[ok].astype(str)
+    if group_by == "none" or not (artists != "").any():
+        return recording, "recording"
+    return np.where(artists != "", np.char.add("artist:", artists), recording), "artist"
+
+
+def _one_group_labels(y_track: np.ndarray, groups: np.ndarray, labels: list[str]) -> dict:
+    """The labels whose tracks are all one artist, each with that artist."""
+    alone = {}
+    for k, label in enumerate(labels):
+        own = set(groups[y_track == k])
+        if len(own) == 1 and next(iter(own)).startswith("artist:"):
+            alone[label] = f"one artist: {next(iter(own)).removeprefix('artist:')}"
+    return alone

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from wav2genre_cache._io import comma_list
 from wav2genre_cache.data.duplicates import find_duplicates
@@ -40,7 +41,8 @@ class TrainingData:
     track_source: np.ndarray | None = None
     track_split: np.ndarray | None = None
     duplicates: dict | None = None  # what find_duplicates found and moved
-    notes: tuple[str, ...] = ()  # for the user: tags dropped, duplicates moved
+    notes: tuple[str, ...] = ()  # for the user: tags dropped, duplicates moved, groups
+    grouping: dict | None = None  # what is known of artists, and the labels test cannot measure
 
     @property
     def sources(self) -> list[str]:
@@ -103,6 +105,8 @@ def load_training_data(
         # One dataset: one source, also where a run resumed from an earlier version's shards
         # left some tracks without the name.
         source[:] = max(source, key=len) if len(source) else ""
+    grouping = artist_grouping(ok, labels, multi_label)
+    notes += grouping.pop("notes")
     seg = cache.segments
     t = seg.track.to_numpy()
     split = tracks.split.to_numpy()[t]
@@ -124,7 +128,54 @@ def load_training_data(
         track_split=tracks.split.to_numpy().astype(str),
         duplicates=duplicates,
         notes=tuple(notes),
+        grouping=grouping,
     )
+
+
+def artist_grouping(ok: pd.DataFrame, labels: list[str], multi_label: bool) -> dict:
+    """How many artists the tracks have, which labels have no test track and why, and notes.
+
+    A label whose artists are all in training cannot be measured on music the model has not
+    heard: its figure would measure the artist. Without artists, the split may have put one
+    artist on both sides, which inflates every figure.
+    """
+    known = ok[ok.artist != ""]
+    tags = ok.label.str.split(TAG_SEPARATOR) if multi_label else ok.label.map(lambda x: [x])
+    in_test = {tag for row, s in zip(tags, ok.split, strict=True) if s == "test" for tag in row}
+    unmeasured = {}
+    for label in labels:
+        if label in in_test:
+            continue
+        artists = {a for row, a in zip(tags, ok.artist, strict=True) if label in row and a}
+        unmeasured[label] = {0: "", 1: f"one artist: {min(artists)}"}.get(
+            len(artists), f"{len(artists)} artists"
+        )
+    notes = []
+    if unmeasured:
+        notes.append(
+            "Not measured on test (no test track): "
+            + ", ".join(f"{k} ({v})" if v else k for k, v in unmeasured.items())
+            + ": their tracks only train the model, and no figure here measures them"
+            + (
+                " (a split that keeps each artist on one side keeps a label of one or two "
+                "artists in training)"
+                if len(known)
+                else ""
+            )
+        )
+    if known.empty:
+        notes.append(
+            "No artist is known for these tracks: the split may put one artist on both sides, "
+            "which inflates every figure and narrows every interval (give a CSV an artist "
+            "column; for GTZAN, put Sturm's GTZANindex.txt beside the data)"
+        )
+    return {
+        "by": "artist" if len(known) else None,
+        "artists": int(known.artist.nunique()),
+        "tracks_without_artist": int(len(ok) - len(known)),
+        "unmeasured_labels": unmeasured,
+        "notes": notes,
+    }
 
 
 def _label_indices(cache_path, ok, tracks) -> tuple[list[str], np.ndarray]:

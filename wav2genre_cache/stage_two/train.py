@@ -109,6 +109,7 @@ def _run_header(
         "sources": first.sources,
         "duplicates": first.duplicates,
         "notes": list(first.notes),
+        "grouping": first.grouping,
         "calibration": opts.calibration,
         "selected_on": first.selected_on,
         "augmented_views": opts.augmented,
