@@ -156,3 +156,16 @@ def test_multilabel_curves_match_scikit_learn():
         "recall": np.round(rec, 5).tolist(),
     }
     assert "roc" not in multilabel_metrics(Y, proba, labels)
+
+
+def test_macro_f1_leaves_out_labels_neither_in_the_rows_nor_predicted():
+    # Ten labels known to the model, three in the test rows (the others' artists all trained):
+    # the macro mean is over the labels the rows hold or the model predicts, as sklearn's.
+    from sklearn.metrics import f1_score
+
+    y = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 7])  # one error into a label with no test track
+    proba = np.eye(10)[pred]
+    m = classification_metrics(y, proba, [str(k) for k in range(10)])
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 2 / 3 + 0) / 4)
