@@ -81,3 +81,52 @@ def test_one_track_per_label_still_gets_an_interval_of_some_width():
     m = classification_metrics(y, proba, LABELS, intervals=True)
     low, high = m["macro_f1_ci"]
     assert high - low > 0.2 and low <= m["macro_f1"] <= high
+
+
+def artist_data(rng, artists_per_label: int = 4, tracks_per_artist: int = 10):
+    """Two labels; whether an artist's tracks are right depends mostly on the artist."""
+    y, right, groups = [], [], []
+    for label in range(2):
+        for a in range(artists_per_label):
+            p = rng.choice([0.2, 0.95])  # some artists the model gets, some it does not
+            y += [label] * tracks_per_artist
+            right += list(rng.random(tracks_per_artist) < p)
+            groups += [f"{label}-{a}"] * tracks_per_artist
+    return np.array(y), np.array(right), np.array(groups)
+
+
+def macro_f1_rows(y, right):
+    pred = np.where(right, y, 1 - y)
+    return classification_metrics(y, np.eye(2)[pred], ["a", "b"], intervals=True), pred
+
+
+def test_resampling_artists_widens_the_interval_where_an_artists_tracks_go_together():
+    y, right, groups = artist_data(np.random.default_rng(3))
+    plain, pred = macro_f1_rows(y, right)
+    grouped = classification_metrics(y, np.eye(2)[pred], ["a", "b"], intervals=True, groups=groups)
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    assert width(grouped["macro_f1_ci"]) > 1.5 * width(plain["macro_f1_ci"])
+    assert grouped["accuracy_ci"] == plain["accuracy_ci"]  # Wilson's: counts tracks
+    # Seeded: the same interval twice.
+    again = classification_metrics(y, np.eye(2)[pred], ["a", "b"], intervals=True, groups=groups)
+    assert again["macro_f1_ci"] == grouped["macro_f1_ci"]
+
+
+def test_groups_of_one_track_each_give_the_plain_bootstrap():
+    y, right, _ = artist_data(np.random.default_rng(4))
+    plain, pred = macro_f1_rows(y, right)
+    alone = classification_metrics(
+        y, np.eye(2)[pred], ["a", "b"], intervals=True, groups=np.arange(len(y)).astype(str)
+    )
+    assert alone["macro_f1_ci"] == plain["macro_f1_ci"]
+
+
+def test_a_label_of_one_artist_resamples_artists_across_labels():
+    # One test artist per label (the dev clips' case): within-label resampling of artists would
+    # draw the same artist every time; artists are drawn across labels instead.
+    y, right, groups = artist_data(np.random.default_rng(5), artists_per_label=1)
+    grouped = classification_metrics(
+        y, np.eye(2)[np.where(right, y, 1 - y)], ["a", "b"], intervals=True, groups=groups
+    )
+    low, high = grouped["macro_f1_ci"]
+    assert high - low > 0.05

@@ -28,11 +28,13 @@ def classification_metrics(
     labels: list[str],
     curves: bool = False,
     intervals: bool = False,
+    groups: np.ndarray | None = None,
 ) -> dict:
     """Accuracy, macro-F1, per-class P/R/F1, confusion matrix, one-vs-rest AUC (and ROC curves).
 
     y_true holds label indices into `labels`; proba is [n, len(labels)]. With intervals, the
-    95 % intervals of accuracy (Wilson) and macro-F1 (bootstrap within labels) as [low, high].
+    95 % intervals of accuracy (Wilson) and macro-F1 (bootstrap within labels, over the rows'
+    groups, their artists, where given) as [low, high].
     """
     y_true = np.asarray(y_true)
     y_pred = np.argmax(proba, axis=1)
@@ -68,7 +70,7 @@ def classification_metrics(
     if intervals:
         out["accuracy_ci"] = list(wilson_interval(int(tp.sum()), len(y_true)))
         out["macro_f1_ci"] = list(
-            bootstrap_interval(lambda i: _macro_f1(y_true[i], y_pred[i], n), y_true)
+            bootstrap_interval(lambda i: _macro_f1(y_true[i], y_pred[i], n), y_true, groups=groups)
         )
     if curves:
         out["roc"] = roc
@@ -134,6 +136,7 @@ def multilabel_metrics(
     thresholds: np.ndarray | float | None = None,
     curves: bool = False,
     intervals: bool = False,
+    groups: np.ndarray | None = None,
 ) -> dict:
     """Ranking and thresholded metrics of independent per-tag scores against a {0,1} indicator.
 
@@ -150,8 +153,8 @@ def multilabel_metrics(
     - cooccurrence_errors: K x K counts of which tags get mistaken for which. C[i][j] (j != i)
       is the number of rows that truly carry tag i and have a false positive on tag j; the
       diagonal C[i][i] is the number of rows where tag i was missed (a false negative).
-    - with intervals: the 95 % intervals of macro_pr_auc (bootstrap over rows) and of accuracy
-      (Wilson), as [low, high].
+    - with intervals: the 95 % intervals of macro_pr_auc (bootstrap over rows, or over their
+      groups where given) and of accuracy (Wilson), as [low, high].
     """
     Y = np.asarray(Y)
     proba = np.asarray(proba, dtype=np.float64)
@@ -198,7 +201,9 @@ def multilabel_metrics(
         out["accuracy_ci"] = list(wilson_interval(exact, n))
         out["macro_pr_auc_ci"] = list(
             bootstrap_interval(
-                lambda i: _macro_ap(truth[:, ranked], proba[:, ranked], i), np.zeros(n)
+                lambda i: _macro_ap(truth[:, ranked], proba[:, ranked], i),
+                np.zeros(n),
+                groups=groups,
             )
         )
     if curves:

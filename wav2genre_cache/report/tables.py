@@ -201,8 +201,9 @@ def _independence_note(grouping: dict | None) -> str:
     if grouping and grouping.get("by") == "artist":
         return (
             f"The split kept each of the {grouping['artists']} artists on one side, so test "
-            "tracks are by artists not heard in training; the intervals count tracks as "
-            "independent, and several tracks of one test artist make them too narrow."
+            "tracks are by artists not heard in training. The bootstraps resample test artists, "
+            "then their tracks; Wilson's interval counts tracks as independent, and several "
+            "tracks of one test artist make it too narrow."
         )
     return (
         "The intervals count tracks as independent: tracks of one artist on both sides of the "

@@ -43,6 +43,7 @@ class TrainingData:
     duplicates: dict | None = None  # what find_duplicates found and moved
     notes: tuple[str, ...] = ()  # for the user: tags dropped, duplicates moved, groups
     grouping: dict | None = None  # what is known of artists, and the labels test cannot measure
+    track_group: np.ndarray | None = None  # each cache track's artist, or its own id if unknown
 
     @property
     def sources(self) -> list[str]:
@@ -129,6 +130,11 @@ def load_training_data(
         duplicates=duplicates,
         notes=tuple(notes),
         grouping=grouping,
+        track_group=np.where(
+            tracks.artist.to_numpy() != "",
+            tracks.artist.to_numpy().astype(str),
+            [f"\0track{i}" for i in range(len(tracks))],
+        ),
     )
 
 

@@ -69,25 +69,28 @@ def metrics_of(
     thresholds: np.ndarray | None = None,
     curves: bool = False,
     intervals: bool = False,
+    track_groups: np.ndarray | None = None,
 ) -> dict:
     """Segment- and track-level metrics (tags at `thresholds` for multi-label scores); the
-    track level with its curves, and with the 95 % intervals of its figures, where asked."""
+    track level with its curves, and with the 95 % intervals of its figures, where asked
+    (resampling artists where track_groups, an artist per cache track, is given)."""
     multi = scores.multi_label
+    groups = None if track_groups is None else track_groups[scores.tracks]
     return {
         "segment": _metrics(scores.y, scores.segment, labels, multi, thresholds),
         "track": _metrics(
-            scores.y_track, scores.track, labels, multi, thresholds, curves, intervals
+            scores.y_track, scores.track, labels, multi, thresholds, curves, intervals, groups
         ),
     }
 
 
 def _metrics(
-    y, proba, labels, multi_label: bool, thresholds=None, curves=False, intervals=False
+    y, proba, labels, multi_label: bool, thresholds=None, curves=False, intervals=False, groups=None
 ) -> dict:
     """The metrics of one level's rows: tags at their thresholds, or single labels."""
     if multi_label:
-        return multilabel_metrics(y, proba, labels, thresholds, curves, intervals)
-    return classification_metrics(y, proba, labels, curves, intervals)
+        return multilabel_metrics(y, proba, labels, thresholds, curves, intervals, groups)
+    return classification_metrics(y, proba, labels, curves, intervals, groups)
 
 
 # The figures each source's row of the per-source table shows.

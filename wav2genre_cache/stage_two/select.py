@@ -130,7 +130,9 @@ def fit_and_select(
     raw_test = scores(chosen.head, data.test)
     predict_seconds = time.perf_counter() - start
     final_test = raw_test.calibrated(calibrator)
-    test = metrics_of(final_test, data.labels, thresholds, intervals=True)
+    test = metrics_of(
+        final_test, data.labels, thresholds, intervals=True, track_groups=data.track_group
+    )
     if len(data.sources) > 1:
         test["per_source"] = per_source(final_test, data.track_source, data.labels, thresholds)
     tracks = CalibratedTracks.of(raw_test.track, raw_test.y_track, data.multi_label, calibrator)
