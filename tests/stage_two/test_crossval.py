@@ -64,3 +64,12 @@ def test_without_grouping_every_track_is_tested_and_the_output_says_it_may_be_in
     assert "not measured (their tracks only train): blues (one artist: John Lee Hooker)" in (
         grouped.stdout
     )
+
+
+def test_info_counts_the_artists_splits_keep_apart(dev_handcrafted):
+    import json
+
+    info = json.loads(run_cli("info", str(dev_handcrafted), "--json").stdout)
+    assert info["artists"] == {"known": 30, "tracks_without": 1}  # one country clip is blank
+    said = run_cli("info", str(dev_handcrafted)).stdout
+    assert "artists    30 (1 tracks without one)" in said

@@ -142,6 +142,17 @@ def info(
         f"tracks     {s['tracks']['ok']} ok, {s['tracks']['failed']} failed, {s['tracks']['excluded']} excluded"
     )
     out.print("splits     " + ", ".join(f"{k} {v}" for k, v in s["tracks_per_split"].items()))
+    artists = s["artists"]
+    out.print(
+        f"artists    {artists['known']}"
+        + (
+            f" ({artists['tracks_without']} tracks without one)"
+            if artists["tracks_without"]
+            else ""
+        )
+        + ("" if artists["known"] else ": splits cannot keep an artist on one side"),
+        highlight=False,
+    )
     sources = {k: v for k, v in s["tracks_per_source"].items() if k}
     if sources:
         out.print("datasets   " + ", ".join(f"{k} {v}" for k, v in sources.items()))

@@ -178,6 +178,11 @@ class EmbeddingCache:
                 "excluded": int((t.status == "excluded").sum()),
             },
             "tracks_per_split": per_split,
+            # Splits and folds keep an artist on one side; without artists they cannot.
+            "artists": {
+                "known": int(ok.artist[ok.artist != ""].nunique()),
+                "tracks_without": int((ok.artist == "").sum()),
+            },
             "tracks_per_label": {
                 lab: {k: int(v) for k, v in row.items()} for lab, row in labels.iterrows()
             },
