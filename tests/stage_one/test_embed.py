@@ -275,3 +275,34 @@ def test_sigkill_leaves_no_decode_worker_or_resource_tracker_behind(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_run_stopped_after_its_last_shard_completes_on_re_run(tmp_path, monkeypatch):
+    # Every block written, the merge not done (a kill between the two): the re-run has nothing
+    # to embed, merges, says so, and succeeds; an earlier skipped file is reported again.
+    from wav2genre_cache.stage_one.options import EmbedOptions
+    from wav2genre_cache.stage_one.run import embed_dataset
+    from wav2genre_cache.store.cache_writer import ShardStore
+
+    data = make_label_folder(tmp_path / "data", per_label=3)
+    (data / "low" / "empty.wav").write_bytes(b"")
+    out = tmp_path / "cache.h5"
+
+    def killed(self, order):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ShardStore, "finalize", killed)
+    with pytest.raises(KeyboardInterrupt):
+        embed_dataset(
+            EmbedOptions(str(data), str(out), model="random-tiny", workers=0), progress=False
+        )
+    monkeypatch.undo()
+    assert not out.exists() and list(Path(f"{out}.partial").glob("shard-*.h5"))
+    again = run_cli("embed", str(data), "--out", str(out), "--model", "random-tiny", check=False)
+    assert again.returncode == 0, again.stderr
+    assert "Resuming: 7 of 7 tracks already embedded" in again.stderr
+    assert "empty.wav" in again.stderr and "1 track(s) failed" in again.stderr
+    assert (EmbeddingCache(out).tracks.status == "ok").sum() == 6
+    strict = run_cli("embed", str(data), "--out", str(out), "--model", "random-tiny", "--strict",
+                     check=False)  # fmt: skip
+    assert strict.returncode == 1  # the finished cache's failure still counts for --strict

@@ -88,7 +88,7 @@ def _run_embed(opts, strict: bool, keep_freed_memory: bool = True, progress: boo
         err.print(f"[yellow]{len(summary.failures)} track(s) failed and were skipped:[/yellow]")
         for _path, reason in summary.failures:
             err.print(f"  {reason}", highlight=False)
-    if summary.tracks_ok == 0:
+    if summary.tracks_in_cache == 0:
         err.print("[bold red]error:[/bold red] no track could be embedded")
         raise typer.Exit(1)
     if strict and summary.failures:

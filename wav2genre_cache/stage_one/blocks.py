@@ -94,6 +94,17 @@ def write_blocks(
             record_block(results, summary, console, start, bar, task)
 
 
+def finish_blocks(store: BlockStore, tracks: list[Track], summary: EmbedSummary) -> None:
+    """Merge the shards into the cache, and count its tracks: a resumed run whose blocks were
+    all done before has embedded nothing itself, and is complete all the same."""
+    cache = EmbeddingCache(store.finalize([t.track_id for t in tracks]))
+    summary.tracks_in_cache = int((cache.tracks.status == "ok").sum())
+    if summary.tracks_skipped:  # what the earlier run skipped is said again
+        said = {path for path, _ in summary.failures}
+        failed = cache.tracks[cache.tracks.status == "failed"]
+        summary.failures += [(r.path, r.reason) for r in failed.itertuples() if r.path not in said]
+
+
 def prepare_options(opts: EmbedOptions, backbone: Backbone | None, workers: int) -> PrepareOptions:
     """What the decode workers (or tasks) do to each track besides decoding."""
     return PrepareOptions(
@@ -272,7 +283,7 @@ def tally(summary: EmbedSummary, r: TrackResult, console: Console) -> None:
 
 def _summarise_existing(summary: EmbedSummary, cache: EmbeddingCache) -> EmbedSummary:
     t = cache.tracks
-    summary.tracks_ok = int((t.status == "ok").sum())
+    summary.tracks_ok = summary.tracks_in_cache = int((t.status == "ok").sum())
     summary.tracks_failed = int((t.status == "failed").sum())
     summary.tracks_excluded = int((t.status == "excluded").sum())
     summary.segments = len(cache.segments)

@@ -10,7 +10,13 @@ from functools import partial
 from wav2genre_cache.audio.workers import DecodeWorkers
 from wav2genre_cache.data.tracks import EXCLUDED, Track
 from wav2genre_cache.encoders.backbone import Backbone
-from wav2genre_cache.stage_one.blocks import embed_block, open_blocks, prepare_options, write_blocks
+from wav2genre_cache.stage_one.blocks import (
+    embed_block,
+    finish_blocks,
+    open_blocks,
+    prepare_options,
+    write_blocks,
+)
 from wav2genre_cache.stage_one.options import EmbedJob, EmbedOptions, EmbedSummary, with_batch_size
 from wav2genre_cache.stage_one.per_track import prepare_track
 from wav2genre_cache.stage_one.reuse import ReusedFeatures
@@ -32,7 +38,7 @@ def embed_into_cache(
     write_blocks(store, blocks, len(tracks), summary, job.console, job.progress, start)
     summary.seconds = time.perf_counter() - start
     summary.tracks_reused = reuse.reused if reuse else 0
-    store.finalize([t.track_id for t in tracks])
+    finish_blocks(store, tracks, summary)
     return summary
 
 

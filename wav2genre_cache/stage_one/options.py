@@ -50,6 +50,7 @@ class EmbedSummary:
     tracks_excluded: int = 0
     tracks_skipped: int = 0  # already done by an earlier, interrupted run
     tracks_reused: int = 0  # their encoder features copied from the --reuse cache
+    tracks_in_cache: int = 0  # ok tracks in the finished cache, this run's and earlier ones
     segments: int = 0
     audio_seconds: float = 0.0
     seconds: float = 0.0

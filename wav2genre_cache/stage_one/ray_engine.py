@@ -33,7 +33,13 @@ from rich.console import Console
 from wav2genre_cache.data.tracks import EXCLUDED, Track
 from wav2genre_cache.encoders.backbone import Backbone
 from wav2genre_cache.errors import OptionError, RayEngineError
-from wav2genre_cache.stage_one.blocks import embed_block, open_blocks, prepare_options, write_blocks
+from wav2genre_cache.stage_one.blocks import (
+    embed_block,
+    finish_blocks,
+    open_blocks,
+    prepare_options,
+    write_blocks,
+)
 from wav2genre_cache.stage_one.options import (
     EmbedOptions,
     EmbedSummary,
@@ -125,7 +131,7 @@ def embed_on_ray(
         if watchdog is not None:
             _stop_watching(watchdog)
     summary.seconds = time.perf_counter() - start
-    store.finalize([t.track_id for t in tracks])
+    finish_blocks(store, tracks, summary)
     console.print(
         f"Parquet shards (segments and tracks tables) kept in {store.dir}", highlight=False
     )
