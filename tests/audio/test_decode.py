@@ -167,6 +167,24 @@ def test_a_stream_of_unknown_length_stops_decoding_at_the_limit(bomb):
     assert peak < 40 and time.perf_counter() - start < 2
 
 
+def test_a_refused_stream_keeps_no_buffer_in_its_traceback(bomb):
+    # The error's traceback holds the decoder's frames until it is collected; where something
+    # keeps the error a while (a web framework's handlers, a cycle), it must not keep the
+    # decoded audio too: 40 refused uploads at once once held 3 GB.
+    raised, _ = decode_peak_mb(without_length(bomb), max_seconds=36)
+    assert isinstance(raised, AudioTooLong), raised
+    held = []
+    tb = raised.__traceback__
+    while tb is not None:
+        held += [
+            (tb.tb_frame.f_code.co_name, k, v.nbytes)
+            for k, v in tb.tb_frame.f_locals.items()
+            if isinstance(v, np.ndarray) and v.nbytes > 2**16
+        ]
+        tb = tb.tb_next
+    assert held == []
+
+
 def test_bytes_and_files_decode_alike_and_a_limit_above_the_length_changes_nothing(tmp_path):
     path = write_audio(tmp_path / "x.flac", 3.0, sr=44_100, channels=2)
     from_file = load_track(path).samples

@@ -160,6 +160,9 @@ def _decode(
             if limit is not None and n > limit:
                 raise AudioTooLong(_too_long(name, n / SAMPLE_RATE, max_seconds))
     except AudioError:
+        # The traceback keeps this frame: let go of the buffers before the error travels, or a
+        # refused upload holds up to its whole allowance until a garbage collection runs.
+        out = buf = got = mono = chunk = stream = source = None  # noqa: F841
         raise
     except Exception as exc:  # libsndfile raises several types; all mean "not decodable"
         raise AudioError(f"{name}: not a decodable audio file ({_short(exc)})") from None

@@ -162,8 +162,13 @@ async def _decode_upload(upload: UploadFile, name: str, max_seconds: float) -> n
         samples = await run_in_threadpool(decode_bytes, data, name, max_seconds)
         check_duration(samples, name, max_seconds)
     except AudioError as exc:
-        raise HTTPException(413 if isinstance(exc, AudioTooLong) else 422, str(exc)) from None
-    return samples  # the upload's bytes are freed here, before the model runs
+        refused = HTTPException(413 if isinstance(exc, AudioTooLong) else 422, str(exc))
+    else:
+        return samples  # the upload's bytes are freed here, before the model runs
+    # Raised outside the handler, with the upload's bytes let go: the refusal carries neither
+    # them nor the decoder's frames (through the AudioError as its context) into the framework.
+    data = None  # noqa: F841
+    raise refused
 
 
 def _timings_ms(start: float, uploaded: float, decoded: float, done: float) -> dict:
