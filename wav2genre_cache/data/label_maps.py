@@ -6,8 +6,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-import pandas as pd
-
+from wav2genre_cache.data.csv_rows import checked_label, read_rows
 from wav2genre_cache.data.tracks import TAG_SEPARATOR, Track, join_tags, tags_of
 from wav2genre_cache.errors import DatasetError
 
@@ -17,26 +16,16 @@ LabelMap = dict[tuple[str, str], str]
 
 def read_label_map(path: Path, sources: list[str]) -> LabelMap:
     """MAP.csv (source,label,target) as {(source or "*", label): target}; "" drops the label."""
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise DatasetError(f"{path}: cannot read the label map ({exc})") from None
-    missing = {"source", "label", "target"} - set(df.columns)
-    if missing:
-        raise DatasetError(
-            f"{path}: missing column(s) {sorted(missing)}; a label map has source,label,target"
-        )
     mapping: LabelMap = {}
     where: dict[tuple[str, str], int] = {}
     unknown = set()
-    # Line numbers assume one line per row (the header is line 1).
-    for line, row in enumerate(df.itertuples(index=False), 2):
-        source = row.source.strip() or "*"
-        label, target = row.label.strip(), row.target.strip()
+    for line, row in read_rows(path, "label map", {"source", "label", "target"}):
+        source = row["source"].strip() or "*"
+        label, target = row["label"].strip(), row["target"].strip()
         if not label:
-            if not row.source.strip() and not target:
-                continue  # a blank row
             raise DatasetError(f"{path}, line {line}: no label")
+        if target:
+            checked_label(target, f"{path}, line {line}")
         if TAG_SEPARATOR in target:
             raise DatasetError(
                 f"{path}, line {line}: target {target!r} holds {TAG_SEPARATOR!r}; "

@@ -5,11 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote
 
-import pandas as pd
-
 from wav2genre_cache.audio.decode import is_uri
+from wav2genre_cache.data.csv_rows import checked_label, read_rows
 from wav2genre_cache.data.layouts.layout import Layout
-from wav2genre_cache.data.tracks import SPLITS, TAG_SEPARATOR, SourceTracks, Track, join_tags
+from wav2genre_cache.data.tracks import (
+    SPLITS,
+    TAG_SEPARATOR,
+    SourceTracks,
+    Track,
+    join_tags,
+    tags_of,
+)
 from wav2genre_cache.errors import DatasetError
 
 
@@ -24,36 +30,38 @@ def read(manifest: Path, split_dir: Path | None = None) -> SourceTracks:
     A path may be a URI (s3://bucket/key.mp3, gs://..., file://...): decoding fetches it.
     A `labels` column ("|"-separated tags) makes the manifest multi-label; it wins over `label`.
     """
-    try:
-        df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise DatasetError(f"{manifest}: cannot read CSV ({exc})") from None
-    columns = set(df.columns)
-    missing = ({"path"} - columns) | ({"label"} if not {"label", "labels"} & columns else set())
-    if missing:
-        raise DatasetError(
-            f"{manifest}: missing column(s) {sorted(missing)}; need path,label (or labels)"
-        )
+    rows = read_rows(manifest, "manifest", {"path"})
+    columns = set(rows[0][1]) if rows else {"path", "label"}
+    if not {"label", "labels"} & columns:
+        raise DatasetError(f"{manifest}: missing column(s) ['label']; need path,label (or labels)")
     multi_label = "labels" in columns
     tracks = []
-    for line, row in enumerate(df.itertuples(index=False), 2):
-        label = getattr(row, "label", "")
+    for line, row in rows:
+        where = f"{manifest}, line {line}"
+        if not row["path"].strip():
+            raise DatasetError(f"{where}: empty path")
+        label = row.get("label", "")
         if multi_label:
-            tags = row.labels.split(TAG_SEPARATOR)
+            tags = row["labels"].split(TAG_SEPARATOR)
             label = join_tags(tags) or join_tags(label.split(TAG_SEPARATOR))
             if not label:
-                raise DatasetError(f"{manifest}, line {line}: {row.path!r} has no label or labels")
-        uri = is_uri(row.path)
-        path = Path(unquote(row.path.split("://", 1)[1]) if uri else row.path)
-        split = getattr(row, "split", "") or ""
+                raise DatasetError(f"{where}: {row['path']!r} has no label or labels")
+            for tag in tags_of(label):
+                checked_label(tag, where)
+        else:
+            checked_label(label, where)
+        uri = is_uri(row["path"])
+        path = Path(unquote(row["path"].split("://", 1)[1]) if uri else row["path"])
+        split = row.get("split", "")
         if split and split not in SPLITS:
-            raise DatasetError(f"{manifest}: split {split!r} for {row.path}; use {SPLITS}")
+            raise DatasetError(f"{where}: split {split!r} for {row['path']}; use {SPLITS}")
         # A URI's id: bucket and key without the scheme (s3://b/x/y.mp3 -> b/x/y).
-        track_id = getattr(row, "track_id", "") or path.with_suffix("").as_posix()
+        track_id = row.get("track_id", "") or path.with_suffix("").as_posix()
         if not uri and not path.is_absolute():
             path = manifest.parent / path
-        where = row.path if uri else str(path)
-        tracks.append(Track(track_id, where, label, split, getattr(row, "artist", "")))
+        tracks.append(
+            Track(track_id, row["path"] if uri else str(path), label, split, row.get("artist", ""))
+        )
     return SourceTracks(tracks, "csv", multi_label)
 
 
