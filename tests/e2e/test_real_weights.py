@@ -9,10 +9,12 @@ from conftest import run_cli
 
 from wav2genre_cache.stage_two.crossval import cross_validate
 
-# Measured on the 60 dev clips (benchmarks/results/dev_whisper_layers.json): best layer 0.861
-# (logistic regression, 5-fold x 3), hand-crafted features 0.694 with the same head. The floor
-# leaves room for the spread of cross-validation (std 0.08-0.10 per fold).
-FLOOR = 0.75
+# Folds by artist (GTZAN's index beside the clips; four one-artist genres only train, so 36
+# tracks of six genres are tested), 5-fold x 2, logistic regression: measured 0.618 for the
+# best whisper-base layer (1 and 2), 0.518 for hand-crafted features (by recording, where one
+# artist sits on both sides of a fold: 0.875). The floor leaves room for the spread of folds
+# of so few artists (std 0.15-0.2 per fold).
+FLOOR = 0.55
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
@@ -66,7 +68,9 @@ def test_two_collections_of_real_music_and_whisper_against_hand_crafted_features
     m = json.loads((mix / "metrics.json").read_text())
     best = next(r for r in m["results"] if r.get("best_overall"))
     per = best["test"]["per_source"]
-    # Measured: 0.70-0.80 test track accuracy on 20 tracks (chance 0.1), 0.7-0.9 per collection.
+    # Measured: 0.80 test track accuracy on 20 tracks (chance 0.1), 0.7 and 0.9 per collection;
+    # the collections' given splits put 8 of 13 test artists in training too, and the report
+    # says so.
     assert best["test"]["track"]["accuracy"] >= 0.6, best["test"]["track"]["accuracy"]
     assert (
         set(per) == {"collection_a", "collection_b"}
@@ -75,6 +79,8 @@ def test_two_collections_of_real_music_and_whisper_against_hand_crafted_features
     # The two collections are the 60 dev clips under GTZAN's ten genres, so the run's cache
     # serves the cross-validated comparison with hand-crafted features of the same clips.
     assert sorted(m["labels"]) == sorted(p.name for p in dev_clips.iterdir() if p.is_dir())
+    assert m["grouping"]["test_artists_heard"] > 0
+    assert "also have tracks in training" in (mix / "comparison.md").read_text()
     run_cli("embed", str(dev_clips), "--out", str(tmp_path / "hc.h5"), "--features", "handcrafted")
     whisper = best_layer_accuracy(mix / "cache.h5", "encoder", layers=7)
     handcrafted = best_layer_accuracy(tmp_path / "hc.h5", "handcrafted", layers=1)
@@ -94,5 +100,7 @@ def test_tags_of_real_music_with_real_weights(tmp_path, whisper_base, whisper_ca
     )  # fmt: skip
     m = json.loads((tags / "metrics.json").read_text())
     best = next(r for r in m["results"] if r.get("best_overall"))
-    # Measured: macro PR-AUC 0.86-0.94 over 15 tags on 10 test tracks (chance about 0.13).
-    assert best["test"]["track"]["macro_pr_auc"] >= 0.75, best["test"]["track"]
+    # Split by artist: 7 test tracks of five genres (the others' few artists only train).
+    # Measured: macro PR-AUC 0.78 over the tags in test (chance about 0.13).
+    assert best["test"]["track"]["macro_pr_auc"] >= 0.65, best["test"]["track"]
+    assert set(m["grouping"]["unmeasured_labels"]) >= {"blues", "classical", "reggae", "rock"}

@@ -198,12 +198,18 @@ def _intervals_note(table: pd.DataFrame, metrics: dict) -> list[str]:
 
 def _independence_note(grouping: dict | None) -> str:
     """What the intervals assume of the tracks, by what the run knew of their artists."""
-    if grouping and grouping.get("by") == "artist":
+    if grouping and grouping.get("by") == "artist" and not grouping.get("test_artists_heard"):
         return (
             f"The split kept each of the {grouping['artists']} artists on one side, so test "
             "tracks are by artists not heard in training. The bootstraps resample test artists, "
             "then their tracks; Wilson's interval counts tracks as independent, and several "
             "tracks of one test artist make it too narrow."
+        )
+    if grouping and grouping.get("test_artists_heard"):
+        return (
+            f"{grouping['test_artists_heard']} test artists also have tracks in training or "
+            "validation (see the note above): the figures are inflated by artists the model has "
+            "heard, and the intervals, which resample artists, are too narrow as well."
         )
     return (
         "The intervals count tracks as independent: tracks of one artist on both sides of the "
