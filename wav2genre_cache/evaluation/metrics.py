@@ -197,19 +197,24 @@ def multilabel_metrics(
         "cooccurrence_errors": cooc.tolist(),
     }
     if intervals:
-        exact = int(np.all(pred == truth, axis=1).sum())
-        out["accuracy_ci"] = list(wilson_interval(exact, n))
-        out["macro_pr_auc_ci"] = list(
-            bootstrap_interval(
-                lambda i: _macro_ap(truth[:, ranked], proba[:, ranked], i),
-                np.zeros(n),
-                groups=groups,
-            )
-        )
+        out |= _multilabel_intervals(truth[:, ranked], proba[:, ranked], pred == truth, groups)
     if curves:
         out["roc"] = roc
         out["pr"] = pr
     return out
+
+
+def _multilabel_intervals(
+    truth: np.ndarray, proba: np.ndarray, right: np.ndarray, groups: np.ndarray | None
+) -> dict:
+    """Wilson's interval of exact-match accuracy, and the bootstrap's of macro PR-AUC."""
+    n = len(right)
+    return {
+        "accuracy_ci": list(wilson_interval(int(np.all(right, axis=1).sum()), n)),
+        "macro_pr_auc_ci": list(
+            bootstrap_interval(lambda i: _macro_ap(truth, proba, i), np.zeros(n), groups=groups)
+        ),
+    }
 
 
 def _per_tag_ranking(

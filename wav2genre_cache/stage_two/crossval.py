@@ -56,13 +56,7 @@ def cross_validate(
         raise TrainError(
             f"{cache_path}: every label needs at least {folds} tracks for {folds}-fold cross-validation"
         )
-    seg = cache.segments
-    original = seg.view.to_numpy() == 0
-    X = cache.features(feature_set, layer)[original]
-    seg_track = seg.track.to_numpy()[original]
-    y_seg = np.array(
-        [labels.index(lab) if lab in labels else -1 for lab in tracks.label.to_numpy()[seg_track]]
-    )
+    X, y_seg, seg_track = _original_rows(cache, feature_set, layer, labels)
     splits = [
         (np.concatenate([ok[tested][train], ok[~tested]]), ok[tested][test])
         for r in range(repeats)
@@ -93,15 +87,30 @@ def cross_validate(
         "unmeasured_labels": alone,
         "labels": labels,
         "chance": 1 / len(labels),
-        "heads": {
-            h: {
-                "accuracy_mean": float(np.mean([a for a, _ in s])),
-                "accuracy_std": float(np.std([a for a, _ in s])),
-                "macro_f1_mean": float(np.mean([f for _, f in s])),
-                "macro_f1_std": float(np.std([f for _, f in s])),
-            }
-            for h, s in scores.items()
-        },
+        "heads": {h: _mean_and_spread(s) for h, s in scores.items()},
+    }
+
+
+def _original_rows(
+    cache: EmbeddingCache, feature_set: str, layer: int, labels: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The original views' features at a layer, label indices (-1: not a label) and tracks."""
+    seg = cache.segments
+    original = seg.view.to_numpy() == 0
+    seg_track = seg.track.to_numpy()[original]
+    index = {label: i for i, label in enumerate(labels)}
+    y_seg = np.array([index.get(lab, -1) for lab in cache.tracks.label.to_numpy()[seg_track]])
+    return cache.features(feature_set, layer)[original], y_seg, seg_track
+
+
+def _mean_and_spread(folds: list[tuple[float, float]]) -> dict:
+    """The mean and standard deviation of accuracy and macro-F1 over the folds."""
+    accuracy, macro_f1 = np.array(folds).T
+    return {
+        "accuracy_mean": float(accuracy.mean()),
+        "accuracy_std": float(accuracy.std()),
+        "macro_f1_mean": float(macro_f1.mean()),
+        "macro_f1_std": float(macro_f1.std()),
     }
 
 
