@@ -15,6 +15,7 @@ traceback. Each class says which stage raises it:
 - RayEngineError: the Ray engine cannot run as asked (stage_one/).
 - FinetuneError: a fine-tuning run that cannot go on (finetune/).
 - ReportError: a run folder that cannot be reported on (report/).
+- OutputBusy: another run is writing the same output (cli/locks.py).
 """
 
 from __future__ import annotations
@@ -74,3 +75,7 @@ class FinetuneError(Wav2GenreError):
 
 class ReportError(Wav2GenreError):
     """A run folder that cannot be reported on; the message says why."""
+
+
+class OutputBusy(Wav2GenreError):
+    """Another run is writing the same output (its lock names the process)."""

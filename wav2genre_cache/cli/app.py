@@ -18,6 +18,7 @@ from wav2genre_cache.cli.finetune import (
     run_finetune,
 )
 from wav2genre_cache.cli.inference import predict, serve
+from wav2genre_cache.cli.locks import output_lock
 from wav2genre_cache.cli.options import (
     STAGE_ONE_OPTIONS,
     TRAIN_OPTIONS,
@@ -115,7 +116,8 @@ def embed(
 ) -> None:
     """Stage one: decode, segment and embed every track into an HDF5 cache (resumable)."""
     opts = embed_options(ctx.params, out_path)
-    _run_embed(opts, strict, keep_freed_memory)
+    with output_lock(out_path):
+        _run_embed(opts, strict, keep_freed_memory)
 
 
 @app.command()
@@ -218,7 +220,8 @@ def train_heads_cmd(
     **options,
 ) -> None:
     """Stage two: train and compare heads on cached features (no audio, no GPU)."""
-    _train(cache, run_dir, feature_sets=feature_sets, seed=seed, augmented=augmented, **options)
+    with output_lock(run_dir):
+        _train(cache, run_dir, feature_sets=feature_sets, seed=seed, augmented=augmented, **options)
     err.print(
         f"Wrote {run_dir / 'metrics.json'} and bundles under {run_dir}; next: wav2genre compare {run_dir}",
         highlight=False,
@@ -323,14 +326,18 @@ def run(
     opts = embed_options(ctx.params, cache)
     # Refused before anything runs: --finetune's options are checked first.
     tune = finetune_options_of_run(ctx.params, run_dir) if options["with_finetune"] else None
-    _run_embed(opts, strict, keep_freed_memory)
-    # With augmentation, train with and without the augmented views: the ablation.
-    augmented = "both" if opts.augment else True
-    train = {p.name: options[p.name] for p in TRAIN_OPTIONS}
-    _train(cache, run_dir, feature_sets=opts.features, seed=opts.seed, augmented=augmented, **train)
-    if tune is not None:
-        run_finetune(tune)
-    _compare(run_dir)
+    # The run folder and its cache, which embed alone may also be asked to write.
+    with output_lock(run_dir), output_lock(cache):
+        _run_embed(opts, strict, keep_freed_memory)
+        # With augmentation, train with and without the augmented views: the ablation.
+        augmented = "both" if opts.augment else True
+        train = {p.name: options[p.name] for p in TRAIN_OPTIONS}
+        _train(
+            cache, run_dir, feature_sets=opts.features, seed=opts.seed, augmented=augmented, **train
+        )
+        if tune is not None:
+            run_finetune(tune)
+        _compare(run_dir)
 
 
 app.command()(finetune)

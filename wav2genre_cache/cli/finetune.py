@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from wav2genre_cache._io import comma_list
+from wav2genre_cache.cli.locks import output_lock
 from wav2genre_cache.cli.options import (
     AUGMENT,
     DATASET,
@@ -127,7 +128,9 @@ def finetune(
     **options,
 ) -> None:
     """Fine-tune the encoder's top layers with the paper's head, from audio; resumable; a bundle."""
-    run_finetune(finetune_options(data, run_dir, options))
+    opts = finetune_options(data, run_dir, options)
+    with output_lock(run_dir):
+        run_finetune(opts)
     err.print(
         f"Wrote {run_dir / 'finetune.json'}, {run_dir / 'bundles' / 'finetuned'} and "
         f"{run_dir / 'finetune_curve.png'}; next: wav2genre compare {run_dir}",

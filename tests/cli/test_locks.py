@@ -1,0 +1,59 @@
+"""One run at a time per output: a second embed, run, train-heads or finetune into it is refused."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import make_label_folder, run_cli
+
+from wav2genre_cache.cli.locks import output_lock
+
+
+@pytest.mark.parametrize("command", ["embed", "run", "train-heads", "finetune"])
+def test_a_second_run_into_a_held_output_is_refused_in_one_line(tmp_path, command):
+    data = make_label_folder(tmp_path / "data", per_label=2, seconds=2.0)
+    out = tmp_path / ("c.h5" if command == "embed" else "run")
+    source = str(tmp_path / "cache.h5") if command == "train-heads" else str(data)
+    # The holder is another process, as it would be: the lock is per process and file.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from wav2genre_cache.cli.locks import "
+         "output_lock\nwith output_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(60)",
+         str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        model = () if command == "train-heads" else ("--model", "random-tiny")
+        refused = run_cli(command, source, "--out", str(out), *model, check=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert refused.returncode == 2, refused.stderr
+    said = refused.stderr.strip().splitlines()
+    assert len(said) == 1 and f"is being written by another run (pid {holder.pid}:" in said[0]
+    assert not out.exists()
+
+
+def test_a_killed_holder_leaves_no_lock_and_the_run_goes_on(tmp_path):
+    data = make_label_folder(tmp_path / "data", per_label=2, seconds=2.0)
+    out = tmp_path / "deep" / "c.h5"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from wav2genre_cache.cli.locks import "
+         "output_lock\nwith output_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(60)",
+         str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()  # SIGKILL: no clean-up ran; its lock file stays, its lock does not
+    holder.wait()
+    assert (tmp_path / "deep" / "c.h5.lock").exists()
+    run_cli("embed", str(data), "--out", str(out), "--model", "random-tiny")
+    assert out.is_file() and not (tmp_path / "deep" / "c.h5.lock").exists()
+
+
+def test_the_lock_cleans_up_after_itself(tmp_path):
+    target = tmp_path / "a" / "b" / "out.h5"
+    with output_lock(target):
+        assert (tmp_path / "a" / "b" / "out.h5.lock").read_text().startswith(f"pid {os.getpid()}:")
+    assert not (tmp_path / "a").exists()  # the folders it made, empty again, are gone
