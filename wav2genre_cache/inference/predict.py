@@ -76,6 +76,7 @@ class Predictor:
                 f"{bundle_dir}: trained on {frontend} features of {self.meta['backbone']}, "
                 f"but the model loaded now reads {self.backbone.kind}; embeddings would not match"
             )
+        self._check_head_fits_backbone()
         if (
             self.meta["backbone_revision"]
             and self.backbone.revision != self.meta["backbone_revision"]
@@ -83,6 +84,23 @@ class Predictor:
             raise BundleError(
                 f"{bundle_dir}: trained on {self.meta['backbone']} revision {self.meta['backbone_revision']}, "
                 f"but the loaded model is revision {self.backbone.revision}; embeddings would not match"
+            )
+
+    def _check_head_fits_backbone(self) -> None:
+        """The bundle's layer is one the backbone has, and the head reads that layer's width."""
+        meta_file, layer = self.bundle_dir / "bundle.json", self.meta["layer"]
+        every = self.spec.inputs is Inputs.ALL_LAYERS
+        n_layers, dim = self.backbone.n_layers, self.backbone.dim
+        if not every and not 0 <= layer < n_layers:
+            raise BundleError(
+                f"{meta_file}: layer {layer}, but {self.meta['backbone']} has layers 0..{n_layers - 1}"
+            )
+        width = n_layers * dim if every else dim
+        reads = getattr(self.head, "n_features_in_", width)
+        if reads != width:
+            raise BundleError(
+                f"{meta_file}: the head reads {reads} features, but {self.meta['backbone']} "
+                f"gives {width}: the bundle was trained on another model's features"
             )
 
     def describe(self) -> dict:

@@ -131,13 +131,67 @@ def load_bundle(directory: str | Path) -> tuple[dict, object]:
         raise BundleError(f"{meta_file}: not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{meta_file}: not a wav2genre bundle")
+    _check_fields(meta_file, meta)
     if meta.get("kind") == FINETUNED:
         return meta, _load_finetuned(directory, meta_file, meta)
     needed = head_files(meta.get("head"))  # raises HeadError for an unknown head
     head_file = _bundle_file_name(meta_file, meta.get("head_file"), "head file")
     checksums = _checksums(directory, meta_file, meta, head_file, needed)
     _verify(directory, checksums)  # every file, before load_head reads any of them
-    return meta, load_head(meta["head"], directory / head_file)
+    head = load_head(meta["head"], directory / head_file)
+    classes = getattr(head, "classes_", None)
+    if classes is not None and len(classes) and int(max(classes)) >= len(meta["labels"]):
+        raise BundleError(
+            f"{meta_file}: 'labels' lists {len(meta['labels'])} labels, but the head predicts "
+            f"{len(classes)}; the file was edited, or belongs to another head"
+        )
+    return meta, head
+
+
+# bundle.json's fields that predict reads, with their types (every kind of bundle, then heads).
+_FIELDS = {"format_version": int, "labels": list}
+_HEAD_FIELDS = {
+    "head": str,
+    "layer": int,
+    "feature_set": str,
+    "backbone": str,
+    "dtype": str,
+    "segment_seconds": (int, float),
+    "hop_seconds": (int, float),
+}
+
+
+def _check_fields(meta_file: Path, meta: dict) -> None:
+    """Each field predict reads present, of its type and sane, or one line naming it; a bundle
+    of a newer format refused with the version it needs."""
+    fields = _FIELDS | ({} if meta.get("kind") == FINETUNED else _HEAD_FIELDS)
+    meta.setdefault("format_version", 1)  # the first bundles had none
+    for name, kind in fields.items():
+        value = meta.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise BundleError(f"{meta_file}: field {name!r} is {value!r}, not {_type_name(kind)}")
+    if meta["format_version"] > BUNDLE_VERSION:
+        raise BundleError(
+            f"{meta_file}: bundle format version {meta['format_version']}; this wav2genre-cache "
+            f"({__version__}) reads versions up to {BUNDLE_VERSION}: upgrade it to load this bundle"
+        )
+    labels = meta["labels"]
+    if (
+        not labels
+        or not all(isinstance(x, str) and x for x in labels)
+        or len(set(labels)) < len(labels)
+    ):
+        raise BundleError(f"{meta_file}: field 'labels' is not a list of distinct label names")
+    for name in ("segment_seconds", "hop_seconds"):
+        if name in fields and not meta[name] > 0:
+            raise BundleError(f"{meta_file}: field {name!r} is {meta[name]!r}, not positive")
+
+
+def _type_name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(
+        {int: "a whole number", float: "a number", str: "text", list: "a list"}[k] for k in kinds
+    )
 
 
 def _load_finetuned(directory: Path, meta_file: Path, meta: dict):
