@@ -48,3 +48,10 @@ def test_tags_count_per_tag():
     ok = tracks([("happy|sad", "train", "A"), ("happy", "test", "B"), ("sad", "train", "A")])
     g = artist_grouping(ok, ["happy", "sad"], multi_label=True)
     assert g["unmeasured_labels"] == {"sad": "one artist: A"}
+
+
+def test_a_label_without_test_tracks_or_artists_is_named_alone():
+    ok = tracks([("pop", "train", ""), ("pop", "test", ""), ("rock", "train", "")])
+    g = artist_grouping(ok, ["pop", "rock"], multi_label=False)
+    assert g["unmeasured_labels"] == {"rock": ""}
+    assert g["notes"][0].startswith("Not measured on test (no test track): rock: their tracks")

@@ -153,8 +153,10 @@ def artist_grouping(ok: pd.DataFrame, labels: list[str], multi_label: bool) -> d
         if label in in_test:
             continue
         artists = {a for row, a in zip(tags, ok.artist, strict=True) if label in row and a}
-        unmeasured[label] = {0: "", 1: f"one artist: {min(artists)}"}.get(
-            len(artists), f"{len(artists)} artists"
+        unmeasured[label] = (
+            (f"one artist: {min(artists)}" if len(artists) == 1 else f"{len(artists)} artists")
+            if artists
+            else ""
         )
     notes = []
     if unmeasured:
