@@ -25,7 +25,9 @@ def test_run_end_to_end_on_the_dev_clips(tmp_path, dev_clips):
     else:
         assert metrics["counts"] == {"train": 40, "valid": 10, "test": 10}
     assert len(metrics["results"]) == 5 * 3 and metrics["untrained_backbone"] is True
-    assert (run / "best" / "bundle.json").is_file() and (run / "roc_curves.png").is_file()
+    assert (run / "best" / "bundle.json").is_file()
+    md = (run / "comparison.md").read_text()
+    assert (run / "roc_curves.png").is_file() or "No label AUC figure" in md
     info = run_cli("info", str(run / "cache.h5"), "--json")
     assert json.loads(info.stdout)["tracks"]["ok"] == 60
 

@@ -78,7 +78,8 @@ def test_the_mtg_jamendo_fake_copy_round_trips_as_tags(tmp_path):
     assert best["test"]["track"]["macro_pr_auc"] > 0.7
     md = (tmp_path / "run" / "comparison.md").read_text()
     assert "Multi-label run (3 tags)" in md
-    assert (tmp_path / "run" / "tag_auc.png").is_file()
+    # Drawn, or (every tag ranked perfectly) said instead.
+    assert (tmp_path / "run" / "tag_auc.png").is_file() or "No tag AUC figure" in md
 
 
 def test_the_csv_labels_column_makes_a_tagger_that_predict_shows(tmp_path, dev_clips):

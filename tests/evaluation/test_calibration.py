@@ -233,3 +233,20 @@ def test_calibration_loads_neither_sklearn_nor_h5py_nor_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_equal_count_reliability_bins_carry_counts_and_intervals():
+    from wav2genre_cache.evaluation.calibration import reliability_by_count
+
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet(np.ones(4), 95)
+    y = rng.integers(0, 4, 95)
+    bins = reliability_by_count(proba, y, multi_label=False)
+    assert len(bins["count"]) == 9 and sum(bins["count"]) == 95 and min(bins["count"]) >= 10
+    assert bins["confidence"] == sorted(bins["confidence"])  # bins follow the confidence
+    for a, low, high in zip(bins["accuracy"], bins["low"], bins["high"], strict=True):
+        assert low <= a <= high
+    few = reliability_by_count(proba[:7], y[:7], multi_label=False)
+    assert few["count"] == [7]  # too few tracks for more than one bin
+    tags = reliability_by_count(rng.random((7, 5)), rng.integers(0, 2, (7, 5)), multi_label=True)
+    assert sum(tags["count"]) == 35 and len(tags["count"]) == 3  # (track, tag) pairs

@@ -21,6 +21,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, log_softmax, logit, softmax
 
 from wav2genre_cache.errors import CalibrationError
+from wav2genre_cache.evaluation.intervals import wilson_interval
 
 METHODS = ("auto", "none", "temperature", "isotonic")
 # Scores are clipped before taking logs so that a 0 or 1 has a finite logit.
@@ -193,6 +194,37 @@ def reliability(proba: np.ndarray, y: np.ndarray, multi_label: bool, bins: int =
         "count": [int(c) for c in count],
         "ece": ece,
     }
+
+
+def reliability_by_count(
+    proba: np.ndarray, y: np.ndarray, multi_label: bool, per_bin: int = 10, max_bins: int = 10
+) -> dict:
+    """The reliability diagram over equal-count bins, each with its 95 % interval.
+
+    Equal-width bins over a few test tracks leave most bins empty and the rest of one or two
+    tracks, whose fraction right jumps between 0 and 1; here the tracks (or, for tags, the
+    (track, tag) pairs) sorted by confidence are cut into at most max_bins bins of at least
+    per_bin each (one bin below 2 * per_bin), and each bin's fraction right carries Wilson's
+    interval. Returns {"confidence", "accuracy", "count", "low", "high"}: one entry per bin.
+    """
+    p, y = _check(proba, y, multi_label)
+    if multi_label:
+        conf, outcome = p.ravel(), y.ravel().astype(np.float64)
+    else:
+        conf = p.max(axis=1) if p.shape[1] else np.zeros(len(p))
+        outcome = (p.argmax(axis=1) == y).astype(np.float64) if p.shape[1] else np.zeros(len(p))
+    order = np.argsort(conf, kind="stable")
+    bins = [b for b in np.array_split(order, max(1, min(max_bins, len(conf) // per_bin))) if len(b)]
+    out: dict[str, list] = {"confidence": [], "accuracy": [], "count": [], "low": [], "high": []}
+    for rows in bins:
+        right = int(outcome[rows].sum())
+        low, high = wilson_interval(right, len(rows))
+        out["confidence"].append(float(conf[rows].mean()))
+        out["accuracy"].append(right / len(rows))
+        out["count"].append(len(rows))
+        out["low"].append(low)
+        out["high"].append(high)
+    return out
 
 
 def choose_thresholds(proba: np.ndarray, Y: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from wav2genre_cache.evaluation.calibration import (
     Calibrator,
     expected_calibration_error,
     reliability,
+    reliability_by_count,
 )
 
 # What a grid point's row in `trials` and a row's `valid` hold (those a model's metrics have).
@@ -74,6 +75,10 @@ class CalibratedTracks:
             "reliability": {
                 "before": reliability(self.raw, self.y, self.multi_label),
                 "after": reliability(self.calibrated, self.y, self.multi_label),
+            },
+            "reliability_by_count": {
+                "before": reliability_by_count(self.raw, self.y, self.multi_label),
+                "after": reliability_by_count(self.calibrated, self.y, self.multi_label),
             },
         }
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from wav2genre_cache.errors import ReportError
 from wav2genre_cache.feature_sets import ENCODER
-from wav2genre_cache.report.figures import draw_figures
+from wav2genre_cache.report.figures import draw_figures, figure_notes
 from wav2genre_cache.report.tables import comparison_table, write_tables
 
 
@@ -15,9 +15,11 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     """Write comparison.{md,csv,json} and the figures into RUN_DIR; return what was written."""
     run_dir = Path(run_dir)
     metrics = load_metrics(run_dir)
-    written = write_tables(comparison_table(metrics), metrics, run_dir)
-    written.update(draw_figures(metrics, run_dir))
-    return written
+    figures = draw_figures(metrics, run_dir)
+    written = write_tables(
+        comparison_table(metrics), metrics, run_dir, figures, figure_notes(metrics)
+    )
+    return written | figures
 
 
 def load_metrics(run_dir: str | Path) -> dict:

@@ -55,17 +55,65 @@ class _Run:
         return f"{self.best['head']}, layer {self.best['layer']}"
 
 
+# Each figure's file, by the name draw_figures and figure_notes give it.
+FIGURE_FILES = {
+    "ablation": "accuracy_by_layer.png",
+    "heads": "model_comparison.png",
+    "confusion": "confusion_matrix.png",
+    "roc": "roc_curves.png",
+    "tag_auc": "tag_auc.png",
+    "tag_errors": "tag_errors.png",
+    "reliability": "reliability.png",
+    "layer_weights": "layer_weights.png",
+    "finetune_curve": "finetune_curve.png",
+}
+
+
+def figure_notes(metrics: dict) -> dict[str, str]:
+    """The figures that would carry no information, each with the sentence said instead."""
+    run = _Run.of(metrics, Path("."))
+    notes = {}
+    layers = {r["layer"] for r in _ablation_rows(run)}
+    if len(layers) < 2:
+        notes["ablation"] = (
+            f"No accuracy-by-layer figure: the run trained on {len(layers)} layer(s) of its "
+            "feature set, so there is no curve over layers to draw."
+        )
+    n = run.best["test"]["track"].get("n")
+    aucs = [_num(v) for v in run.detail.get("auc_per_class", {}).values()]
+    kind, what = ("tag_auc", "tag") if run.tags else ("roc", "label")
+    if run.tags:
+        aucs += [_num(v) for v in run.detail.get("pr_auc_per_class", {}).values()]
+    if not aucs:
+        notes[kind] = f"No {what} AUC figure: no {what} has both kinds of test track."
+    elif all(a == 1.0 for a in aucs):
+        notes[kind] = (
+            f"No {what} AUC figure: every {what} in test ranks its {n} test tracks perfectly "
+            "(AUC 1.00): the curves would all be one corner, and with so few tracks that says "
+            "little beyond the table's figures."
+        )
+    return notes
+
+
 def draw_figures(metrics: dict, run_dir: Path) -> dict[str, Path]:
     """Ablation curve, head comparison, the best model's confusion and ROC (a tagger's per-tag
-    AUC and tag errors), and its reliability before and after calibration."""
+    AUC and tag errors), and its reliability before and after calibration; a figure that
+    figure_notes finds empty is not drawn (and an earlier file of it is removed)."""
     run = _Run.of(metrics, Path(run_dir))
-    out = {"ablation": _ablation_figure(run), "heads": _heads_figure(run)}
+    skip = figure_notes(metrics)
+    for name in skip:
+        (run.run_dir / FIGURE_FILES[name]).unlink(missing_ok=True)
+    out = {"heads": _heads_figure(run)}
+    if "ablation" not in skip:
+        out["ablation"] = _ablation_figure(run)
     if run.tags:
-        out["tag_auc"] = _tag_auc_figure(run)
+        if "tag_auc" not in skip:
+            out["tag_auc"] = _tag_auc_figure(run)
         out["tag_errors"] = _tag_errors_figure(run)
     else:
         out["confusion"] = _confusion_figure(run)
-        out["roc"] = _roc_figure(run)
+        if "roc" not in skip:
+            out["roc"] = _roc_figure(run)
     if run.detail.get("reliability"):
         out["reliability"] = _reliability_figure(run)
     weighted = [r for r in metrics["results"] if r.get("layer_weights") and r.get("best_of_head")]
@@ -84,13 +132,7 @@ def _ablation_figure(run: _Run) -> Path:
     setting (other feature sets have one layer and show in the bar chart)."""
     best = run.best
     primary, primary_name = run.primary
-    curve = [
-        r
-        for r in run.metrics["results"]
-        if r["feature_set"] == best["feature_set"]
-        and r.get("augmented", True) == best.get("augmented", True)
-        and r["layer"] >= 0
-    ]
+    curve = _ablation_rows(run)
     fig, ax = _pyplot().subplots(figsize=(8, 4.5))
     for head in dict.fromkeys(r["head"] for r in curve):
         rs = sorted((r for r in curve if r["head"] == head), key=lambda r: r["layer"])
@@ -113,6 +155,18 @@ def _ablation_figure(run: _Run) -> Path:
     ax.legend(loc="best")
     ax.grid(alpha=0.3)
     return _save(fig, run.run_dir / "accuracy_by_layer.png")
+
+
+def _ablation_rows(run: _Run) -> list[dict]:
+    """The rows of the best model's feature set and augmentation setting, on one layer each."""
+    best = run.best
+    return [
+        r
+        for r in run.metrics["results"]
+        if r["feature_set"] == best["feature_set"]
+        and r.get("augmented", True) == best.get("augmented", True)
+        and r["layer"] >= 0
+    ]
 
 
 def _heads_figure(run: _Run) -> Path:
@@ -299,11 +353,23 @@ def _tag_errors_figure(run: _Run) -> Path:
 
 
 def _reliability_figure(run: _Run) -> Path:
-    """Reliability diagram of the best model's test tracks, before and after calibration."""
-    curves = run.detail["reliability"]
+    """Reliability diagram of the best model's test tracks, before and after calibration: over
+    equal-count bins, each point with its count and 95 % interval (runs from before those bins:
+    the 15 equal-width bins of the ECE)."""
+    curves, by_count = run.detail["reliability"], run.detail.get("reliability_by_count")
     fig, ax = _pyplot().subplots(figsize=(5.5, 5.5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
     for when, style in (("before", "o--"), ("after", "s-")):
+        label = f"{when} (ECE {curves[when]['ece']:.3f})"
+        if by_count:
+            b = by_count[when]
+            acc = np.array(b["accuracy"])
+            yerr = [acc - np.array(b["low"]), np.array(b["high"]) - acc]
+            low, high = min(b["count"]), max(b["count"])
+            size = f"{low}" if low == high else f"{low}-{high}"
+            label += f"; {len(acc)} bin{'s' * (len(acc) > 1)} of {size}"
+            ax.errorbar(b["confidence"], acc, yerr=yerr, fmt=style, capsize=3, label=label)
+            continue
         bins = curves[when]
         points = [
             (c, a)
@@ -311,10 +377,11 @@ def _reliability_figure(run: _Run) -> Path:
             if n
         ]
         if points:
-            ax.plot(*zip(*points, strict=True), style, label=f"{when} (ECE {bins['ece']:.3f})")
+            ax.plot(*zip(*points, strict=True), style, label=label)
     ax.set(
         xlabel="score (tag probability)" if run.tags else "confidence (top label's probability)",
-        ylabel="fraction that is right",
+        ylabel="fraction that is right"
+        + (" (equal-count bins; bars: 95 % interval)" if by_count else ""),
         xlim=(0, 1),
         ylim=(0, 1),
         title=f"Reliability before and after calibration: {run.best['head']}{run.note}",

@@ -114,8 +114,15 @@ def _encoder_cell(row: dict) -> str:
     return f"fine-tuned (top {n} of {of})" if n < of else f"fine-tuned (all {of})"
 
 
-def write_tables(table: pd.DataFrame, metrics: dict, run_dir: Path) -> dict[str, Path]:
-    """Write comparison.{csv,json,md} into RUN_DIR; return what was written."""
+def write_tables(
+    table: pd.DataFrame,
+    metrics: dict,
+    run_dir: Path,
+    figures: dict[str, Path] | None = None,
+    figure_notes: dict[str, str] | None = None,
+) -> dict[str, Path]:
+    """Write comparison.{csv,json,md} into RUN_DIR (the Markdown linking the figures drawn and
+    saying why the others were not); return what was written."""
     written = {}
     table.to_csv(run_dir / "comparison.csv", index=False)
     written["csv"] = run_dir / "comparison.csv"
@@ -123,7 +130,8 @@ def write_tables(table: pd.DataFrame, metrics: dict, run_dir: Path) -> dict[str,
         json.dumps(json.loads(table.to_json(orient="records")), indent=1)
     )
     written["json"] = run_dir / "comparison.json"
-    (run_dir / "comparison.md").write_text(markdown(table, metrics))
+    text = markdown(table, metrics) + _figures_section(figures or {}, figure_notes or {})
+    (run_dir / "comparison.md").write_text(text)
     written["md"] = run_dir / "comparison.md"
     return written
 
@@ -247,6 +255,17 @@ def _data_notes(metrics: dict) -> list[str]:
     for note in metrics.get("notes", []):
         lines += ["", f"Note: {note}."]
     return lines
+
+
+def _figures_section(figures: dict[str, Path], notes: dict[str, str]) -> str:
+    """comparison.md's figures, each linked beside the file (and the sentences of those that
+    were not drawn)."""
+    if not figures and not notes:
+        return ""
+    lines = ["", "## Figures", ""]
+    lines += [f"![{name}]({path.name})\n" for name, path in figures.items()]
+    lines += ["", *notes.values()] if notes else []
+    return "\n".join(lines) + "\n"
 
 
 def _per_source_section(metrics: dict) -> list[str]:
