@@ -34,6 +34,12 @@ def test_compare_writes_every_table_and_figure(tmp_path):
     assert (tmp_path / "run" / "accuracy_by_layer.png").read_bytes()[:4] == b"\x89PNG"
     csv = (tmp_path / "run" / "comparison.csv").read_text().splitlines()
     assert len(csv) == 1 + 2 * 3  # heads x layers
+    # One page with everything inline: the table, the notes and every figure as data.
+    page = (tmp_path / "run" / "report.html").read_text()
+    pngs = sorted((tmp_path / "run").glob("*.png"))
+    assert page.count("data:image/png;base64,") == len(pngs) >= 5
+    assert page.count("<tr>") == 1 + 2 * 3 and "<h1>Model comparison</h1>" in page
+    assert 'src="' not in page.replace('src="data:', "")  # nothing to fetch from beside it
 
 
 def test_compare_without_a_run(tmp_path):

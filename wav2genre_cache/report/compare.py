@@ -8,17 +8,20 @@ from pathlib import Path
 from wav2genre_cache.errors import ReportError
 from wav2genre_cache.feature_sets import ENCODER
 from wav2genre_cache.report.figures import draw_figures, figure_notes
+from wav2genre_cache.report.html import write_html
 from wav2genre_cache.report.tables import comparison_table, write_tables
 
 
 def write_report(run_dir: str | Path) -> dict[str, Path]:
-    """Write comparison.{md,csv,json} and the figures into RUN_DIR; return what was written."""
+    """Write comparison.{md,csv,json}, the figures and report.html (all of it in one page) into
+    RUN_DIR; return what was written."""
     run_dir = Path(run_dir)
     metrics = load_metrics(run_dir)
     figures = draw_figures(metrics, run_dir)
     written = write_tables(
         comparison_table(metrics), metrics, run_dir, figures, figure_notes(metrics)
     )
+    written["html"] = write_html(written["md"].read_text(), run_dir)
     return written | figures
 
 
