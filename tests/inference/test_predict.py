@@ -227,3 +227,27 @@ def test_heads_over_all_layers_and_over_a_tracks_segments_predict_songs(tmp_path
         assert all(abs(sum(p.values()) - 1) < 1e-3 for p in probabilities)
         if head == "attention":
             assert all(p == probabilities[0] for p in probabilities)
+
+
+def test_max_minutes_skips_a_longer_file_by_name_and_bounds_its_decode(tmp_path, dev_bundle):
+    import tracemalloc
+
+    from wav2genre_cache.inference.predict import Predictor
+
+    long = write_audio(tmp_path / "long.flac", 180.0)  # 3 minutes
+    short = write_audio(tmp_path / "short.flac", 12.0)
+    predictor = Predictor(dev_bundle, device="cpu")
+    tracemalloc.start()
+    results = predictor.predict_paths([long, short], max_seconds=60)
+    peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    # Refused from its header, before any of it is decoded.
+    assert results[0] == {
+        "file": str(long),
+        "error": f"{long}: 3.0 minutes of audio; the limit is 1 minutes",
+    }
+    assert "top" in results[1]
+    assert peak_mb < 40  # the long file's decode stopped at the limit (3 min at 16 kHz: 11 MB)
+    refused = run_cli("predict", str(short), "--bundle", str(dev_bundle), "--max-minutes", "0",
+                      check=False)  # fmt: skip
+    assert refused.returncode == 2 and "--max-minutes must be positive" in refused.stderr

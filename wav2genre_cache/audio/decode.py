@@ -69,8 +69,9 @@ def decode_bytes(
     return _decode(io.BytesIO(data), name, max_seconds)
 
 
-def load_track(path: str | os.PathLike) -> DecodedTrack:
-    """Decode one file and hash its audio; raise AudioError naming the file and the problem."""
+def load_track(path: str | os.PathLike, max_seconds: float | None = None) -> DecodedTrack:
+    """Decode one file and hash its audio; raise AudioError naming the file and the problem
+    (AudioTooLong, before the decode grows past it, for audio over max_seconds)."""
     path = Path(path)
     try:
         with path.open("rb") as fh:  # unreadable and missing files are named as such
@@ -79,7 +80,7 @@ def load_track(path: str | os.PathLike) -> DecodedTrack:
         raise AudioError(f"{path}: cannot read file ({exc.strerror or exc})") from None
     if size == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
-    samples = decode_file(path)
+    samples = decode_file(path, max_seconds=max_seconds)
     duration = len(samples) / SAMPLE_RATE
     if duration < MIN_TRACK_SECONDS:
         raise AudioError(

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from wav2genre_cache.cli.options import DEVICE, DeviceOpt, Options, err, option, out, with_options
+from wav2genre_cache.errors import OptionError
 
 BundleOpt = Annotated[
     Path, typer.Option(help="A bundle folder: RUN_DIR/best or RUN_DIR/bundles/<head>.")
@@ -28,6 +29,13 @@ def predict(
         bool,
         typer.Option(help="Exit 1 if any input cannot be predicted (by default only if none can)."),
     ] = False,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option(
+            help="Skip, naming it, any file longer than this (its decode stops there): bounds "
+            "the memory one file can take. Default: no limit."
+        ),
+    ] = None,
 ) -> None:
     """Label songs with a bundle: top-k labels (a tagger's tags) per file; a timeline with --json.
 
@@ -39,7 +47,10 @@ def predict(
 
     bundle = resolve_bundle_dir(bundle)
     predictor = Predictor(bundle, device=device, batch_size=batch_size)
-    results = predictor.predict_paths(expand_inputs(inputs), top_k=top_k)
+    if max_minutes is not None and max_minutes <= 0:
+        raise OptionError(f"--max-minutes must be positive, not {max_minutes:g}")
+    limit = None if max_minutes is None else max_minutes * 60
+    results = predictor.predict_paths(expand_inputs(inputs), top_k=top_k, max_seconds=limit)
     if as_json:
         print(json.dumps(results, indent=1))
     else:

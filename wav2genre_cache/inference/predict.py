@@ -201,11 +201,16 @@ class Predictor:
         ]
 
     def predict_paths(
-        self, paths: Sequence[Path | SkippedInput], top_k: int = 3, group: int = 16
+        self,
+        paths: Sequence[Path | SkippedInput],
+        top_k: int = 3,
+        group: int = 16,
+        max_seconds: float | None = None,
     ) -> list[dict]:
         """Predict files in groups whose segments are batched together, in input order.
 
-        A file that does not decode, or a SkippedInput from expand_inputs, gets an error entry.
+        A file that does not decode, is longer than max_seconds, or is a SkippedInput from
+        expand_inputs, gets an error entry.
         """
         out: list[tuple[int, dict]] = []  # (input position, entry)
         files: list[tuple[int, Path]] = []
@@ -218,7 +223,7 @@ class Predictor:
             ok, decoded = [], []
             for k, p in files[i : i + group]:
                 try:
-                    decoded.append(load_track(p).samples)
+                    decoded.append(load_track(p, max_seconds).samples)
                     ok.append((k, p))
                 except AudioError as exc:
                     out.append((k, {"file": str(p), "error": str(exc)}))
