@@ -1,7 +1,8 @@
 import json
+import os
 
 import pytest
-from conftest import run_cli
+from conftest import make_label_folder, run_cli
 
 
 @pytest.mark.slow
@@ -148,3 +149,18 @@ def test_predict_refuses_a_bundle_naming_a_file_outside_it(tmp_path, dev_bundle)
         "names head file '../../etc/passwd', which is outside the bundle folder; refusing it"
         in result.stderr
     )
+
+
+def test_file_names_with_square_brackets_print_as_they_are(tmp_path):
+    # "[Live]", "[Remastered]": common in song files, and rich markup would eat them.
+    info = run_cli("info", str(tmp_path / "nope[abc]" / "cache.h5"), check=False)
+    assert f"{tmp_path}/nope[abc]/cache.h5: no such cache file" in info.stderr
+    data = make_label_folder(tmp_path / "data", per_label=2, seconds=2.0)
+    (data / "low" / "song [Live].wav").write_bytes(b"")
+    embed = run_cli("embed", str(data), "--out", str(tmp_path / "c.h5"), "--model", "random-tiny")
+    assert f"skipped {data}/low/song [Live].wav: empty file (0 bytes)" in embed.stderr
+    assert (
+        f"{data}/low/song [Live].wav: empty file" in run_cli("info", str(tmp_path / "c.h5")).stdout
+    )
+    helped = run_cli("embed", "--help", env={**os.environ, "COLUMNS": "400"})
+    assert "pip install 'wav2genre-cache[ray]'" in helped.stdout

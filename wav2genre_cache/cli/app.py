@@ -28,6 +28,7 @@ from wav2genre_cache.cli.options import (
     embed_options,
     err,
     out,
+    styled,
     with_options,
 )
 from wav2genre_cache.errors import Wav2GenreError
@@ -44,7 +45,7 @@ class _Commands(TyperGroup):
         try:
             return super().invoke(ctx)
         except Wav2GenreError as exc:
-            err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+            err.print(styled("error:", "bold red", f" {exc}"), highlight=False)
             raise typer.Exit(2) from None
 
 
@@ -86,11 +87,11 @@ def _run_embed(opts, strict: bool, keep_freed_memory: bool = True, progress: boo
             highlight=False,
         )
     if summary.failures:
-        err.print(f"[yellow]{len(summary.failures)} track(s) failed and were skipped:[/yellow]")
+        err.print(styled(f"{len(summary.failures)} track(s) failed and were skipped:", "yellow"))
         for _path, reason in summary.failures:
             err.print(f"  {reason}", highlight=False)
     if summary.tracks_in_cache == 0:
-        err.print("[bold red]error:[/bold red] no track could be embedded")
+        err.print(styled("error:", "bold red", " no track could be embedded"))
         raise typer.Exit(1)
     if strict and summary.failures:
         raise typer.Exit(1)
@@ -132,7 +133,7 @@ def info(
     if as_json:
         print(json.dumps(s, indent=2))
         return
-    out.print(f"[bold]{s['path']}[/bold]")
+    out.print(styled(s["path"], "bold"))
     out.print(
         f"backbone   {s['backbone']} (revision {s['backbone_revision']}, {s['dtype']}, "
         f"{s['frontend']} front end, segments {s['window']})"
@@ -173,7 +174,7 @@ def info(
         table.add_row(label, *(str(counts.get(k, 0)) for k in ("train", "valid", "test")))
     out.print(table)
     for f in s["failures"]:
-        out.print(f"[yellow]failed[/yellow] {f['reason']}", highlight=False)
+        out.print(styled("failed", "yellow", f" {f['reason']}"), highlight=False)
 
 
 def _train(cache: Path, run_dir: Path, **options) -> dict:

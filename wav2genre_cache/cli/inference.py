@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from wav2genre_cache.cli.options import DEVICE, DeviceOpt, Options, err, option, out, with_options
+from wav2genre_cache.cli.options import (
+    DEVICE,
+    DeviceOpt,
+    Options,
+    err,
+    option,
+    out,
+    styled,
+    with_options,
+)
 from wav2genre_cache.errors import OptionError
 
 BundleOpt = Annotated[
@@ -56,7 +65,7 @@ def predict(
     else:
         for r in results:
             if "error" in r:
-                err.print(f"[yellow]skipped[/yellow] {r['error']}", highlight=False)
+                err.print(styled("skipped", "yellow", f" {r['error']}"), highlight=False)
             else:
                 top = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top"])
                 if "tags" in r:  # a tagger: the tags over their thresholds, then the top-k
@@ -66,7 +75,8 @@ def predict(
     failed = sum("error" in r for r in results)
     if failed:
         err.print(
-            f"[yellow]{failed} of {len(results)} inputs could not be used[/yellow]", highlight=False
+            styled(f"{failed} of {len(results)} inputs could not be used", "yellow"),
+            highlight=False,
         )
     # All failed: exit 1 always; some failed: only with --strict, as `embed --strict` does.
     if failed and (failed == len(results) or strict):

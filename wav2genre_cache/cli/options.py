@@ -16,13 +16,22 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from wav2genre_cache._io import comma_list
 from wav2genre_cache.errors import OptionError
 
-# soft_wrap: file paths in messages stay on one line, whatever the terminal width.
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+# soft_wrap: file paths in messages stay on one line, whatever the terminal width. markup off:
+# messages carry file names and labels, and "[Live] song.mp3" must print as it is; the few
+# styled words are rich Text (styled()).
+err = Console(stderr=True, soft_wrap=True, markup=False)
+out = Console(soft_wrap=True, markup=False)
+
+
+def styled(word: str, style: str, rest: str = "") -> Text:
+    """`word` in a style, then `rest` as it is (never read as markup)."""
+    return Text.assemble((word, style), rest)
+
 
 Options = Sequence[inspect.Parameter]  # a group of options, in the order --help lists them
 
@@ -151,7 +160,7 @@ STAGE_ONE_OPTIONS: Options = (
         "local",
         help="local (decode worker processes and one model on this machine) or ray (Ray Data: "
         "decode tasks and an actor pool of encoders, on this machine or a cluster; needs "
-        "pip install 'wav2genre-cache[ray]'). Both write the same cache.",
+        "pip install 'wav2genre-cache\\[ray]'). Both write the same cache.",
     ),
     option(
         "ray_address",

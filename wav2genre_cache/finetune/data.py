@@ -43,7 +43,7 @@ def decode_tracks(tracks: list[Track], labels: list[str], opts: FinetuneOptions,
         ):
             if decoded is None:
                 failed += 1
-                log(f"[yellow]skipped[/yellow] {reason}")
+                log(f"skipped {reason}")
                 continue
             ok.append((t, decoded))
     # Copies of one recording stay on one side of the split, as train-heads keeps them.

@@ -52,7 +52,7 @@ STATE_DIR = "finetune"  # RUN_DIR/finetune: settings, checkpoints, best weights,
 
 def finetune(opts: FinetuneOptions, console: Console | None = None, progress: bool = True) -> dict:
     """Fine-tune as `wav2genre finetune` does; resume an interrupted run with the same settings."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, markup=False)  # messages hold file names
     log = lambda m: console.print(m, highlight=False)  # noqa: E731
     check_options(opts)
     run_dir = Path(opts.out)

@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from wav2genre_cache.audio.decode import SAMPLE_RATE
 from wav2genre_cache.audio.whisper_windows import TrackWindows
@@ -276,7 +277,7 @@ def tally(summary: EmbedSummary, r: TrackResult, console: Console) -> None:
     elif r.status == "failed":
         summary.tracks_failed += 1
         summary.failures.append((r.path, r.reason))
-        console.print(f"[yellow]skipped[/yellow] {r.reason}", highlight=False)
+        console.print(Text.assemble(("skipped", "yellow"), f" {r.reason}"), highlight=False)
     else:
         summary.tracks_excluded += 1
 

@@ -40,7 +40,7 @@ def embed_dataset(
     opts: EmbedOptions, console: Console | None = None, progress: bool = True
 ) -> EmbedSummary:
     """Run stage one as `wav2genre embed` does; resume an interrupted run with the same settings."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, markup=False)  # messages hold file names
     opts = checked_options(opts)
     if opts.engine not in ENGINES:
         raise OptionError(f"unknown engine {opts.engine!r}; use {' or '.join(ENGINES)}")
