@@ -164,3 +164,12 @@ def test_file_names_with_square_brackets_print_as_they_are(tmp_path):
     )
     helped = run_cli("embed", "--help", env={**os.environ, "COLUMNS": "400"})
     assert "pip install 'wav2genre-cache[ray]'" in helped.stdout
+
+
+def test_version_and_typed_package():
+    from importlib.resources import files
+
+    from wav2genre_cache import __version__
+
+    assert run_cli("--version").stdout.strip() == f"wav2genre-cache {__version__}"
+    assert (files("wav2genre_cache") / "py.typed").is_file()  # PEP 561, shipped as package data

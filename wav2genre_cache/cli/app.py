@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
+from wav2genre_cache import __version__
 from wav2genre_cache._io import comma_list
 from wav2genre_cache.cli.finetune import (
     RUN_FINETUNE_OPTIONS,
@@ -53,8 +54,28 @@ app = typer.Typer(
     cls=_Commands,
     add_completion=False,
     no_args_is_help=True,
-    help="Music genre (or any label) classification from cached per-layer Wav2Vec2 embeddings.",
+    help="Music genre (or any label) classification from the cached per-layer embeddings of a "
+    "pretrained audio encoder (Wav2Vec2, HuBERT, WavLM, Whisper): embed once, then train and "
+    "compare light heads in seconds.",
 )
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        out.print(f"wav2genre-cache {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Music genre (or any label) classification from cached per-layer encoder embeddings."""
 
 
 def _run_embed(opts, strict: bool, keep_freed_memory: bool = True, progress: bool = True):
