@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,3 +102,24 @@ def comma_list(value: str | None) -> tuple[str, ...]:
     if value is None:
         return ()
     return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+# Where no terminal shows a progress bar (a log file, CI), long commands print a plain line
+# this often instead.
+PLAIN_PROGRESS_SECONDS = 10.0
+
+
+class Pace:
+    """True on the first call and then at most once per `seconds` (or when forced): paces the
+    plain progress lines printed where no progress bar can be drawn."""
+
+    def __init__(self, seconds: float | None = None):
+        self.seconds = PLAIN_PROGRESS_SECONDS if seconds is None else seconds
+        self._last: float | None = None
+
+    def __call__(self, force: bool = False) -> bool:
+        now = time.monotonic()
+        if force or self._last is None or now - self._last >= self.seconds:
+            self._last = now
+            return True
+        return False

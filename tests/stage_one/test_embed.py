@@ -306,3 +306,29 @@ def test_a_run_stopped_after_its_last_shard_completes_on_re_run(tmp_path, monkey
     strict = run_cli("embed", str(data), "--out", str(out), "--model", "random-tiny", "--strict",
                      check=False)  # fmt: skip
     assert strict.returncode == 1  # the finished cache's failure still counts for --strict
+
+
+def test_without_a_terminal_progress_is_plain_lines(tmp_path, monkeypatch):
+    # Under `> log` or CI no bar is drawn: a plain line at most every 10 s (here every block).
+    import io
+
+    from rich.console import Console
+
+    import wav2genre_cache._io as io_helpers
+    from wav2genre_cache.stage_one.options import EmbedOptions
+    from wav2genre_cache.stage_one.run import embed_dataset
+
+    monkeypatch.setattr(io_helpers, "PLAIN_PROGRESS_SECONDS", 0.0)
+    data = make_label_folder(
+        tmp_path / "data", labels=("a", "b", "c", "d"), per_label=9, seconds=1.0
+    )
+    log = io.StringIO()
+    opts = EmbedOptions(str(data), str(tmp_path / "c.h5"), model="random-tiny", workers=0)
+    embed_dataset(opts, console=Console(file=log, markup=False), progress=True)
+    lines = [line for line in log.getvalue().splitlines() if line.startswith("embed: ")]
+    assert [line.split(",")[0] for line in lines] == [
+        "embed: 16/36 tracks",
+        "embed: 32/36 tracks",
+        "embed: 36/36 tracks",
+    ]
+    assert all(line.endswith("audio-s/s") for line in lines)

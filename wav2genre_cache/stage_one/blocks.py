@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
+from wav2genre_cache._io import Pace
 from wav2genre_cache.audio.decode import SAMPLE_RATE
 from wav2genre_cache.audio.whisper_windows import TrackWindows
 from wav2genre_cache.data.tracks import EXCLUDED, Track
@@ -88,11 +89,19 @@ def write_blocks(
 
     `blocks` may be lazy: its work then runs under the progress line too.
     """
+    plain = Pace() if progress and not console.is_terminal else None  # a log: plain lines
     with embed_progress(console, progress) as bar:
         task = bar.add_task("embed", total=tracks, completed=summary.tracks_skipped, speed="")
         for k, results in blocks:
             store.write(k, results)
             record_block(results, summary, console, start, bar, task)
+            done = int(bar.tasks[0].completed)
+            if plain is not None and plain(force=done == tracks):
+                console.print(
+                    f"embed: {done}/{tracks} tracks, {summary.segments:,} segments, "
+                    f"{summary.audio_seconds_per_second:,.1f} audio-s/s",
+                    highlight=False,
+                )
 
 
 def finish_blocks(store: BlockStore, tracks: list[Track], summary: EmbedSummary) -> None:
