@@ -20,6 +20,15 @@ def test_a_run_folder_means_its_best_bundle(tmp_path):
     assert resolve_bundle_dir(str(tmp_path / "bundles" / "svm")) == tmp_path / "bundles" / "svm"
 
 
+def test_a_run_folder_where_only_finetune_ran_means_its_one_bundle(tmp_path):
+    (tmp_path / "bundles" / "finetuned").mkdir(parents=True)
+    (tmp_path / "bundles" / "finetuned" / "bundle.json").write_text("{}")
+    assert resolve_bundle_dir(tmp_path) == tmp_path / "bundles" / "finetuned"
+    (tmp_path / "bundles" / "svm").mkdir()
+    (tmp_path / "bundles" / "svm" / "bundle.json").write_text("{}")
+    assert resolve_bundle_dir(tmp_path) == tmp_path  # two: which one is for the user to say
+
+
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "v0.1.0" / "run" / "bundles" / "logreg"
 
 

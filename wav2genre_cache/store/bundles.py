@@ -24,9 +24,15 @@ RECREATE = "re-run train-heads on the cache (wav2genre train-heads CACHE --out R
 
 
 def resolve_bundle_dir(path: str | Path) -> Path:
-    """A bundle folder from what a user passes: a run folder means its best/ bundle."""
+    """A bundle folder from what a user passes: a run folder means its best/ bundle, or where
+    only `finetune` ran (no best/), its one bundle."""
     path = Path(path)
-    return path / "best" if (path / "best" / "bundle.json").is_file() else path
+    if (path / "best" / "bundle.json").is_file():
+        return path / "best"
+    own = sorted((path / "bundles").glob("*/bundle.json"))
+    if not (path / "bundle.json").is_file() and len(own) == 1:
+        return own[0].parent
+    return path
 
 
 def write_bundle(
