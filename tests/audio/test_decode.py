@@ -251,3 +251,13 @@ def test_captured_stderr_keeps_lines_that_are_not_the_decoders(capfd):
         "INFO:     a log line from another thread\n"
         "after\n"
     )
+
+
+def test_a_file_that_exists_but_is_not_audio_is_not_said_to_be_missing(tmp_path):
+    fake = tmp_path / "notes.mp3"
+    fake.write_text("not audio at all\n" * 50)
+    with pytest.raises(AudioError) as error:
+        load_track(fake)
+    assert str(error.value) == (
+        f"{fake}: not a decodable audio file (its contents are in no audio format the decoders know)"
+    )

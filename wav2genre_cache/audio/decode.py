@@ -166,7 +166,8 @@ def _decode(
         out = buf = got = mono = chunk = stream = source = None  # noqa: F841
         raise
     except Exception as exc:  # libsndfile raises several types; all mean "not decodable"
-        raise AudioError(f"{name}: not a decodable audio file ({_short(exc)})") from None
+        exists = isinstance(source, io.BytesIO) or Path(source).is_file()
+        raise AudioError(f"{name}: not a decodable audio file ({_short(exc, exists)})") from None
     if n == 0:
         raise AudioError(f"{name}: contains no audio samples")
     return out[:n]
@@ -316,10 +317,14 @@ def normalize_segments(batch: np.ndarray) -> np.ndarray:
     return (batch - mean) / np.sqrt(var + 1e-7)
 
 
-def _short(exc: Exception) -> str:
-    """libsndfile's message without the noise ('Error opening <_io.BytesIO ...>: ')."""
+def _short(exc: Exception, exists: bool = True) -> str:
+    """libsndfile's message without the noise ('Error opening <_io.BytesIO ...>: '), and in
+    words that fit a file that exists (the decoders are only tried once it opened)."""
     text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    text = re.sub(r"^Error opening <[^>]*>: ", "", text).replace("Error : ", "")
+    text = re.sub(r"^Error opening (<[^>]*>|'[^']*'): ", "", text).replace("Error : ", "")
+    if exists and "does not exist or is not a regular file" in text:
+        # libsndfile's words when no decoder recognises the contents of a file that exists.
+        text = "its contents are in no audio format the decoders know"
     return text.strip()[:200]
 
 
