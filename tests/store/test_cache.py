@@ -111,3 +111,38 @@ def test_unreadable_and_foreign_files_give_clear_errors(tmp_path):
         f["x"] = [1, 2]
     with pytest.raises(CacheError, match="not a wav2genre cache"):
         EmbeddingCache(tmp_path / "other.h5")
+
+
+def test_changed_features_are_found_by_their_block_and_refused(tmp_path):
+    # 150 float16 values overwritten by hand: info and train-heads used to accept them.
+    from conftest import run_cli
+
+    from wav2genre_cache.store.cache import CHECKSUM_ROWS
+    from wav2genre_cache.testing.synthetic import write_synthetic_cache
+
+    cache = write_synthetic_cache(
+        tmp_path / "c.h5", n_tracks=60, segments_per_track=80, n_layers=2, dim=8, n_labels=2
+    )  # 4,800 segments: two blocks
+    assert EmbeddingCache(cache).verify() == {
+        "checked": True, "blocks": 2, "rows_per_block": CHECKSUM_ROWS
+    }  # fmt: skip
+    assert "checksums  ok: 2 blocks" in run_cli("info", str(cache), "--verify").stdout
+    with h5py.File(cache, "r+") as f:
+        data = f["features/encoder"]
+        data[4500:4575] = data[4500:4575] + np.float16(0.5)  # 75 rows x 2 layers = 150 values
+    for command in (["info", str(cache), "--verify"],
+                    ["train-heads", str(cache), "--out", str(tmp_path / "run")],
+                    ["cross-validate", str(cache), "--feature-set", "encoder"]):  # fmt: skip
+        refused = run_cli(*command, check=False)
+        assert refused.returncode == 2, refused.stderr
+        assert "checksum mismatch in features/encoder rows 4096-8191)" in refused.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cache_from_before_checksums_is_read_and_said_unchecked():
+    from pathlib import Path
+
+    old = Path(__file__).resolve().parents[1] / "fixtures" / "v0.1.0" / "cache.h5"
+    assert EmbeddingCache(old).verify() == {
+        "checked": False, "reason": "written before caches carried checksums"
+    }  # fmt: skip

@@ -146,11 +146,20 @@ def embed(
 def info(
     cache: Annotated[Path, typer.Argument(help="An HDF5 cache written by embed.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Also check every feature block against the checksums written with the cache "
+            "(reads all of it; train-heads does this on open).",
+        ),
+    ] = False,
 ) -> None:
     """Show what a cache holds: tracks per split, label and dataset, layers, segments, failures."""
     from wav2genre_cache.store.cache import EmbeddingCache
 
-    s = EmbeddingCache(cache).summary()
+    opened = EmbeddingCache(cache)
+    s = opened.summary() | ({"checksums": opened.verify()} if verify else {})
     if as_json:
         print(json.dumps(s, indent=2))
         return
@@ -166,6 +175,14 @@ def info(
         f"tracks     {s['tracks']['ok']} ok, {s['tracks']['failed']} failed, {s['tracks']['excluded']} excluded"
     )
     out.print("splits     " + ", ".join(f"{k} {v}" for k, v in s["tracks_per_split"].items()))
+    if "checksums" in s:
+        c = s["checksums"]
+        out.print(
+            f"checksums  ok: {c['blocks']} blocks of up to {c['rows_per_block']} segments"
+            if c["checked"]
+            else f"checksums  none: {c['reason']}",
+            highlight=False,
+        )
     artists = s["artists"]
     out.print(
         f"artists    {artists['known']}"

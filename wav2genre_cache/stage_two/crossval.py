@@ -39,6 +39,7 @@ def cross_validate(
         raise TrainError(f"--group-by {group_by!r}: use artist or none")
     heads = requested_heads(heads)
     cache = EmbeddingCache(cache_path)
+    cache.verify()
     if cache.config.get("multi_label"):
         raise TrainError(
             f"{cache_path}: a multi-label (tag) cache; cross-validate folds single-label sets. "

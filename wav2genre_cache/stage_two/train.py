@@ -51,7 +51,9 @@ def train_heads(
     names = requested_heads(opts.heads)
     # Before any training: a head asked for gets the feature set it needs, or the run stops here.
     # None asks for the default heads, none of them in particular (see feature_sets_for).
-    layers_of = {n: s[1] for n, s in EmbeddingCache(cache_path).feature_shapes.items()}
+    cache = EmbeddingCache(cache_path)
+    cache.verify()  # features changed since embed (a disk, a hand) are refused, not trained on
+    layers_of = {n: s[1] for n, s in cache.feature_shapes.items()}
     sets = feature_sets_for(
         None if opts.heads is None else names,
         requested_feature_sets(opts.feature_sets),

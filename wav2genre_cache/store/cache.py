@@ -6,6 +6,7 @@ made with, a row per track, a row per segment, and each feature set's [segments,
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,18 @@ TRACK_COLUMNS = (
 )
 # Columns added after caches were first written, with the value every earlier cache implied.
 IMPLIED_COLUMNS = {"source": ""}
+# Segments per checksummed block of a feature set: a changed value names its block of rows.
+CHECKSUM_ROWS = 4096
+
+
+def feature_checksums(dataset) -> list[str]:
+    """A blake2b digest of each block of CHECKSUM_ROWS rows of a feature set, as stored."""
+    return [
+        hashlib.blake2b(
+            np.ascontiguousarray(dataset[a : a + CHECKSUM_ROWS]), digest_size=16
+        ).hexdigest()
+        for a in range(0, len(dataset), CHECKSUM_ROWS)
+    ]
 
 
 @dataclass
@@ -149,6 +162,35 @@ class EmbeddingCache:
             return f["features"][self._stored[feature_set_name(name)]][start:stop].astype(
                 np.float32
             )
+
+    def verify(self) -> dict:
+        """Every feature set's blocks against the checksums written with the cache; CacheError
+        naming the blocks that differ. A cache from before checksums says so ("checked": False)."""
+        with h5py.File(self.path, "r") as f:
+            if "checksums" not in f:
+                return {"checked": False, "reason": "written before caches carried checksums"}
+            bad, blocks = [], 0
+            for key in self._stored.values():
+                if key not in f["checksums"]:
+                    bad.append(f"features/{key} (no checksums)")
+                    continue
+                stored = list(f["checksums"][key].asstr()[:])
+                now = feature_checksums(f["features"][key])
+                blocks += len(now)
+                bad += [
+                    f"features/{key} rows {k * CHECKSUM_ROWS}-{(k + 1) * CHECKSUM_ROWS - 1}"
+                    for k, (a, b) in enumerate(zip(stored, now, strict=False))
+                    if a != b
+                ]
+                if len(stored) != len(now):
+                    bad.append(f"features/{key} ({len(now)} blocks, {len(stored)} checksums)")
+        if bad:
+            raise CacheError(
+                f"{self.path}: its features changed after they were written (checksum mismatch in "
+                f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); embed again, or restore "
+                "the file"
+            )
+        return {"checked": True, "blocks": blocks, "rows_per_block": CHECKSUM_ROWS}
 
     def summary(self) -> dict:
         """What the cache holds, as a JSON-ready dict (what `wav2genre info` prints)."""

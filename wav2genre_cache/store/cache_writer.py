@@ -29,6 +29,7 @@ from wav2genre_cache.store.cache import (
     TRACK_COLUMNS,
     TrackResult,
     config_differences,
+    feature_checksums,
 )
 
 _STR = h5py.string_dtype("utf-8")
@@ -231,3 +232,7 @@ def write_cache(
         finally:
             for src in sources.values():
                 src.close()
+        # Read back from the file: what the checksums vouch for is what was stored.
+        for name, data in feats.items():
+            digests = np.array(feature_checksums(data), dtype=object)
+            f.create_dataset(f"checksums/{name}", data=digests, dtype=_STR)
