@@ -9,27 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
+
+from cpu_levers import cpu_name
 
 from wav2genre_cache.store.cache import EmbeddingCache
 from wav2genre_cache.testing.synthetic import write_synthetic_cache
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cpu() -> str:
-    """The CPU's model name (Linux), else what platform says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def best_of(runs: int, work) -> float:
@@ -55,7 +44,7 @@ def main() -> None:
         read = best_of(3, lambda: cache.features())
         verify = best_of(3, cache.verify)
         record = {
-            "machine": f"{_cpu()} ({os.cpu_count()} cores)",
+            "machine": cpu_name(),
             "segments": len(cache.segments),
             "feature_mb": round(path.stat().st_size / 2**20, 1),
             "read_features_s": round(read, 3),

@@ -10,18 +10,22 @@ from conftest import make_label_folder, run_cli
 from wav2genre_cache.cli.locks import output_lock
 
 
-@pytest.mark.parametrize("command", ["embed", "run", "train-heads", "finetune"])
-def test_a_second_run_into_a_held_output_is_refused_in_one_line(tmp_path, command):
-    data = make_label_folder(tmp_path / "data", per_label=2, seconds=2.0)
-    out = tmp_path / ("c.h5" if command == "embed" else "run")
-    source = str(tmp_path / "cache.h5") if command == "train-heads" else str(data)
-    # The holder is another process, as it would be: the lock is per process and file.
-    holder = subprocess.Popen(
+def hold(out) -> subprocess.Popen:
+    """Another process holding the lock on `out` (the lock is per process and file)."""
+    return subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from wav2genre_cache.cli.locks import "
          "output_lock\nwith output_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(60)",
          str(out)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["embed", "run", "train-heads", "finetune"])
+def test_a_second_run_into_a_held_output_is_refused_in_one_line(tmp_path, command):
+    data = make_label_folder(tmp_path / "data", per_label=2, seconds=2.0)
+    out = tmp_path / ("c.h5" if command == "embed" else "run")
+    source = str(tmp_path / "cache.h5") if command == "train-heads" else str(data)
+    holder = hold(out)
     try:
         assert holder.stdout.readline().strip() == "held"
         model = () if command == "train-heads" else ("--model", "random-tiny")
@@ -38,12 +42,7 @@ def test_a_second_run_into_a_held_output_is_refused_in_one_line(tmp_path, comman
 def test_a_killed_holder_leaves_no_lock_and_the_run_goes_on(tmp_path):
     data = make_label_folder(tmp_path / "data", per_label=2, seconds=2.0)
     out = tmp_path / "deep" / "c.h5"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from wav2genre_cache.cli.locks import "
-         "output_lock\nwith output_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(60)",
-         str(out)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    holder = hold(out)
     assert holder.stdout.readline().strip() == "held"
     holder.kill()  # SIGKILL: no clean-up ran; its lock file stays, its lock does not
     holder.wait()

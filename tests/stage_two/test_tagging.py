@@ -54,9 +54,12 @@ def test_shuffled_tags_stay_near_chance(tmp_path):
 def test_taggers_are_ranked_by_macro_pr_auc_and_drawn(tag_run):
     run, m = tag_run
     written = write_report(run)
-    for figure in ("tag_auc", "tag_errors", "reliability", "ablation", "heads"):
+    for figure in ("tag_errors", "reliability", "heads"):
         assert written[figure].read_bytes()[:4] == b"\x89PNG", figure
     assert "confusion" not in written  # single-label figures are not drawn for taggers
+    md = (run / "comparison.md").read_text()
+    assert "tag_auc" in written or "No tag AUC figure: every tag in test ranks" in md
+    assert "ablation" not in written and "No accuracy-by-layer figure" in md  # one layer
     table = json.loads((run / "comparison.json").read_text())
     valid = [row["valid_track_macro_pr_auc"] for row in table]
     assert valid == sorted(valid, reverse=True)
@@ -171,7 +174,7 @@ def test_compare_draws_a_tagger_whose_test_split_leaves_figures_undefined(tag_ru
             r["test_detail"]["pr_auc_per_class"]["tag0"] = None
     (copy / "metrics.json").write_text(json.dumps(m))
     written = write_report(copy)
-    assert written["tag_auc"].is_file() and written["ablation"].is_file()
+    assert written["tag_auc"].is_file() and written["tag_errors"].is_file()
 
 
 def test_cross_validation_keeps_copies_of_a_recording_in_one_fold(tmp_path, monkeypatch):

@@ -172,12 +172,7 @@ def reliability(proba: np.ndarray, y: np.ndarray, multi_label: bool, bins: int =
     """
     if bins < 1:
         raise CalibrationError(f"reliability needs at least one bin, not {bins}")
-    p, y = _check(proba, y, multi_label)
-    if multi_label:
-        conf, outcome = p.ravel(), y.ravel().astype(np.float64)
-    else:
-        conf = p.max(axis=1) if p.shape[1] else np.zeros(len(p))
-        outcome = (p.argmax(axis=1) == y).astype(np.float64) if p.shape[1] else np.zeros(len(p))
+    conf, outcome = _confidence_and_outcome(proba, y, multi_label)
     which = np.clip(np.floor(conf * bins).astype(np.int64), 0, bins - 1)
     count = np.bincount(which, minlength=bins)
     conf_sum = np.bincount(which, weights=conf, minlength=bins)
@@ -207,12 +202,7 @@ def reliability_by_count(
     per_bin each (one bin below 2 * per_bin), and each bin's fraction right carries Wilson's
     interval. Returns {"confidence", "accuracy", "count", "low", "high"}: one entry per bin.
     """
-    p, y = _check(proba, y, multi_label)
-    if multi_label:
-        conf, outcome = p.ravel(), y.ravel().astype(np.float64)
-    else:
-        conf = p.max(axis=1) if p.shape[1] else np.zeros(len(p))
-        outcome = (p.argmax(axis=1) == y).astype(np.float64) if p.shape[1] else np.zeros(len(p))
+    conf, outcome = _confidence_and_outcome(proba, y, multi_label)
     order = np.argsort(conf, kind="stable")
     bins = [b for b in np.array_split(order, max(1, min(max_bins, len(conf) // per_bin))) if len(b)]
     out: dict[str, list] = {"confidence": [], "accuracy": [], "count": [], "low": [], "high": []}
@@ -225,6 +215,19 @@ def reliability_by_count(
         out["low"].append(low)
         out["high"].append(high)
     return out
+
+
+def _confidence_and_outcome(
+    proba: np.ndarray, y: np.ndarray, multi_label: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """What a reliability diagram plots per prediction: its confidence and whether it was right
+    (single-label: the top label's score; tags: every (row, tag) score and its indicator)."""
+    p, y = _check(proba, y, multi_label)
+    if multi_label:
+        return p.ravel(), y.ravel().astype(np.float64)
+    if not p.shape[1]:
+        return np.zeros(len(p)), np.zeros(len(p))
+    return p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64)
 
 
 def choose_thresholds(proba: np.ndarray, Y: np.ndarray) -> np.ndarray:
