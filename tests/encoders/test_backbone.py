@@ -202,10 +202,10 @@ def test_float32_is_the_last_resort(monkeypatch, precision_cache):
     assert len(notes) == 1 and notes[0].endswith("using float32 instead")
 
 
-def test_embeddings_do_not_depend_on_the_batch(precision_cache):
+def test_embeddings_do_not_depend_on_the_batch():
     # oneDNN picks bfloat16 kernels by shape: batched, a row moved by 1e-3 with its batch.
     backbone = load_backbone("random-base", device="cpu", dtype="bfloat16")
-    segments = np.stack([tone(1.0, freq=f, seed=i) for i, f in enumerate((220, 440, 660))])
+    segments = np.stack([tone(0.5, freq=f, seed=i) for i, f in enumerate((220, 440, 660))])
     together = backbone.embed(segments)
     for i in range(len(segments)):
         np.testing.assert_array_equal(backbone.embed(segments[i : i + 1])[0], together[i])
