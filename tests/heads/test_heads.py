@@ -234,3 +234,15 @@ def test_a_rows_scores_do_not_depend_on_the_batch(name, multi_label):
     order = (rng.permutation(len(X) // pair)[:, None] * pair + np.arange(pair)).ravel()
     for whole, reordered in zip(everything, scores(order), strict=True):
         np.testing.assert_array_equal(reordered, whole[order], err_msg="rows reordered")
+
+
+def test_the_forest_fits_a_few_tracks_without_sklearns_bootstrap_advice():
+    # Its half-size bootstraps are deliberate: on 12 rows scikit-learn warned once per fit,
+    # that is once per layer of every run on a small collection.
+    import warnings
+
+    X, y = make_classification(n_samples=12, n_features=6, n_informative=3, random_state=0)
+    spec = head_spec("rf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spec.make(0).fit(X, y)

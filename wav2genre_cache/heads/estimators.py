@@ -6,6 +6,8 @@ Each takes label indices or a tag indicator matrix, as heads.contract describes.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy.sparse import issparse
 from scipy.special import expit
@@ -265,6 +267,13 @@ class ForestHead(RandomForestClassifier):
 
     def fit(self, X, y, sample_weight=None) -> ForestHead:
         """Fit the forest on labels, or on a tag indicator matrix."""
+        with warnings.catch_warnings():
+            # The registry's half-size bootstraps are chosen on purpose; on a few training
+            # tracks scikit-learn advises an integer instead, once per fit (per layer, per run).
+            warnings.filterwarnings("ignore", "Using the fractional value max_samples", UserWarning)
+            return self._fit(X, y, sample_weight)
+
+    def _fit(self, X, y, sample_weight) -> ForestHead:
         if not is_multi_label(y):
             super().fit(X, y, sample_weight)
             self.multi_label_ = False
