@@ -49,7 +49,7 @@ def test_a_cache_of_other_settings_is_refused_before_anything_is_written(tmp_pat
     out = tmp_path / "out" / "second.h5"
     refused = embed(data, out, "--reuse", str(tmp_path / "first.h5"), check=False)
     assert refused.returncode == 2, refused.stderr
-    assert "segment_seconds: 2.0 there, 10.0 here" in refused.stderr
+    assert "segment_seconds: cache has 2.0, this run asks for 10.0" in refused.stderr
     assert not out.parent.exists()
 
 
@@ -62,3 +62,10 @@ def test_reuse_goes_with_the_local_engine_and_the_encoder(tmp_path):
         assert refused.returncode == 2 and "--reuse copies encoder features" in refused.stderr
     missing = embed(data, tmp_path / "x.h5", "--reuse", str(tmp_path / "none.h5"), check=False)
     assert missing.returncode != 0 and "none.h5: no such cache file" in missing.stderr
+
+
+def test_a_cache_written_by_0_1_0_is_accepted_for_reuse(tmp_path):
+    old = Path(__file__).resolve().parents[1] / "fixtures" / "v0.1.0" / "cache.h5"
+    data = make_label_folder(tmp_path / "data", per_label=2, seconds=3.0)
+    ran = embed(data, tmp_path / "c.h5", "--segment-seconds", "2", "--reuse", str(old))
+    assert ran.returncode == 0 and "reused" not in ran.stderr  # other audio: nothing to copy

@@ -15,7 +15,7 @@ import numpy as np
 
 from wav2genre_cache.errors import OptionError
 from wav2genre_cache.feature_sets import ENCODER
-from wav2genre_cache.store.cache import EmbeddingCache
+from wav2genre_cache.store.cache import EmbeddingCache, config_differences
 
 # The settings that decide an encoder feature of given audio; every other one (labels, split,
 # data paths, other feature sets, augmentation) may differ.
@@ -41,11 +41,11 @@ class ReusedFeatures:
         cache = EmbeddingCache(self.path)
         if ENCODER not in cache.feature_names:
             raise OptionError(f"--reuse {self.path}: the cache has no encoder features to reuse")
-        differ = [
-            f"{key}: {cache.config.get(key)!r} there, {config.get(key)!r} here"
-            for key in ENCODER_SETTINGS
-            if cache.config.get(key) != config.get(key)
-        ]
+        # As resuming compares them: a setting an older cache lacks counts as its implied value.
+        differ = config_differences(
+            {k: v for k, v in cache.config.items() if k in ENCODER_SETTINGS},
+            {k: config.get(k) for k in ENCODER_SETTINGS},
+        )
         if differ:
             raise OptionError(
                 f"--reuse {self.path}: its encoder features were made with other settings:\n  "
