@@ -97,6 +97,21 @@ def jsonable(obj):
     return obj
 
 
+def missing_folders(path: Path) -> list[Path]:
+    """The folders above `path` that do not exist yet, deepest first (what making it creates)."""
+    return [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove each folder of missing_folders' list, deepest first, while it is empty: never
+    anything that holds what another run or person put there."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
 def comma_list(value: str | None) -> tuple[str, ...]:
     """The stripped, non-empty items of a comma-separated option ('a, b,' -> ('a', 'b'))."""
     if value is None:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from wav2genre_cache._io import missing_folders, remove_empty_folders
 from wav2genre_cache.errors import OutputBusy
 
 
@@ -19,7 +20,7 @@ def output_lock(out: str | Path) -> Iterator[None]:
     writes it; a second run asking for it is refused at once, naming the holder. The lock goes
     with the process that holds it, a killed one included (flock); its file is removed after."""
     lock = Path(f"{Path(out)}.lock")
-    made = [d for d in (lock.parent, *lock.parent.parents) if not d.exists()]  # deepest first
+    made = missing_folders(lock)
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -39,8 +40,4 @@ def output_lock(out: str | Path) -> Iterator[None]:
             lock.unlink(missing_ok=True)  # still held: no other run can hold this file
     finally:
         os.close(fd)
-        for d in made:
-            try:
-                d.rmdir()  # only if empty: a folder this lock made and nothing else used
-            except OSError:
-                break
+        remove_empty_folders(made)

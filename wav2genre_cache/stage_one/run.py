@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from wav2genre_cache._io import missing_folders, remove_empty_folders
 from wav2genre_cache.audio.workers import DecodeWorkers
 from wav2genre_cache.data.catalogue import read_datasets
 from wav2genre_cache.data.tracks import Catalogue
@@ -121,16 +122,12 @@ def _undone_on_failure(out: Path, partial: Path, shards: str) -> Iterator[None]:
     then leaves no empty folder of shards or output folder: nothing could resume from it.
     `partial` is the engine's folder of shards (files matching the glob `shards`).
     """
-    new_dirs = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # deepest first
+    new_dirs = missing_folders(out)
     fresh = not partial.exists()
     try:
         yield
     except BaseException:
         if fresh and not any(partial.glob(shards)):
             shutil.rmtree(partial, ignore_errors=True)
-            for d in new_dirs:
-                try:
-                    d.rmdir()  # only if empty: never anything this run did not make
-                except OSError:
-                    break
+            remove_empty_folders(new_dirs)
         raise
