@@ -15,7 +15,7 @@ def test_compare_writes_every_table_and_figure(tmp_path):
         n_layers=3,
         dim=16,
         n_labels=4,
-        signal=0.3,  # enough to learn, not enough for a perfect ranking (no ROC figure then)
+        signal=0.2,  # enough to learn, not enough for a perfect ranking (no ROC figure then)
     )
     train_heads(cache, tmp_path / "run", heads=["logreg", "svm"], layers="all", log=lambda _: None)
     proc = run_cli("compare", str(tmp_path / "run"))

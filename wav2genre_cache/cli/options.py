@@ -235,6 +235,14 @@ TRAIN_OPTIONS: Options = (
         help="How scores are calibrated on validation: auto (temperature scaling; for tags, "
         "isotonic regression with 1,000+ validation tracks), temperature, isotonic or none.",
     ),
+    option(
+        "selection",
+        "auto",
+        help="How head, layer and hyper-parameters are chosen: auto (by repeated 5-fold "
+        "cross-validation on train+valid, grouped by artist, when validation has under 100 "
+        "tracks or under 10 of a label, then refitted on train+valid; else on validation), "
+        "valid, or cv.",
+    ),
 )
 HeadsOpt = TRAIN_OPTIONS[0].annotation  # cross-validate's --heads
 

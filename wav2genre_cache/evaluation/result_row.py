@@ -93,6 +93,7 @@ _ONLY_WHEN_SET = (
     "bundle",
     "test_detail",
     "fine_tuned",
+    "selection",
 )
 _ONLY_WHEN_TRUE = ("best_of_head", "best_overall")
 
@@ -126,6 +127,9 @@ class ResultRow:
     # ... and on the best of those, copied to best/.
     best_overall: bool = False
     fine_tuned: dict | None = None  # fine-tuning: layers trained, epochs run, the best epoch
+    # Chosen by cross-validation: the rule, and the folds' mean track accuracy with its
+    # standard error and mean macro-F1 (then `valid` holds the folds' held-out tracks' scores).
+    selection: dict | None = None
 
     def as_json(self) -> dict:
         """The row as a run's JSON holds it: the optional fields only where they are set."""

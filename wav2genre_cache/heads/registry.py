@@ -73,6 +73,10 @@ class HeadSpec:
     default: bool = False  # trained when no heads are named
     # Further hyper-parameter draws for --trials (random search on validation): search(n, seed).
     search: Callable[[int, int], list[dict]] | None = None
+    # How much it can fit, for the one-standard-error rule of cross-validated selection: among
+    # models that score alike, the lowest is kept (a linear probe 0 ... networks over many
+    # inputs 4).
+    complexity: int = 3
 
     @property
     def predicts_tracks(self) -> bool:
@@ -192,9 +196,27 @@ REGISTRY: dict[str, HeadSpec] = _by_name(
         default=True,
         search=fcnn_trials,
     ),
-    HeadSpec("svm", _seeded(SVMHead), ({"C": 10.0},), Inputs.VECTOR, SKOPS, default=True),
-    HeadSpec("rf", _random_forest, ({"min_samples_leaf": 1},), Inputs.VECTOR, SKOPS, default=True),
-    HeadSpec("xgb", _seeded(XGBHead), ({"max_depth": 3},), Inputs.VECTOR, XGBOOST, default=True),
+    HeadSpec(
+        "svm", _seeded(SVMHead), ({"C": 10.0},), Inputs.VECTOR, SKOPS, default=True, complexity=1
+    ),
+    HeadSpec(
+        "rf",
+        _random_forest,
+        ({"min_samples_leaf": 1},),
+        Inputs.VECTOR,
+        SKOPS,
+        default=True,
+        complexity=2,
+    ),
+    HeadSpec(
+        "xgb",
+        _seeded(XGBHead),
+        ({"max_depth": 3},),
+        Inputs.VECTOR,
+        XGBOOST,
+        default=True,
+        complexity=2,
+    ),
     HeadSpec(
         "logreg",
         _logistic_regression,
@@ -202,6 +224,7 @@ REGISTRY: dict[str, HeadSpec] = _by_name(
         Inputs.VECTOR,
         SKOPS,
         default=True,
+        complexity=0,
     ),
     *(
         HeadSpec(
@@ -212,6 +235,7 @@ REGISTRY: dict[str, HeadSpec] = _by_name(
             TORCH,
             stops_early=True,
             default=True,
+            complexity=4,
         )
         for kind in SPECTROGRAM_HEADS
     ),
@@ -222,6 +246,7 @@ REGISTRY: dict[str, HeadSpec] = _by_name(
         Inputs.ALL_LAYERS,
         TORCH,
         stops_early=True,
+        complexity=4,
     ),
     HeadSpec(
         "attention",
@@ -230,6 +255,7 @@ REGISTRY: dict[str, HeadSpec] = _by_name(
         Inputs.SEGMENTS,
         TORCH,
         stops_early=True,
+        complexity=4,
     ),
 )
 

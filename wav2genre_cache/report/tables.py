@@ -30,6 +30,8 @@ COLUMNS = [
     "track_macro_auc",
     "segment_accuracy",
     "valid_track_accuracy",
+    "cv_track_accuracy",
+    "cv_se",
     *_CALIBRATION_AND_COST,
 ]
 # A tagger's table: ranked by macro PR-AUC (the MTG-Jamendo convention), with micro-F1 at the
@@ -73,6 +75,8 @@ def comparison_table(metrics: dict) -> pd.DataFrame:
             "segment_accuracy": r["test"]["segment"]["accuracy"],
             "valid_track_accuracy": (r.get("valid") or {}).get("accuracy"),
             "valid_track_macro_pr_auc": (r.get("valid") or {}).get("macro_pr_auc"),
+            "cv_track_accuracy": (r.get("selection") or {}).get("accuracy_mean"),
+            "cv_se": (r.get("selection") or {}).get("accuracy_se"),
             "ece_before": calibration.get("ece_before"),
             "ece_after": calibration.get("ece_after"),
             "fit_seconds": r["fit_seconds"],
@@ -81,11 +85,13 @@ def comparison_table(metrics: dict) -> pd.DataFrame:
             row[f"{column}_low"], row[f"{column}_high"] = track.get(key) or (None, None)
         rows.append(row)
     df = pd.DataFrame(rows, columns=TAG_COLUMNS if tags else COLUMNS)
+    if not tags and df["cv_track_accuracy"].isna().all():  # chosen on validation
+        df = df.drop(columns=["cv_track_accuracy", "cv_se"])
     _mark_overlaps(df, "track_macro_pr_auc" if tags else "track_accuracy")
     rank = (
         ["valid_track_macro_pr_auc", "track_macro_pr_auc"]
         if tags
-        else ["valid_track_accuracy", "track_accuracy"]
+        else ["cv_track_accuracy", "valid_track_accuracy", "track_accuracy"]
     )
     return df.sort_values(rank, ascending=False, na_position="last", kind="stable").reset_index(
         drop=True
@@ -143,8 +149,8 @@ def markdown(table: pd.DataFrame, metrics: dict) -> str:
     lines.append(
         f"Backbone `{metrics['backbone']}`, feature sets `{', '.join(metrics['feature_sets'])}`; tracks: "
         f"{counts['train']} train, {counts['valid']} valid, {counts['test']} test. Metrics are on the "
-        f"test split at track level (mean of segment probabilities); layers and hyper-parameters "
-        f"were selected on `{metrics['selected_on']}`. `*` marks the selected best model"
+        f"test split at track level (mean of segment probabilities). {_selection_sentence(metrics)} "
+        "`*` marks the selected best model"
         + (
             " among the encoder rows (the one in `best/`, which predict and serve embed audio for)."
             if len(metrics.get("feature_sets", [])) > 1
@@ -168,6 +174,20 @@ def markdown(table: pd.DataFrame, metrics: dict) -> str:
     lines += _per_source_section(metrics)
     lines += _search_section(metrics)
     return "\n".join(lines) + "\n"
+
+
+def _selection_sentence(metrics: dict) -> str:
+    """Which rule chose heads, layers and hyper-parameters, and why."""
+    selection = metrics.get("selection")
+    if not selection:  # a run written before selection rules
+        return f"Layers and hyper-parameters were selected on `{metrics['selected_on']}`."
+    text = f"Selection rule `{selection['rule']}`: {selection['reason']}."
+    if selection["rule"] == "cv":
+        text += (
+            " `cv_track_accuracy` is the folds' mean track accuracy and `cv_se` its standard "
+            "error; `valid_track_accuracy` is the folds' held-out tracks scored once."
+        )
+    return text
 
 
 def _with_intervals(table: pd.DataFrame) -> pd.DataFrame:
@@ -239,7 +259,13 @@ def _data_notes(metrics: dict) -> list[str]:
     if metrics.get("calibration") and metrics["calibration"] != "none":
         lines += [
             "",
-            f"Scores are calibrated on validation (`--calibration {metrics['calibration']}`"
+            "Scores are calibrated on "
+            + (
+                "the cross-validation folds' held-out tracks"
+                if metrics.get("selected_on") == "cv"
+                else "validation"
+            )
+            + f" (`--calibration {metrics['calibration']}`"
             + (
                 ": temperature scaling; for tags, isotonic regression with 1,000+ validation tracks"
                 if metrics["calibration"] == "auto"

@@ -9,6 +9,12 @@ import numpy as np
 
 from wav2genre_cache.errors import TrainError
 from wav2genre_cache.heads.registry import Rows, head_spec
+from wav2genre_cache.stage_two.folds import (
+    GROUP_BY,
+    fold_groups,
+    grouped_folds,
+    one_group_labels,
+)
 from wav2genre_cache.stage_two.plan import requested_heads
 from wav2genre_cache.stage_two.scoring import head_scores, metrics_of
 from wav2genre_cache.store.cache import EmbeddingCache
@@ -33,10 +39,8 @@ def cross_validate(
     prediction is the mean of its segments' probabilities. Returns per head the mean and
     standard deviation of track accuracy and macro-F1 over the folds x repeats.
     """
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    if group_by not in ("artist", "none"):
-        raise TrainError(f"--group-by {group_by!r}: use artist or none")
+    if group_by not in GROUP_BY:
+        raise TrainError(f"--group-by {group_by!r}: use {' or '.join(GROUP_BY)}")
     heads = requested_heads(heads)
     cache = EmbeddingCache(cache_path)
     cache.verify()
@@ -49,8 +53,8 @@ def cross_validate(
     ok = np.flatnonzero(tracks.status.to_numpy() == "ok")
     labels = sorted(set(tracks.label.to_numpy()[ok]))
     y_track = np.array([labels.index(lab) for lab in tracks.label.to_numpy()[ok]])
-    groups, grouped_by = _fold_groups(tracks, ok, group_by)
-    alone = _one_group_labels(y_track, groups, labels) if grouped_by == "artist" else {}
+    groups, grouped_by = fold_groups(tracks, ok, group_by)
+    alone = one_group_labels(y_track, groups, labels) if grouped_by == "artist" else {}
     tested = ~np.isin(y_track, [labels.index(lab) for lab in alone])
     counts = np.bincount(y_track[tested], minlength=len(labels))
     if not tested.any() or counts[counts > 0].min() < folds:
@@ -59,11 +63,8 @@ def cross_validate(
         )
     X, y_seg, seg_track = _original_rows(cache, feature_set, layer, labels)
     splits = [
-        (np.concatenate([ok[tested][train], ok[~tested]]), ok[tested][test])
-        for r in range(repeats)
-        for train, test in StratifiedGroupKFold(folds, shuffle=True, random_state=seed + r).split(
-            ok[tested], y_track[tested], groups[tested]
-        )
+        (ok[train], ok[held])
+        for train, held in grouped_folds(y_track, groups, tested, folds, repeats, seed)
     ]
     scores: dict[str, list[tuple[float, float]]] = {h: [] for h in heads}
     for train_tracks, test_tracks in splits:
@@ -113,24 +114,3 @@ def _mean_and_spread(folds: list[tuple[float, float]]) -> dict:
         "macro_f1_mean": float(macro_f1.mean()),
         "macro_f1_std": float(macro_f1.std()),
     }
-
-
-def _fold_groups(tracks, ok: np.ndarray, group_by: str) -> tuple[np.ndarray, str]:
-    """Each track's fold group: its artist where known (group_by artist), else its recording
-    (equal hashes of the decoded audio), else itself; and what the groups are."""
-    hashes = tracks.content_hash.to_numpy()[ok].astype(str)
-    recording = np.where(hashes != "", np.char.add("\0rec:", hashes), [f"\0{i}" for i in ok])
-    artists = tracks.artist.to_numpy()[ok].astype(str)
-    if group_by == "none" or not (artists != "").any():
-        return recording, "recording"
-    return np.where(artists != "", np.char.add("artist:", artists), recording), "artist"
-
-
-def _one_group_labels(y_track: np.ndarray, groups: np.ndarray, labels: list[str]) -> dict:
-    """The labels whose tracks are all one artist, each with that artist."""
-    alone = {}
-    for k, label in enumerate(labels):
-        own = set(groups[y_track == k])
-        if len(own) == 1 and next(iter(own)).startswith("artist:"):
-            alone[label] = f"one artist: {next(iter(own)).removeprefix('artist:')}"
-    return alone

@@ -9,7 +9,10 @@ from wav2genre_cache.errors import TrainError
 from wav2genre_cache.evaluation.calibration import METHODS as CALIBRATION_METHODS
 from wav2genre_cache.feature_sets import ENCODER
 
-__all__ = ["TrainOptions"]
+__all__ = ["SELECTION_RULES", "TrainOptions"]
+
+# --selection: auto (cross-validation when validation is small, else validation), valid, cv.
+SELECTION_RULES = ("auto", "valid", "cv")
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,8 @@ class TrainOptions:
     augmented: bool | str = True  # every view of training tracks; False originals; "both" each
     trials: int = 0  # above 1: a seeded random search of that many trials (the FCNN)
     calibration: str = "auto"  # on validation: auto | temperature | isotonic | none
+    # auto: by cross-validation on train+valid when validation is small, else on validation
+    selection: str = "auto"  # auto | valid | cv
 
     def __post_init__(self):
         for name in ("heads", "feature_sets"):
@@ -30,6 +35,10 @@ class TrainOptions:
             if value is not None:
                 value = comma_list(value) if isinstance(value, str) else tuple(value)
                 object.__setattr__(self, name, value)
+        if self.selection not in SELECTION_RULES:
+            raise TrainError(
+                f"--selection {self.selection!r}: use one of {', '.join(SELECTION_RULES)}"
+            )
         if self.calibration not in CALIBRATION_METHODS:
             raise TrainError(
                 f"--calibration {self.calibration!r}: use one of {', '.join(CALIBRATION_METHODS)}"

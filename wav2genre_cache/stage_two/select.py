@@ -20,6 +20,7 @@ from wav2genre_cache.evaluation.result_row import (
 )
 from wav2genre_cache.feature_sets import ENCODER
 from wav2genre_cache.heads.registry import HeadSpec, Inputs, Rows, head_spec
+from wav2genre_cache.stage_two.cv_select import SelectionRule, choose_rule, cv_grid_search
 from wav2genre_cache.stage_two.data import EVERY_LAYER, TrainingData
 from wav2genre_cache.stage_two.plan import Job
 from wav2genre_cache.stage_two.scoring import Scores, head_scores, metrics_of, per_source
@@ -53,8 +54,10 @@ def fit_jobs(
     trials: int,
     log: Callable[[str], None],
     calibration: str = "auto",
+    rule: SelectionRule | None = None,
 ) -> list[Fitted]:
     """Fit every job on one feature set; the features of a layer are read once for its jobs."""
+    rule = rule or choose_rule(data, "valid")
     out = []
     X, X_layer = None, None
     for job in jobs:
@@ -62,7 +65,7 @@ def fit_jobs(
             X, X_layer = data.features(job.layer), job.layer
         spec = head_spec(job.head)
         result, model, calibrator = fit_and_select(
-            spec, X, data, job.layer, seed, trials, calibration
+            spec, X, data, job.layer, seed, trials, calibration, rule
         )
         out.append(Fitted(result, model, data, calibrator))
         log(_fitted_line(job, data, result))
@@ -78,10 +81,14 @@ def _fitted_line(job: Job, data: TrainingData, result: ResultRow) -> str:
         if data.multi_label
         else f"accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f}"
     )
+    cv = result.selection
+    chosen_by = (
+        f"cross-validated {cv['accuracy_mean']:.3f} +/- {cv['accuracy_se']:.3f}, " if cv else ""
+    )
     return (
         f"{job.head:>6} {data.feature_set} {where}"
         f"{'' if data.augmented else ' (original views only)'}: "
-        f"test track {scores} (fit {result.fit_seconds:.1f} s)"
+        f"{chosen_by}test track {scores} (fit {result.fit_seconds:.1f} s)"
     )
 
 
@@ -93,39 +100,36 @@ def fit_and_select(
     seed: int,
     trials: int = 0,
     calibration: str = "auto",
+    rule: SelectionRule | None = None,
 ) -> tuple[ResultRow, object, Calibrator]:
-    """Fit each grid point (or search trial) on train, keep the best on validation, calibrate it
-    on validation (and choose each tag's threshold there), and score it on test.
+    """Choose a grid point (or search trial) by `rule`, calibrate it, and score it on test.
 
+    On validation: each point fitted on train, the best kept, calibrated on validation (each
+    tag's threshold chosen there). By cross-validation: each point scored over train+valid
+    folds, the best refitted on train+valid and calibrated on the folds' held-out tracks.
     Single-label models are chosen by track accuracy (then macro-F1), taggers by macro PR-AUC
     (then macro ROC-AUC), the figure tagging benchmarks rank by.
     """
+    rule = rule or choose_rule(data, "valid")
     grid = spec.search(trials, seed) if spec.search and trials > 1 else spec.grid
     if spec.inputs is Inputs.ALL_LAYERS:
         grid = [{**p, "n_layers": data.n_layers} for p in grid]
-    # One bag per (track, view) for the heads that predict tracks: an augmented copy is its own.
-    bag = data.track * 1000 + data.view
-    train = Rows(X[data.train], data.y[data.train], bag[data.train])
-    valid = Rows(X[data.valid], data.y[data.valid], bag[data.valid]) if data.valid.any() else None
 
     def scores(head, rows: np.ndarray) -> Scores:
         return head_scores(
             spec, head, X[rows], data.y[rows], data.track[rows], len(data.labels), data.multi_label
         )
 
-    sel = getattr(data, data.selected_on)
-    chosen, tried = _grid_search(
-        spec,
-        grid,
-        seed,
-        train,
-        valid,
-        lambda head: metrics_of(scores(head, sel), data.labels)["track"],
-        data.multi_label,
-    )
-    calibrator, thresholds, on_valid = _calibrate(
-        scores(chosen.head, data.valid) if data.valid.any() else None, data, calibration
-    )
+    if rule.name == "cv":
+        cv, tried = cv_grid_search(spec, grid, X, data, rule, seed)
+        chosen = _Choice(cv.head, cv.params, {}, cv.fit_seconds)
+        held_out, selection = cv.score.held_out, {"rule": "cv", **cv.score.figures()}
+        score = cv.score.accuracy_mean + 1e-3 * cv.score.macro_f1_mean
+    else:
+        chosen, tried = _grid_search(spec, grid, seed, X, data, scores)
+        held_out = scores(chosen.head, data.valid) if data.valid.any() else None
+        selection, score = None, selection_score(chosen.on_selection, data.multi_label)
+    calibrator, thresholds, on_valid = _calibrate(held_out, data, calibration)
     start = time.perf_counter()
     raw_test = scores(chosen.head, data.test)
     predict_seconds = time.perf_counter() - start
@@ -136,15 +140,18 @@ def fit_and_select(
     if len(data.sources) > 1:
         test["per_source"] = per_source(final_test, data.track_source, data.labels, thresholds)
     tracks = CalibratedTracks.of(raw_test.track, raw_test.y_track, data.multi_label, calibrator)
+    calibrated = tracks.calibration(calibrator)
+    if rule.name == "cv" and calibrated["fitted_on"]:
+        calibrated["fitted_on"] = "cross-validation (held-out tracks)"
     result = ResultRow(
         head=spec.name,
         feature_set=data.feature_set,
         layer=layer,
         augmented=data.augmented if data.has_augmented_views else None,
-        selected_on=data.selected_on,
+        selected_on=rule.name,
         params=jsonable(chosen.params),
         trials=tried if len(tried) > 1 else None,
-        selection_score=selection_score(chosen.on_selection, data.multi_label),
+        selection_score=score,
         valid=on_valid,
         test=test,
         fit_seconds=chosen.fit_seconds,
@@ -152,8 +159,9 @@ def fit_and_select(
         layer_weights=[round(float(w), 5) for w in chosen.head.layer_weights_]
         if spec.inputs is Inputs.ALL_LAYERS
         else None,
-        calibration=tracks.calibration(calibrator),
+        calibration=calibrated,
         thresholds=None if thresholds is None else [float(t) for t in thresholds],
+        selection=selection,
     )
     return result, chosen.head, calibrator
 
@@ -172,20 +180,24 @@ def _grid_search(
     spec: HeadSpec,
     grid: list[dict],
     seed: int,
-    train: Rows,
-    valid: Rows | None,
-    metrics_on_selection: Callable[[object], dict],
-    multi_label: bool,
+    X: np.ndarray,
+    data: TrainingData,
+    scores: Callable[[object, np.ndarray], Scores],
 ) -> tuple[_Choice, list[dict]]:
     """Fit each grid point on train; the best by its track metrics on the selection split (the
     first of equals), and every point's row for `trials`."""
+    # One bag per (track, view) for the heads that predict tracks: an augmented copy is its own.
+    bag = data.track * 1000 + data.view
+    train = Rows(X[data.train], data.y[data.train], bag[data.train])
+    valid = Rows(X[data.valid], data.y[data.valid], bag[data.valid]) if data.valid.any() else None
+    selection_rows = getattr(data, data.selected_on)
     best, tried = None, []
     for params in grid:
         head = spec.make(seed, **params)
         start = time.perf_counter()
         spec.fit(head, train, valid)
         fit_seconds = time.perf_counter() - start
-        on_sel = metrics_on_selection(head)
+        on_sel = metrics_of(scores(head, selection_rows), data.labels)["track"]
         tried.append(
             {
                 "params": jsonable(params),
@@ -193,7 +205,7 @@ def _grid_search(
                 "fit_seconds": fit_seconds,
             }
         )
-        key = selection_key(on_sel, multi_label)
+        key = selection_key(on_sel, data.multi_label)
         if best is None or key > best[0]:
             best = (key, _Choice(head, params, on_sel, fit_seconds))
     return best[1], tried
@@ -223,9 +235,35 @@ def _calibrate(
 
 
 def select_best(fitted: list[Fitted]) -> dict[str, Fitted]:
-    """The best model of each head and feature set (by Fitted.score; the first of equals)."""
-    best: dict[str, Fitted] = {}
+    """The best model of each head and feature set: by Fitted.score (the first of equals), or
+    where cross-validation chose, the lowest layer within one standard error of the best."""
+    rows: dict[str, list[Fitted]] = {}
     for f in fitted:
-        if f.key not in best or f.score > best[f.key].score:
-            best[f.key] = f
-    return best
+        rows.setdefault(f.key, []).append(f)
+    return {key: best_of(group, lambda f: (_layer_rank(f),)) for key, group in rows.items()}
+
+
+def best_overall(candidates: list[Fitted]) -> Fitted:
+    """The model of all: the best score (ties to the head listed first), or where
+    cross-validation chose, the simplest head, then lowest layer, within one standard error."""
+    return best_of(candidates, lambda f: (head_spec(f.result.head).complexity, _layer_rank(f)))
+
+
+def best_of(rows: list[Fitted], simpler: Callable[[Fitted], tuple]) -> Fitted:
+    """The best of rows: one standard error rule (toward `simpler`) where cross-validation
+    chose, else the best score, the first of equals."""
+    best = rows[0]
+    for f in rows[1:]:
+        if f.score > best.score:
+            best = f
+    cv = best.result.selection
+    if not cv:
+        return best
+    floor = cv["accuracy_mean"] - cv["accuracy_se"]
+    within = [f for f in rows if f.result.selection["accuracy_mean"] >= floor]
+    return min(within, key=lambda f: (*simpler(f), tuple(-x for x in f.score)))
+
+
+def _layer_rank(f: Fitted) -> int:
+    """Lower layers are simpler; a model over every layer is the least simple."""
+    return f.data.n_layers if f.result.layer == EVERY_LAYER else f.result.layer

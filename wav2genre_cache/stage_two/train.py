@@ -20,6 +20,7 @@ from wav2genre_cache.errors import TrainError
 from wav2genre_cache.evaluation.result_row import CalibratedTracks
 from wav2genre_cache.feature_sets import ENCODER
 from wav2genre_cache.heads.registry import ALL_HEADS, FCNN_SEARCH_SPACE, head_spec
+from wav2genre_cache.stage_two.cv_select import choose_rule
 from wav2genre_cache.stage_two.data import TrainingData, load_training_data
 from wav2genre_cache.stage_two.options import TrainOptions
 from wav2genre_cache.stage_two.plan import (
@@ -29,7 +30,7 @@ from wav2genre_cache.stage_two.plan import (
     requested_heads,
 )
 from wav2genre_cache.stage_two.scoring import head_scores, metrics_of
-from wav2genre_cache.stage_two.select import Fitted, fit_jobs, select_best
+from wav2genre_cache.stage_two.select import Fitted, best_overall, fit_jobs, select_best
 from wav2genre_cache.store.bundles import write_bundle
 from wav2genre_cache.store.cache import EmbeddingCache
 
@@ -63,7 +64,7 @@ def train_heads(
     variants = [True, False] if opts.augmented == "both" else [bool(opts.augmented)]
     fitted: list[Fitted] = []
     probes: dict[str, list[float]] = {}
-    first = None
+    first, rule = None, None
     for fs in sets:
         for aug in variants:
             data = load_training_data(cache_path, fs, aug)
@@ -77,13 +78,14 @@ def train_heads(
             jobs, probe = plan_jobs(data, names, opts.layers, log)
             if probe is not None:
                 probes[fs] = probe
-            if data.selected_on == "test":
-                log(
-                    "warning: no validation tracks; hyper-parameters and layers are selected on test (optimistic)"
-                )
-            fitted += fit_jobs(data, jobs, opts.seed, opts.trials, log, opts.calibration)
+            if rule is None:
+                rule = choose_rule(data, opts.selection, opts.seed)
+                log(("warning: " if rule.name == "test" else "selection: ") + rule.reason)
+            fitted += fit_jobs(data, jobs, opts.seed, opts.trials, log, opts.calibration, rule)
     metrics = {
         **_run_header(cache_path, first, sets, opts),
+        "selected_on": rule.name,
+        "selection": rule.as_json(),
         "layers": sorted({f.result.layer for f in fitted}),
         "probe_scores": probes,
         "counts": {
@@ -113,7 +115,6 @@ def _run_header(
         "notes": list(first.notes),
         "grouping": first.grouping,
         "calibration": opts.calibration,
-        "selected_on": first.selected_on,
         "augmented_views": opts.augmented,
         "seed": opts.seed,
         "fcnn_search": (
@@ -125,13 +126,14 @@ def _run_header(
 def write_run(out_dir: Path, fitted: list[Fitted], best: dict[str, Fitted], metrics: dict) -> dict:
     """Write a bundle per head and feature set, best/ (the best of all), and metrics.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    # predict and serve embed audio with the backbone: an encoder model is best when there is one.
+    # Chosen among all rows, so that cross-validation's one-standard-error rule sees every layer
+    # of every head; its head's bundle is then that model.
+    candidates = [f for f in fitted if f.result.feature_set == ENCODER] or fitted
+    top = best_overall(sorted(candidates, key=lambda f: ALL_HEADS.index(f.result.head)))
+    best = {**best, top.key: top}
     for key, f in best.items():
         _write_head_bundle(out_dir, f"bundles/{key}", f)
-    # predict and serve embed audio with the backbone: an encoder model is best when there is one.
-    candidates = [f for f in best.values() if f.result.feature_set == ENCODER] or list(
-        best.values()
-    )
-    top = max(candidates, key=lambda f: (f.score, -ALL_HEADS.index(f.result.head)))
     top.result = overall = replace(top.result, best_overall=True)
     if (out_dir / "best").exists():
         shutil.rmtree(out_dir / "best")
