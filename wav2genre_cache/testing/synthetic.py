@@ -30,6 +30,9 @@ class SyntheticCacheOptions:
     tag_rate: float = 0.3  # a tag's probability on a track, with multi_label
     sources: int = 1  # tracks alternate between this many datasets (`source0`, ...)
     duplicates: int = 0  # the last k tracks copy the first k (features, content hash, labels)
+    # Above 0: each label's tracks come from this many artists (a track of label k goes to its
+    # label's artist (i // n_labels) % artists_per_label); 0: no artist is known.
+    artists_per_label: int = 0
 
 
 def write_synthetic_cache(
@@ -121,7 +124,7 @@ def _track(
         f"synthetic/track{i:05d}.wav",
         label,
         split,
-        "",
+        _artist(o, i),
         "ok",
         duration=10.0 * n,
         content_hash=f"{content:032x}",
@@ -130,6 +133,12 @@ def _track(
         features={ENCODER: feats},
         source=f"source{i % o.sources}" if o.sources > 1 else "",
     )
+
+
+def _artist(o: SyntheticCacheOptions, i: int) -> str:
+    if not o.artists_per_label or o.multi_label:
+        return ""
+    return f"artist{i % o.n_labels}-{(i // o.n_labels) % o.artists_per_label}"
 
 
 def write_demo_audio(
