@@ -1,5 +1,6 @@
-"""Stage two's fit and select: each job's grid fitted on train, the best point kept on validation,
-calibrated there and scored on test; then the best model of each head and feature set."""
+"""Stage two's fit and select: each job's grid chosen by the run's rule (validation, or
+cross-validation with the one-standard-error rule), calibrated and scored on test; then the best
+model of each head and feature set, and of all."""
 
 from __future__ import annotations
 

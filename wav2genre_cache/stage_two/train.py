@@ -1,8 +1,10 @@
-"""Stage two: train and compare heads on cached features; select on validation, report on test.
+"""Stage two: train and compare heads on cached features; select on validation (or by
+cross-validation when it is small), report on test.
 
-train_heads runs four steps: plan (plan.py: which heads on which feature sets and layers), fit
-and select (select.py: each job's grid on train, the best point on validation, the best model of
-each head and feature set), and write (here: a bundle per head, best/, metrics.json).
+train_heads runs four steps: plan (plan.py: which heads on which feature sets and layers), the
+selection rule (cv_select.py), fit and select (select.py: each job's grid chosen by the rule, the
+best model of each head and feature set), and write (here: a bundle per head, best/ the best of
+all, metrics.json).
 """
 
 from __future__ import annotations
