@@ -16,6 +16,7 @@ traceback. Each class says which stage raises it:
 - FinetuneError: a fine-tuning run that cannot go on (finetune/).
 - ReportError: a run folder that cannot be reported on (report/).
 - OutputBusy: another run is writing the same output (cli/locks.py).
+- OutputError: a predictions file that cannot be written as asked (inference/outputs.py).
 """
 
 from __future__ import annotations
@@ -79,3 +80,7 @@ class ReportError(Wav2GenreError):
 
 class OutputBusy(Wav2GenreError):
     """Another run is writing the same output (its lock names the process)."""
+
+
+class OutputError(Wav2GenreError):
+    """A predictions file that cannot be written as asked (it exists, or another bundle made it)."""
