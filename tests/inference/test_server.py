@@ -129,6 +129,10 @@ def test_page_in_a_real_browser(server, dev_clips, tmp_path):
         # The test figure with its n and interval, e.g. "3 test tracks, 1 right (95 % CI ...)".
         info = page.text_content("#model-info")
         assert re.search(r"\d+ test tracks, \d+ right \(95 % CI \d\.\d\d–\d\.\d\d\)", info), info
+        # ... and what it can be trusted for: GTZAN's artists (from its index) kept apart, the
+        # genres of one artist unmeasured, a model chosen by folds.
+        assert "test artists unheard in training; not measured on test: blues," in info, info
+        assert "chosen by cross-validation" in info, info
         page.set_input_files("#file-input", str(clip))
         page.wait_for_selector("#result:not([hidden])", timeout=60_000)
         assert page.text_content("#top-label") == expected["label"]

@@ -136,8 +136,8 @@ def test_labels_of_one_artist_leave_nothing_to_cross_validate(tmp_path):
     path = write_synthetic_cache(tmp_path / "one.h5", n_tracks=80, artists_per_label=1, **SMALL)
     data = load_training_data(path)
     rule = choose_rule(data, "auto")
-    assert rule.name == "valid" and "5-fold cross-validation needs 5 artists" in rule.reason
-    with pytest.raises(TrainError, match="--selection cv: 5-fold"):
+    assert rule.name == "valid" and "cross-validation needs 3 folds: 3 artists" in rule.reason
+    with pytest.raises(TrainError, match="--selection cv: cross-validation needs 3 folds"):
         choose_rule(data, "cv")
     tags = load_training_data(
         write_synthetic_cache(tmp_path / "tags.h5", n_tracks=80, multi_label=True, **SMALL)
@@ -145,6 +145,18 @@ def test_labels_of_one_artist_leave_nothing_to_cross_validate(tmp_path):
     assert choose_rule(tags, "auto").name == "valid"
     with pytest.raises(TrainError, match="single-label runs"):
         choose_rule(tags, "cv")
+
+
+def test_few_tracks_a_label_make_fewer_folds(tmp_path):
+    # 24 tracks of 6 labels: 22 train+valid, at most 4 of a label: 4 folds.
+    path = write_synthetic_cache(tmp_path / "few.h5", n_tracks=24, **{**SMALL, "n_labels": 6})
+    rule = choose_rule(load_training_data(path), "auto")
+    assert rule.name == "cv" and rule.n_folds == 4 and len(rule.folds) == 8
+    assert "2 x 4-fold cross-validation on the 22 training" in rule.reason
+    # 20 tracks of 10 labels: at most 2 of a label, too few for 3 folds.
+    path = write_synthetic_cache(tmp_path / "two.h5", n_tracks=20, **{**SMALL, "n_labels": 10})
+    rule = choose_rule(load_training_data(path), "auto")
+    assert rule.name == "valid" and "needs 3 folds" in rule.reason
 
 
 def test_grouped_folds_hold_out_only_tested_tracks():

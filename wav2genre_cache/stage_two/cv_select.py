@@ -25,6 +25,7 @@ from wav2genre_cache.stage_two.scoring import Scores, head_scores
 SMALL_VALID_TRACKS = 100
 SMALL_VALID_PER_LABEL = 10
 CV_FOLDS, CV_REPEATS = 5, 2
+MIN_FOLDS = 3
 
 
 @dataclass(frozen=True)
@@ -118,10 +119,14 @@ def _cv_rule(
     groups, grouped_by = fold_groups(data.cache.tracks, pool, "artist")
     alone = one_group_labels(y_track, groups, data.labels) if grouped_by == "artist" else {}
     tested = ~np.isin(y_track, [data.labels.index(lab) for lab in alone])
-    if len(set(groups[tested])) < folds or len(set(y_track[tested])) < 2:
+    # Stratified folds need a label with a track in every fold: with fewer tracks, fewer folds
+    # (down to MIN_FOLDS).
+    folds = min(folds, int(np.bincount(y_track[tested]).max()) if tested.any() else 0)
+    if folds < MIN_FOLDS or len(set(groups[tested])) < folds or len(set(y_track[tested])) < 2:
         return None, (
-            f"{folds}-fold cross-validation needs {folds} {grouped_by}s among the training and "
-            "validation tracks of labels with more than one"
+            f"cross-validation needs {MIN_FOLDS} folds: {MIN_FOLDS} {grouped_by}s and "
+            f"{MIN_FOLDS} tracks of some label among the training and validation tracks of "
+            "labels with more than one"
         )
     splits = tuple(
         (pool[train], pool[held])

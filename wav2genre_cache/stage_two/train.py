@@ -22,6 +22,7 @@ from wav2genre_cache.errors import TrainError
 from wav2genre_cache.evaluation.result_row import CalibratedTracks
 from wav2genre_cache.feature_sets import ENCODER
 from wav2genre_cache.heads.registry import ALL_HEADS, FCNN_SEARCH_SPACE, head_spec
+from wav2genre_cache.stage_two.card import card_of
 from wav2genre_cache.stage_two.cv_select import choose_rule
 from wav2genre_cache.stage_two.data import TrainingData, load_training_data
 from wav2genre_cache.stage_two.options import TrainOptions
@@ -135,7 +136,7 @@ def write_run(out_dir: Path, fitted: list[Fitted], best: dict[str, Fitted], metr
     top = best_overall(sorted(candidates, key=lambda f: ALL_HEADS.index(f.result.head)))
     best = {**best, top.key: top}
     for key, f in best.items():
-        _write_head_bundle(out_dir, f"bundles/{key}", f)
+        _write_head_bundle(out_dir, f"bundles/{key}", f, metrics)
     top.result = overall = replace(top.result, best_overall=True)
     if (out_dir / "best").exists():
         shutil.rmtree(out_dir / "best")
@@ -154,9 +155,10 @@ def write_run(out_dir: Path, fitted: list[Fitted], best: dict[str, Fitted], metr
     return metrics
 
 
-def _write_head_bundle(out_dir: Path, bundle: str, f: Fitted) -> None:
+def _write_head_bundle(out_dir: Path, bundle: str, f: Fitted, run: dict) -> None:
     """Write the bundle of the best model of a head and feature set, and mark its row so, with
-    the test detail the figures draw (its features are re-read: the run does not keep them)."""
+    the test detail the figures draw (its features are re-read: the run does not keep them);
+    run (metrics.json's header) tells its model card where the data came from."""
     r, data, test = f.result, f.data, f.data.test
     raw = head_scores(
         head_spec(r.head),
@@ -182,8 +184,16 @@ def _write_head_bundle(out_dir: Path, bundle: str, f: Fitted) -> None:
         labels=data.labels,
         feature_set=data.feature_set,
         cache_attrs=data.cache.attrs,
-        metrics=r.bundle_metrics(),
+        metrics={**r.bundle_metrics(), **_how_measured(data, r)},
         multi_label=data.multi_label,
         calibration=f.calibrator.as_json(),
         thresholds=r.thresholds,
+        card=card_of(data, r, run),
     )
+
+
+def _how_measured(data: TrainingData, row) -> dict:
+    """What a bundle's figures can be trusted for (serve says it): the artists behind its test
+    tracks, the labels test cannot measure, and the rule that chose the model."""
+    grouping = {k: v for k, v in (data.grouping or {}).items() if k != "notes"}
+    return {"grouping": grouping or None, "selected_on": row.selected_on}

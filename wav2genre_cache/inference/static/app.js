@@ -47,6 +47,7 @@ async function loadModel() {
       `Model: ${m.backbone}, layer ${m.layer}, ${m.head} head` +
       (thresholds && prAuc != null ? `, ${testFigure(m.metrics, "macro PR-AUC", prAuc, m.metrics.test_track_macro_pr_auc_ci)}` : "") +
       (!thresholds && acc != null ? `, ${testAccuracy(m.metrics)}` : "") +
+      measuredNote(m.metrics) +
       (m.calibration && m.calibration !== "none" ? ` (scores calibrated: ${m.calibration})` : "") +
       (m.untrained_backbone ? " (untrained backbone: a demonstration, not a real model)" : "") +
       ` · ${m.segment_seconds} s segments · uploads up to ${m.limits.max_upload_mb} MB and ${m.limits.max_minutes} min`;
@@ -60,6 +61,21 @@ function testAccuracy(metrics) {
   const n = metrics.test_tracks, acc = metrics.test_track_accuracy, ci = metrics.test_track_accuracy_ci;
   if (n == null || !ci) return `test accuracy ${pct(acc)}`;
   return `${n} test tracks, ${Math.round(acc * n)} right (95 % CI ${ci[0].toFixed(2)}–${ci[1].toFixed(2)})`;
+}
+
+// What the test figure can be trusted for: were its artists heard in training, which labels it
+// cannot measure at all, and whether cross-validation or a small validation split chose the model.
+function measuredNote(metrics) {
+  const g = metrics && metrics.grouping;
+  if (!g) return "";
+  const parts = [];
+  if (!g.by) parts.push("no artists known: same-artist tracks may inflate it");
+  else if (g.test_artists_heard) parts.push(`${g.test_artists_heard} test artists also in training: inflated`);
+  else parts.push("test artists unheard in training");
+  const unmeasured = Object.keys(g.unmeasured_labels || {});
+  if (unmeasured.length) parts.push(`not measured on test: ${unmeasured.join(", ")}`);
+  if (metrics.selected_on === "cv") parts.push("chosen by cross-validation");
+  return ` (${parts.join("; ")})`;
 }
 
 function testFigure(metrics, name, value, ci) {
