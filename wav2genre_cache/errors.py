@@ -17,6 +17,7 @@ traceback. Each class says which stage raises it:
 - ReportError: a run folder that cannot be reported on (report/).
 - OutputBusy: another run is writing the same output (cli/locks.py).
 - OutputError: a predictions file that cannot be written as asked (inference/outputs.py).
+- ExportError: a bundle that cannot be exported to ONNX, or an export that cannot be run (inference/onnx_*.py).
 """
 
 from __future__ import annotations
@@ -84,3 +85,7 @@ class OutputBusy(Wav2GenreError):
 
 class OutputError(Wav2GenreError):
     """A predictions file that cannot be written as asked (it exists, or another bundle made it)."""
+
+
+class ExportError(Wav2GenreError):
+    """A bundle that cannot be exported to ONNX, or an ONNX export that cannot be used."""
