@@ -89,6 +89,29 @@ def load_track(path: str | os.PathLike, max_seconds: float | None = None) -> Dec
     return DecodedTrack(samples, duration, audio_hash(samples))
 
 
+def waveform_from_array(samples: np.ndarray, sample_rate: int, name: str = "<array>") -> np.ndarray:
+    """An in-memory signal as decoding makes a file: 16 kHz mono float32, checked.
+
+    samples: [frames] or [frames, channels] (soundfile's order); [channels, frames] with up to
+    8 channels (torch's and librosa's order) is read as such.
+    """
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim == 2 and x.shape[0] <= 8 < x.shape[1]:
+        x = x.T
+    if x.ndim not in (1, 2) or x.size == 0:
+        raise AudioError(
+            f"{name}: expected [frames] or [frames, channels] samples, got shape {x.shape}"
+        )
+    if not sample_rate or sample_rate <= 0:
+        raise AudioError(f"{name}: give the samples' sample_rate (Hz)")
+    mono = x.mean(axis=1) if x.ndim == 2 else x
+    if not np.all(np.isfinite(mono)):
+        raise AudioError(f"{name}: contains NaN or infinite samples")
+    if sample_rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, sample_rate, SAMPLE_RATE).astype(np.float32)
+    return np.ascontiguousarray(mono)
+
+
 def audio_hash(samples: np.ndarray) -> str:
     """A hash of decoded audio: the same recording in two files (WAV and FLAC, or a replica)
     hashes alike. Samples are rounded to 16 bits first, so that the last bits of the float

@@ -1,7 +1,8 @@
 """Bundles: a trained head with what predict needs to embed audio as its cache was embedded.
 
 A bundle is a folder: bundle.json (labels, layer, feature set, the backbone and segment settings
-of the cache, test metrics, and a sha256 for every file of the head) beside the head's own files.
+of the cache, test metrics, and a sha256 for every file of the head) beside the head's own files
+and README.md, its model card (model_card.py; documentation, never read when loading).
 train-heads writes them; predict and serve read them, and nothing here touches a cache.
 """
 
@@ -11,11 +12,12 @@ import json
 import shutil
 from pathlib import Path, PureWindowsPath
 
-from wav2genre_cache import __version__
+from wav2genre_cache._version import __version__
 from wav2genre_cache._io import atomic_write_json, sha256_file
 from wav2genre_cache.errors import BundleError
 from wav2genre_cache.feature_sets import ENCODER
 from wav2genre_cache.heads.registry import head_files, load_head, save_head
+from wav2genre_cache.store.model_card import write_model_card
 
 BUNDLE_FORMAT = "wav2genre-bundle"
 BUNDLE_VERSION = 2  # 2: a sha256 for every file of the head
@@ -49,13 +51,15 @@ def write_bundle(
     multi_label: bool = False,
     calibration: dict | None = None,
     thresholds: list[float] | None = None,
+    card: dict | None = None,
 ) -> Path:
     """Write a fitted head with everything `predict` needs to reproduce the embedding.
 
     cache_attrs are the attributes of the cache it was trained on (backbone, segment settings,
     dtype, front end); metrics its test (and validation) scores, shown by serve; calibration
     the map fitted on validation (calibration.Calibrator.as_json) and, for a tagger
-    (multi_label), each tag's threshold.
+    (multi_label), each tag's threshold; card what the model card says of the data and how the
+    model was chosen (model_card's keys).
     """
     if directory.exists():
         shutil.rmtree(directory)
@@ -90,14 +94,18 @@ def write_bundle(
         "thresholds": thresholds,
     }
     atomic_write_json(directory / "bundle.json", bundle)
+    write_model_card(directory, bundle, card)
     return directory
 
 
-def write_finetuned_bundle(directory: Path, model, extractor, meta: dict) -> Path:
+def write_finetuned_bundle(
+    directory: Path, model, extractor, meta: dict, card: dict | None = None
+) -> Path:
     """Write a fine-tuned encoder and head (safetensors, configs in JSON) with its bundle.json.
 
     meta holds labels, layer, sample rate and segment settings, backbone, front end, metrics
     and "model" (how finetuned.load_model rebuilds it); the sha256 of every file is added here.
+    card is what the model card says of the data (model_card's keys).
     """
     from wav2genre_cache.encoders.finetuned import save_model
 
@@ -116,6 +124,7 @@ def write_finetuned_bundle(directory: Path, model, extractor, meta: dict) -> Pat
         **meta,
     }
     atomic_write_json(directory / "bundle.json", bundle)
+    write_model_card(directory, bundle, card)
     return directory
 
 
@@ -127,17 +136,7 @@ def load_bundle(directory: str | Path) -> tuple[dict, object]:
     """
     directory = Path(directory)
     meta_file = directory / "bundle.json"
-    if not meta_file.is_file():
-        raise BundleError(
-            f"{directory}: not a bundle (no bundle.json); pass a run folder's best/ or bundles/<head>/ folder"
-        )
-    try:
-        meta = json.loads(meta_file.read_text())
-    except ValueError as exc:
-        raise BundleError(f"{meta_file}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{meta_file}: not a wav2genre bundle")
-    _check_fields(meta_file, meta)
+    meta = read_bundle_json(directory)
     if meta.get("kind") == FINETUNED:
         return meta, _load_finetuned(directory, meta_file, meta)
     needed = head_files(meta.get("head"))  # raises HeadError for an unknown head
@@ -152,6 +151,24 @@ def load_bundle(directory: str | Path) -> tuple[dict, object]:
             f"{len(classes)}; the file was edited, or belongs to another head"
         )
     return meta, head
+
+
+def read_bundle_json(directory: str | Path) -> dict:
+    """A bundle's bundle.json, its fields checked, without loading (or checking) the model."""
+    directory = Path(directory)
+    meta_file = directory / "bundle.json"
+    if not meta_file.is_file():
+        raise BundleError(
+            f"{directory}: not a bundle (no bundle.json); pass a run folder's best/ or bundles/<head>/ folder"
+        )
+    try:
+        meta = json.loads(meta_file.read_text())
+    except ValueError as exc:
+        raise BundleError(f"{meta_file}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{meta_file}: not a wav2genre bundle")
+    _check_fields(meta_file, meta)
+    return meta
 
 
 # bundle.json's fields that predict reads, with their types (every kind of bundle, then heads).
