@@ -1,4 +1,5 @@
-"""`info`: what a cache holds, and (--verify) whether its features are the ones written."""
+"""`info`: what a cache holds, and (--verify) whether its features are the ones written; or
+what a bundle is (head, layer, backbone, labels, test figures) and whether its files are."""
 
 from __future__ import annotations
 
@@ -12,18 +13,28 @@ from wav2genre_cache.cli.options import out, styled
 
 
 def info(
-    cache: Annotated[Path, typer.Argument(help="An HDF5 cache written by embed.")],
+    cache: Annotated[
+        Path,
+        typer.Argument(
+            help="An HDF5 cache written by embed, or a bundle folder (a run folder: its best/).",
+            metavar="CACHE_OR_BUNDLE",
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     verify: Annotated[
         bool,
         typer.Option(
             "--verify",
             help="Also check every feature block against the checksums written with the cache "
-            "(reads all of it; train-heads does this on open).",
+            "(reads all of it; train-heads does this on open), or every file of a bundle.",
         ),
     ] = False,
 ) -> None:
-    """Show what a cache holds: tracks per split, label and dataset, layers, segments, failures."""
+    """Show what a cache holds (tracks per split, label and dataset, layers, segments, failures),
+    or what a bundle is (head, layer, backbone, labels, test figures with n and interval)."""
+    if cache.is_dir():
+        _bundle_info(cache, as_json, verify)
+        return
     from wav2genre_cache.store.cache import EmbeddingCache
 
     opened = EmbeddingCache(cache)
@@ -31,6 +42,11 @@ def info(
     if as_json:
         print(json.dumps(s, indent=2))
         return
+    _print_cache(s)
+
+
+def _print_cache(s: dict) -> None:
+    """The cache's summary, a line per aspect and a table of tracks per label and split."""
     out.print(styled(s["path"], "bold"))
     out.print(
         f"backbone   {s['backbone']} (revision {s['backbone_revision']}, {s['dtype']}, "
@@ -81,3 +97,37 @@ def info(
     out.print(table)
     for f in s["failures"]:
         out.print(styled("failed", "yellow", f" {f['reason']}"), highlight=False)
+
+
+def _bundle_info(path: Path, as_json: bool, verify: bool) -> None:
+    """A bundle's summary (a run folder's best/); with verify, every file checked by loading it."""
+    from wav2genre_cache.store.bundles import load_bundle, read_bundle_json, resolve_bundle_dir
+    from wav2genre_cache.store.model_card import CARD_FILE, bundle_summary, figure
+
+    directory = resolve_bundle_dir(path)
+    s = {"path": str(directory), **bundle_summary(read_bundle_json(directory))}
+    if verify:
+        load_bundle(directory)  # raises BundleError naming the first file that was altered
+        s["checksums"] = "ok"
+    s["model_card"] = str(directory / CARD_FILE) if (directory / CARD_FILE).is_file() else None
+    if as_json:
+        print(json.dumps(s, indent=2))
+        return
+    t = s["test"]
+    unmeasured = s["unmeasured_labels"]
+    lines = {
+        "model": s["name"],
+        "head": f"{s['head']}, {s['feature_set']} features, {s['layer_name']}",
+        "backbone": f"{s['backbone']} (revision {s['backbone_revision']})"
+        + (": untrained, its figures mean nothing" if s["untrained_backbone"] else ""),
+        "labels": f"{len(s['labels'])}: {', '.join(s['labels'])}"
+        + (f" (not measured on test: {', '.join(unmeasured)})" if unmeasured else ""),
+        "test": f"track accuracy {figure(t['track_accuracy'], t['track_accuracy_ci'], t['tracks'])}",
+        "": f"track macro-F1 {figure(t['track_macro_f1'], t['track_macro_f1_ci'], t['tracks'])}",
+        "checksums": s.get("checksums"),
+        "card": s["model_card"] or "none (a bundle written before model cards)",
+    }
+    out.print(styled(s["path"], "bold"))
+    for key, text in lines.items():
+        if text is not None:
+            out.print(f"{key:<10} {text}", highlight=False, markup=False)

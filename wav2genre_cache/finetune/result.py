@@ -20,6 +20,7 @@ from wav2genre_cache.evaluation.metrics import classification_metrics
 from wav2genre_cache.evaluation.plots import draw_curve
 from wav2genre_cache.evaluation.result_row import CalibratedTracks, ResultRow, selection_score
 from wav2genre_cache.feature_sets import ENCODER
+from wav2genre_cache.finetune.card import card_of
 from wav2genre_cache.finetune.checkpoint import read_weights
 from wav2genre_cache.finetune.data import evaluate_tracks
 from wav2genre_cache.finetune.options import FinetuneOptions, resolve_precision
@@ -81,7 +82,8 @@ def finish(
     scored = _score(model, frontend, data, labels, opts, device, log)
     row = _result_row(scored, model, opts, state, info)
     meta = _bundle_meta(row, scored.calibrator, model, frontend, labels, opts, info)
-    write_finetuned_bundle(run_dir / BUNDLE, model, extractor, meta)
+    card = card_of(data, labels, opts, row)
+    write_finetuned_bundle(run_dir / BUNDLE, model, extractor, meta, card)
     history = state["history"]
     curve = draw_curve(history, run_dir / "finetune_curve.png", opts.model)
     result = {
