@@ -1,0 +1,153 @@
+"""A bundle's head as ONNX (torch.onnx, skl2onnx, onnxmltools) or as plain arrays for numpy.
+
+Every head written here maps one row of embedding features [batch, features] to the head's own
+class columns (its classes_, in order) as probabilities: head.onnx with input "embedding" and
+output "probabilities", or head.npz (arrays only, read with allow_pickle=False) for a head that
+no converter takes as it is; `onnx_runtime` evaluates either without torch or scikit-learn.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from wav2genre_cache._io import atomic_write
+from wav2genre_cache.errors import ExportError
+
+OPSET = 17
+XGB_OPSET = 15  # the highest onnxmltools 1.16 converts XGBoost at
+HEAD_ONNX = "head.onnx"
+HEAD_NPZ = "head.npz"
+
+
+def export_head(name: str, head, n_features: int, directory: Path) -> dict:
+    """Write the head into directory; return its manifest entry (file, runtime, converter)."""
+    multi_label = bool(getattr(head, "multi_label_", False))
+    if name == "logreg":
+        if multi_label:  # one regression per tag, infinite intercepts: no converter takes it
+            return _write_npz(directory, "linear", _linear_arrays(head), multi_label)
+        return _write_onnx(directory, _logreg_onnx(head, n_features), "skl2onnx")
+    if name in ("fcnn", "fcnn-weighted"):
+        return _write_onnx(directory, _torch_onnx(head, n_features), "torch.onnx")
+    if name == "xgb" and not multi_label:
+        return _write_onnx(directory, _xgb_onnx(head, n_features), "onnxmltools")
+    raise ExportError(
+        f"the {name} head{' (multi-label)' if multi_label else ''} has no ONNX export yet; "
+        "export a logreg, fcnn, fcnn-weighted or xgb bundle"
+    )
+
+
+def _write_onnx(directory: Path, model_bytes: bytes, converter: str) -> dict:
+    atomic_write(directory / HEAD_ONNX, lambda tmp: tmp.write_bytes(model_bytes))
+    return {"file": HEAD_ONNX, "runtime": "onnx", "converter": converter}
+
+
+def _write_npz(directory: Path, kind: str, arrays: dict, multi_label: bool) -> dict:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # plain arrays: nothing of object dtype, so nothing pickled
+    atomic_write(directory / HEAD_NPZ, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    return {"file": HEAD_NPZ, "runtime": "numpy", "kind": kind, "converter": None}
+
+
+def _linear_arrays(head) -> dict:
+    """The standardiser and regression of a logreg head: proba from (x - mean) / scale."""
+    scaler, regression = head[0], head[-1]
+    return {
+        "mean": np.asarray(scaler.mean_, np.float64),
+        "scale": np.asarray(scaler.scale_, np.float64),
+        "coef": np.asarray(regression.coef_, np.float64),
+        "intercept": np.asarray(regression.intercept_, np.float64),
+    }
+
+
+def _logreg_onnx(head, n_features: int) -> bytes:
+    """skl2onnx on a plain scikit-learn Pipeline holding the head's fitted parameters."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    # The head's classes are subclasses skl2onnx does not know; the plain class with the same
+    # fitted attributes computes the same probabilities (checked by the export).
+    plain = LogisticRegression()
+    plain.__dict__.update(head[-1].__dict__)
+    pipeline = Pipeline([("standardscaler", head[0]), ("logisticregression", plain)])
+    onx = to_onnx(
+        pipeline,
+        initial_types=[("embedding", FloatTensorType([None, n_features]))],
+        options={id(plain): {"zipmap": False}},
+        target_opset={"": OPSET, "ai.onnx.ml": 3},
+        final_types=[("label", None), ("probabilities", FloatTensorType([None, None]))],
+    )
+    return onx.SerializeToString()
+
+
+def _xgb_onnx(head, n_features: int) -> bytes:
+    """onnxmltools' XGBoost converter on the head's booster."""
+    from onnxmltools import convert_xgboost
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    onx = convert_xgboost(
+        head.booster_,
+        initial_types=[("embedding", FloatTensorType([None, n_features]))],
+        target_opset=XGB_OPSET,
+    )
+    probabilities = onx.graph.output[1].name
+    return _renamed_output(onx, probabilities, "probabilities").SerializeToString()
+
+
+def _renamed_output(onx, old: str, new: str):
+    """The model with graph output `old` renamed `new` (every node that reads or writes it)."""
+    for node in onx.graph.node:
+        node.output[:] = [new if o == old else o for o in node.output]
+        node.input[:] = [new if i == old else i for i in node.input]
+    for out in onx.graph.output:
+        if out.name == old:
+            out.name = new
+    return onx
+
+
+def _torch_onnx(head, n_features: int) -> bytes:
+    """A torch head with its standardiser and its softmax (sigmoid for tags), via torch.onnx."""
+    import torch
+
+    class Scored(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = head.net_
+            self.register_buffer("mean", torch.from_numpy(np.asarray(head.mean_, np.float32)))
+            self.register_buffer("scale", torch.from_numpy(np.asarray(head.scale_, np.float32)))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return head._probabilities(self.net((x - self.mean) / self.scale))
+
+    return torch_to_onnx(
+        Scored().eval(), (torch.zeros(2, n_features),), ["embedding"], ["probabilities"]
+    )
+
+
+def torch_to_onnx(
+    module, example: tuple, inputs: list[str], outputs: list[str], dynamic: dict | None = None
+) -> bytes:
+    """module as ONNX bytes (TorchScript exporter, opset OPSET); batch axes dynamic by default."""
+    import torch
+
+    axes = dynamic or {n: {0: "batch"} for n in inputs + outputs}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter's deprecation and tracer warnings say nothing to a user.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            example,
+            buffer,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return buffer.getvalue()

@@ -1,0 +1,277 @@
+"""Label songs from an ONNX export (`wav2genre export --onnx`) with onnxruntime and numpy alone.
+
+What a deployment without PyTorch runs: it imports neither torch, transformers nor
+scikit-learn (a test runs it with them blocked), only numpy, soundfile, soxr and onnxruntime
+(and, for a Whisper export, scipy for its log-mel). The front end is the package's own numpy
+code (audio.decode's decode, segments and normalisation; audio.whisper_windows' windows and
+log-mel), so the encoder reads what the torch path's encoder reads. Every file of the export is
+checked against the manifest's sha256 before any is read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from wav2genre_cache._io import sha256_file
+from wav2genre_cache.audio.decode import (
+    SAMPLE_RATE,
+    load_track,
+    normalize_segments,
+    segment_track,
+)
+from wav2genre_cache.errors import AudioError, BundleError, ExportError
+
+MANIFEST = "manifest.json"
+EXPORT_FORMAT = "wav2genre-onnx"
+EXPORT_VERSION = 1
+_EPS = 1e-7  # as evaluation.calibration clips scores before taking logs
+
+
+def read_manifest(directory: str | Path) -> dict:
+    """An export's manifest, every file it lists checked against its sha256 (BundleError if not)."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{directory}: not an ONNX export (no {MANIFEST}); run wav2genre export")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
+        raise BundleError(f"{path}: not a wav2genre ONNX export manifest")
+    if manifest.get("format_version", 0) > EXPORT_VERSION:
+        raise BundleError(
+            f"{path}: export format version {manifest['format_version']}; this version reads "
+            f"up to {EXPORT_VERSION}: upgrade wav2genre-cache"
+        )
+    for name, expected in manifest.get("files", {}).items():
+        file = directory / name
+        if Path(name).name != name or not file.is_file():
+            raise BundleError(f"{file}: missing from the export")
+        if sha256_file(file) != expected:
+            raise BundleError(
+                f"{file}: the file was altered after export (checksum mismatch); refusing to load it"
+            )
+    return manifest
+
+
+class OnnxPredictor:
+    """An export's encoder and head in onnxruntime: audio in, the same results as Predictor."""
+
+    def __init__(self, export_dir: str | Path, batch_size: int = 8, threads: int = 0):
+        import onnxruntime as ort
+
+        self.bundle_dir = Path(export_dir)
+        self.meta = read_manifest(self.bundle_dir)
+        self.labels: list[str] = self.meta["labels"]
+        self.batch_size = batch_size
+        self.multi_label = bool(self.meta["multi_label"])
+        self.thresholds = np.asarray(self.meta["thresholds"] or [0.5] * len(self.labels), float)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: onnxruntime's default, one per core
+
+        def session(name: str):
+            path = str(self.bundle_dir / name)
+            return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+        self.encoder = session(self.meta["encoder"]["file"])
+        head = self.meta["head_runtime"]
+        if head["runtime"] == "onnx":
+            self.head, self.head_arrays = session(head["file"]), None
+        else:
+            with np.load(self.bundle_dir / head["file"], allow_pickle=False) as arrays:
+                self.head, self.head_arrays = None, {k: arrays[k] for k in arrays.files}
+        self.head_classes = np.asarray(self.meta["head_classes"], int)
+        frontend = self.meta["frontend"]
+        self.layout = (
+            _whisper_layout(self.bundle_dir, frontend) if frontend["kind"] == "logmel" else None
+        )
+
+    # ---- embeddings and raw scores -------------------------------------------------------
+
+    def embed(self, samples: np.ndarray) -> tuple[list[int], int, np.ndarray]:
+        """(segment starts, segment length, pooled features [segments, features]) of a track."""
+        starts, length = segment_track(
+            samples, self.meta["segment_seconds"], self.meta["hop_seconds"]
+        )
+        if self.layout is not None:
+            return starts, length, self._embed_windows(samples, starts, length)
+        segments = np.stack([samples[s : s + length] for s in starts])
+        size = self.batch_size
+        rows = [
+            self.encoder.run(["embedding"], {"audio": normalize_segments(segments[i : i + size])})[
+                0
+            ]
+            for i in range(0, len(segments), size)
+        ]
+        return starts, length, np.concatenate(rows)
+
+    def _embed_windows(self, samples: np.ndarray, starts: list[int], length: int) -> np.ndarray:
+        """Whisper: log-mel windows in batches; each segment pooled over its own frames."""
+        out = np.zeros((len(starts), self.meta["encoder"]["features"]), np.float32)
+        windows = list(self.layout.windows(samples, starts, length))
+        for i in range(0, len(windows), self.batch_size):
+            batch = windows[i : i + self.batch_size]
+            mels = np.stack([self.layout.log_mel(audio) for audio, _ in batch])
+            weights = np.zeros((len(batch), max(len(s) for _, s in batch), self.layout.frames))
+            for b, (_, spans) in enumerate(batch):
+                for j, (_, first, end) in enumerate(spans):
+                    end = self.layout.frames if end is None else end
+                    weights[b, j, first:end] = 1.0 / (end - first)
+            feeds = {"log_mel": mels, "span_weights": weights.astype(np.float32)}
+            pooled = self.encoder.run(["embedding"], feeds)[0]
+            for b, (_, spans) in enumerate(batch):
+                for j, (segment, _, _) in enumerate(spans):
+                    out[segment] = pooled[b, j]
+        return out
+
+    def head_probabilities(self, features: np.ndarray) -> np.ndarray:
+        """Raw (uncalibrated) scores [rows, labels] of pooled features, as the head gives them."""
+        x = np.asarray(features, np.float32)
+        if self.head is not None:
+            cols = self.head.run(["probabilities"], {"embedding": x})[0].astype(np.float64)
+        else:
+            cols = _linear_probabilities(self.head_arrays, x, self.multi_label)
+        proba = np.zeros((len(x), len(self.labels)))
+        proba[:, self.head_classes] = cols
+        return proba
+
+    def calibrate(self, proba: np.ndarray) -> np.ndarray:
+        """The bundle's calibration (evaluation.calibration.Calibrator.apply) in numpy."""
+        return apply_calibration(self.meta["calibration"], proba)
+
+    # ---- results, as Predictor gives them ------------------------------------------------
+
+    def predict_waveforms(self, waveforms: list[np.ndarray], top_k: int = 3) -> list[dict]:
+        """Predictions for decoded 16 kHz tracks (Predictor.predict_waveforms' entries)."""
+        results = []
+        for samples in waveforms:
+            starts, length, features = self.embed(samples)
+            results.append(
+                self._result(samples, starts, length, self.head_probabilities(features), top_k)
+            )
+        return results
+
+    def predict_paths(
+        self, paths: list, top_k: int = 3, group: int = 16, max_seconds: float | None = None
+    ) -> list[dict]:
+        """Predict files in input order; one that cannot be used gets an error entry."""
+        entries = []
+        for p in paths:
+            if hasattr(p, "reason"):  # predict.SkippedInput, named without importing predict
+                entries.append({"file": str(p.path), "error": f"{p.path}: {p.reason}"})
+                continue
+            try:
+                samples = load_track(p, max_seconds).samples
+            except AudioError as exc:
+                entries.append({"file": str(p), "error": str(exc)})
+                continue
+            entries.append({"file": str(p), **self.predict_waveforms([samples], top_k)[0]})
+        return entries
+
+    def _result(self, samples, starts, length, proba, top_k) -> dict:
+        # The track's score is the mean of its segments' raw scores, then calibrated (as predict).
+        track = self.calibrate(proba.mean(axis=0, keepdims=True))[0]
+        proba = self.calibrate(proba)
+        order = np.argsort(-track)[:top_k]
+        result = {
+            "duration": round(len(samples) / SAMPLE_RATE, 3),
+            "label": self.labels[order[0]],
+            "top": [
+                {"label": self.labels[i], "probability": round(float(track[i]), 4)} for i in order
+            ],
+            "timeline": [
+                {
+                    "start": round(s / SAMPLE_RATE, 3),
+                    "end": round((s + length) / SAMPLE_RATE, 3),
+                    "label": self.labels[int(np.argmax(p))],
+                    "probabilities": {
+                        lab: round(float(v), 4) for lab, v in zip(self.labels, p, strict=True)
+                    },
+                    **({"tags": self._tags(p)} if self.multi_label else {}),
+                }
+                for s, p in zip(starts, proba, strict=True)
+            ],
+        }
+        if self.multi_label:
+            result["tags"] = self._tags(track)
+        return result
+
+    def _tags(self, scores: np.ndarray) -> list[dict]:
+        """The tags whose score reaches their threshold, highest score first."""
+        above = np.flatnonzero(scores >= self.thresholds)
+        return [
+            {
+                "label": self.labels[i],
+                "probability": round(float(scores[i]), 4),
+                "threshold": round(float(self.thresholds[i]), 4),
+            }
+            for i in above[np.argsort(-scores[above], kind="stable")]
+        ]
+
+
+def _whisper_layout(directory: Path, frontend: dict):
+    """The export's Whisper windows and log-mel: audio.whisper_windows (numpy and scipy)."""
+    from wav2genre_cache.audio.whisper_windows import WhisperWindows
+
+    filters = np.load(directory / frontend["mel_filters"], allow_pickle=False)
+    return WhisperWindows(
+        frontend["window"],
+        int(frontend["window_samples"]),
+        int(frontend["frames"]),
+        int(frontend["n_fft"]),
+        int(frontend["hop_length"]),
+        filters.astype(np.float32),
+    )
+
+
+def _linear_probabilities(arrays: dict, x: np.ndarray, multi_label: bool) -> np.ndarray:
+    """A logreg head's probabilities from its arrays: standardise, then softmax or sigmoid."""
+    scores = ((x - arrays["mean"]) / arrays["scale"]) @ arrays["coef"].T + arrays["intercept"]
+    if multi_label:
+        return _expit(scores)
+    if scores.shape[1] == 1:  # two classes: one score, for the second class
+        p = _expit(scores[:, 0])
+        return np.stack([1 - p, p], axis=1)
+    return _softmax(scores)
+
+
+def apply_calibration(calibration: dict | None, proba: np.ndarray) -> np.ndarray:
+    """Calibrated scores [n, K] (float64) from raw ones, by the bundle's calibration JSON."""
+    p = np.array(proba, dtype=np.float64)
+    method = (calibration or {}).get("method", "none")
+    if method == "none" or len(p) == 0:
+        return p
+    multi_label = bool(calibration["multi_label"])
+    if method == "temperature":
+        t = float(calibration["temperature"])
+        if multi_label:
+            q = np.clip(p, _EPS, 1.0 - _EPS)
+            return _expit(np.log(q / (1.0 - q)) / t)
+        return _softmax(np.log(np.clip(p, _EPS, 1.0)) / t)
+    if method != "isotonic":
+        raise ExportError(f"unknown calibration method {method!r} in the export's manifest")
+    out = np.empty_like(p)
+    for k, m in enumerate(calibration["isotonic"]):
+        out[:, k] = np.interp(p[:, k], m["x"], m["y"])
+    if multi_label:
+        return out
+    # As Calibrator.apply: a row every map sends to 0 keeps its raw scores.
+    sums = out.sum(axis=1, keepdims=True)
+    dead = sums[:, 0] <= 0
+    out[dead] = p[dead]
+    sums[dead] = p[dead].sum(axis=1, keepdims=True)
+    return np.divide(out, sums, out=np.zeros_like(out), where=sums > 0)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _expit(z: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # an infinite score (a constant tag) gives 0 or 1
+        return 1.0 / (1.0 + np.exp(-z))
