@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 
 from wav2genre_cache._version import __version__
 from wav2genre_cache._io import comma_list
+from wav2genre_cache.cli.export import export
 from wav2genre_cache.cli.finetune import (
     RUN_FINETUNE_OPTIONS,
     finetune,
@@ -311,6 +312,7 @@ app.command()(info)
 app.command()(finetune)
 app.command()(predict)
 app.command()(serve)
+app.command()(export)
 
 
 @app.command("demo-data")

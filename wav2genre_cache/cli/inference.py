@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from wav2genre_cache.cli.export import load_predictor
 from wav2genre_cache.cli.options import (
     DEVICE,
     DeviceOpt,
@@ -38,6 +39,13 @@ def predict(
         bool,
         typer.Option(help="Exit 1 if any input cannot be predicted (by default only if none can)."),
     ] = False,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="torch: the bundle's model in PyTorch; onnx: --bundle is an export folder "
+            "(wav2genre export --onnx), run by onnxruntime alone."
+        ),
+    ] = "torch",
     max_minutes: Annotated[
         float | None,
         typer.Option(
@@ -51,11 +59,11 @@ def predict(
     Every input that cannot be used (missing, a symlink loop, a folder named like audio, not
     decodable) is named with its reason: on stderr, and as an error entry with --json.
     """
-    from wav2genre_cache.inference.predict import Predictor, expand_inputs
+    from wav2genre_cache.inference.predict import expand_inputs
     from wav2genre_cache.store.bundles import resolve_bundle_dir
 
     bundle = resolve_bundle_dir(bundle)
-    predictor = Predictor(bundle, device=device, batch_size=batch_size)
+    predictor = load_predictor(bundle, runtime, device, batch_size)
     if max_minutes is not None and max_minutes <= 0:
         raise OptionError(f"--max-minutes must be positive, not {max_minutes:g}")
     limit = None if max_minutes is None else max_minutes * 60
