@@ -90,6 +90,7 @@ def test_the_card_is_documentation_loading_never_needs_it(run, tmp_path):
 
     bundle = tmp_path / "b"
     shutil.copytree(run / "best", bundle)
+    assert (bundle / CARD_FILE).is_file()
     assert CARD_FILE not in json.loads((bundle / "bundle.json").read_text())["files"]
     (bundle / CARD_FILE).write_text("edited on the hub\n")
     load_bundle(bundle)
