@@ -277,7 +277,8 @@ def _evaluation(bundle: dict, card: dict) -> str:
             measured = bool(s.get("support"))  # a label without test tracks has no figure
             cells = [figure(s.get(k)) if measured else "-" for k in ("precision", "recall", "f1")]
             out.append(f"| {label} | " + " | ".join(cells) + f" | {s.get('support')} |")
-    out += ["", "Intervals are 95 % (Wilson's for accuracy, bootstrap over tracks for F1)."]
+    out += ["", "Intervals are 95 %: Wilson's for accuracy, a bootstrap for F1 (over artists"]
+    out[-1] += " where they are known, else over tracks)."
     return "\n".join(out)
 
 
