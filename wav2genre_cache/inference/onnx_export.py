@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wav2genre_cache import __version__
 from wav2genre_cache._io import atomic_write, atomic_write_json, sha256_file
+from wav2genre_cache._version import __version__
 from wav2genre_cache.errors import ExportError
 from wav2genre_cache.feature_sets import ENCODER, feature_set_name
 from wav2genre_cache.heads.registry import Inputs, head_spec
