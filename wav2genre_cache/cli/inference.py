@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from wav2genre_cache.cli.export import load_predictor
+from wav2genre_cache.cli.locks import output_lock
 from wav2genre_cache.cli.options import (
     DEVICE,
     DeviceOpt,
@@ -21,8 +22,32 @@ from wav2genre_cache.cli.options import (
 )
 from wav2genre_cache.errors import OptionError
 
+if TYPE_CHECKING:  # the model's libraries load only when a command runs
+    from wav2genre_cache.inference.onnx_runtime import OnnxPredictor
+    from wav2genre_cache.inference.predict import Predictor, SkippedInput
+
 BundleOpt = Annotated[
     Path, typer.Option(help="A bundle folder: RUN_DIR/best or RUN_DIR/bundles/<head>.")
+]
+
+
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Write a row per file (path, top labels and scores, timeline, error, bundle id and "
+        "checksum) to this file instead of printing; its extension picks the format: .csv or "
+        ".jsonl (appended as each file ends: a killed run keeps its rows), .json or .parquet "
+        "(written at the end).",
+    ),
+]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        help="With --output: predict only the files it has no row for yet, adding theirs "
+        "(refused if another bundle made it)."
+    ),
 ]
 
 
@@ -53,6 +78,8 @@ def predict(
             "the memory one file can take. Default: no limit."
         ),
     ] = None,
+    output: OutputOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Label songs with a bundle: top-k labels (a tagger's tags) per file; a timeline with --json.
 
@@ -62,33 +89,76 @@ def predict(
     from wav2genre_cache.inference.predict import expand_inputs
     from wav2genre_cache.store.bundles import resolve_bundle_dir
 
+    if output is not None:
+        _check_output_options(output, resume, as_json)  # before the model loads
+    elif resume:
+        raise OptionError("--resume goes with --output FILE: the file to resume")
     bundle = resolve_bundle_dir(bundle)
     predictor = load_predictor(bundle, runtime, device, batch_size)
     if max_minutes is not None and max_minutes <= 0:
         raise OptionError(f"--max-minutes must be positive, not {max_minutes:g}")
     limit = None if max_minutes is None else max_minutes * 60
-    results = predictor.predict_paths(expand_inputs(inputs), top_k=top_k, max_seconds=limit)
-    if as_json:
-        print(json.dumps(results, indent=1))
+    if output is not None:
+        failed, done = _predict_to_file(
+            predictor, expand_inputs(inputs), output, resume, top_k, limit
+        )
     else:
-        for r in results:
-            if "error" in r:
-                err.print(styled("skipped", "yellow", f" {r['error']}"), highlight=False)
-            else:
-                top = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top"])
-                if "tags" in r:  # a tagger: the tags over their thresholds, then the top-k
-                    tags = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["tags"])
-                    top = f"tags: {tags or '(none over its threshold)'}\ttop: {top}"
-                out.print(f"{r['file']}\t{top}", highlight=False)
-    failed = sum("error" in r for r in results)
+        results = predictor.predict_paths(expand_inputs(inputs), top_k=top_k, max_seconds=limit)
+        _print_results(results, as_json)
+        failed, done = sum("error" in r for r in results), len(results)
     if failed:
         err.print(
-            styled(f"{failed} of {len(results)} inputs could not be used", "yellow"),
+            styled(f"{failed} of {done} inputs could not be used", "yellow"),
             highlight=False,
         )
     # All failed: exit 1 always; some failed: only with --strict, as `embed --strict` does.
-    if failed and (failed == len(results) or strict):
+    if failed and (failed == done or strict):
         raise typer.Exit(1)
+
+
+def _print_results(results: list[dict], as_json: bool) -> None:
+    """predict's stdout: a line per file (errors on stderr), or the JSON of every entry."""
+    if as_json:
+        print(json.dumps(results, indent=1))
+        return
+    for r in results:
+        if "error" in r:
+            err.print(styled("skipped", "yellow", f" {r['error']}"), highlight=False)
+        else:
+            top = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top"])
+            if "tags" in r:  # a tagger: the tags over their thresholds, then the top-k
+                tags = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["tags"])
+                top = f"tags: {tags or '(none over its threshold)'}\ttop: {top}"
+            out.print(f"{r['file']}\t{top}", highlight=False)
+
+
+def _check_output_options(output: Path, resume: bool, as_json: bool) -> None:
+    """Refuse --output with --json, an unknown format, or a file that exists without --resume."""
+    from wav2genre_cache.inference.outputs import check_output
+
+    if as_json:
+        raise OptionError("--json prints to stdout, --output writes a file: choose one")
+    check_output(output, resume)
+
+
+def _predict_to_file(
+    predictor: Predictor | OnnxPredictor,
+    inputs: list[Path | SkippedInput],
+    output: Path,
+    resume: bool,
+    top_k: int,
+    limit: float | None,
+) -> tuple[int, int]:
+    """predict --output, under a lock on the file: (inputs that failed, inputs predicted)."""
+    from wav2genre_cache.inference.batch import predict_to_file
+
+    with output_lock(output):  # two runs appending to one file would mix their rows
+        summary = predict_to_file(
+            predictor, inputs, output, resume=resume, top_k=top_k, max_seconds=limit, console=err
+        )
+    skipped = f", {summary.skipped} inputs already in it skipped" if summary.skipped else ""
+    err.print(f"Wrote {summary.written} rows to {output}{skipped}", highlight=False)
+    return summary.failed, summary.written
 
 
 # serve's options, named as inference.server.ServeOptions' fields.
