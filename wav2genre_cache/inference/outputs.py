@@ -62,12 +62,12 @@ def output_format(path: Path) -> str:
 def check_output(path: Path, resume: bool) -> str:
     """Refuse, before any work, an output that exists without --resume; return its format."""
     suffix = output_format(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; --output names a file")
     if path.exists() and not resume:
         raise OutputError(
             f"{path} already exists; use --resume to add the files it lacks, or another file"
         )
-    if path.is_dir():
-        raise OutputError(f"{path} is a folder; --output names a file")
     return suffix
 
 
