@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from wav2genre_cache._version import __version__
 from wav2genre_cache._io import comma_list
+from wav2genre_cache._version import __version__
 from wav2genre_cache.cli.export import export
 from wav2genre_cache.cli.finetune import (
     RUN_FINETUNE_OPTIONS,

@@ -93,6 +93,7 @@ def comparison_table(metrics: dict) -> pd.DataFrame:
         if tags
         else ["cv_track_accuracy", "valid_track_accuracy", "track_accuracy"]
     )
+    rank = [column for column in rank if column in df]  # cv_*: only where cross-validation chose
     return df.sort_values(rank, ascending=False, na_position="last", kind="stable").reset_index(
         drop=True
     )
@@ -275,6 +276,12 @@ def _data_notes(metrics: dict) -> list[str]:
             "tracks before and after (15 bins; for tags, over every track and tag; with few "
             "test tracks it is a noisy estimate).",
         ]
+        skipped = [r for r in metrics["results"] if (r.get("calibration") or {}).get("skipped")]
+        if skipped:
+            lines[-1] += (
+                f" Not calibrated ({len(skipped)} of {len(metrics['results'])} rows): "
+                f"{skipped[0]['calibration']['skipped']}."
+            )
     sources = [s for s in metrics.get("sources", []) if s]
     if len(sources) > 1:
         lines += ["", f"Datasets: {', '.join(sources)} (per-dataset figures below the table)."]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wav2genre_cache._version import __version__
 from wav2genre_cache._io import atomic_write_json
+from wav2genre_cache._version import __version__
 from wav2genre_cache.errors import TrainError
 from wav2genre_cache.evaluation.result_row import CalibratedTracks
 from wav2genre_cache.feature_sets import ENCODER

@@ -12,8 +12,8 @@ import json
 import shutil
 from pathlib import Path, PureWindowsPath
 
-from wav2genre_cache._version import __version__
 from wav2genre_cache._io import atomic_write_json, sha256_file
+from wav2genre_cache._version import __version__
 from wav2genre_cache.errors import BundleError
 from wav2genre_cache.feature_sets import ENCODER
 from wav2genre_cache.heads.registry import head_files, load_head, save_head

@@ -19,8 +19,8 @@ from typing import Protocol
 import h5py
 import numpy as np
 
-from wav2genre_cache._version import __version__
 from wav2genre_cache._io import atomic_write, atomic_write_text
+from wav2genre_cache._version import __version__
 from wav2genre_cache.errors import CacheError
 from wav2genre_cache.feature_sets import FEATURE_ALIASES
 from wav2genre_cache.store.cache import (
