@@ -83,6 +83,22 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def read_json_object(
+    path: Path, error: type[Exception], what: str, format_name: str | None = None
+) -> dict:
+    """A JSON object read back from a file (with "format": format_name where given), or `error`
+    naming the file and what is wrong; `what` says what the file should be."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict) or (format_name and value.get("format") != format_name):
+        raise error(f"{path}: not {what}")
+    return value
+
+
 def jsonable(obj):
     """obj with tuples as lists and undefined floats (an AUC of a missing class) as null.
 

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import expit, log_expit, log_softmax, logit, softmax
+from scipy.special import log_expit, log_softmax, logit
 
 from wav2genre_cache.errors import CalibrationError
+from wav2genre_cache.evaluation.calibration_map import EPS as _EPS
+from wav2genre_cache.evaluation.calibration_map import apply_map
 from wav2genre_cache.evaluation.intervals import wilson_interval
 
 METHODS = ("auto", "none", "temperature", "isotonic")
-# Scores are clipped before taking logs so that a 0 or 1 has a finite logit.
-_EPS = 1e-7
 # The temperature search interval: wide enough for any sane head, bounded so that a validation
 # set the head fits perfectly does not drive T to 0 (scores of exactly 0 and 1).
 T_BOUNDS = (0.05, 20.0)
@@ -62,28 +62,11 @@ class Calibrator:
         p = np.array(proba, dtype=np.float64)  # a copy: the caller's array is never changed
         if p.ndim != 2:
             raise CalibrationError(f"scores must be [rows, classes], not shape {p.shape}")
-        if self.method == "none" or len(p) == 0:
-            return p
-        if self.method == "temperature":
-            if self.multi_label:
-                return _sigmoid_logits(p, self.temperature)
-            return softmax(_log_scores(p) / self.temperature, axis=1)
-        if p.shape[1] != len(self.isotonic):
+        if self.method == "isotonic" and p.shape[1] != len(self.isotonic):
             raise CalibrationError(
                 f"scores have {p.shape[1]} classes but the calibration has {len(self.isotonic)}"
             )
-        out = np.empty_like(p)
-        for k, m in enumerate(self.isotonic):
-            out[:, k] = np.interp(p[:, k], m["x"], m["y"])
-        if self.multi_label:
-            return out
-        # One-vs-rest maps no longer sum to 1 per row; a row they all map to 0 carries no
-        # information from the maps, so it keeps its raw scores rather than becoming 0/0.
-        sums = out.sum(axis=1, keepdims=True)
-        dead = sums[:, 0] <= 0
-        out[dead] = p[dead]
-        sums[dead] = p[dead].sum(axis=1, keepdims=True)
-        return np.divide(out, sums, out=np.zeros_like(out), where=sums > 0)
+        return apply_map(p, self.method, self.multi_label, self.temperature, self.isotonic)
 
     def as_json(self) -> dict:
         """The calibrator as plain JSON values (what bundle.json stores)."""
@@ -296,10 +279,6 @@ def _log_scores(p: np.ndarray) -> np.ndarray:
 def _tag_logits(p: np.ndarray) -> np.ndarray:
     """Multi-label logits of the clipped per-tag scores."""
     return logit(np.clip(p, _EPS, 1.0 - _EPS))
-
-
-def _sigmoid_logits(p: np.ndarray, t: float) -> np.ndarray:
-    return expit(_tag_logits(p) / t)
 
 
 def _round(values: np.ndarray) -> np.ndarray:

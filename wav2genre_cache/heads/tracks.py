@@ -33,6 +33,7 @@ class AttentionPoolingClassifier(TorchClassifier):
         batch_size: int = 64,
         max_epochs: int = 100,
         patience: int = 8,
+        validation_fraction: float = 0.1,
         device: str = "cpu",
         random_state: int = 0,
     ):
@@ -60,7 +61,7 @@ class AttentionPoolingClassifier(TorchClassifier):
                 np.searchsorted(self.classes_, np.asarray(y_val)[known]),
             )
         else:
-            val_bags, val_labels = bags, labels
+            bags, labels, val_bags, val_labels = self._hold_out_tracks(bags, labels, stratify=True)
         return self._fit_net(X.shape[1], bags, labels, val_bags, val_labels)
 
     def _fit_track_tags(self, X, Y, groups, X_val, Y_val, groups_val):
@@ -75,8 +76,32 @@ class AttentionPoolingClassifier(TorchClassifier):
                 self._tag_targets(Y_val),
             )
         else:
-            val_bags, val_labels = bags, labels
+            bags, labels, val_bags, val_labels = self._hold_out_tracks(bags, labels, stratify=False)
         return self._fit_net(X.shape[1], bags, labels, val_bags, val_labels)
+
+    def _hold_out_tracks(self, bags: tuple, labels: torch.Tensor, stratify: bool):
+        """Without validation tracks, `validation_fraction` of the training tracks (stratified by
+        label where each has two) stop training early; too few tracks stop on the training loss."""
+        from sklearn.model_selection import train_test_split
+
+        n = len(labels)
+        n_val = int(round(self.validation_fraction * n))
+        y = labels.numpy() if stratify else None
+        if stratify:
+            counts = np.bincount(y)
+            counts = counts[counts > 0]
+            if n_val < len(counts) or counts.min() < 2 or n - n_val < len(counts):
+                return bags, labels, bags, labels
+        elif n_val < 1 or n - n_val < 2:
+            return bags, labels, bags, labels
+        fit, val = train_test_split(
+            np.arange(n), test_size=n_val, stratify=y, random_state=self.random_state
+        )
+
+        def take(rows):
+            return tuple(t[rows] for t in bags), labels[rows]
+
+        return (*take(fit), *take(val))
 
     @staticmethod
     def _bags(X: np.ndarray, groups: np.ndarray, y_idx: np.ndarray | None = None):

@@ -10,24 +10,23 @@ checked against the manifest's sha256 before any is read.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from wav2genre_cache._io import sha256_file
+from wav2genre_cache._io import read_json_object, sha256_file
 from wav2genre_cache.audio.decode import (
-    SAMPLE_RATE,
     load_track,
     normalize_segments,
     segment_track,
 )
 from wav2genre_cache.errors import AudioError, BundleError, ExportError
+from wav2genre_cache.evaluation.calibration_map import apply_map, expit, softmax
+from wav2genre_cache.inference.entries import prediction_entry
 
 MANIFEST = "manifest.json"
 EXPORT_FORMAT = "wav2genre-onnx"
 EXPORT_VERSION = 1
-_EPS = 1e-7  # as evaluation.calibration clips scores before taking logs
 
 
 def read_manifest(directory: str | Path) -> dict:
@@ -36,12 +35,9 @@ def read_manifest(directory: str | Path) -> dict:
     path = directory / MANIFEST
     if not path.is_file():
         raise BundleError(f"{directory}: not an ONNX export (no {MANIFEST}); run wav2genre export")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
-        raise BundleError(f"{path}: not a wav2genre ONNX export manifest")
+    manifest = read_json_object(
+        path, BundleError, "a wav2genre ONNX export manifest", EXPORT_FORMAT
+    )
     if manifest.get("format_version", 0) > EXPORT_VERSION:
         raise BundleError(
             f"{path}: export format version {manifest['format_version']}; this version reads "
@@ -173,44 +169,10 @@ class OnnxPredictor:
         return entries
 
     def _result(self, samples, starts, length, proba, top_k) -> dict:
-        # The track's score is the mean of its segments' raw scores, then calibrated (as predict).
-        track = self.calibrate(proba.mean(axis=0, keepdims=True))[0]
-        proba = self.calibrate(proba)
-        order = np.argsort(-track)[:top_k]
-        result = {
-            "duration": round(len(samples) / SAMPLE_RATE, 3),
-            "label": self.labels[order[0]],
-            "top": [
-                {"label": self.labels[i], "probability": round(float(track[i]), 4)} for i in order
-            ],
-            "timeline": [
-                {
-                    "start": round(s / SAMPLE_RATE, 3),
-                    "end": round((s + length) / SAMPLE_RATE, 3),
-                    "label": self.labels[int(np.argmax(p))],
-                    "probabilities": {
-                        lab: round(float(v), 4) for lab, v in zip(self.labels, p, strict=True)
-                    },
-                    **({"tags": self._tags(p)} if self.multi_label else {}),
-                }
-                for s, p in zip(starts, proba, strict=True)
-            ],
-        }
-        if self.multi_label:
-            result["tags"] = self._tags(track)
-        return result
-
-    def _tags(self, scores: np.ndarray) -> list[dict]:
-        """The tags whose score reaches their threshold, highest score first."""
-        above = np.flatnonzero(scores >= self.thresholds)
-        return [
-            {
-                "label": self.labels[i],
-                "probability": round(float(scores[i]), 4),
-                "threshold": round(float(self.thresholds[i]), 4),
-            }
-            for i in above[np.argsort(-scores[above], kind="stable")]
-        ]
+        thresholds = self.thresholds if self.multi_label else None
+        return prediction_entry(
+            self.labels, len(samples), (starts, length), proba, top_k, self.calibrate, thresholds
+        )
 
 
 def _whisper_layout(directory: Path, frontend: dict):
@@ -232,46 +194,20 @@ def _linear_probabilities(arrays: dict, x: np.ndarray, multi_label: bool) -> np.
     """A logreg head's probabilities from its arrays: standardise, then softmax or sigmoid."""
     scores = ((x - arrays["mean"]) / arrays["scale"]) @ arrays["coef"].T + arrays["intercept"]
     if multi_label:
-        return _expit(scores)
+        return expit(scores)
     if scores.shape[1] == 1:  # two classes: one score, for the second class
-        p = _expit(scores[:, 0])
+        p = expit(scores[:, 0])
         return np.stack([1 - p, p], axis=1)
-    return _softmax(scores)
+    return softmax(scores)
 
 
 def apply_calibration(calibration: dict | None, proba: np.ndarray) -> np.ndarray:
     """Calibrated scores [n, K] (float64) from raw ones, by the bundle's calibration JSON."""
     p = np.array(proba, dtype=np.float64)
-    method = (calibration or {}).get("method", "none")
-    if method == "none" or len(p) == 0:
-        return p
-    multi_label = bool(calibration["multi_label"])
-    if method == "temperature":
-        t = float(calibration["temperature"])
-        if multi_label:
-            q = np.clip(p, _EPS, 1.0 - _EPS)
-            return _expit(np.log(q / (1.0 - q)) / t)
-        return _softmax(np.log(np.clip(p, _EPS, 1.0)) / t)
-    if method != "isotonic":
+    c = calibration or {}
+    method = c.get("method", "none")
+    if method not in ("none", "temperature", "isotonic"):
         raise ExportError(f"unknown calibration method {method!r} in the export's manifest")
-    out = np.empty_like(p)
-    for k, m in enumerate(calibration["isotonic"]):
-        out[:, k] = np.interp(p[:, k], m["x"], m["y"])
-    if multi_label:
-        return out
-    # As Calibrator.apply: a row every map sends to 0 keeps its raw scores.
-    sums = out.sum(axis=1, keepdims=True)
-    dead = sums[:, 0] <= 0
-    out[dead] = p[dead]
-    sums[dead] = p[dead].sum(axis=1, keepdims=True)
-    return np.divide(out, sums, out=np.zeros_like(out), where=sums > 0)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _expit(z: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):  # an infinite score (a constant tag) gives 0 or 1
-        return 1.0 / (1.0 + np.exp(-z))
+    return apply_map(
+        p, method, bool(c.get("multi_label")), float(c.get("temperature", 1.0)), c.get("isotonic")
+    )

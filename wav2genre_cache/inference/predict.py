@@ -18,6 +18,7 @@ from wav2genre_cache.errors import AudioError, AudioTooLong, BundleError
 from wav2genre_cache.evaluation.calibration import Calibrator
 from wav2genre_cache.feature_sets import ENCODER, feature_set_name
 from wav2genre_cache.heads.registry import Inputs, head_spec
+from wav2genre_cache.inference.entries import prediction_entry
 from wav2genre_cache.store.bundles import FINETUNED, load_bundle
 
 
@@ -160,45 +161,16 @@ class Predictor:
         return proba
 
     def _result(self, samples, starts, length, proba, top_k) -> dict:
-        # The track's score is the mean of its segments' raw scores, then calibrated: as the
-        # calibration map was fitted in training.
-        track = self.calibrator.apply(proba.mean(axis=0, keepdims=True))[0]
-        proba = self.calibrator.apply(proba)
-        order = np.argsort(-track)[:top_k]
-        result = {
-            "duration": round(len(samples) / SAMPLE_RATE, 3),
-            "label": self.labels[order[0]],
-            "top": [
-                {"label": self.labels[i], "probability": round(float(track[i]), 4)} for i in order
-            ],
-            "timeline": [
-                {
-                    "start": round(s / SAMPLE_RATE, 3),
-                    "end": round((s + length) / SAMPLE_RATE, 3),
-                    "label": self.labels[int(np.argmax(p))],
-                    "probabilities": {
-                        lab: round(float(v), 4) for lab, v in zip(self.labels, p, strict=True)
-                    },
-                    **({"tags": self._tags(p)} if self.multi_label else {}),
-                }
-                for s, p in zip(starts, proba, strict=True)
-            ],
-        }
-        if self.multi_label:
-            result["tags"] = self._tags(track)
-        return result
-
-    def _tags(self, scores: np.ndarray) -> list[dict]:
-        """The tags whose score reaches their threshold, highest score first."""
-        above = np.flatnonzero(scores >= self.thresholds)
-        return [
-            {
-                "label": self.labels[i],
-                "probability": round(float(scores[i]), 4),
-                "threshold": round(float(self.thresholds[i]), 4),
-            }
-            for i in above[np.argsort(-scores[above], kind="stable")]
-        ]
+        thresholds = self.thresholds if self.multi_label else None
+        return prediction_entry(
+            self.labels,
+            len(samples),
+            (starts, length),
+            proba,
+            top_k,
+            self.calibrator.apply,
+            thresholds,
+        )
 
     def predict_paths(
         self,

@@ -8,11 +8,10 @@ train-heads writes them; predict and serve read them, and nothing here touches a
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path, PureWindowsPath
 
-from wav2genre_cache._io import atomic_write_json, sha256_file
+from wav2genre_cache._io import atomic_write_json, read_json_object, sha256_file
 from wav2genre_cache._version import __version__
 from wav2genre_cache.errors import BundleError
 from wav2genre_cache.feature_sets import ENCODER
@@ -161,12 +160,7 @@ def read_bundle_json(directory: str | Path) -> dict:
         raise BundleError(
             f"{directory}: not a bundle (no bundle.json); pass a run folder's best/ or bundles/<head>/ folder"
         )
-    try:
-        meta = json.loads(meta_file.read_text())
-    except ValueError as exc:
-        raise BundleError(f"{meta_file}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{meta_file}: not a wav2genre bundle")
+    meta = read_json_object(meta_file, BundleError, "a wav2genre bundle", BUNDLE_FORMAT)
     _check_fields(meta_file, meta)
     return meta
 
