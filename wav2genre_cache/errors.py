@@ -18,6 +18,9 @@ traceback. Each class says which stage raises it:
 - OutputBusy: another run is writing the same output (cli/locks.py).
 - OutputError: a predictions file that cannot be written as asked (inference/outputs.py).
 - ExportError: a bundle that cannot be exported to ONNX, or an export that cannot be run (inference/onnx_*.py).
+
+Interrupted is not among them: it is a KeyboardInterrupt (Ctrl-C), raised by a stage that knows
+what its output keeps, and the command line prints it as one line with exit status 130.
 """
 
 from __future__ import annotations
@@ -89,3 +92,7 @@ class OutputError(Wav2GenreError):
 
 class ExportError(Wav2GenreError):
     """A bundle that cannot be exported to ONNX, or an ONNX export that cannot be used."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what the output keeps and how to go on."""

@@ -6,6 +6,7 @@ import gc
 import importlib
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import time
@@ -13,9 +14,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from itertools import islice
 
 PARENT_POLL_SECONDS = 0.5
+STOP_SECONDS = 1.0  # on an interrupt or error, how long the workers may finish their item
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
@@ -29,21 +32,35 @@ class DecodeWorkers:
 
     def __init__(self, count: int, warm: str = "wav2genre_cache.audio.decode"):
         self.count = count
-        self._pool = _process_pool(count) if count > 0 else None
-        for _ in range(count):
-            self._pool.submit(warm_up, warm)
+        self._pool = None
+        try:
+            with _interrupt_deferred():
+                self._pool = _process_pool(count) if count > 0 else None
+                for _ in range(count):
+                    self._pool.submit(warm_up, warm)
+        except BaseException:  # Ctrl-C while they start: no `with` will close them
+            self.close(at_once=True)
+            raise
 
     def __enter__(self) -> DecodeWorkers:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(at_once=exc_type is not None)
 
-    def close(self) -> None:
-        """Stop the processes, dropping work not started; safe to call twice."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def close(self, at_once: bool = False) -> None:
+        """Stop the processes, dropping work not started; safe to call twice.
+
+        at_once (an interrupt or an error ends the run): the workers get STOP_SECONDS to finish
+        their item, then are killed, so no exit waits on a decode nobody wants.
+        """
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if at_once:
+            _stop_now(pool)
+        else:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def map(
         self, fn: Callable, items: Iterable, window: int, on_crash: Callable | None = None
@@ -93,7 +110,8 @@ class DecodeWorkers:
         # The broken pool's pipes and processes are closed by finalizers; run them now, before the
         # new pool takes file descriptors, not at some later collection in the middle of its work.
         gc.collect()
-        self._pool = _process_pool(self.count)
+        with _interrupt_deferred():
+            self._pool = _process_pool(self.count)
 
     def _submit(self, fn: Callable, item) -> Future:
         """pool.submit, except that a pool that fails meanwhile gives a failed future, not an error.
@@ -110,7 +128,8 @@ class DecodeWorkers:
         from the pool's own plumbing.
         """
         try:
-            return self._pool.submit(fn, item)
+            with _interrupt_deferred():  # a Ctrl-C inside submit could orphan a new worker
+                return self._pool.submit(fn, item)
         except (BrokenProcessPool, OSError, RuntimeError, ValueError) as exc:
             broken = exc
             if not isinstance(exc, BrokenProcessPool):
@@ -137,9 +156,71 @@ def _process_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(
         workers,
         mp_context=mp.get_context("spawn"),
-        initializer=watch_parent,
+        initializer=start_worker,
         initargs=(os.getpid(), threading.current_thread() is threading.main_thread()),
     )
+
+
+def start_worker(parent_pid: int, death_signal: bool = True) -> None:
+    """Worker initializer: ignore Ctrl-C (the parent decides and stops the workers), and end
+    this process when its parent dies (watch_parent)."""
+    # A terminal's Ctrl-C reaches the whole process group: a worker that raised
+    # KeyboardInterrupt mid-task printed its traceback, and one interrupted while sending its
+    # result could corrupt the result pipe, so that the pool never told the others to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # It was born with SIGINT blocked (_interrupt_deferred): one sent meanwhile is now dropped.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    watch_parent(parent_pid, death_signal)
+
+
+def _stop_now(pool: ProcessPoolExecutor) -> None:
+    """Shut `pool` down without waiting on decodes: its workers finish their item within
+    STOP_SECONDS or are killed; none is left for multiprocessing's exit to wait on."""
+    # shutdown(wait=False) lets go of these, so they are taken first (Python 3.11 to 3.13).
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
+    results = getattr(pool, "_result_queue", None)
+    with _interrupt_deferred():  # a second Ctrl-C must not leave the pool half stopped
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + STOP_SECONDS
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join(STOP_SECONDS)
+        # The pool's thread ends once it sees its workers gone, unless a worker killed while
+        # sending its result left it reading the rest of that message: closing our end of the
+        # result pipe, its last writer, ends that read. Python's exit joins this thread.
+        if manager is not None:
+            manager.join(STOP_SECONDS)
+            if manager.is_alive() and results is not None:
+                results._writer.close()
+                manager.join(STOP_SECONDS)
+
+
+@contextmanager
+def _interrupt_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C until the block is done, then raise it: the pool's bookkeeping (a worker
+    started but not yet recorded, a lock held) is never left half done.
+
+    SIGINT is also blocked in this thread, so that a worker spawned here starts with it blocked
+    and cannot take it before its initializer ignores it. Main thread only (where Python runs
+    signal handlers); elsewhere the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: held.append(number))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, previous)
+        if held and callable(previous):
+            previous(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt
 
 
 def watch_parent(parent_pid: int, death_signal: bool = True) -> None:

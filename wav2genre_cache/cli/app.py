@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -34,14 +35,16 @@ from wav2genre_cache.cli.options import (
     styled,
     with_options,
 )
-from wav2genre_cache.errors import Wav2GenreError
+from wav2genre_cache.errors import Interrupted, Wav2GenreError
 
 
 class _Commands(TyperGroup):
-    """The commands, with the one place that turns a user's error into one line and exit 2.
+    """The commands, with the one place that turns a user's error into one line and exit 2,
+    and Ctrl-C into one line and exit 130.
 
     Any Wav2GenreError a command raises is a problem the user can fix and its message says how:
     it is printed as one line, without a traceback. Other exceptions are bugs and keep theirs.
+    A stage that knows what its output keeps raises Interrupted, whose message says so.
     """
 
     def invoke(self, ctx):
@@ -50,6 +53,13 @@ class _Commands(TyperGroup):
         except Wav2GenreError as exc:
             err.print(styled("error:", "bold red", f" {exc}"), highlight=False)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt as exc:
+            # The stages have stopped their workers on the way here; a second Ctrl-C while
+            # Python exits ends the process at once.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            said = f": {exc}" if isinstance(exc, Interrupted) and str(exc) else ""
+            err.print(styled("interrupted", "bold yellow", said), highlight=False)
+            raise typer.Exit(130) from None
 
 
 app = typer.Typer(

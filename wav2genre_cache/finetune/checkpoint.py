@@ -13,11 +13,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from wav2genre_cache._io import atomic_write, atomic_write_json, sync_dir, sync_file
+from wav2genre_cache.errors import Interrupted
 
 LATEST = "latest.json"
 WEIGHTS = "weights.safetensors"
@@ -115,3 +118,21 @@ def load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], groups: li
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+@contextmanager
+def interrupt_keeps_checkpoint(state_dir: Path) -> Iterator[None]:
+    """A Ctrl-C inside becomes Interrupted, saying what the run keeps: its latest checkpoint."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        # A kill at any moment leaves the pointed-at checkpoint whole, a Ctrl-C too.
+        try:
+            name = json.loads((state_dir / LATEST).read_text())["checkpoint"]
+        except (OSError, ValueError, KeyError):
+            name = None
+        if name is None:
+            said = "no checkpoint was written yet; the same command starts the run over"
+        else:
+            said = f"{state_dir} keeps checkpoint {name}; run the same command to resume from it"
+        raise Interrupted(said) from None

@@ -26,7 +26,7 @@ from wav2genre_cache.data.tracks import Track
 from wav2genre_cache.encoders.backbone import resolve_device
 from wav2genre_cache.encoders.sources import first_line
 from wav2genre_cache.errors import FinetuneError
-from wav2genre_cache.finetune.checkpoint import load_checkpoint
+from wav2genre_cache.finetune.checkpoint import interrupt_keeps_checkpoint, load_checkpoint
 from wav2genre_cache.finetune.data import (
     Example,
     decode_tracks,
@@ -68,50 +68,51 @@ def finetune(opts: FinetuneOptions, console: Console | None = None, progress: bo
         log(f"{run_dir}: this fine-tuning run is already complete")
         return json.loads((run_dir / RESULT_FILE).read_text())
 
-    encoder, extractor, frontend, info = load_encoder(opts)
-    data = _decode(tracks, labels, settings["split_digest"], opts, log)
-    model, optimizer = build_model(encoder, frontend, len(labels), info, opts, device)
-    trainer = Trainer(
-        model=model,
-        frontend=frontend,
-        optimizer=optimizer,
-        scaler=torch.amp.GradScaler("cuda") if dtype == torch.float16 else None,
-        device=device,
-        dtype=dtype,
-        width=frontend.input_samples(int(round(opts.segment_seconds * SAMPLE_RATE))),
-        opts=opts,
-        state_dir=state_dir,
-        settings=settings,
-        log=log,
-    )
-    state = _resume(trainer)
-    # The bar's length; the learning-rate schedule follows the epochs' progress instead, since
-    # time-stretched tracks change how many batches an augmented epoch has.
-    steps_per_epoch = math.ceil(
-        train_batches(data["train"], frontend, trainer.width, opts) / opts.grad_accum
-    )
-    if opts.probe_epochs and not state.probed:
-        _probe(trainer, data["train"])
-        state.probed = True
-        save_progress(trainer, state)
-    total_steps = steps_per_epoch * opts.epochs  # for the progress bar
-    bar = EpochBar(console, opts.epochs, total_steps, state.global_step, enabled=progress)
-    peak = PeakMemory(device)
-    train_epochs(trainer, state, data, labels, bar)
-    return finish(
-        model,
-        frontend,
-        extractor,
-        data,
-        labels,
-        opts,
-        device,
-        asdict(state),  # finish reads the state as progress.json holds it
-        state_dir,
-        peak,
-        info,
-        log,
-    )
+    with interrupt_keeps_checkpoint(state_dir):  # where Ctrl-C has a checkpoint to keep
+        encoder, extractor, frontend, info = load_encoder(opts)
+        data = _decode(tracks, labels, settings["split_digest"], opts, log)
+        model, optimizer = build_model(encoder, frontend, len(labels), info, opts, device)
+        trainer = Trainer(
+            model=model,
+            frontend=frontend,
+            optimizer=optimizer,
+            scaler=torch.amp.GradScaler("cuda") if dtype == torch.float16 else None,
+            device=device,
+            dtype=dtype,
+            width=frontend.input_samples(int(round(opts.segment_seconds * SAMPLE_RATE))),
+            opts=opts,
+            state_dir=state_dir,
+            settings=settings,
+            log=log,
+        )
+        state = _resume(trainer)
+        # The bar's length; the learning-rate schedule follows the epochs' progress instead, since
+        # time-stretched tracks change how many batches an augmented epoch has.
+        steps_per_epoch = math.ceil(
+            train_batches(data["train"], frontend, trainer.width, opts) / opts.grad_accum
+        )
+        if opts.probe_epochs and not state.probed:
+            _probe(trainer, data["train"])
+            state.probed = True
+            save_progress(trainer, state)
+        total_steps = steps_per_epoch * opts.epochs  # for the progress bar
+        bar = EpochBar(console, opts.epochs, total_steps, state.global_step, enabled=progress)
+        peak = PeakMemory(device)
+        train_epochs(trainer, state, data, labels, bar)
+        return finish(
+            model,
+            frontend,
+            extractor,
+            data,
+            labels,
+            opts,
+            device,
+            asdict(state),  # finish reads the state as progress.json holds it
+            state_dir,
+            peak,
+            info,
+            log,
+        )
 
 
 def _run_settings(

@@ -14,7 +14,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from wav2genre_cache._io import Pace
-from wav2genre_cache.inference.outputs import OutputRows, bundle_stamp, output_row, pending_inputs
+from wav2genre_cache.errors import Interrupted
+from wav2genre_cache.inference.outputs import (
+    APPENDED,
+    OutputRows,
+    bundle_stamp,
+    output_row,
+    pending_inputs,
+)
 from wav2genre_cache.inference.predict import SkippedInput
 
 if TYPE_CHECKING:
@@ -56,17 +63,30 @@ def predict_to_file(
         summary.skipped = len(inputs) - len(todo)
         # One file at a time: each row is written as its file ends, and a row never depends
         # on which files shared its batch, so a resumed run's rows are an uninterrupted run's.
-        with file_progress(console, len(todo)) as advance:
-            for item in todo:
-                (entry,) = predictor.predict_paths([item], top_k=top_k, max_seconds=max_seconds)
-                rows.write(output_row(entry, stamp))
-                summary.written += 1
-                if "error" in entry:
-                    summary.failed += 1
-                    said = Text.assemble(("skipped", "yellow"), f" {entry['error']}")
-                    console.print(said, highlight=False)
-                advance(summary.failed)
+        try:
+            with file_progress(console, len(todo)) as advance:
+                for item in todo:
+                    (entry,) = predictor.predict_paths([item], top_k=top_k, max_seconds=max_seconds)
+                    rows.write(output_row(entry, stamp))
+                    summary.written += 1
+                    if "error" in entry:
+                        summary.failed += 1
+                        said = Text.assemble(("skipped", "yellow"), f" {entry['error']}")
+                        console.print(said, highlight=False)
+                    advance(summary.failed)
+        except KeyboardInterrupt:
+            raise Interrupted(interrupted_output(output, rows)) from None
     return summary
+
+
+def interrupted_output(output: Path, rows: OutputRows) -> str:
+    """What a Ctrl-C leaves in `output`: the rows so far (.csv, .jsonl), or the file as it was."""
+    if rows.format in APPENDED:
+        return (
+            f"{output} keeps its {len(rows.done)} rows; run the same command with --resume "
+            "to predict the rest"
+        )
+    return f"{output} is written at the end only: this run added nothing to it"
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from wav2genre_cache.audio.whisper_windows import TrackWindows
 from wav2genre_cache.data.tracks import EXCLUDED, Track
 from wav2genre_cache.encoders.backbone import Backbone
 from wav2genre_cache.encoders.embed_tracks import embed_tracks, track_windows
-from wav2genre_cache.errors import CacheError, OptionError
+from wav2genre_cache.errors import CacheError, Interrupted, OptionError
 from wav2genre_cache.feature_sets import ENCODER, HANDCRAFTED, LOGMEL
 from wav2genre_cache.stage_one.options import EmbedOptions, EmbedSummary
 from wav2genre_cache.stage_one.per_track import PreparedTrack, PrepareOptions
@@ -90,18 +90,30 @@ def write_blocks(
     `blocks` may be lazy: its work then runs under the progress line too.
     """
     plain = Pace() if progress and not console.is_terminal else None  # a log: plain lines
-    with embed_progress(console, progress) as bar:
-        task = bar.add_task("embed", total=tracks, completed=summary.tracks_skipped, speed="")
-        for k, results in blocks:
-            store.write(k, results)
-            record_block(results, summary, console, start, bar, task)
-            done = int(bar.tasks[0].completed)
-            if plain is not None and plain(force=done == tracks):
-                console.print(
-                    f"embed: {done}/{tracks} tracks, {summary.segments:,} segments, "
-                    f"{summary.audio_seconds_per_second:,.1f} audio-s/s",
-                    highlight=False,
-                )
+    kept = summary.tracks_skipped  # tracks in written shards: what a Ctrl-C leaves
+    try:
+        with embed_progress(console, progress) as bar:
+            task = bar.add_task("embed", total=tracks, completed=kept, speed="")
+            for k, results in blocks:
+                store.write(k, results)
+                kept += len(results)
+                record_block(results, summary, console, start, bar, task)
+                done = int(bar.tasks[0].completed)
+                if plain is not None and plain(force=done == tracks):
+                    console.print(
+                        f"embed: {done}/{tracks} tracks, {summary.segments:,} segments, "
+                        f"{summary.audio_seconds_per_second:,.1f} audio-s/s",
+                        highlight=False,
+                    )
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_embed(kept)) from None
+
+
+def interrupted_embed(kept: int) -> str:
+    """What a Ctrl-C while embedding leaves: the shards written so far, which a rerun resumes."""
+    if not kept:
+        return "no track was embedded yet; nothing was kept"
+    return f"the cache keeps the {kept} tracks done; run the same command to resume"
 
 
 def finish_blocks(store: BlockStore, tracks: list[Track], summary: EmbedSummary) -> None:
