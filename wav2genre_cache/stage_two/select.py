@@ -61,8 +61,13 @@ def fit_jobs(
     log: Callable[[str], None],
     calibration: str = "auto",
     rule: SelectionRule | None = None,
+    keep: Callable[[Job, Fitted], Fitted] | None = None,
 ) -> list[Fitted]:
-    """Fit every job on one feature set; the features of a layer are read once for its jobs."""
+    """Fit every job on one feature set; the features of a layer are read once for its jobs.
+
+    keep, where given, is called on each job as it is fitted (jobs_store persists it there)
+    and its return value is what the list holds.
+    """
     rule = rule or choose_rule(data, "valid")
     out = []
     X, X_layer = None, None
@@ -73,7 +78,8 @@ def fit_jobs(
         result, model, calibrator = fit_and_select(
             spec, X, data, job.layer, seed, trials, calibration, rule
         )
-        out.append(Fitted(result, model, data, calibrator))
+        fitted = Fitted(result, model, data, calibrator)
+        out.append(keep(job, fitted) if keep else fitted)
         log(_fitted_line(job, data, result))
     return out
 

@@ -25,6 +25,7 @@ from wav2genre_cache.heads.registry import ALL_HEADS, FCNN_SEARCH_SPACE, head_sp
 from wav2genre_cache.stage_two.card import card_of
 from wav2genre_cache.stage_two.cv_select import choose_rule
 from wav2genre_cache.stage_two.data import TrainingData, load_training_data
+from wav2genre_cache.stage_two.jobs_store import JobStore, run_settings
 from wav2genre_cache.stage_two.options import TrainOptions
 from wav2genre_cache.stage_two.plan import (
     feature_sets_for,
@@ -33,7 +34,7 @@ from wav2genre_cache.stage_two.plan import (
     requested_heads,
 )
 from wav2genre_cache.stage_two.scoring import head_scores, metrics_of
-from wav2genre_cache.stage_two.select import Fitted, best_overall, fit_jobs, select_best
+from wav2genre_cache.stage_two.select import Fitted, best_overall, select_best
 from wav2genre_cache.store.bundles import write_bundle
 from wav2genre_cache.store.cache import EmbeddingCache
 
@@ -65,6 +66,8 @@ def train_heads(
         log,
     )
     variants = [True, False] if opts.augmented == "both" else [bool(opts.augmented)]
+    # Each job is kept in RUN/jobs as it finishes; a re-run fits only those not yet done.
+    store = JobStore.open(Path(out_dir), run_settings(cache, names, sets, opts), log)
     fitted: list[Fitted] = []
     probes: dict[str, list[float]] = {}
     first, rule = None, None
@@ -84,7 +87,7 @@ def train_heads(
             if rule is None:
                 rule = choose_rule(data, opts.selection, opts.seed)
                 log(("warning: " if rule.name == "test" else "selection: ") + rule.reason)
-            fitted += fit_jobs(data, jobs, opts.seed, opts.trials, log, opts.calibration, rule)
+            fitted += store.fit_or_load(data, jobs, rule, opts)
     metrics = {
         **_run_header(cache_path, first, sets, opts),
         "selected_on": rule.name,
@@ -160,9 +163,10 @@ def _write_head_bundle(out_dir: Path, bundle: str, f: Fitted, run: dict) -> None
     the test detail the figures draw (its features are re-read: the run does not keep them);
     run (metrics.json's header) tells its model card where the data came from."""
     r, data, test = f.result, f.data, f.data.test
+    model = f.model  # read once: a stored job's model is loaded from its folder
     raw = head_scores(
         head_spec(r.head),
-        f.model,
+        model,
         data.features(r.layer)[test],
         data.y[test],
         data.track[test],
@@ -177,7 +181,7 @@ def _write_head_bundle(out_dir: Path, bundle: str, f: Fitted, run: dict) -> None
     )
     write_bundle(
         out_dir / bundle,
-        f.model,
+        model,
         r.head,
         params=r.params,
         layer=r.layer,

@@ -192,6 +192,19 @@ class EmbeddingCache:
             )
         return {"checked": True, "blocks": blocks, "rows_per_block": CHECKSUM_ROWS}
 
+    def digest(self) -> str:
+        """A digest of what training reads: the attributes, the track and segment tables and
+        each feature set's stored block checksums (verify() checks the features against those;
+        a cache from before checksums is digested without its features)."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(json.dumps(self.attrs, sort_keys=True, default=str).encode())
+        for table in (self.tracks, self.segments):
+            h.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+        with h5py.File(self.path, "r") as f:
+            for key in sorted(f["checksums"]) if "checksums" in f else ():
+                h.update(key.encode() + "".join(f["checksums"][key].asstr()[:]).encode())
+        return h.hexdigest()
+
     def summary(self) -> dict:
         """What the cache holds, as a JSON-ready dict (what `wav2genre info` prints)."""
         t = self.tracks
