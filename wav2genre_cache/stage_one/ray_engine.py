@@ -120,9 +120,10 @@ def embed_on_ray(
     if store is None:
         return summary
     ray, started_here = start_ray(opts.ray_address, console)
-    watchdog = _watch_runtime() if started_here and opts.ray_address is None else None
-    start = time.perf_counter()
-    try:
+    watchdog, start = None, time.perf_counter()
+    try:  # from here on the runtime is stopped, whatever ends the run (Ctrl-C included)
+        if started_here and opts.ray_address is None:
+            watchdog = _watch_runtime()
         blocks = _embedded_blocks(ray, todo, plan, spec, opts)
         write_blocks(store, blocks, len(tracks), summary, console, progress, start)
     finally:
