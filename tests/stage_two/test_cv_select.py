@@ -181,3 +181,16 @@ def test_the_command_line_refuses_an_unknown_rule(small_cache, tmp_path):
     )
     assert proc.returncode != 0 and "--selection 'x': use one of auto, valid, cv" in proc.stderr
     assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_group_by_none_folds_by_recording_only(small_cache, tmp_path):
+    data = load_training_data(small_cache)
+    rule = choose_rule(data, "cv", group_by="none")
+    assert rule.grouped_by == "recording" and "folds grouped by recording" in rule.reason
+    artist = data.cache.tracks.artist.to_numpy()
+    assert any(set(artist[train]) & set(artist[held]) for train, held in rule.folds)
+    proc = run_cli(
+        "train-heads", str(small_cache), "--out", str(tmp_path / "r"), "--group-by", "album",
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--group-by 'album': use artist or none" in proc.stderr

@@ -243,6 +243,12 @@ TRAIN_OPTIONS: Options = (
         "tracks or under 10 of a label, then refitted on train+valid; else on validation), "
         "valid, or cv.",
     ),
+    option(
+        "group_by",
+        "artist",
+        help="What cross-validated selection keeps on one side of every fold: artist (where the "
+        "cache knows artists; copies of one recording always) or none.",
+    ),
 )
 HeadsOpt = TRAIN_OPTIONS[0].annotation  # cross-validate's --heads
 

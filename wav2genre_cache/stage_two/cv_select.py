@@ -62,8 +62,10 @@ def choose_rule(
     seed: int = 0,
     folds: int = CV_FOLDS,
     repeats: int = CV_REPEATS,
+    group_by: str = "artist",
 ) -> SelectionRule:
-    """The selection rule a run uses: `requested`, or for auto, cv when validation is small."""
+    """The selection rule a run uses: `requested`, or for auto, cv when validation is small;
+    cross-validation keeps a group (group_by: artist, or none) on one side of every fold."""
     if requested not in SELECTION_RULES:
         raise TrainError(f"--selection {requested!r}: use one of {', '.join(SELECTION_RULES)}")
     fallback = _valid_rule(data)
@@ -79,7 +81,7 @@ def choose_rule(
     small = _small_validation(data)
     if requested == "auto" and not small:
         return fallback
-    rule, why_not = _cv_rule(data, seed, folds, repeats, small)
+    rule, why_not = _cv_rule(data, seed, folds, repeats, small, group_by)
     if rule is not None:
         return rule
     if requested == "cv":
@@ -110,13 +112,13 @@ def _small_validation(data: TrainingData) -> str:
 
 
 def _cv_rule(
-    data: TrainingData, seed: int, folds: int, repeats: int, small: str
+    data: TrainingData, seed: int, folds: int, repeats: int, small: str, group_by: str
 ) -> tuple[SelectionRule | None, str]:
     """The cross-validation rule over train+valid, or None and why it cannot be."""
     pool_rows = (data.train | data.valid) & (data.view == 0)
     pool, first = np.unique(data.track[pool_rows], return_index=True)
     y_track = data.y[pool_rows][first]
-    groups, grouped_by = fold_groups(data.cache.tracks, pool, "artist")
+    groups, grouped_by = fold_groups(data.cache.tracks, pool, group_by)
     alone = one_group_labels(y_track, groups, data.labels) if grouped_by == "artist" else {}
     tested = ~np.isin(y_track, [data.labels.index(lab) for lab in alone])
     # Stratified folds need a label with a track in every fold: with fewer tracks, fewer folds

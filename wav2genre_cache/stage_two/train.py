@@ -85,7 +85,7 @@ def train_heads(
             if probe is not None:
                 probes[fs] = probe
             if rule is None:
-                rule = choose_rule(data, opts.selection, opts.seed)
+                rule = choose_rule(data, opts.selection, opts.seed, group_by=opts.group_by)
                 log(("warning: " if rule.name == "test" else "selection: ") + rule.reason)
             fitted += store.fit_or_load(data, jobs, rule, opts)
     metrics = {
