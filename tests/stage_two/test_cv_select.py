@@ -124,7 +124,8 @@ def test_one_standard_error_rule_leans_to_the_simpler_head_then_the_lower_layer(
     rows = [_row("fcnn", 6, 0.80), _row("logreg", 9, 0.76), _row("svm", 2, 0.74)]
     assert best_overall(rows).result.head == "logreg"  # 0.76 >= 0.80 - 0.05; svm is below
     within = [_row("fcnn", 8, 0.80), _row("fcnn", 3, 0.78), _row("fcnn", -1, 0.79)]
-    assert best_overall(within).result.layer == 3  # every layer (-1) ranks as the least simple
+    assert best_overall(within).result.layer == 8  # one head: its best layer ...
+    assert best_overall(within, lower_layer=True).result.layer == 3  # or the lowest (-1: all)
     # Chosen on validation: the best score, the first of equals.
     plain = [
         dataclasses.replace(r, result=dataclasses.replace(r.result, selection=None)) for r in rows
