@@ -26,7 +26,6 @@ from wav2genre_cache.cli.locks import output_lock
 from wav2genre_cache.cli.options import (
     STAGE_ONE_OPTIONS,
     TRAIN_OPTIONS,
-    HeadsOpt,
     HeapOpt,
     StrictOpt,
     embed_options,
@@ -213,7 +212,13 @@ def cross_validate_cmd(
         str, typer.Option(help="Cached feature set: handcrafted, encoder, ...")
     ] = "handcrafted",
     layer: Annotated[int, typer.Option(help="Layer of the feature set (0 for handcrafted).")] = 0,
-    heads: HeadsOpt = "svm,rf,xgb,logreg",
+    heads: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated heads that fit in seconds on a small set: svm, rf, xgb, logreg "
+            "(any vector head of train-heads works)."
+        ),
+    ] = "svm,rf,xgb,logreg",
     folds: Annotated[int, typer.Option(help="Folds (by track, stratified by label).")] = 5,
     repeats: Annotated[int, typer.Option(help="Repetitions with different fold assignments.")] = 3,
     seed: Annotated[int, typer.Option(help="Seed of the folds and heads.")] = 0,

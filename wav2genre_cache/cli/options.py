@@ -250,7 +250,6 @@ TRAIN_OPTIONS: Options = (
         "cache knows artists; copies of one recording always) or none.",
     ),
 )
-HeadsOpt = TRAIN_OPTIONS[0].annotation  # cross-validate's --heads
 
 
 def path_text(path: Path | None) -> str | None:
