@@ -51,12 +51,13 @@ def tiny_embeddings() -> np.ndarray:
 def _bundle(root: Path, name: str, embeddings: np.ndarray, y, attrs: dict, **kw) -> Path:
     """A bundle of head `name` fitted on layer 1 of the embeddings."""
     from wav2genre_cache.heads.registry import make_head
-    from wav2genre_cache.store.bundles import write_bundle
+    from wav2genre_cache.store.bundles import BundleScoring, write_bundle
 
     head = make_head(name).fit(embeddings[:, 1, :], y)
     labels = [f"label{i}" for i in range(3)]
     return write_bundle(root / name, head, name, params={}, layer=1, labels=labels,
-                        feature_set="encoder", cache_attrs=attrs, metrics={}, **kw)  # fmt: skip
+                        feature_set="encoder", cache_attrs=attrs, metrics={},
+                        scoring=BundleScoring(**kw))  # fmt: skip
 
 
 TINY = {

@@ -35,7 +35,7 @@ from wav2genre_cache.stage_two.plan import (
 )
 from wav2genre_cache.stage_two.scoring import head_scores, metrics_of
 from wav2genre_cache.stage_two.select import Fitted, best_overall, select_best
-from wav2genre_cache.store.bundles import write_bundle
+from wav2genre_cache.store.bundles import BundleScoring, write_bundle
 from wav2genre_cache.store.cache import EmbeddingCache
 
 __all__ = ["TrainError", "TrainOptions", "train_heads"]
@@ -189,9 +189,7 @@ def _write_head_bundle(out_dir: Path, bundle: str, f: Fitted, run: dict) -> None
         feature_set=data.feature_set,
         cache_attrs=data.cache.attrs,
         metrics={**r.bundle_metrics(), **_how_measured(data, r)},
-        multi_label=data.multi_label,
-        calibration=f.calibrator.as_json(),
-        thresholds=r.thresholds,
+        scoring=BundleScoring(data.multi_label, f.calibrator.as_json(), r.thresholds),
         card=card_of(data, r, run),
     )
 

@@ -9,6 +9,7 @@ train-heads writes them; predict and serve read them, and nothing here touches a
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
 from wav2genre_cache._io import atomic_write_json, read_json_object, sha256_file
@@ -36,6 +37,15 @@ def resolve_bundle_dir(path: str | Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class BundleScoring:
+    """How a bundle's scores are read: one label or tags, their calibration, tag thresholds."""
+
+    multi_label: bool = False  # tags: independent per-tag scores
+    calibration: dict | None = None  # the map fitted on held-out tracks (Calibrator.as_json)
+    thresholds: list[float] | None = None  # a tagger's, per tag
+
+
 def write_bundle(
     directory: Path,
     head,
@@ -47,18 +57,15 @@ def write_bundle(
     feature_set: str,
     cache_attrs: dict,
     metrics: dict,
-    multi_label: bool = False,
-    calibration: dict | None = None,
-    thresholds: list[float] | None = None,
+    scoring: BundleScoring = BundleScoring(),
     card: dict | None = None,
 ) -> Path:
     """Write a fitted head with everything `predict` needs to reproduce the embedding.
 
     cache_attrs are the attributes of the cache it was trained on (backbone, segment settings,
-    dtype, front end); metrics its test (and validation) scores, shown by serve; calibration
-    the map fitted on validation (calibration.Calibrator.as_json) and, for a tagger
-    (multi_label), each tag's threshold; card what the model card says of the data and how the
-    model was chosen (model_card's keys).
+    dtype, front end); metrics its test (and validation) scores, shown by serve; scoring how its
+    scores are read; card what the model card says of the data and how the model was chosen
+    (model_card's keys).
     """
     if directory.exists():
         shutil.rmtree(directory)
@@ -88,9 +95,9 @@ def write_bundle(
         "window": attrs.get("window", "alone"),
         "dtype": attrs["dtype"],
         "metrics": metrics,
-        "multi_label": multi_label,
-        "calibration": calibration,
-        "thresholds": thresholds,
+        "multi_label": scoring.multi_label,
+        "calibration": scoring.calibration,
+        "thresholds": scoring.thresholds,
     }
     atomic_write_json(directory / "bundle.json", bundle)
     write_model_card(directory, bundle, card)
