@@ -173,3 +173,18 @@ def test_version_and_typed_package():
 
     assert run_cli("--version").stdout.strip() == f"wav2genre-cache {__version__}"
     assert (files("wav2genre_cache") / "py.typed").is_file()  # PEP 561, shipped as package data
+
+
+def test_other_libraries_warnings_are_hidden_unless_verbose():
+    import warnings
+
+    from wav2genre_cache.cli.app import quiet_third_party_warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_third_party_warnings()
+        for module in ("sklearn.utils.parallel", "joblib", "wav2genre_cache.heads.estimators"):
+            warnings.warn_explicit("a warning", UserWarning, "x.py", 1, module=module)
+    assert [w.filename for w in seen] == ["x.py"]  # the package's own one only
+    proc = run_cli("--verbose", "--version")
+    assert proc.returncode == 0 and "wav2genre-cache" in proc.stdout

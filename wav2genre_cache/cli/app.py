@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -77,6 +78,13 @@ def _print_version(asked: bool) -> None:
         raise typer.Exit()
 
 
+def quiet_third_party_warnings() -> None:
+    """Hide the warnings other libraries print about themselves (scikit-learn, joblib, torch,
+    transformers): they repeat once per model or layer and say nothing a user can act on. The
+    package's own warnings, and everything with --verbose, still show."""
+    warnings.filterwarnings("ignore", module=r"^(?!wav2genre_cache)")
+
+
 @app.callback()
 def _main(
     version: Annotated[
@@ -85,8 +93,14 @@ def _main(
             "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", help="Also show other libraries' warnings (hidden by default)."),
+    ] = False,
 ) -> None:
     """Music genre (or any label) classification from cached per-layer encoder embeddings."""
+    if not verbose:
+        quiet_third_party_warnings()
 
 
 def _run_embed(opts, strict: bool, keep_freed_memory: bool = True, progress: bool = True):
