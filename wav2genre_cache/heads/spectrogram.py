@@ -41,8 +41,11 @@ class SpectrogramClassifier(TorchClassifier):
             raise ValueError(f"{X.shape[1]} features are not n_mels={self.n_mels} bands x frames")
         bands = X.reshape(len(X), self.n_mels, -1)
         frames = bands.shape[2]
-        self.mean_ = np.repeat(bands.mean(axis=(0, 2)), frames).astype(np.float32)
-        self.scale_ = np.repeat(bands.std(axis=(0, 2)) + 1e-6, frames).astype(np.float32)
+        mean = _band_sums(bands, lambda rows: rows) / (len(X) * frames)
+        # In chunks of rows: np.std would hold a deviation for every value of X at once.
+        var = _band_sums(bands, lambda rows: np.square(rows - mean[:, None])) / (len(X) * frames)
+        self.mean_ = np.repeat(mean, frames).astype(np.float32)
+        self.scale_ = np.repeat(np.sqrt(var) + 1e-6, frames).astype(np.float32)
 
     def _build(self, n_in: int, n_out: int) -> torch.nn.Module:
         if self.kind not in SPECTROGRAM_HEADS:
@@ -50,6 +53,14 @@ class SpectrogramClassifier(TorchClassifier):
         return _SpectrogramNet(
             self.kind, self.n_mels, self.channels, self.hidden, self.dropout, n_out
         )
+
+
+def _band_sums(bands: np.ndarray, term, chunk: int = 256) -> np.ndarray:
+    """Each mel band's sum of term(rows) over every row and frame, in float64, chunk by chunk."""
+    return sum(
+        (term(bands[i : i + chunk]).sum(axis=(0, 2), dtype=np.float64))
+        for i in range(0, len(bands), chunk)
+    )
 
 
 class _SpectrogramNet(torch.nn.Module):

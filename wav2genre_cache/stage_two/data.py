@@ -279,17 +279,34 @@ def probe_best_layer(data: TrainingData, alpha: float = 10.0) -> tuple[int, list
         X = data.layer(i)
         mean, std = X[data.train].mean(0), X[data.train].std(0) + 1e-6
         A = (X[data.train] - mean) / std
-        A1 = np.hstack([A, np.ones((len(A), 1), np.float32)])
-        reg = alpha * np.eye(A1.shape[1], dtype=np.float32)
-        reg[-1, -1] = 0  # no penalty on the intercept
-        W = np.linalg.solve(A1.T @ A1 + reg, A1.T @ Y)
         B = (X[target] - mean) / std
-        out = B @ W[:-1] + W[-1]
+        out = _ridge_dual(A, Y, B, alpha) if A.shape[1] > len(A) else _ridge(A, Y, B, alpha)
         if data.multi_label:  # tags: the mean ROC-AUC of the tags scored
             scores.append(_mean_auc(data.y[target], out))
         else:
             scores.append(float((np.argmax(out, axis=1) == data.y[target]).mean()))
     return int(np.argmax(scores)), scores
+
+
+def _ridge(A: np.ndarray, Y: np.ndarray, B: np.ndarray, alpha: float) -> np.ndarray:
+    """Ridge fitted on (A, Y), its outputs on B: a [dim x dim] system, for narrow sets."""
+    A1 = np.hstack([A, np.ones((len(A), 1), np.float32)])
+    reg = alpha * np.eye(A1.shape[1], dtype=np.float32)
+    reg[-1, -1] = 0  # no penalty on the intercept
+    W = np.linalg.solve(A1.T @ A1 + reg, A1.T @ Y)
+    return B @ W[:-1] + W[-1]
+
+
+def _ridge_dual(A: np.ndarray, Y: np.ndarray, B: np.ndarray, alpha: float) -> np.ndarray:
+    """The same ridge as _ridge solved over rows, for sets wider than their rows: the primal
+    system of a log-mel set (40,065 wide) took 6 GB per copy and 22 GB in all (issue 25).
+
+    A's columns are centred (standardised on these rows), so the intercept is Y's mean and
+    (A'A + aI)^-1 A' = A' (AA' + aI)^-1 gives the weights from a [rows x rows] system.
+    """
+    offset = Y.mean(axis=0)
+    gram = A @ A.T + alpha * np.eye(len(A), dtype=np.float32)
+    return (B @ A.T) @ np.linalg.solve(gram, Y - offset) + offset
 
 
 def _mean_auc(Y: np.ndarray, scores: np.ndarray) -> float:
