@@ -43,9 +43,10 @@ def test_every_head_is_registered_once_under_its_name():
 
 
 def test_the_command_line_help_names_every_head():
-    from wav2genre_cache.cli.options import HeadsOpt
+    from wav2genre_cache.cli.options import TRAIN_OPTIONS
 
-    help_text = HeadsOpt.__metadata__[0].help
+    heads = next(p for p in TRAIN_OPTIONS if p.name == "heads")
+    help_text = heads.annotation.__metadata__[0].help
     assert [h for h in ALL_HEADS if h not in help_text] == []
 
 
