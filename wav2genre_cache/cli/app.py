@@ -27,6 +27,7 @@ from wav2genre_cache.cli.locks import output_lock
 from wav2genre_cache.cli.options import (
     STAGE_ONE_OPTIONS,
     TRAIN_OPTIONS,
+    GroupByOpt,
     HeapOpt,
     StrictOpt,
     embed_options,
@@ -236,14 +237,7 @@ def cross_validate_cmd(
     folds: Annotated[int, typer.Option(help="Folds (by track, stratified by label).")] = 5,
     repeats: Annotated[int, typer.Option(help="Repetitions with different fold assignments.")] = 3,
     seed: Annotated[int, typer.Option(help="Seed of the folds and heads.")] = 0,
-    group_by: Annotated[
-        str,
-        typer.Option(
-            help="artist (default): an artist's tracks stay in one fold where the cache knows "
-            "artists, and a label with one artist only trains; none: only copies of one "
-            "recording stay together (figures inflated by artists heard in training)."
-        ),
-    ] = "artist",
+    group_by: GroupByOpt = "artist",
     out_json: Annotated[
         Path | None, typer.Option("--out", help="Also write the result as JSON.")
     ] = None,

@@ -206,6 +206,12 @@ HeapOpt = Annotated[
         "the system after every call (glibc; 7% faster on the CPU, more resident memory).",
     ),
 ]
+# What a cross-validation keeps on one side of its folds (train-heads, run, cross-validate).
+GROUP_BY_HELP = (
+    "artist (default): an artist's tracks stay on one side of every fold where the cache knows "
+    "artists, and a label of one artist only trains; none: only copies of one recording stay "
+    "together (figures inflated by artists heard in training). Copies of a recording always do."
+)
 # Stage two's options, shared by train-heads and run; named as stage_two.options.TrainOptions'
 # fields.
 TRAIN_OPTIONS: Options = (
@@ -243,13 +249,9 @@ TRAIN_OPTIONS: Options = (
         "tracks or under 10 of a label, then refitted on train+valid; else on validation), "
         "valid, or cv.",
     ),
-    option(
-        "group_by",
-        "artist",
-        help="What cross-validated selection keeps on one side of every fold: artist (where the "
-        "cache knows artists; copies of one recording always) or none.",
-    ),
+    option("group_by", "artist", help=GROUP_BY_HELP),
 )
+GroupByOpt = Annotated[str, typer.Option(help=GROUP_BY_HELP)]  # cross-validate's --group-by
 
 
 def path_text(path: Path | None) -> str | None:
