@@ -6,8 +6,8 @@ then, for each of N seeded splits of them (`--split random`'s stratified 80/10/1
 valid, 10 test tracks), every default vector head (fcnn, svm, rf, xgb, logreg) on every layer is
 trained twice, once per rule (`--selection valid` and `--selection cv`), and the model each rule
 selects (as `train-heads` writes best/) is scored on test; for cross-validation both ways of
-its one-standard-error rule: toward the simpler head, then the best layer (the default), and
-toward the simpler head, then the lower layer. Regret = oracle test accuracy minus the
+its one-standard-error rule: toward the simpler head, then its best layer (train-heads'
+default), and toward the simpler head, then the lower layer. Regret = oracle test accuracy minus the
 selected model's. Intervals are 95 % percentile bootstraps over the splits (seeded).
 
 --grouping random splits ignore artists (GTZAN's consecutive clips share artists, so test
