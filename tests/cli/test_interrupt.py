@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 REPETITIONS = 20  # the local engine's interrupted runs (issue 25 asked for 20)
 RAY_REPETITIONS = 1  # a Ray runtime takes seconds to start: one run
-EXIT_SECONDS = 5.0  # from the SIGINT to the exit of the whole command
+EXIT_SECONDS = 10.0  # SIGINT to exit: measured 1.1 s median (README); room for a loaded CI box
 MAX_DELAY = 1.5  # the SIGINT comes 0 to MAX_DELAY s after the first progress line
 START_SECONDS = 300  # a loaded machine imports and loads slowly
 
@@ -46,6 +46,9 @@ def interrupt(args: list[str], progress: str, delay: float) -> Interrupted:
         cwd=ROOT,
         env=env,
         start_new_session=True,  # its own group, as a terminal's foreground job has
+        # ... and Ctrl-C's default action: a test run started in the background (CI, `make test
+        # &`) ignores SIGINT, and a child inherits that, so it would never be interrupted.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines: list[str] = []
     started = threading.Event()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -205,6 +205,26 @@ class Predictor:
                 out.append((k, {"file": str(p), **r}))
         # By position, not by name: the same file given twice keeps both of its places.
         return [entry for _, entry in sorted(out, key=lambda pair: pair[0])]
+
+    def iter_predictions(
+        self,
+        paths: Iterable[Path | SkippedInput],
+        top_k: int = 3,
+        group: int = 16,
+        max_seconds: float | None = None,
+    ) -> Iterator[dict]:
+        """predict_paths' entries, in input order, each group's as soon as its group is done
+        (the same groups, so the same answers, as predict_paths over all of them)."""
+        chunk: list[Path | SkippedInput] = []
+        files = 0  # in chunk: a group is `group` files, whatever inputs were skipped among them
+        for p in paths:
+            chunk.append(p)
+            files += not isinstance(p, SkippedInput)
+            if files == group:
+                yield from self.predict_paths(chunk, top_k, group, max_seconds)
+                chunk, files = [], 0
+        if chunk:
+            yield from self.predict_paths(chunk, top_k, group, max_seconds)
 
 
 def check_duration(samples: np.ndarray, name: str, max_seconds: float | None) -> None:
