@@ -134,11 +134,12 @@ def _cv_rule(
         (pool[train], pool[held])
         for train, held in grouped_folds(y_track, groups, tested, folds, repeats, seed)
     )
-    reason = (
-        f"{small}: chosen by {repeats} x {folds}-fold cross-validation on the "
-        f"{len(pool)} training and validation tracks, folds grouped by {grouped_by}, the "
-        "simplest model within one standard error of the best, refitted on train+valid"
+    how = (
+        f"chosen by {repeats} x {folds}-fold cross-validation on the {len(pool)} training and "
+        f"validation tracks, folds grouped by {grouped_by}, the simplest model within one "
+        "standard error of the best, refitted on train+valid"
     )
+    reason = f"{small}: {how}" if small else how[0].upper() + how[1:]
     return SelectionRule(
         "cv", reason, splits, folds, repeats, grouped_by, int(tested.sum()), alone
     ), ""
