@@ -169,7 +169,7 @@ def cross_validated(
     """One grid point fitted on each fold's training rows and scored on its held-out tracks."""
     from sklearn.metrics import f1_score
 
-    bag = data.track * 1000 + data.view  # a track head's bag: one per (track, view)
+    bag = data.bag
     pool = data.train | data.valid
     accuracy, macro_f1, held_out = [], [], []
     for i, (train_tracks, held_tracks) in enumerate(rule.folds):
@@ -244,7 +244,7 @@ def cv_grid_search(
             best = ((score.accuracy_mean, score.macro_f1_mean), params, score)
     _, params, score = best
     rows = data.train | data.valid
-    bag = data.track * 1000 + data.view
+    bag = data.bag
     start = time.perf_counter()
     head = spec.fit(spec.make(seed, **params), Rows(X[rows], data.y[rows], bag[rows]))
     return CVChoice(head, params, score, time.perf_counter() - start), tried

@@ -60,6 +60,12 @@ class TrainingData:
         """The split hyper-parameters and layers are chosen on: valid, or test if there is none."""
         return "valid" if self.valid.any() else "test"
 
+    @property
+    def bag(self) -> np.ndarray:
+        """Each segment's bag for the heads that predict tracks: one per (track, view), so an
+        augmented copy of a track is a track of its own."""
+        return self.track * 1000 + self.view
+
     def features(self, layer: int) -> np.ndarray:
         """Every segment's features at a layer, or at all of them flattened (EVERY_LAYER)."""
         return self.all_layers() if layer == EVERY_LAYER else self.layer(layer)

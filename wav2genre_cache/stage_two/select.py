@@ -203,8 +203,7 @@ def _grid_search(
 ) -> tuple[_Choice, list[dict]]:
     """Fit each grid point on train; the best by its track metrics on the selection split (the
     first of equals), and every point's row for `trials`."""
-    # One bag per (track, view) for the heads that predict tracks: an augmented copy is its own.
-    bag = data.track * 1000 + data.view
+    bag = data.bag
     train = Rows(X[data.train], data.y[data.train], bag[data.train])
     valid = Rows(X[data.valid], data.y[data.valid], bag[data.valid]) if data.valid.any() else None
     selection_rows = getattr(data, data.selected_on)
