@@ -21,6 +21,7 @@ from pathlib import Path
 
 from wav2genre_cache._io import (
     atomic_write_json,
+    read_json_object,
     sha256_file,
     sync_dir,
     sync_file,
@@ -256,13 +257,7 @@ def _finished(root: Path) -> bool:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise _NotReusable(f"{path.name} is unreadable ({exc})") from None
-    if not isinstance(value, dict):
-        raise _NotReusable(f"{path.name} is not a JSON object")
-    return value
+    return read_json_object(path, _NotReusable, "a JSON object")
 
 
 def _number(value) -> float:
