@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 
 def temporary_name(path: Path, unique: bool = False) -> Path:
@@ -97,6 +97,20 @@ def read_json_object(
     if not isinstance(value, dict) or (format_name and value.get("format") != format_name):
         raise error(f"{path}: not {what}")
     return value
+
+
+def name_in_folder_problem(name: object) -> str | None:
+    """Why a file name read from a file (a bundle's, a run's state) cannot name a plain file in
+    the folder it was read from, or None if it can. Both separators count: such a file may have
+    been written, or edited, on Windows."""
+    if not isinstance(name, str) or name in ("", ".") or "\x00" in name:
+        return "which is not a file name"
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or ".." in parts or PureWindowsPath(name).drive:
+        return "which is outside its folder"
+    if len(parts) > 1:
+        return "which is not a plain file name in its folder"
+    return None
 
 
 def jsonable(obj):

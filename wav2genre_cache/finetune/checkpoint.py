@@ -20,9 +20,17 @@ from pathlib import Path
 import torch
 
 from wav2genre_cache._io import atomic_write, atomic_write_json, sync_dir, sync_file
-from wav2genre_cache.errors import Interrupted
+from wav2genre_cache.encoders.sources import first_line
+from wav2genre_cache.errors import FinetuneError, Interrupted
+from wav2genre_cache.finetune.state_files import (
+    LATEST,
+    START_OVER,
+    STATE_VERSION,
+    check_progress,
+    latest_checkpoint,
+    read_state_json,
+)
 
-LATEST = "latest.json"
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 PROGRESS = "progress.json"
@@ -47,10 +55,34 @@ def write_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file (no pickle)."""
+    """Tensors of a safetensors file (no pickle); FinetuneError naming the file if it is not one."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise FinetuneError(
+            f"{path}: not a safetensors file that can be read ({first_line(exc)}); {START_OVER}"
+        ) from None
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """A weights file of the run loaded into model: every tensor one the model has, of its shape."""
+    weights, own = read_weights(path), model.state_dict()
+    unexpected = [k for k in weights if k not in own]
+    if unexpected:
+        raise FinetuneError(
+            f"{path}: holds weights this model does not have ({', '.join(unexpected[:3])}); "
+            f"{START_OVER}"
+        )
+    for name, tensor in weights.items():
+        if tensor.shape != own[name].shape:
+            raise FinetuneError(
+                f"{path}: {name} has shape {list(tensor.shape)}, this model's "
+                f"{list(own[name].shape)}; the file is from another run or model; {START_OVER}"
+            )
+    model.load_state_dict(weights, strict=False)
 
 
 def save_checkpoint(
@@ -69,7 +101,8 @@ def save_checkpoint(
     save_file(changing_state(model), str(tmp / WEIGHTS))
     tensors, groups = optimizer_state(optimizer)
     save_file(tensors, str(tmp / OPTIMIZER))
-    (tmp / PROGRESS).write_text(json.dumps({**progress, "optimizer_groups": groups}, indent=1))
+    progress = {"format_version": STATE_VERSION, **progress, "optimizer_groups": groups}
+    (tmp / PROGRESS).write_text(json.dumps(progress, indent=1))
     for f in tmp.iterdir():
         sync_file(f)
     if final.exists():  # an orphan of a save killed before latest.json moved to it
@@ -86,17 +119,16 @@ def save_checkpoint(
 
 def load_checkpoint(state_dir: Path, model: torch.nn.Module, optimizer) -> dict | None:
     """Restore the latest checkpoint into model and optimizer; its progress, or None if none."""
-    pointer = state_dir / LATEST
-    if not pointer.is_file():
+    folder = latest_checkpoint(state_dir)
+    if folder is None:
         return None
-    folder = state_dir / "checkpoints" / json.loads(pointer.read_text())["checkpoint"]
-    progress = json.loads((folder / PROGRESS).read_text())
-    missing, unexpected = model.load_state_dict(read_weights(folder / WEIGHTS), strict=False)
-    if unexpected:
-        raise ValueError(f"{folder}: weights this model does not have: {unexpected[:3]}")
+    progress = read_state_json(folder / PROGRESS, "a checkpoint's progress")
+    check_progress(folder / PROGRESS, progress, state_dir)
+    load_weights(model, folder / WEIGHTS)
     load_optimizer_state(
         optimizer, read_weights(folder / OPTIMIZER), progress.pop("optimizer_groups")
     )
+    progress.pop("format_version", None)
     return progress
 
 
@@ -114,8 +146,16 @@ def optimizer_state(optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
 def load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
     """Rebuild the state dict optimizer_state took apart, and load it."""
     state: dict[int, dict] = {}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     for name, value in tensors.items():
         index, key = name.split(".", 1)
+        # Adam's moments have their parameter's shape: another model's would fail steps later.
+        if value.ndim and not (
+            0 <= int(index) < len(params) and value.shape == params[int(index)].shape
+        ):
+            raise ValueError(
+                f"optimizer state {name} of shape {list(value.shape)} fits no parameter"
+            )
         state.setdefault(int(index), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
@@ -128,11 +168,11 @@ def interrupt_keeps_checkpoint(state_dir: Path) -> Iterator[None]:
     except KeyboardInterrupt:
         # A kill at any moment leaves the pointed-at checkpoint whole, a Ctrl-C too.
         try:
-            name = json.loads((state_dir / LATEST).read_text())["checkpoint"]
-        except (OSError, ValueError, KeyError):
-            name = None
-        if name is None:
+            folder = latest_checkpoint(state_dir)
+        except FinetuneError:
+            folder = None
+        if folder is None:
             said = "no checkpoint was written yet; the same command starts the run over"
         else:
-            said = f"{state_dir} keeps checkpoint {name}; run the same command to resume from it"
+            said = f"{state_dir} keeps checkpoint {folder.name}; run the same command to resume from it"
         raise Interrupted(said) from None

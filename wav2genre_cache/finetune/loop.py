@@ -8,7 +8,6 @@ Where the loop stands (LoopState) is what a checkpoint's progress.json holds.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from wav2genre_cache.finetune.checkpoint import changing_state, save_checkpoint,
 from wav2genre_cache.finetune.data import augment_workers, epoch_batches, evaluate_tracks
 from wav2genre_cache.finetune.options import FinetuneOptions
 from wav2genre_cache.finetune.progress import EpochBar
+from wav2genre_cache.finetune.state_files import STATE_VERSION, latest_checkpoint
 
 
 @dataclass
@@ -241,7 +241,7 @@ def save_progress(t: Trainer, state: LoopState) -> None:
     """
     settings_file = t.state_dir / "settings.json"
     if not settings_file.is_file():
-        atomic_write_json(settings_file, t.settings)
+        atomic_write_json(settings_file, {"format_version": STATE_VERSION, **t.settings})
     state.checkpoints += 1
     progress = state.to_json(t.scaler.state_dict() if t.scaler is not None else None)
     # A fresh name for every checkpoint: one is never replaced in place (the same step can be
@@ -256,12 +256,11 @@ def save_progress(t: Trainer, state: LoopState) -> None:
 
 def _nan_message(what: str, epoch: int, index: int, state_dir: Path) -> str:
     """What stopped, what is kept, and what to try."""
-    pointer = state_dir / "latest.json"
+    folder = latest_checkpoint(state_dir)
     kept = (
-        f"the last checkpoint before it ({json.loads(pointer.read_text())['checkpoint']}, finite "
-        f"weights) is kept in {state_dir} for inspection; the same command would take the same "
-        "steps again"
-        if pointer.is_file()
+        f"the last checkpoint before it ({folder.name}, finite weights) is kept in {state_dir} "
+        "for inspection; the same command would take the same steps again"
+        if folder is not None
         else "no checkpoint had been written yet"
     )
     return (

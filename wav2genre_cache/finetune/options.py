@@ -3,7 +3,6 @@ model loads; --layer and --unfreeze once the model says how many layers it has).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from wav2genre_cache.data.catalogue import read_datasets
 from wav2genre_cache.data.tracks import EXCLUDED, SPLITS, Track
 from wav2genre_cache.encoders.finetuned import WEIGHTED
 from wav2genre_cache.errors import FinetuneError, OptionError
+from wav2genre_cache.finetune.state_files import read_settings
 from wav2genre_cache.run_options import AudioRunOptions
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -93,10 +93,9 @@ def check_options(opts: FinetuneOptions) -> None:
 
 def check_settings(state_dir: Path, settings: dict) -> None:
     """An existing run folder continues only with the settings it was started with."""
-    path = state_dir / "settings.json"
-    if not path.is_file():
+    old = read_settings(state_dir)
+    if old is None:
         return
-    old = json.loads(path.read_text())
     differ = [
         f"{k}: {old.get(k)!r} before, {settings.get(k)!r} now"
         for k in sorted(set(old) | set(settings))

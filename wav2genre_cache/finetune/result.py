@@ -21,7 +21,7 @@ from wav2genre_cache.evaluation.plots import draw_curve
 from wav2genre_cache.evaluation.result_row import CalibratedTracks, ResultRow, selection_score
 from wav2genre_cache.feature_sets import ENCODER
 from wav2genre_cache.finetune.card import card_of
-from wav2genre_cache.finetune.checkpoint import read_weights
+from wav2genre_cache.finetune.checkpoint import load_weights
 from wav2genre_cache.finetune.data import evaluate_tracks
 from wav2genre_cache.finetune.options import FinetuneOptions, resolve_precision
 from wav2genre_cache.store.bundles import write_finetuned_bundle
@@ -78,7 +78,7 @@ def finish(
     """The best epoch's weights: test metrics, the bundle, the curve, and finetune.json (last)."""
     run_dir = Path(opts.out)
     best = state["best"]
-    model.load_state_dict(read_weights(state_dir / best["file"]), strict=False)
+    load_weights(model, state_dir / best["file"])
     scored = _score(model, frontend, data, labels, opts, device, log)
     row = _result_row(scored, model, opts, state, info)
     meta = _bundle_meta(row, scored.calibrator, model, frontend, labels, opts, info)

@@ -9,7 +9,6 @@ row for `compare` (RUN_DIR/finetune.json) beside the frozen heads of the same sp
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict
@@ -20,6 +19,7 @@ import torch
 from rich.console import Console
 from safetensors import SafetensorError
 
+from wav2genre_cache._io import read_json_object
 from wav2genre_cache.audio.decode import SAMPLE_RATE
 from wav2genre_cache.data.splits import split_digest
 from wav2genre_cache.data.tracks import Track
@@ -66,7 +66,7 @@ def finetune(opts: FinetuneOptions, console: Console | None = None, progress: bo
     check_settings(state_dir, settings)
     if (run_dir / RESULT_FILE).is_file() and (state_dir / "settings.json").is_file():
         log(f"{run_dir}: this fine-tuning run is already complete")
-        return json.loads((run_dir / RESULT_FILE).read_text())
+        return read_json_object(run_dir / RESULT_FILE, FinetuneError, "a fine-tuning result")
 
     with interrupt_keeps_checkpoint(state_dir):  # where Ctrl-C has a checkpoint to keep
         encoder, extractor, frontend, info = load_encoder(opts)

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 
-from wav2genre_cache._io import atomic_write_json, read_json_object, sha256_file
+from wav2genre_cache._io import (
+    atomic_write_json,
+    name_in_folder_problem,
+    read_json_object,
+    sha256_file,
+)
 from wav2genre_cache._version import __version__
 from wav2genre_cache.errors import BundleError
 from wav2genre_cache.feature_sets import ENCODER
@@ -292,19 +297,8 @@ def _checksums(
 
 def _bundle_file_name(meta_file: Path, name: object, what: str) -> str:
     """A file name from bundle.json, accepted only if it names a plain file in the bundle folder."""
-    if not isinstance(name, str) or name in ("", ".") or "\x00" in name:
-        raise BundleError(
-            f"{meta_file} names {what} {name!r}, which is not a file name; refusing it"
-        )
-    # Both separators count: a bundle may have been written, or edited, on Windows.
-    parts = name.replace("\\", "/").split("/")
-    if name.startswith(("/", "\\")) or ".." in parts or PureWindowsPath(name).drive:
-        raise BundleError(
-            f"{meta_file} names {what} {name!r}, which is outside the bundle folder; refusing it"
-        )
-    if len(parts) > 1:
-        raise BundleError(
-            f"{meta_file} names {what} {name!r}, which is not a plain file name in the bundle "
-            "folder; refusing it"
-        )
+    problem = name_in_folder_problem(name)
+    if problem:
+        problem = problem.replace("its folder", "the bundle folder")
+        raise BundleError(f"{meta_file} names {what} {name!r}, {problem}; refusing it")
     return name
