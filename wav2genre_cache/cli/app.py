@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
 
 from wav2genre_cache._io import comma_list
 from wav2genre_cache._version import __version__
@@ -21,6 +20,7 @@ from wav2genre_cache.cli.finetune import (
     finetune_options_of_run,
     run_finetune,
 )
+from wav2genre_cache.cli.help_style import ConventionalCommand, ConventionalGroup
 from wav2genre_cache.cli.inference import predict, serve
 from wav2genre_cache.cli.info import info
 from wav2genre_cache.cli.locks import output_lock
@@ -39,7 +39,7 @@ from wav2genre_cache.cli.options import (
 from wav2genre_cache.errors import Interrupted, Wav2GenreError
 
 
-class _Commands(TyperGroup):
+class _Commands(ConventionalGroup):
     """The commands, with the one place that turns a user's error into one line and exit 2,
     and Ctrl-C into one line and exit 130.
 
@@ -145,7 +145,7 @@ def _run_embed(opts, strict: bool, keep_freed_memory: bool = True, progress: boo
     return summary
 
 
-@app.command()
+@app.command(cls=ConventionalCommand)
 @with_options(STAGE_ONE_OPTIONS)
 def embed(
     ctx: typer.Context,
@@ -187,7 +187,7 @@ def _compare(run_dir: Path) -> None:
             err.print(f"Bundle: {bundle}", highlight=False)
 
 
-@app.command("train-heads")
+@app.command("train-heads", cls=ConventionalCommand)
 @with_options(TRAIN_OPTIONS)
 def train_heads_cmd(
     cache: Annotated[Path, typer.Argument(help="An HDF5 cache written by embed.")],
@@ -220,7 +220,7 @@ def train_heads_cmd(
     )
 
 
-@app.command("cross-validate")
+@app.command("cross-validate", cls=ConventionalCommand)
 def cross_validate_cmd(
     cache: Annotated[Path, typer.Argument(help="An HDF5 cache written by embed.")],
     feature_set: Annotated[
@@ -286,7 +286,7 @@ def cross_validate_cmd(
         out_json.write_text(json.dumps(r, indent=1) + "\n")
 
 
-@app.command()
+@app.command(cls=ConventionalCommand)
 def compare(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by train-heads.")],
 ) -> None:
@@ -294,7 +294,7 @@ def compare(
     _compare(run_dir)
 
 
-@app.command()
+@app.command(cls=ConventionalCommand)
 @with_options(STAGE_ONE_OPTIONS, TRAIN_OPTIONS, last=RUN_FINETUNE_OPTIONS)
 def run(
     ctx: typer.Context,
@@ -331,14 +331,14 @@ def run(
         _compare(run_dir)
 
 
-app.command()(info)
-app.command()(finetune)
-app.command()(predict)
-app.command()(serve)
-app.command()(export)
+app.command(cls=ConventionalCommand)(info)
+app.command(cls=ConventionalCommand)(finetune)
+app.command(cls=ConventionalCommand)(predict)
+app.command(cls=ConventionalCommand)(serve)
+app.command(cls=ConventionalCommand)(export)
 
 
-@app.command("demo-data")
+@app.command("demo-data", cls=ConventionalCommand)
 def demo_data(
     folder: Annotated[Path, typer.Argument(help="Where to write the labelled demo audio.")],
     per_label: Annotated[int, typer.Option(help="Clips per label.")] = 6,
