@@ -290,7 +290,7 @@ def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
     from rich.console import Console
 
     from wav2genre_cache.errors import OptionError
-    from wav2genre_cache.stage_one.ray_engine import start_ray
+    from wav2genre_cache.stage_one.ray_runtime import start_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if not installed
     with pytest.raises(OptionError, match=r"pip install 'wav2genre-cache\[ray\]'"):

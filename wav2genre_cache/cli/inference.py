@@ -52,7 +52,10 @@ ResumeOpt = Annotated[
 
 
 def predict(
-    inputs: Annotated[list[Path], typer.Argument(help="Audio files or folders of audio files.")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="Audio files, folders of audio files, CSV manifests (a path column)."),
+    ],
     bundle: BundleOpt,
     top_k: Annotated[int, typer.Option(help="How many genres to show per file.")] = 3,
     as_json: Annotated[
@@ -80,15 +83,31 @@ def predict(
     ] = None,
     output: OutputOpt = None,
     resume: ResumeOpt = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local (this process) or ray (with --output: decode tasks and an actor pool "
+            "of the bundle's model on Ray Data, on this machine or a cluster; the same rows)."
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --engine ray: the cluster to join (auto, or HOST:PORT of `ray start "
+            "--head`). Default: a Ray runtime started on this machine, on 127.0.0.1 only."
+        ),
+    ] = None,
 ) -> None:
     """Label songs with a bundle: top-k labels (a tagger's tags) per file; a timeline with --json.
 
     Every input that cannot be used (missing, a symlink loop, a folder named like audio, not
     decodable) is named with its reason: on stderr, and as an error entry with --json.
     """
-    from wav2genre_cache.inference.predict import expand_inputs
+    from wav2genre_cache.catalogue.inputs import catalogue_inputs
     from wav2genre_cache.store.bundles import resolve_bundle_dir
 
+    if engine not in ("local", "ray") or (engine == "ray" and output is None):
+        raise OptionError("--engine is local or ray; ray writes an --output file")
     if output is not None:
         _check_output_options(output, resume, as_json)  # before the model loads
     elif resume:
@@ -99,11 +118,12 @@ def predict(
         raise OptionError(f"--max-minutes must be positive, not {max_minutes:g}")
     limit = None if max_minutes is None else max_minutes * 60
     if output is not None:
+        ray = (engine == "ray", device, ray_address, (bundle, runtime, device, batch_size))
         failed, done = _predict_to_file(
-            predictor, expand_inputs(inputs), output, resume, top_k, limit
+            predictor, catalogue_inputs(inputs), output, resume, top_k, limit, ray
         )
     else:
-        results = predictor.predict_paths(expand_inputs(inputs), top_k=top_k, max_seconds=limit)
+        results = predictor.predict_paths(catalogue_inputs(inputs), top_k=top_k, max_seconds=limit)
         _print_results(results, as_json)
         failed, done = sum("error" in r for r in results), len(results)
     if failed:
@@ -148,14 +168,32 @@ def _predict_to_file(
     resume: bool,
     top_k: int,
     limit: float | None,
+    ray: tuple,
 ) -> tuple[int, int]:
-    """predict --output, under a lock on the file: (inputs that failed, inputs predicted)."""
+    """predict --output, under a lock on the file: (inputs that failed, inputs predicted).
+
+    ray: (whether --engine ray, its --device, its --ray-address, load_predictor's arguments)."""
     from wav2genre_cache.inference.batch import predict_to_file
 
+    on_ray, device, address, load = ray
     with output_lock(output):  # two runs appending to one file would mix their rows
-        summary = predict_to_file(
-            predictor, inputs, output, resume=resume, top_k=top_k, max_seconds=limit, console=err
-        )
+        if on_ray:  # each actor loads the predictor again, as load_predictor does here
+            from functools import partial
+
+            from wav2genre_cache.catalogue.ray_predict import CatalogueOptions, predict_on_ray
+
+            opts = CatalogueOptions(output, resume, top_k, limit, device, address)
+            summary = predict_on_ray(predictor, partial(load_predictor, *load), inputs, opts, err)
+        else:
+            summary = predict_to_file(
+                predictor,
+                inputs,
+                output,
+                resume=resume,
+                top_k=top_k,
+                max_seconds=limit,
+                console=err,
+            )
     skipped = f", {summary.skipped} inputs already in it skipped" if summary.skipped else ""
     err.print(f"Wrote {summary.written} rows to {output}{skipped}", highlight=False)
     return summary.failed, summary.written

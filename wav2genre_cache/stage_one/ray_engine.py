@@ -6,33 +6,24 @@ engine's, within float16 rounding of batch-order arithmetic. The driver is the o
 reads the embedded tracks in order, writes each finished block of tracks as Parquet shards
 (store/parquet.py) and merges them into the HDF5 cache at the end. A re-run skips the blocks
 whose tracks are all in shards already, so a killed driver resumes; an encoder actor or decode
-worker that dies is replaced by Ray and its work retried.
-
-Without --ray-address, a Ray runtime is started on this machine bound to 127.0.0.1 only
-(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps every Ray server and connection on loopback; it also
-refuses other nodes). With an address (`auto`, or HOST:PORT of a cluster started with
-`ray start --head`), the run joins that cluster.
+worker that dies is replaced by Ray and its work retried. The runtime (loopback only unless
+--ray-address) and the pipeline's shape are ray_runtime.py's, shared with `predict --engine ray`.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import pickle
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
 from wav2genre_cache.data.tracks import EXCLUDED, Track
 from wav2genre_cache.encoders.backbone import Backbone
-from wav2genre_cache.errors import OptionError, RayEngineError
+from wav2genre_cache.errors import RayEngineError
 from wav2genre_cache.stage_one.blocks import (
     embed_block,
     finish_blocks,
@@ -47,12 +38,17 @@ from wav2genre_cache.stage_one.options import (
     with_batch_size,
 )
 from wav2genre_cache.stage_one.per_track import PrepareOptions, prepare_track
+from wav2genre_cache.stage_one.ray_runtime import (
+    ActorPool,
+    cpu_threads,
+    module_memory,
+    pipeline_rows,
+    ray_runtime,
+)
 from wav2genre_cache.store.cache import TrackResult
 from wav2genre_cache.store.parquet import ParquetShards
 
-RAY_REQUIREMENT = "ray[data]>=2.50,<2.61"
-LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-TRACKS_PER_CALL = 16  # tracks per encoder call; their equal-length windows are batched together
+RESUME = "the blocks written so far are kept: re-run the same command to resume"
 
 
 @dataclass(frozen=True)
@@ -105,8 +101,8 @@ def plan_ray_run(
             opts.dtype,
             opts.window,
             model_identity(backbone),
-            threads=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0,
-            memory=actor_memory(backbone),
+            threads=cpu_threads(),
+            memory=module_memory(backbone.model),
         )
     return RayRun(opts, embed_config(opts, layout, backbone, multi_label), plan, spec)
 
@@ -119,109 +115,16 @@ def embed_on_ray(
     summary, store, todo = open_blocks(opts, config, tracks, ParquetShards, console)
     if store is None:
         return summary
-    ray, started_here = start_ray(opts.ray_address, console)
-    watchdog, start = None, time.perf_counter()
-    try:  # from here on the runtime is stopped, whatever ends the run (Ctrl-C included)
-        if started_here and opts.ray_address is None:
-            watchdog = _watch_runtime()
+    with ray_runtime(opts.ray_address, console) as ray:  # stopped however the run ends
+        start = time.perf_counter()
         blocks = _embedded_blocks(ray, todo, plan, spec, opts)
         write_blocks(store, blocks, len(tracks), summary, console, progress, start)
-    finally:
-        if started_here:
-            ray.shutdown()
-        if watchdog is not None:
-            _stop_watching(watchdog)
     summary.seconds = time.perf_counter() - start
     finish_blocks(store, tracks, summary)
     console.print(
         f"Parquet shards (segments and tracks tables) kept in {store.dir}", highlight=False
     )
     return summary
-
-
-def actor_memory(backbone: Backbone) -> int:
-    """An encoder actor's memory: its weights twice over (loading, tuning) plus a working GiB."""
-    weights = sum(p.numel() * p.element_size() for p in backbone.model.parameters())
-    return 2 * weights + 1024**3
-
-
-def _watch_runtime() -> subprocess.Popen | None:
-    """ray_watchdog.py beside this driver: it ends the runtime's processes if the driver is
-    killed before it stops them (SIGKILL, an out-of-memory kill)."""
-    script = Path(__file__).with_name("ray_watchdog.py")
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-I", str(script), str(os.getpid())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # a Ctrl-C to the terminal stops the driver, not it
-        )
-    except OSError:
-        return None  # a runtime that may linger after a kill beats no run at all
-
-
-def _stop_watching(watchdog: subprocess.Popen) -> None:
-    """Tell the watchdog the runtime was stopped; it exits without killing anything."""
-    try:
-        watchdog.communicate(b"done", timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        watchdog.kill()
-
-
-def start_ray(address: str | None, console: Console) -> tuple:
-    """Join the cluster at `address`, or start a Ray runtime on this machine, on 127.0.0.1 only.
-
-    Returns the ray module and whether this call started the runtime (and so must stop it). A
-    process that has Ray running already (a notebook, a Ray job) is used as it is.
-    """
-    if address is None:
-        # Read when ray is imported (and by the processes it starts, through the environment):
-        # a local runtime then binds and connects on loopback only.
-        os.environ[LOOPBACK_ONLY] = "0"
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise OptionError(
-            f"--engine ray needs Ray Data: pip install 'wav2genre-cache[ray]' "
-            f"(or pip install '{RAY_REQUIREMENT}')"
-        ) from None
-    started = not ray.is_initialized()
-    if started:
-        if address is None:
-            from ray._private import ray_constants
-
-            ray_constants.ENABLE_RAY_CLUSTER = False  # ray was imported before the variable
-        try:
-            ray.init(
-                # "local": a new runtime here, never RAY_ADDRESS or a `ray start` cluster.
-                address=address or "local",
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-                configure_logging=True,
-            )
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise RayEngineError(
-                f"cannot reach the Ray cluster at {address!r} ({exc}); start one with "
-                "`ray start --head` or leave out --ray-address to run on this machine"
-            ) from None
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # the driver writes blocks in track order
-    context.enable_progress_bars = False  # our own progress line says it
-    context.print_on_execution_start = False
-    context.issue_detectors_config.detectors = []  # advice on memory we set on purpose
-    # Ray Data warns that its progress bars are off, which we asked for; errors still raise.
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
-    console.print(
-        f"Ray: {len(nodes)} node(s), {int(ray.cluster_resources().get('CPU', 0))} CPUs, "
-        f"{int(gpus)} GPUs",
-        highlight=False,
-    )
-    return ray, started
 
 
 def _embedded_blocks(
@@ -258,10 +161,7 @@ def _embedded_blocks(
                 out.append(pending[1])
                 pending = next(results, None)
             else:  # the pipeline keeps track order and fails rather than drop a row
-                raise RayEngineError(
-                    f"the Ray pipeline returned no result for {t.path}; the blocks written "
-                    "so far are kept: re-run the same command to resume"
-                )
+                raise RayEngineError(f"the Ray pipeline returned no result for {t.path}; {RESUME}")
             i += 1
         yield k, out
 
@@ -270,46 +170,13 @@ def _run_pipeline(
     ray, items: list[dict], plan: PrepareOptions, spec: EncoderSpec | None, opts: EmbedOptions
 ) -> Iterator[tuple[int, TrackResult]]:
     """The Ray Data pipeline: decode tasks, then encoder actors; (index, result) in order."""
-    # One track per block (decode tasks run in parallel track by track), up to a bound on the
-    # blocks the driver makes up front.
-    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 10_000))
-    # One CPU per decode task; the encoder's resources differ, so Ray runs the two stages apart
-    # (same resources would fuse them into one operator, decoding inside the encoder actors).
-    ds = ds.map(partial(decode_task, plan=plan), num_cpus=1)
-    if spec is None:  # hand-crafted features only: no model, no actors
-        ds = ds.map_batches(
-            partial(results_without_encoder, opts=opts),
-            batch_size=TRACKS_PER_CALL,
-            batch_format="numpy",
-            num_cpus=1,
-        )
-    else:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        on_gpu = gpus >= 1 and spec.device in ("auto", "cuda")
-        actors = int(gpus) if on_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) // 8)
-        ds = ds.map_batches(
-            EncoderActor,
-            fn_constructor_kwargs={"spec": spec, "opts": opts},
-            batch_size=TRACKS_PER_CALL,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_gpus=1 if on_gpu else 0,
-            num_cpus=1,
-            # Also what keeps the actors' resources unlike the decode tasks' (see above).
-            memory=spec.memory,
-        )
-    try:
-        for row in ds.iter_rows():
-            yield int(row["index"]), pickle.loads(row["result"])
-    except ray.exceptions.RayError as exc:
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        cause = next(
-            (line for line in reversed(lines) if "Error" in line), lines[-1] if lines else ""
-        )
-        raise RayEngineError(
-            f"the Ray pipeline stopped ({type(exc).__name__}: {cause.strip()}); the blocks "
-            "written so far are kept: re-run the same command to resume"
-        ) from exc
+    then = (
+        partial(results_without_encoder, opts=opts)  # hand-crafted features only: no actors
+        if spec is None
+        else ActorPool(EncoderActor, {"spec": spec, "opts": opts}, spec.device, spec.memory)
+    )
+    for row in pipeline_rows(ray, items, partial(decode_task, plan=plan), then, RESUME):
+        yield int(row["index"]), pickle.loads(row["result"])
 
 
 def decode_task(row: dict, plan: PrepareOptions) -> dict:
