@@ -2,7 +2,9 @@
 
 Bundles are real: heads fitted on random-tiny's (or a tiny random Whisper's) embeddings of
 synthetic tones, written by write_bundle. Measured on a 2-core AMD EPYC: raw and calibrated
-probabilities within 2.1e-6 of torch (fcnn; 4e-7 logreg, 1.2e-7 xgb); asserted at 1e-5.
+probabilities within 2.1e-6 of torch (fcnn; 4e-7 logreg, 1.2e-7 xgb); asserted at 1e-5 for
+every exported head (logreg, rf, xgb, fcnn, svm, and multi-label logreg and svm). int8 is held
+to INT8_ATOL against float32; its effect on real music is in benchmarks/onnx_runtime.py.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from wav2genre_cache.inference.onnx_runtime import OnnxPredictor
 from wav2genre_cache.inference.predict import Predictor
 
 ATOL = 1e-5  # float32 both ways: the largest difference measured was 2.1e-6
+INT8_ATOL = 0.05  # int8 weights against float32
 SECONDS, HOP = 2.0, 1.5
 TEMPERATURE = {"method": "temperature", "multi_label": False, "temperature": 1.7, "isotonic": None}
 
@@ -89,7 +92,11 @@ def _assert_same_as_torch(bundle: Path, export: Path) -> None:
             assert x["label"] == y["label"] and abs(x["probability"] - y["probability"]) <= 1e-4
 
 
-@pytest.mark.parametrize("head", ["logreg", "fcnn", "xgb"])
+CONVERTERS = {"logreg": "skl2onnx", "rf": "skl2onnx", "fcnn": "torch.onnx",
+              "xgb": "onnxmltools", "svm": None}  # fmt: skip
+
+
+@pytest.mark.parametrize("head", list(CONVERTERS))
 def test_onnx_export_predicts_what_torch_predicts(tmp_path, tiny_embeddings, head):
     bundle = _bundle(tmp_path, head, tiny_embeddings, _tones()[1], TINY, calibration=TEMPERATURE)
     export = export_onnx(bundle, tmp_path / "export", log=str)
@@ -97,15 +104,11 @@ def test_onnx_export_predicts_what_torch_predicts(tmp_path, tiny_embeddings, hea
     assert manifest["layer"] == 1 and manifest["labels"] == ["label0", "label1", "label2"]
     assert manifest["segment_seconds"] == SECONDS and manifest["hop_seconds"] == HOP
     assert manifest["calibration"] == TEMPERATURE and manifest["checked_difference"] <= ATOL
-    converter = {"logreg": "skl2onnx", "fcnn": "torch.onnx", "xgb": "onnxmltools"}[head]
-    assert manifest["head_runtime"]["converter"] == converter
+    assert manifest["head_runtime"]["converter"] == CONVERTERS[head]
+    head_file = "head.npz" if head == "svm" else "head.onnx"  # the SVM runs in numpy
     # Every file checksummed; nothing pickled; random-tiny's layer 2 is not in the graph.
-    assert set(manifest["files"]) == {"encoder.onnx", "head.onnx"}
-    assert sorted(p.name for p in export.iterdir()) == [
-        "encoder.onnx",
-        "head.onnx",
-        "manifest.json",
-    ]
+    assert set(manifest["files"]) == {"encoder.onnx", head_file}
+    assert sorted(p.name for p in export.iterdir()) == ["encoder.onnx", head_file, "manifest.json"]
     import onnx
 
     graph = onnx.load(str(export / "encoder.onnx")).graph
@@ -115,14 +118,17 @@ def test_onnx_export_predicts_what_torch_predicts(tmp_path, tiny_embeddings, hea
     _assert_same_as_torch(bundle, export)
 
 
-def test_a_multi_label_logreg_runs_in_numpy_with_its_thresholds(tmp_path, tiny_embeddings):
+@pytest.mark.parametrize("head,kind", [("logreg", "linear"), ("svm", "svm")])
+def test_a_multi_label_head_runs_in_numpy_with_its_thresholds(
+    tmp_path, tiny_embeddings, head, kind
+):
     tags = np.eye(3, dtype=int)[_tones()[1]]
     tags[::4, 2] = 1  # some segments carry two tags
-    bundle = _bundle(tmp_path, "logreg", tiny_embeddings, tags, TINY, multi_label=True,
+    bundle = _bundle(tmp_path, head, tiny_embeddings, tags, TINY, multi_label=True,
                      thresholds=[0.4, 0.5, 0.6])  # fmt: skip
     export = export_onnx(bundle, tmp_path / "export", log=str)
     manifest = json.loads((export / "manifest.json").read_text())
-    assert manifest["head_runtime"] == {"file": "head.npz", "runtime": "numpy", "kind": "linear",
+    assert manifest["head_runtime"] == {"file": "head.npz", "runtime": "numpy", "kind": kind,
                                         "converter": None}  # fmt: skip
     _assert_same_as_torch(bundle, export)
     (result,) = OnnxPredictor(export).predict_waveforms([_tones()[0][0]])
@@ -215,3 +221,54 @@ def test_the_onnx_runtime_runs_in_a_fresh_venv_of_four_packages(tmp_path, tiny_e
                           capture_output=True, text=True, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == Predictor(bundle, device="cpu").predict_paths([song])[0]["label"]
+
+
+def test_export_quantize_int8_on_the_command_line(tmp_path, tiny_embeddings):
+    bundle = _bundle(tmp_path, "logreg", tiny_embeddings, _tones()[1], TINY)
+    run_cli("export", str(bundle), "--onnx", str(tmp_path / "f32"))
+    run_cli("export", str(bundle), "--onnx", str(tmp_path / "int8"), "--quantize", "int8")
+    manifest = json.loads((tmp_path / "int8" / "manifest.json").read_text())
+    assert manifest["encoder"]["dtype"] == "int8" and manifest["quantization"]["ops"] == [
+        "MatMul",
+        "Gemm",
+    ]
+    assert manifest["checked_difference"] <= ATOL  # the float32 export, checked before quantizing
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8" / "encoder.onnx")).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeLinear" in ops
+    size = (tmp_path / "int8" / "encoder.onnx").stat().st_size
+    assert size < (tmp_path / "f32" / "encoder.onnx").stat().st_size  # random-tiny: mostly convs
+    # int8 moves random-tiny's probabilities by up to INT8_ATOL (measured below it).
+    f32, int8 = OnnxPredictor(tmp_path / "f32"), OnnxPredictor(tmp_path / "int8")
+    wave = _tones()[0][0]
+    a, b = f32.head_probabilities(f32.embed(wave)[2]), int8.head_probabilities(int8.embed(wave)[2])
+    assert np.abs(a - b).max() <= INT8_ATOL
+    assert abs(manifest["quantization"]["probe_difference"]) <= INT8_ATOL
+    wrong = run_cli("export", str(bundle), "--onnx", str(tmp_path / "x"), "--quantize", "int4",
+                    check=False)  # fmt: skip
+    assert wrong.returncode != 0 and "unknown --quantize 'int4'" in wrong.stderr
+
+
+def test_heads_without_an_export_are_refused_naming_the_head_and_what_exports(
+    tmp_path, tiny_embeddings
+):
+    from wav2genre_cache.errors import ExportError
+    from wav2genre_cache.heads.registry import make_head
+    from wav2genre_cache.store.bundles import write_bundle
+
+    y = _tones()[1]
+    tracks = np.arange(len(y)) // 2  # two segments a track, one label each
+    attention = make_head("attention", max_epochs=2).fit(tiny_embeddings[:, 1, :], y, groups=tracks)
+    bundle = write_bundle(tmp_path / "attention", attention, "attention", params={}, layer=1,
+                          labels=["a", "b", "c"], feature_set="encoder", cache_attrs=TINY,
+                          metrics={})  # fmt: skip
+    with pytest.raises(ExportError, match="the attention head reads .* no ONNX export; .*svm"):
+        export_onnx(bundle, tmp_path / "x", log=str)
+    tags = np.eye(3, dtype=int)[y]
+    forest = _bundle(tmp_path, "rf", tiny_embeddings, tags, TINY, multi_label=True)
+    with pytest.raises(ExportError, match=r"the rf head \(multi-label\) has no ONNX export"):
+        export_onnx(forest, tmp_path / "y", log=str)
+    finetuned = ROOT / "tests" / "fixtures" / "v0.1.0" / "run" / "bundles" / "finetuned"
+    with pytest.raises(ExportError, match="a fine-tuned bundle .* has no ONNX export; .*logreg"):
+        export_onnx(finetuned, tmp_path / "z", log=str)

@@ -25,15 +25,34 @@ def export(
             "the head (head.onnx, or head.npz for numpy) and manifest.json.",
         ),
     ],
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            "--quantize",
+            help="int8: the encoder's matrix products get int8 weights (onnxruntime's dynamic "
+            "quantization); its size, speed and labels on real music are in the README's ONNX "
+            "section. Default: float32.",
+        ),
+    ] = None,
 ) -> None:
     """Export a bundle to ONNX: `predict --runtime onnx --bundle FOLDER` then needs no PyTorch.
 
-    The export is checked against the torch path on a probe signal before it is kept.
+    Heads: logreg and rf through skl2onnx, xgb through onnxmltools, fcnn and fcnn-weighted
+    through torch.onnx; svm and a multi-label logreg are evaluated in numpy from their saved
+    arrays (head.npz). Refused: the attention and spectrogram (cnn, lstm, cnn-lstm) heads, multi-label
+    rf and xgb, and fine-tuned bundles. The float32 export is checked against the torch path on
+    a probe signal (within 1e-4) before it is kept.
     """
     from wav2genre_cache.inference.onnx_export import export_onnx
     from wav2genre_cache.store.bundles import resolve_bundle_dir
 
-    export_onnx(resolve_bundle_dir(bundle), onnx, log=lambda m: err.print(m, highlight=False))
+    if quantize not in (None, "int8"):
+        raise OptionError(f"unknown --quantize {quantize!r}; the export quantizes to int8")
+
+    def log(message: str) -> None:
+        err.print(message, highlight=False)
+
+    export_onnx(resolve_bundle_dir(bundle), onnx, log=log, quantize=quantize)
     err.print(f"Wrote {onnx}", highlight=False)
 
 

@@ -30,23 +30,7 @@ from wav2genre_cache.heads.contract import (
     tag_matrix,
     tags_at_half,
 )
-
-
-def exact_grid(n_features: int) -> tuple[float, float]:
-    """The grid step (a power of two) and clip bound that keep integer dot products exact.
-
-    Values on the grid are integers k with |k| <= 2**b; a squared distance of n_features of them
-    is at most 4 * n_features * 4**b, kept at or below 2**53 (float64 integers are exact there).
-    The bound is 64 standard deviations; the step is 2**-14 at 768 features, 2**-11 at 40,000:
-    finer than the float16 the cache stores.
-    """
-    bits = (51 - int(np.ceil(np.log2(max(n_features, 2))))) // 2
-    return 2.0 ** -(bits - 6), 64.0
-
-
-def on_grid(X: np.ndarray, step: float, bound: float) -> np.ndarray:
-    """X clipped to +-bound and rounded to multiples of step, as float64 integers (step units)."""
-    return np.rint(np.clip(np.asarray(X, np.float64), -bound, bound) / step)
+from wav2genre_cache.kernels import grid_rbf_kernel
 
 
 class SVMHead(ClassifierMixin, BaseEstimator):
@@ -129,17 +113,8 @@ class SVMHead(ClassifierMixin, BaseEstimator):
         return ((np.asarray(X, dtype=np.float32) - self.mean_) / self.scale_).astype(np.float32)
 
     def _kernel(self, P: np.ndarray, Q: np.ndarray) -> np.ndarray:
-        """exp(-gamma |p - q|^2), each value independent of the other rows of P and Q.
-
-        The squared distances are computed on the standardised features rounded to a grid
-        (exact_grid) where every product and every partial sum is an integer below 2**53: one
-        float64 matrix product is then exact, however BLAS blocks it on whatever CPU, so a
-        row's score never depends on the batch it came in (a float32 product moved it by 1e-7).
-        """
-        step, bound = exact_grid(P.shape[1])
-        p, q = on_grid(P, step, bound), on_grid(Q, step, bound)
-        d2 = (p * p).sum(1)[:, None] + (q * q).sum(1)[None, :] - 2.0 * (p @ q.T)
-        return np.exp(-self.gamma_ * (d2 * (step * step)))
+        """The RBF kernel on an exact grid (kernels.grid_rbf_kernel): batch-independent."""
+        return grid_rbf_kernel(P, Q, self.gamma_)
 
     def decision_function(self, X) -> np.ndarray:
         """One-vs-rest decision values, [n, classes] ([n] for two classes, as in SVC).

@@ -24,12 +24,13 @@ from wav2genre_cache._version import __version__
 from wav2genre_cache.errors import ExportError
 from wav2genre_cache.feature_sets import ENCODER, feature_set_name
 from wav2genre_cache.heads.registry import Inputs, head_spec
-from wav2genre_cache.inference.onnx_heads import export_head, torch_to_onnx
+from wav2genre_cache.inference.onnx_heads import EXPORTS, export_head, torch_to_onnx
 from wav2genre_cache.inference.onnx_runtime import (
     EXPORT_FORMAT,
     EXPORT_VERSION,
     MANIFEST,
     OnnxPredictor,
+    read_manifest,
 )
 from wav2genre_cache.store.bundles import FINETUNED, load_bundle
 
@@ -41,15 +42,62 @@ EXPORT_TOLERANCE = 1e-4
 
 
 def export_onnx(
-    bundle_dir: str | Path, out: str | Path, log: Callable[[str], None] = print
+    bundle_dir: str | Path,
+    out: str | Path,
+    log: Callable[[str], None] = print,
+    quantize: str | None = None,
 ) -> Path:
-    """Export a bundle (checksums verified) to `out`, check it against torch, return `out`."""
-    from wav2genre_cache.encoders.frontends import WhisperFrontEnd, frontend_for
-    from wav2genre_cache.encoders.sources import fetch_model
+    """Export a bundle (checksums verified) to `out`, check it against torch, return `out`.
 
+    quantize="int8": the float32 export, once checked, has its encoder's weights quantized
+    (quantize_encoder); its probe difference is recorded, not held to EXPORT_TOLERANCE.
+    """
+    if quantize not in (None, "int8"):
+        raise ExportError(f"unknown quantization {quantize!r}; the export quantizes to int8")
     bundle_dir, out = Path(bundle_dir), Path(out)
     meta, head = load_bundle(bundle_dir)
     spec = _check_exportable(bundle_dir, meta)
+    encoder, frontend, whisper, hidden_size = _pooled_encoder(bundle_dir, meta, spec)
+    if out.exists():
+        if not (out / MANIFEST).is_file() and any(out.iterdir()):
+            raise ExportError(f"{out}: exists and is not an earlier export; choose another folder")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    log(f"Exporting the encoder ({encoder.kept} of {encoder.total} layers) to {out}")
+    _write_bytes(out / ENCODER_ONNX, _encoder_onnx(encoder, frontend, whisper, meta))
+    features = len(encoder.layers) * hidden_size
+    head_entry = export_head(meta["head"], head, features, out)
+    manifest = _manifest(meta, head, head_entry, encoder.layers, features, frontend, whisper)
+    if whisper:
+        filters = np.asarray(frontend.layout.mel_filters, np.float32)
+        _write_bytes(out / MEL_FILTERS, _npy_bytes(filters))
+    manifest["files"] = {
+        f.name: sha256_file(f) for f in sorted(out.iterdir()) if f.name != MANIFEST
+    }
+    atomic_write_json(out / MANIFEST, manifest)
+    difference = _check_against_torch(bundle_dir, out, meta)
+    log(f"Largest probability difference from the torch path on a probe signal: {difference:.2g}")
+    if difference > EXPORT_TOLERANCE:
+        raise ExportError(
+            f"{out}: the export's probabilities differ from the torch path's by {difference:.2g} "
+            f"(more than {EXPORT_TOLERANCE:g}); it is not usable"
+        )
+    atomic_write_json(out / MANIFEST, manifest | {"checked_difference": difference})
+    if quantize == "int8":
+        quantize_encoder(out)
+        difference = _check_against_torch(bundle_dir, out, meta)
+        log(f"int8: largest probability difference from the torch path: {difference:.2g}")
+        manifest = read_manifest(out)
+        manifest["quantization"]["probe_difference"] = difference
+        atomic_write_json(out / MANIFEST, manifest)
+    return out
+
+
+def _pooled_encoder(bundle_dir: Path, meta: dict, spec):
+    """(PooledLayers, front end, whether Whisper, hidden size) of the bundle's backbone."""
+    from wav2genre_cache.encoders.frontends import WhisperFrontEnd, frontend_for
+    from wav2genre_cache.encoders.sources import fetch_model
+
     model, revision, extractor = fetch_model(meta["backbone"])
     if meta.get("backbone_revision") and revision != meta["backbone_revision"]:
         raise ExportError(
@@ -68,43 +116,62 @@ def export_onnx(
     n_layers = model.config.num_hidden_layers + 1
     layers = list(range(n_layers)) if spec.inputs is Inputs.ALL_LAYERS else [meta["layer"]]
     encoder = PooledLayers(_truncated(model.eval(), max(layers)), layers, whisper)
-    if out.exists():
-        if not (out / MANIFEST).is_file() and any(out.iterdir()):
-            raise ExportError(f"{out}: exists and is not an earlier export; choose another folder")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    log(f"Exporting the encoder ({encoder.kept} of {n_layers - 1} layers) to {out}")
-    _write_bytes(out / ENCODER_ONNX, _encoder_onnx(encoder, frontend, whisper, meta))
-    features = len(layers) * model.config.hidden_size
-    head_entry = export_head(meta["head"], head, features, out)
-    manifest = _manifest(meta, head, head_entry, layers, features, frontend, whisper)
-    if whisper:
-        filters = np.asarray(frontend.layout.mel_filters, np.float32)
-        _write_bytes(out / MEL_FILTERS, _npy_bytes(filters))
-    manifest["files"] = {
-        f.name: sha256_file(f) for f in sorted(out.iterdir()) if f.name != MANIFEST
+    return encoder, frontend, whisper, model.config.hidden_size
+
+
+# Dynamic quantization of the matrix products only: the convolutions (Whisper's two, the
+# waveform encoders' feature extractor) stay float32; onnxruntime's ConvInteger is slow.
+QUANTIZED_OPS = ("MatMul", "Gemm")
+
+
+def quantize_encoder(export_dir: str | Path) -> None:
+    """Replace a float32 export's encoder by its int8 dynamic quantization; manifest updated."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    if manifest["encoder"]["dtype"] != "float32":
+        raise ExportError(f"{export_dir}: the encoder is already {manifest['encoder']['dtype']}")
+    encoder = export_dir / manifest["encoder"]["file"]
+    staged = encoder.with_name(f".{encoder.name}.int8")
+    quantize_dynamic(
+        encoder,
+        staged,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=list(QUANTIZED_OPS),
+    )
+    staged.replace(encoder)
+    manifest["encoder"]["dtype"] = "int8"
+    manifest["quantization"] = {
+        "method": "onnxruntime.quantization.quantize_dynamic",
+        "weights": "int8 (activations quantized per call, uint8)",
+        "ops": list(QUANTIZED_OPS),
     }
-    atomic_write_json(out / MANIFEST, manifest)
-    difference = _check_against_torch(bundle_dir, out, meta)
-    log(f"Largest probability difference from the torch path on a probe signal: {difference:.2g}")
-    if difference > EXPORT_TOLERANCE:
-        raise ExportError(
-            f"{out}: the export's probabilities differ from the torch path's by {difference:.2g} "
-            f"(more than {EXPORT_TOLERANCE:g}); it is not usable"
-        )
-    atomic_write_json(out / MANIFEST, manifest | {"checked_difference": difference})
-    return out
+    manifest["files"][encoder.name] = sha256_file(encoder)
+    atomic_write_json(export_dir / MANIFEST, manifest)
 
 
 def _check_exportable(bundle_dir: Path, meta: dict):
     """The head's registry entry, or ExportError for a bundle the export cannot take."""
+    supported = (
+        f"exported are bundles of these heads: {'; '.join(f'{k}: {v}' for k, v in EXPORTS.items())}"
+    )
     if meta.get("kind") == FINETUNED:
-        raise ExportError(f"{bundle_dir}: a fine-tuned bundle has no ONNX export yet")
+        raise ExportError(
+            f"{bundle_dir}: a fine-tuned bundle (its own encoder weights and head) has no ONNX "
+            f"export; {supported}"
+        )
     if feature_set_name(meta["feature_set"]) != ENCODER or meta["backbone"] == "synthetic":
-        raise ExportError(f"{bundle_dir}: only bundles over an encoder's embeddings export")
+        raise ExportError(
+            f"{bundle_dir}: the {meta['head']} head reads the {meta['feature_set']} feature set; "
+            f"only heads over an encoder's embeddings export ({supported})"
+        )
     spec = head_spec(meta["head"])
     if spec.inputs not in (Inputs.VECTOR, Inputs.ALL_LAYERS):
-        raise ExportError(f"{bundle_dir}: the {meta['head']} head reads {spec.inputs.value}")
+        raise ExportError(
+            f"{bundle_dir}: the {meta['head']} head reads {spec.inputs.value} and has no ONNX "
+            f"export; {supported}"
+        )
     return spec
 
 
@@ -136,6 +203,7 @@ class PooledLayers(torch.nn.Module):
         self.model, self.layers, self.whisper = model, layers, whisper
         holder = model.encoder if hasattr(model, "encoder") else model
         self.kept = len(holder.layers)
+        self.total = model.config.num_hidden_layers  # the whole model's: the config is kept
 
     def forward(self, x: torch.Tensor, span_weights: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.model(x, output_hidden_states=True).hidden_states

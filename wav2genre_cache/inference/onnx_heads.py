@@ -1,5 +1,9 @@
 """A bundle's head as ONNX (torch.onnx, skl2onnx, onnxmltools) or as plain arrays for numpy.
 
+Which converter takes which head (EXPORTS): logreg, rf -> skl2onnx; xgb -> onnxmltools; fcnn,
+fcnn-weighted -> torch.onnx; svm and a multi-label logreg -> head.npz, evaluated in numpy
+(numpy_heads). The attention head, the spectrogram heads and multi-label rf/xgb are refused.
+
 Every head written here maps one row of embedding features [batch, features] to the head's own
 class columns (its classes_, in order) as probabilities: head.onnx with input "embedding" and
 output "probabilities", or head.npz (arrays only, read with allow_pickle=False) for a head that
@@ -23,20 +27,35 @@ HEAD_ONNX = "head.onnx"
 HEAD_NPZ = "head.npz"
 
 
+# How each head exports: `export --help` and the README say the same.
+EXPORTS = {
+    "logreg": "skl2onnx (a multi-label logreg: numpy)",
+    "svm": "numpy (its kernel on the training grid, then scikit-learn's one-vs-rest)",
+    "rf": "skl2onnx (single-label)",
+    "xgb": "onnxmltools (single-label)",
+    "fcnn": "torch.onnx",
+    "fcnn-weighted": "torch.onnx",
+}
+
+
 def export_head(name: str, head, n_features: int, directory: Path) -> dict:
     """Write the head into directory; return its manifest entry (file, runtime, converter)."""
     multi_label = bool(getattr(head, "multi_label_", False))
     if name == "logreg":
         if multi_label:  # one regression per tag, infinite intercepts: no converter takes it
-            return _write_npz(directory, "linear", _linear_arrays(head), multi_label)
+            return _write_npz(directory, "linear", _linear_arrays(head))
         return _write_onnx(directory, _logreg_onnx(head, n_features), "skl2onnx")
+    if name == "svm":  # a precomputed grid kernel and a softmax over one-vs-rest: no converter
+        return _write_npz(directory, "svm", svm_arrays(head))
     if name in ("fcnn", "fcnn-weighted"):
         return _write_onnx(directory, _torch_onnx(head, n_features), "torch.onnx")
     if name == "xgb" and not multi_label:
         return _write_onnx(directory, _xgb_onnx(head, n_features), "onnxmltools")
+    if name == "rf" and not multi_label:
+        return _write_onnx(directory, _forest_onnx(head, n_features), "skl2onnx")
     raise ExportError(
-        f"the {name} head{' (multi-label)' if multi_label else ''} has no ONNX export yet; "
-        "export a logreg, fcnn, fcnn-weighted or xgb bundle"
+        f"the {name} head{' (multi-label)' if multi_label else ''} has no ONNX export; "
+        f"exported are: {'; '.join(f'{k}: {v}' for k, v in EXPORTS.items())}"
     )
 
 
@@ -45,7 +64,7 @@ def _write_onnx(directory: Path, model_bytes: bytes, converter: str) -> dict:
     return {"file": HEAD_ONNX, "runtime": "onnx", "converter": converter}
 
 
-def _write_npz(directory: Path, kind: str, arrays: dict, multi_label: bool) -> dict:
+def _write_npz(directory: Path, kind: str, arrays: dict) -> dict:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # plain arrays: nothing of object dtype, so nothing pickled
     atomic_write(directory / HEAD_NPZ, lambda tmp: tmp.write_bytes(buffer.getvalue()))
@@ -61,6 +80,70 @@ def _linear_arrays(head) -> dict:
         "coef": np.asarray(regression.coef_, np.float64),
         "intercept": np.asarray(regression.intercept_, np.float64),
     }
+
+
+def svm_arrays(head) -> dict:
+    """SVMHead's standardiser, gamma, support vectors and libsvm's coefficients, as arrays.
+
+    Below max_precomputed training rows the head's kernel is on the exact grid (grid=1); its
+    SVCs index the training rows, so each one's coefficients go to its support vectors' rows of
+    `vectors` (a multi-label head's tags share them). Public SVC attributes: for two classes
+    (and each tag) the decision is dual[0] . K + intercept[0].
+    """
+    if head.multi_label_:
+        svcs = head.svcs_
+        if head.precomputed_:
+            vectors, rows = (
+                head.support_vectors_,
+                [np.searchsorted(head.support_, svc.support_) for svc in svcs],
+            )
+        else:
+            vectors = np.concatenate(
+                [svc.support_vectors_ for svc in svcs] or [np.zeros((0, len(head.mean_)))]
+            )
+            ends = np.cumsum([len(svc.support_) for svc in svcs], dtype=int)
+            rows = [np.arange(e - len(svc.support_), e) for e, svc in zip(ends, svcs, strict=True)]
+        dual = np.zeros((len(svcs), len(vectors)))
+        for k, (svc, r) in enumerate(zip(svcs, rows, strict=True)):
+            dual[k, r] = svc.dual_coef_[0]
+        tagged = {
+            "tag_values": np.where(head.tag_rates_ > 0.5, np.inf, -np.inf),
+            "fitted_tags": np.asarray(head.fitted_tags_, np.int64),
+            "intercept": np.asarray([svc.intercept_[0] for svc in svcs], np.float64),
+        }
+    else:
+        svc = head.svc_
+        vectors = head.support_vectors_ if head.precomputed_ else svc.support_vectors_
+        dual = svc.dual_coef_
+        tagged = {"n_support": np.asarray(svc.n_support_, np.int64),
+                  "intercept": np.asarray(svc.intercept_, np.float64)}  # fmt: skip
+    return {
+        "mean": np.asarray(head.mean_),
+        "scale": np.asarray(head.scale_),
+        "gamma": np.float64(head.gamma_),
+        "grid": np.int64(bool(head.precomputed_)),
+        "vectors": np.asarray(vectors, np.float32),
+        "dual": np.asarray(dual, np.float64),
+        **tagged,
+    }
+
+
+def _forest_onnx(head, n_features: int) -> bytes:
+    """skl2onnx on a plain RandomForestClassifier holding the head's fitted trees."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.ensemble import RandomForestClassifier
+
+    plain = RandomForestClassifier()
+    plain.__dict__.update(head.__dict__)
+    onx = to_onnx(
+        plain,
+        initial_types=[("embedding", FloatTensorType([None, n_features]))],
+        options={id(plain): {"zipmap": False}},
+        target_opset={"": OPSET, "ai.onnx.ml": 3},
+        final_types=[("label", None), ("probabilities", FloatTensorType([None, None]))],
+    )
+    return onx.SerializeToString()
 
 
 def _logreg_onnx(head, n_features: int) -> bytes:

@@ -21,8 +21,9 @@ from wav2genre_cache.audio.decode import (
     segment_track,
 )
 from wav2genre_cache.errors import AudioError, BundleError, ExportError
-from wav2genre_cache.evaluation.calibration_map import apply_map, expit, softmax
+from wav2genre_cache.evaluation.calibration_map import apply_map
 from wav2genre_cache.inference.entries import prediction_entry
+from wav2genre_cache.inference.numpy_heads import numpy_probabilities
 
 MANIFEST = "manifest.json"
 EXPORT_FORMAT = "wav2genre-onnx"
@@ -130,7 +131,8 @@ class OnnxPredictor:
         if self.head is not None:
             cols = self.head.run(["probabilities"], {"embedding": x})[0].astype(np.float64)
         else:
-            cols = _linear_probabilities(self.head_arrays, x, self.multi_label)
+            kind = self.meta["head_runtime"]["kind"]
+            cols = numpy_probabilities(kind, self.head_arrays, x, self.multi_label)
         proba = np.zeros((len(x), len(self.labels)))
         proba[:, self.head_classes] = cols
         return proba
@@ -188,17 +190,6 @@ def _whisper_layout(directory: Path, frontend: dict):
         int(frontend["hop_length"]),
         filters.astype(np.float32),
     )
-
-
-def _linear_probabilities(arrays: dict, x: np.ndarray, multi_label: bool) -> np.ndarray:
-    """A logreg head's probabilities from its arrays: standardise, then softmax or sigmoid."""
-    scores = ((x - arrays["mean"]) / arrays["scale"]) @ arrays["coef"].T + arrays["intercept"]
-    if multi_label:
-        return expit(scores)
-    if scores.shape[1] == 1:  # two classes: one score, for the second class
-        p = expit(scores[:, 0])
-        return np.stack([1 - p, p], axis=1)
-    return softmax(scores)
 
 
 def apply_calibration(calibration: dict | None, proba: np.ndarray) -> np.ndarray:

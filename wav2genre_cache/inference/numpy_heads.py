@@ -1,0 +1,78 @@
+"""Heads that an ONNX export evaluates in numpy from their saved arrays (head.npz).
+
+A multi-label logistic regression (one regression per tag, infinite intercepts for constant
+tags: no converter takes it) and the SVM head (an RBF kernel on an exact grid, one-vs-one
+decision values turned one-vs-rest as scikit-learn's SVC does, then a softmax; or per tag a
+logistic): onnx_heads writes the arrays, onnx_runtime calls `numpy_probabilities`. numpy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wav2genre_cache.errors import ExportError
+from wav2genre_cache.evaluation.calibration_map import expit, softmax
+from wav2genre_cache.kernels import grid_rbf_kernel, rbf_kernel
+
+
+def numpy_probabilities(kind: str, arrays: dict, x: np.ndarray, multi_label: bool) -> np.ndarray:
+    """The head's probabilities [rows, head classes] of pooled features x (float32)."""
+    if kind == "linear":
+        return linear_probabilities(arrays, x, multi_label)
+    if kind == "svm":
+        return svm_probabilities(arrays, x, multi_label)
+    raise ExportError(f"unknown numpy head kind {kind!r} in the export's manifest")
+
+
+def linear_probabilities(arrays: dict, x: np.ndarray, multi_label: bool) -> np.ndarray:
+    """A logreg head's probabilities from its arrays: standardise, then softmax or sigmoid."""
+    scores = ((x - arrays["mean"]) / arrays["scale"]) @ arrays["coef"].T + arrays["intercept"]
+    if multi_label:
+        return expit(scores)
+    if scores.shape[1] == 1:  # two classes: one score, for the second class
+        p = expit(scores[:, 0])
+        return np.stack([1 - p, p], axis=1)
+    return softmax(scores)
+
+
+def svm_probabilities(arrays: dict, x: np.ndarray, multi_label: bool) -> np.ndarray:
+    """SVMHead.predict_proba from its arrays (support vectors, dual coefficients, intercepts)."""
+    scaled = ((np.asarray(x, np.float32) - arrays["mean"]) / arrays["scale"]).astype(np.float32)
+    kernel = grid_rbf_kernel if bool(arrays["grid"]) else rbf_kernel
+    K = kernel(scaled, arrays["vectors"], float(arrays["gamma"]))
+    if multi_label:
+        values = np.tile(arrays["tag_values"], (len(K), 1))
+        values[:, arrays["fitted_tags"]] = K @ arrays["dual"].T + arrays["intercept"]
+        return expit(values)
+    n_support = arrays["n_support"]
+    if len(n_support) == 2:  # one value, positive for the second class
+        d = K @ arrays["dual"][0] + arrays["intercept"][0]
+        return softmax(np.stack([-d / 2, d / 2], axis=1))
+    return softmax(_one_vs_rest(_one_vs_one(K, arrays["dual"], arrays["intercept"], n_support)))
+
+
+def _one_vs_one(K: np.ndarray, dual: np.ndarray, intercept: np.ndarray, n_support) -> np.ndarray:
+    """libsvm's decision value of each class pair (i < j), positive for class i."""
+    ends = np.cumsum(n_support)
+    starts = ends - n_support
+    values, pair = np.zeros((len(K), len(intercept))), 0
+    for i in range(len(n_support)):
+        for j in range(i + 1, len(n_support)):
+            si, sj = slice(starts[i], ends[i]), slice(starts[j], ends[j])
+            values[:, pair] = K[:, si] @ dual[j - 1, si] + K[:, sj] @ dual[i, sj] + intercept[pair]
+            pair += 1
+    return values
+
+
+def _one_vs_rest(ovo: np.ndarray) -> np.ndarray:
+    """Votes plus bounded confidences per class (scikit-learn's _ovr_decision_function)."""
+    n_classes = int(round((1 + np.sqrt(1 + 8 * ovo.shape[1])) / 2))
+    votes, confidence, pair = np.zeros((len(ovo), n_classes)), np.zeros((len(ovo), n_classes)), 0
+    for i in range(n_classes):
+        for j in range(i + 1, n_classes):
+            confidence[:, i] += ovo[:, pair]
+            confidence[:, j] -= ovo[:, pair]
+            votes[ovo[:, pair] >= 0, i] += 1
+            votes[ovo[:, pair] < 0, j] += 1
+            pair += 1
+    return votes + confidence / (3 * (np.abs(confidence) + 1))
