@@ -21,3 +21,49 @@ def descendants(pid: int) -> set[int]:
             found.add(child)
             todo.append(child)
     return found
+
+
+def start_times(pids: set[int]) -> dict[int, int]:
+    """pid -> start time (clock ticks after boot) of each that runs: a pid reused by another
+    process later has another start time."""
+    found = {}
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        if fields[0] != "Z":  # a zombie has ended; only its parent's wait is missing
+            found[pid] = int(fields[19])
+    return found
+
+
+def still_running(started: dict[int, int]) -> set[int]:
+    """Those of `started` (pid -> start time) that still run, the same processes."""
+    now = start_times(set(started))
+    return {pid for pid, t in started.items() if now.get(pid) == t}
+
+
+def listening_sockets(pids: set[int]) -> dict[int, int]:
+    """The TCP sockets these processes listen on: pid -> how many."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        listening |= {int(f[9]) for f in map(str.split, lines) if f[3] == "0A"}
+    found: dict[int, int] = {}
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = fd.readlink().name
+            except OSError:
+                continue
+            if target.startswith("socket:[") and int(target[8:-1]) in listening:
+                found[pid] = found.get(pid, 0) + 1
+    return found

@@ -26,6 +26,7 @@ from wav2genre_cache.errors import OptionError, RayEngineError
 
 RAY_REQUIREMENT = "ray[data]>=2.50,<2.61"
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+AUTH_MODE = "RAY_AUTH_MODE"  # token | disabled: Ray's authentication between its processes
 TRACKS_PER_CALL = 16  # tracks per actor call; their equal-length windows are batched together
 
 
@@ -57,8 +58,14 @@ def module_memory(*modules) -> int:
 def ray_runtime(address: str | None, console: Console) -> Iterator:
     """The ray module, on a runtime this process started (stopped on leaving, Ctrl-C included;
     watched by ray_watchdog.py in case this process is killed) or on the cluster at `address`."""
-    ray, started_here = start_ray(address, console)
-    watchdog = watch_runtime() if started_here and address is None else None
+    # Watching starts before Ray does: a driver killed during Ray's start-up leaves nothing.
+    watchdog = watch_runtime() if address is None else None
+    try:
+        ray, started_here = start_ray(address, console)
+    except BaseException:
+        if watchdog is not None:
+            stop_watching(watchdog)
+        raise
     try:
         yield ray
     finally:
@@ -102,6 +109,10 @@ def start_ray(address: str | None, console: Console) -> tuple:
         # Read when ray is imported (and by the processes it starts, through the environment):
         # a local runtime then binds and connects on loopback only.
         os.environ[LOOPBACK_ONLY] = "0"
+        # A new local runtime takes token authentication when the mode is not chosen, and says
+        # so in a warning on every run; choosing it (Ray's default, kept) is what stops the
+        # warning. Its token is Ray's own (~/.ray/auth_token, made once if missing).
+        os.environ.setdefault(AUTH_MODE, "token")
     try:
         import ray
         import ray.data  # noqa: F401
