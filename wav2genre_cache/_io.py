@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -168,3 +169,15 @@ class Pace:
             self._last = now
             return True
         return False
+
+
+# Tests only: the resume tests SIGKILL a run at each named step of writing its output
+# (store/cache_writer.py: "shard:N" before shard N, "finalize" after the last shard, "merge"
+# half-way through the merged cache, "merged" once it is in place, its shards not yet removed).
+KILL_AT = "WAV2GENRE_KILL_AT"
+
+
+def kill_point(name: str) -> None:
+    """SIGKILL this process here if the environment's WAV2GENRE_KILL_AT names this point."""
+    if os.environ.get(KILL_AT) == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -31,7 +31,8 @@ def embed_into_cache(
     opts, tracks = with_batch_size(job.opts, backbone), job.catalogue.tracks
     reuse = ReusedFeatures(opts.reuse, config) if opts.reuse and backbone else None
     summary, store, todo = open_blocks(opts, config, tracks, ShardStore, job.console)
-    if store is None:
+    if store is None:  # a finished cache with these settings
+        ShardStore(opts.out, config).remove_leftover()
         return summary
     start = time.perf_counter()
     blocks = _embedded_blocks(todo, backbone, workers, opts, reuse)

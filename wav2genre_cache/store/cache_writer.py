@@ -19,7 +19,7 @@ from typing import Protocol
 import h5py
 import numpy as np
 
-from wav2genre_cache._io import atomic_write, atomic_write_text
+from wav2genre_cache._io import atomic_write, atomic_write_text, kill_point
 from wav2genre_cache._version import __version__
 from wav2genre_cache.errors import CacheError
 from wav2genre_cache.feature_sets import FEATURE_ALIASES
@@ -75,12 +75,19 @@ class ShardStore:
                 done.update(json.loads(f.attrs["track_ids"]))
         return done
 
+    def remove_leftover(self) -> None:
+        """Remove the shard folder a kill left beside a finished cache (killed after the merge's
+        rename, before the folder's removal): the cache holds all of it."""
+        if self.out.is_file() and self.dir.is_dir():
+            shutil.rmtree(self.dir, ignore_errors=True)
+
     def shards(self) -> list[Path]:
         """Finished shard files, in the order they were written."""
         return sorted(self.dir.glob("shard-*.h5"))
 
     def write(self, block: int, results: list[TrackResult]) -> None:
         """Write one block of finished tracks as a shard, atomically."""
+        kill_point(f"shard:{block}")
         final = self.dir / f"shard-{block:07d}.h5"
         tmp = final.with_suffix(".tmp")
         with h5py.File(tmp, "w") as f:
@@ -100,6 +107,7 @@ class ShardStore:
 
     def finalize(self, order: list[str]) -> Path:
         """Merge every shard into the final cache, tracks in `order`; remove the shard folder."""
+        kill_point("finalize")
         rows: dict[str, dict] = {}
         seg_of: dict[str, tuple[Path, int, int]] = {}
         for shard in self.shards():
@@ -109,6 +117,7 @@ class ShardStore:
                     rows[row["track_id"]] = row
                     seg_of[row["track_id"]] = (shard, int(offsets[i]), int(offsets[i + 1]))
         finish_cache(self.out, self.config, order, rows, seg_of)
+        kill_point("merged")
         shutil.rmtree(self.dir, ignore_errors=True)
         return self.out
 
@@ -229,6 +238,8 @@ def write_cache(
                         )
                     feats[name][pos : pos + b - a] = block
                 pos += b - a
+                if 2 * pos >= n_total:
+                    kill_point("merge")
         finally:
             for src in sources.values():
                 src.close()
