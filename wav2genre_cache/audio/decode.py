@@ -135,10 +135,43 @@ def _decode(
 ) -> np.ndarray:
     """Stream-decode to 16 kHz mono float32, refusing audio over max_seconds as early as possible.
 
-    Blocks are mixed down and resampled as they are read, into one preallocated array, so a long
-    file costs its 16 kHz waveform plus one block, not its whole native-rate decode as well.
+    Blocks (_blocks) are mixed down and resampled as they are read, into one preallocated array,
+    so a long file costs its 16 kHz waveform plus one block, not its whole native-rate decode.
     """
+    expected: list[int] = []
+    out, n = None, 0
+    try:
+        for chunk in _blocks(source, name, max_seconds, block_seconds, expected):
+            if out is None:
+                out = np.empty(expected[0] + 64, np.float32)
+            n, out = _append(out, n, chunk)
+    except AudioError:
+        out = chunk = source = None  # noqa: F841 (the traceback keeps this frame: let go)
+        raise
+    if n == 0:
+        raise AudioError(f"{name}: contains no audio samples")
+    return out[:n]
+
+
+def decode_blocks(
+    path: Path, max_seconds: float | None = None, block_seconds: float = 10.0
+) -> Iterator[np.ndarray]:
+    """A file's 16 kHz mono float32 audio, block by block, never held whole (a long file's
+    predictions stream); AudioError as decode_file raises it, once the blocks reach it."""
+    return _blocks(path, str(path), max_seconds, block_seconds, [])
+
+
+def _blocks(
+    source: str | os.PathLike | io.BytesIO,
+    name: str,
+    max_seconds: float | None,
+    block_seconds: float,
+    expected: list[int],
+) -> Iterator[np.ndarray]:
+    """16 kHz mono float32 blocks of source; before the first, `expected` gets the samples the
+    header announces (the limit's worth where it says nothing), to preallocate."""
     limit = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
+    n = 0
     try:
         with _c_stderr_named(name):
             f = sf.SoundFile(source)
@@ -156,15 +189,14 @@ def _decode(
             # A block is bounded in samples, not seconds: 8 channels at 384 kHz must not make it
             # 30x larger than a stereo 44.1 kHz one.
             block = max(1, min(int(rate * block_seconds), _BLOCK_SAMPLES // channels))
-            expected = int(np.ceil(f.frames * SAMPLE_RATE / rate)) if known else SAMPLE_RATE * 60
+            size = int(np.ceil(f.frames * SAMPLE_RATE / rate)) if known else SAMPLE_RATE * 60
             if limit is not None:
                 # Never reserve more than the limit lets through; an unknown length reserves all
                 # of it at once, as growing by copies would briefly hold it twice (np.empty costs
                 # only the pages that get written).
-                expected = min(expected, limit) if known else limit
-            out = np.empty(expected + 64, np.float32)
+                size = min(size, limit) if known else limit
+            expected.append(size)
             buf = np.empty((block, channels), np.float32)
-            n = 0
             while True:
                 with _c_stderr_named(name):
                     # Reads until the decoder runs dry, not until the header's count: an MP3's
@@ -178,22 +210,22 @@ def _decode(
                 chunk = stream.resample_chunk(mono) if stream else mono
                 if limit is not None and n + len(chunk) > limit:  # the header lied or did not say
                     raise AudioTooLong(_too_long(name, None, max_seconds))  # (before out grows)
-                n, out = _append(out, n, chunk)
+                n += len(chunk)
+                yield chunk
             if stream is not None:
-                n, out = _append(out, n, stream.resample_chunk(np.zeros(0, np.float32), last=True))
+                chunk = stream.resample_chunk(np.zeros(0, np.float32), last=True)
+                n += len(chunk)
+                yield chunk
             if limit is not None and n > limit:
                 raise AudioTooLong(_too_long(name, n / SAMPLE_RATE, max_seconds))
     except AudioError:
         # The traceback keeps this frame: let go of the buffers before the error travels, or a
         # refused upload holds up to its whole allowance until a garbage collection runs.
-        out = buf = got = mono = chunk = stream = source = None  # noqa: F841
+        buf = got = mono = chunk = stream = source = None  # noqa: F841
         raise
     except Exception as exc:  # libsndfile raises several types; all mean "not decodable"
         exists = isinstance(source, io.BytesIO) or Path(source).is_file()
         raise AudioError(f"{name}: not a decodable audio file ({_short(exc, exists)})") from None
-    if n == 0:
-        raise AudioError(f"{name}: contains no audio samples")
-    return out[:n]
 
 
 def _too_long(name: str, seconds: float | None, max_seconds: float) -> str:

@@ -9,8 +9,17 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import soundfile as sf
 
-from wav2genre_cache.audio.decode import AUDIO_EXTENSIONS, SAMPLE_RATE, load_track, segment_track
+from wav2genre_cache.audio.decode import (
+    AUDIO_EXTENSIONS,
+    MIN_TRACK_SECONDS,
+    SAMPLE_RATE,
+    decode_blocks,
+    load_track,
+    segment_track,
+)
+from wav2genre_cache.audio.stream_segments import StreamedSegments
 from wav2genre_cache.encoders.backbone import cpu_has_native_bfloat16, load_backbone, resolve_device
 from wav2genre_cache.encoders.embed_tracks import embed_tracks, track_windows
 from wav2genre_cache.encoders.finetuned import segment_probabilities
@@ -20,6 +29,11 @@ from wav2genre_cache.feature_sets import ENCODER, feature_set_name
 from wav2genre_cache.heads.registry import Inputs, head_spec
 from wav2genre_cache.inference.entries import prediction_entry
 from wav2genre_cache.store.bundles import FINETUNED, load_bundle
+
+# A file longer than this is predicted as it decodes, CHUNK_SECONDS of segments at a time: its
+# memory is that chunk's, whatever its duration (a 16 kHz waveform is 220 MB an hour).
+LONG_SECONDS = 600.0
+CHUNK_SECONDS = 300.0
 
 
 class Predictor:
@@ -195,6 +209,11 @@ class Predictor:
             ok, decoded = [], []
             for k, p in files[i : i + group]:
                 try:
+                    if self._streams(p):
+                        out.append(
+                            (k, {"file": str(p), **self.predict_stream(p, top_k, max_seconds)})
+                        )
+                        continue
                     decoded.append(load_track(p, max_seconds).samples)
                     ok.append((k, p))
                 except AudioError as exc:
@@ -205,6 +224,49 @@ class Predictor:
                 out.append((k, {"file": str(p), **r}))
         # By position, not by name: the same file given twice keeps both of its places.
         return [entry for _, entry in sorted(out, key=lambda pair: pair[0])]
+
+    def _streams(self, path: Path) -> bool:
+        """Whether a file is long enough to be predicted as it decodes (a fine-tuned bundle's
+        model segments whole tracks: it is not)."""
+        if self.finetuned is not None:
+            return False
+        try:
+            return sf.info(str(path)).duration > LONG_SECONDS
+        except Exception:  # not audio, or unreadable: the decoder names the problem
+            return False
+
+    def predict_stream(
+        self, path: Path, top_k: int = 3, max_seconds: float | None = None, chunk_seconds=None
+    ) -> dict:
+        """One file's prediction, decoded and embedded a chunk of segments at a time; the same
+        segments and scores as predict_waveforms on the whole of it (embedding bundles only)."""
+        seg_s, hop_s = self.meta["segment_seconds"], self.meta["hop_seconds"]
+        segment = int(round(seg_s * SAMPLE_RATE))
+        hop = int(round((hop_s or seg_s) * SAMPLE_RATE))
+        # Whisper's packed windows group segments from the track's first: chunks of whole groups.
+        layout = getattr(self.backbone.frontend, "layout", None)
+        k = layout.per_window(segment) if layout is not None else 1
+        per_chunk = k * max(1, int((chunk_seconds or CHUNK_SECONDS) * SAMPLE_RATE / hop) // k)
+        stream = StreamedSegments(decode_blocks(path, max_seconds), segment, hop, per_chunk)
+        every = self.spec.inputs is Inputs.ALL_LAYERS
+        starts, parts, length = [], [], segment
+        for chunk in stream:
+            windows = track_windows(self.backbone, chunk.audio, chunk.starts, chunk.length)
+            (f,) = embed_tracks(self.backbone, [windows], seg_s, hop_s, self.batch_size)
+            X = np.ascontiguousarray(f.reshape(len(f), -1) if every else f[:, self.meta["layer"]])
+            # A head that answers per track needs all of its rows (one layer's: small).
+            parts.append(X if self.spec.predicts_tracks else self._proba(X))
+            starts += [chunk.offset + s for s in chunk.starts]
+            length = chunk.length
+        if stream.n_samples < MIN_TRACK_SECONDS * SAMPLE_RATE:
+            raise AudioError(f"{path}: too short ({stream.n_samples / SAMPLE_RATE:.2f} s)")
+        rows = np.concatenate(parts)
+        proba = self._proba(rows) if self.spec.predicts_tracks else rows
+        thresholds = self.thresholds if self.multi_label else None
+        return prediction_entry(
+            self.labels, stream.n_samples, (starts, length), proba, top_k,
+            self.calibrator.apply, thresholds,
+        )  # fmt: skip
 
     def iter_predictions(
         self,
