@@ -252,7 +252,7 @@ class StubPredictor:
         time.sleep(0.02)
         with self.lock:
             self.alive -= len(waveforms)
-        return [{"duration": 2.0, "label": "x", "top": [], "timeline": []}]
+        return [{"duration": 2.0, "label": "x", "top": [], "timeline": []} for _ in waveforms]
 
     def describe(self) -> dict:
         return {}
@@ -278,6 +278,60 @@ def test_decoded_audio_in_flight_is_bounded_across_concurrent_uploads(monkeypatc
 
     assert asyncio.run(upload_many(12)) == [200] * 12
     assert 1 <= stub.peak <= 3 and stub.alive == 0
+
+
+class BatchRecorder(StubPredictor):
+    """A stub model that records how many uploads each call answers, and can fail."""
+
+    def __init__(self, fail: bool = False):
+        super().__init__()
+        self.calls: list[int] = []
+        self.fail = fail
+
+    def predict_waveforms(self, waveforms, top_k):
+        self.calls.append(len(waveforms))
+        time.sleep(0.05)
+        if self.fail:
+            raise RuntimeError("the model broke")
+        return super().predict_waveforms(waveforms, top_k)
+
+
+def upload_at_once(app, n: int) -> list[int]:
+    """The status codes of n uploads sent to the app at once (in process, no sockets)."""
+
+    async def run() -> list[int]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            answers = await asyncio.gather(
+                *[
+                    client.post("/api/predict", files={"file": (f"{i}.wav", b"RIFF")})
+                    for i in range(n)
+                ]
+            )
+        return [a.status_code for a in answers]
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("max_batch", [1, 3])
+def test_uploads_waiting_for_the_model_share_one_call(monkeypatch, max_batch):
+    from wav2genre_cache.inference import server as server_module
+
+    model = BatchRecorder()
+    monkeypatch.setattr(server_module, "decode_bytes", model.decode)
+    # Uploads in a model call keep their decode slot: a batch of 3 needs more than 3 slots.
+    options = server_module.ServeOptions(max_batch=max_batch, max_decodes=6)
+    assert upload_at_once(server_module.create_app(model, options), 9) == [200] * 9
+    assert sum(model.calls) == 9 and max(model.calls) == max_batch, model.calls
+    assert model.alive == 0
+
+
+def test_a_failing_model_call_answers_every_upload_in_it(monkeypatch):
+    from wav2genre_cache.inference import server as server_module
+
+    model = BatchRecorder(fail=True)
+    monkeypatch.setattr(server_module, "decode_bytes", model.decode)
+    assert upload_at_once(server_module.create_app(model), 6) == [500] * 6  # none left waiting
 
 
 def test_a_client_dropping_mid_upload_is_one_log_line(server_proc):

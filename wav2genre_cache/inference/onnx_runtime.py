@@ -87,6 +87,28 @@ class OnnxPredictor:
             _whisper_layout(self.bundle_dir, frontend) if frontend["kind"] == "logmel" else None
         )
 
+    def describe(self) -> dict:
+        """What serve's GET /api/model shows, from the manifest (which carries no test metrics)."""
+        m = self.meta
+        return {
+            "labels": self.labels,
+            "backbone": m["backbone"],
+            "backbone_revision": m["backbone_revision"],
+            "untrained_backbone": m["backbone"].startswith("random-"),
+            "layer": m["layer"],
+            "head": m["head"],
+            "runtime": "onnx",
+            "frontend": m["frontend"]["kind"],
+            "segment_seconds": m["segment_seconds"],
+            "hop_seconds": m["hop_seconds"],
+            "metrics": {},
+            "multi_label": self.multi_label,
+            "thresholds": dict(zip(self.labels, self.thresholds.tolist(), strict=True))
+            if self.multi_label
+            else None,
+            "calibration": (m["calibration"] or {}).get("method", "none"),
+        }
+
     # ---- embeddings and raw scores -------------------------------------------------------
 
     def embed(self, samples: np.ndarray) -> tuple[list[int], int, np.ndarray]:

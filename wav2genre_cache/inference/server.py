@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request, UploadFile
@@ -19,7 +21,11 @@ from starlette.requests import ClientDisconnect
 
 from wav2genre_cache.audio.decode import decode_bytes
 from wav2genre_cache.errors import AudioError, AudioTooLong, OptionError
-from wav2genre_cache.inference.predict import Predictor, check_duration
+from wav2genre_cache.inference.predict import check_duration
+
+if TYPE_CHECKING:
+    from wav2genre_cache.inference.onnx_runtime import OnnxPredictor
+    from wav2genre_cache.inference.predict import Predictor
 
 STATIC = Path(str(files("wav2genre_cache.inference") / "static"))
 # uvicorn's own error logger: its lines come out formatted like the server's.
@@ -36,12 +42,17 @@ class ServeOptions:
     max_minutes: float = 15  # longer audio is refused as soon as decoding passes it
     max_decodes: int = 3  # uploads decoded and held in memory at once; the others wait
     device: str = "auto"  # where the model runs: auto, cpu or cuda
+    workers: int = 1  # processes, each with its own model, sharing the listening socket
+    max_batch: int = 4  # decoded uploads waiting for the model answered by one model call
+    runtime: str = "torch"  # torch: the bundle in PyTorch; onnx: an export in onnxruntime
 
     def __post_init__(self):
-        for name in ("max_upload_mb", "max_minutes", "max_decodes"):
+        for name in ("max_upload_mb", "max_minutes", "max_decodes", "workers", "max_batch"):
             if not getattr(self, name) > 0:
                 flag = "--" + name.replace("_", "-")
                 raise OptionError(f"{flag} {getattr(self, name)}: must be above 0")
+        if self.runtime not in ("torch", "onnx"):
+            raise OptionError(f"--runtime {self.runtime!r}: use torch or onnx")
 
 
 class UploadLimit:
@@ -79,12 +90,65 @@ class UploadLimit:
         return f"upload too large: the limit is {self.limit / 2**20:g} MB"
 
 
-def create_app(predictor: Predictor, options: ServeOptions = ServeOptions()) -> UploadLimit:
+class ModelQueue:
+    """One model thread; the uploads that wait for it while it works go in together next.
+
+    Requests queue for the model instead of fighting over the cores; when it frees, every waiting
+    upload with the same top_k (up to max_batch) is answered by one predict_waveforms call, so a
+    busy server makes fewer, larger model calls and an idle one adds no wait.
+    """
+
+    def __init__(self, predictor: Predictor | OnnxPredictor, max_batch: int):
+        self.predictor, self.max_batch = predictor, max_batch
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wav2genre-model")
+        self.waiting: list[tuple[np.ndarray, int, asyncio.Future]] = []
+        self.draining: asyncio.Task | None = None
+        self.calls = 0
+
+    async def predict(self, samples: np.ndarray, top_k: int) -> dict:
+        """The prediction of one decoded upload, from the next model call that takes it."""
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((samples, top_k, future))
+        if self.draining is None or self.draining.done():
+            self.draining = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.waiting:
+            k = self.waiting[0][1]
+            batch = [w for w in self.waiting if w[1] == k][: self.max_batch]
+            self.waiting = [w for w in self.waiting if all(w is not b for b in batch)]
+            batch = [w for w in batch if not w[2].done()]  # a client that left is skipped
+            if not batch:
+                continue
+            self.calls += 1
+            waveforms = [samples for samples, _, _ in batch]
+            try:
+                results = await loop.run_in_executor(
+                    self.thread, self.predictor.predict_waveforms, waveforms, k
+                )
+                if len(results) != len(batch):
+                    raise RuntimeError(f"{len(results)} predictions for {len(batch)} uploads")
+            except Exception as exc:  # each waiting request answers with it (500), none waits on
+                results = [exc] * len(batch)
+            for (_, _, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+            del waveforms, batch, results
+
+
+def create_app(
+    predictor: Predictor | OnnxPredictor, options: ServeOptions = ServeOptions()
+) -> UploadLimit:
     """The FastAPI application around one loaded predictor, wrapped in the upload limit."""
     max_upload_mb, max_minutes = options.max_upload_mb, options.max_minutes
     app = FastAPI(title="wav2genre", docs_url="/api/docs", openapi_url="/api/openapi.json")
-    # One model, one thread: requests queue for it instead of fighting over the cores.
-    model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wav2genre-model")
+    model_queue = ModelQueue(predictor, options.max_batch)
     # At most max_decodes uploads hold decoded audio at once, from reading the upload's bytes to
     # the model's answer; each holds at most max_minutes of 16 kHz samples plus one read block
     # (decode_bytes stops there). So N concurrent uploads of compressed silence queue here
@@ -98,7 +162,12 @@ def create_app(predictor: Predictor, options: ServeOptions = ServeOptions()) -> 
 
     @app.get("/api/health")
     async def health() -> dict:
-        return {"status": "ok", "served": app.state.served}
+        return {
+            "status": "ok",
+            "served": app.state.served,
+            "model_calls": model_queue.calls,
+            "pid": os.getpid(),
+        }
 
     @app.get("/api/model")
     async def model() -> dict:
@@ -118,12 +187,8 @@ def create_app(predictor: Predictor, options: ServeOptions = ServeOptions()) -> 
             if await request.is_disconnected():
                 raise HTTPException(499, "client disconnected")  # nobody is waiting: skip the model
             decoded = time.perf_counter()
-            loop = asyncio.get_running_loop()
-            result = (
-                await loop.run_in_executor(
-                    model_thread, predictor.predict_waveforms, [samples], max(1, min(top_k, 50))
-                )
-            )[0]
+            result = await model_queue.predict(samples, max(1, min(top_k, 50)))
+            del samples
             done = time.perf_counter()
             app.state.served += 1
             return {
@@ -181,11 +246,19 @@ def _timings_ms(start: float, uploaded: float, decoded: float, done: float) -> d
     }
 
 
-def serve(bundle: str | Path, options: ServeOptions = ServeOptions()) -> None:
-    """Load the bundle once and serve the page and API with uvicorn."""
-    import uvicorn
+def load_predictor(bundle: str | Path, options: ServeOptions, threads: int = 0):
+    """The bundle's Predictor (torch), or an export folder's OnnxPredictor (--runtime onnx).
 
-    predictor = Predictor(bundle, device=options.device)
-    uvicorn.run(
-        create_app(predictor, options), host=options.host, port=options.port, log_level="info"
-    )
+    threads: the model's CPU threads (0: the library's default, one per core).
+    """
+    if options.runtime == "onnx":
+        from wav2genre_cache.inference.onnx_runtime import OnnxPredictor
+
+        return OnnxPredictor(bundle, threads=threads)
+    from wav2genre_cache.inference.predict import Predictor
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return Predictor(bundle, device=options.device)
