@@ -30,8 +30,8 @@ def export(
         typer.Option(
             "--quantize",
             help="int8: the encoder's matrix products get int8 weights (onnxruntime's dynamic "
-            "quantization); its size, speed and labels on real music are in the README's ONNX "
-            "section. Default: float32.",
+            "quantization). Whisper base, layer 2, dev clips: encoder 2.4x smaller, speed as "
+            "float32's, 57 of 60 labels as float32's, same accuracy (README). Default: float32.",
         ),
     ] = None,
 ) -> None:

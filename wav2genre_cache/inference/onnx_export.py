@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -134,12 +135,13 @@ def quantize_encoder(export_dir: str | Path) -> None:
         raise ExportError(f"{export_dir}: the encoder is already {manifest['encoder']['dtype']}")
     encoder = export_dir / manifest["encoder"]["file"]
     staged = encoder.with_name(f".{encoder.name}.int8")
-    quantize_dynamic(
-        encoder,
-        staged,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=list(QUANTIZED_OPS),
-    )
+    logging.disable(logging.WARNING)  # its advice to pre-process says nothing to a user
+    try:
+        quantize_dynamic(
+            encoder, staged, weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS)
+        )
+    finally:
+        logging.disable(logging.NOTSET)
     staged.replace(encoder)
     manifest["encoder"]["dtype"] = "int8"
     manifest["quantization"] = {
