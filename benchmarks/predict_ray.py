@@ -7,7 +7,8 @@ to 4x that). For each run: end-to-end wall seconds (the model loaded, and for Ra
 and its actors started), files per wall second, peak memory as the largest sum of PSS over the
 process tree, and the output's bytes per file. From the two sizes, per engine: the marginal rate
 (extra files over extra wall time: the steady state) and the fixed overhead (wall time beyond
-what that rate explains). Prints the ratios ray/local, and whether the two engines' rows agree
+what that rate explains); the same for CPU time (the process tree's, user + system), which other
+work on the machine does not inflate as it does wall time. Prints the ratios ray/local, and whether the two engines' rows agree
 (labels equal, largest score difference).
 
     python benchmarks/predict_ray.py                          # random-tiny, 24 and 96 files
@@ -52,15 +53,31 @@ def train_bundle(root: Path, model: str) -> Path:
     return root / "run" / "best"
 
 
+def cpu_seconds(pids: set[int]) -> dict[tuple[int, int], float]:
+    """(pid, start time) -> user + system CPU seconds so far, of each process that runs."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        found[(pid, int(fields[19]))] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
 def run_engine(engine: str, data: Path, bundle: Path, out: Path) -> dict:
     """One `predict --output` run in its own process tree: wall time, rate, peak PSS."""
     cmd = cli("predict", str(data), "--bundle", str(bundle), "--output", str(out),
               "--engine", engine)  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    peak = 0.0
+    peak, cpu = 0.0, {}
     while proc.poll() is None:
-        peak = max(peak, pss_mb({proc.pid, *descendants(proc.pid)}))
+        tree = {proc.pid, *descendants(proc.pid)}
+        peak = max(peak, pss_mb(tree))
+        cpu |= cpu_seconds(tree)
         time.sleep(0.5)
     seconds = time.perf_counter() - start
     _, stderr = proc.communicate()
@@ -74,6 +91,9 @@ def run_engine(engine: str, data: Path, bundle: Path, out: Path) -> dict:
         "files": files,
         "files_per_second": files / seconds,
         "peak_pss_mb": peak,
+        # CPU time of the process tree (each process as last seen, sampled every 0.5 s): what
+        # the files cost whatever else shares the cores, where wall time depends on that.
+        "cpu_seconds": sum(cpu.values()),
         "output_bytes_per_file": out.stat().st_size / files,
     }
 
@@ -99,11 +119,24 @@ def steady(result: dict, engine: str, small: int, large: int) -> dict:
     """The marginal rate between the two sizes, and the fixed overhead it leaves."""
     s, big = result[f"{engine}_{small}"], result[f"{engine}_{large}"]
     rate = (big["files"] - s["files"]) / (big["wall_seconds"] - s["wall_seconds"])
+    cpu = (big["cpu_seconds"] - s["cpu_seconds"]) / (big["files"] - s["files"])
     return {
         "files_per_second": rate,
         "seconds_per_file": 1 / rate,
         "fixed_overhead_seconds": big["wall_seconds"] - big["files"] / rate,
+        "cpu_seconds_per_file": cpu,
+        "fixed_cpu_seconds": big["cpu_seconds"] - big["files"] * cpu,
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what platform says."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        return next(line.split(":", 1)[1].strip() for line in text.splitlines()
+                    if line.startswith("model name"))  # fmt: skip
+    except (OSError, StopIteration):
+        return platform.processor() or "?"
 
 
 def main() -> None:
@@ -114,7 +147,7 @@ def main() -> None:
     args = ap.parse_args()
     result = {
         "benchmark": "predict_ray",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or '?'}, "
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu_model()}, "
         f"Python {platform.python_version()}",
         "load_average_at_start": list(os.getloadavg()),
         "model": args.model,
@@ -137,7 +170,8 @@ def main() -> None:
     for engine in ("local", "ray"):
         result[f"{engine}_steady"] = s = steady(result, engine, small, large)
         print(f"{engine:5s} steady state {s['files_per_second']:6.2f} files/s, fixed overhead "
-              f"{s['fixed_overhead_seconds']:5.1f} s")  # fmt: skip
+              f"{s['fixed_overhead_seconds']:5.1f} s; {s['cpu_seconds_per_file']:.3f} CPU-s per "
+              f"file, {s['fixed_cpu_seconds']:.1f} CPU-s fixed")  # fmt: skip
     result["ratio_end_to_end"] = (
         result[f"ray_{large}"]["files_per_second"] / result[f"local_{large}"]["files_per_second"]
     )

@@ -69,9 +69,9 @@ def predict_on_ray(predictor, load, inputs: list[Path | SkippedInput], opts, con
     stamp = bundle_stamp(predictor.bundle_dir, predictor.meta)
     top_k = min(opts.top_k, len(predictor.labels))
     summary = OutputSummary()
+    shards = LabelShards(opts.output, stamp, top_k, opts.resume)  # refused before any file
     with OutputRows(opts.output, stamp, top_k, opts.resume) as rows:
         summary.repaired = rows.repaired
-        shards = LabelShards(opts.output, stamp, top_k, opts.resume)
         todo = pending_inputs(inputs, rows.done | shards.done)
         summary.skipped = len(inputs) - len(todo)
         if shards.files:
