@@ -3,7 +3,7 @@
 Bundles are real: heads fitted on random-tiny's (or a tiny random Whisper's) embeddings of
 synthetic tones, written by write_bundle. Measured on a 2-core AMD EPYC: raw and calibrated
 probabilities within 2.1e-6 of torch (fcnn; 4e-7 logreg, 1.2e-7 xgb); asserted at 1e-5 for
-every exported head (logreg, rf, xgb, fcnn, svm, and multi-label logreg and svm). int8 is held
+every exported head (logreg, rf, xgb, fcnn, svm, multi-label logreg and svm, fine-tuned). int8 is held
 to INT8_ATOL against float32; its effect on real music is in benchmarks/onnx_runtime.py.
 """
 
@@ -269,6 +269,30 @@ def test_heads_without_an_export_are_refused_naming_the_head_and_what_exports(
     forest = _bundle(tmp_path, "rf", tiny_embeddings, tags, TINY, multi_label=True)
     with pytest.raises(ExportError, match=r"the rf head \(multi-label\) has no ONNX export"):
         export_onnx(forest, tmp_path / "y", log=str)
-    finetuned = ROOT / "tests" / "fixtures" / "v0.1.0" / "run" / "bundles" / "finetuned"
-    with pytest.raises(ExportError, match="a fine-tuned bundle .* has no ONNX export; .*logreg"):
-        export_onnx(finetuned, tmp_path / "z", log=str)
+
+
+def test_fine_tuned_bundles_export_their_own_encoder_and_head(tmp_path, whisper_dir):
+    from wav2genre_cache.finetune.options import FinetuneOptions
+    from wav2genre_cache.finetune.run import finetune
+
+    # A waveform encoder mixing every layer by learned weights (a fixture of version 0.1.0)...
+    mixed = ROOT / "tests" / "fixtures" / "v0.1.0" / "run" / "bundles" / "finetuned"
+    export = export_onnx(mixed, tmp_path / "mixed", log=str)
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["layer"] == -1 and manifest["head_runtime"]["converter"] == "torch.onnx"
+    _assert_same_as_torch(mixed, export)
+    # ...and a Whisper encoder pooled on one layer over packed windows, fine-tuned here.
+    rows = ["path,label,split"]
+    for li, label in enumerate(("a", "b")):
+        for i in range(3):
+            p = write_audio(tmp_path / "d" / f"{label}{i}.wav", 6.0, freq=300.0 * (li + 1), seed=i)
+            rows.append(f"{p},{label},{'train' if i < 2 else 'test'}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    options = FinetuneOptions(data=str(tmp_path / "m.csv"), out=str(tmp_path / "run"),
+                              model=whisper_dir, segment_seconds=2.0, layer="1", unfreeze="1",
+                              epochs=1, batch_size=2, workers=0)  # fmt: skip
+    finetune(options, progress=False)
+    bundle = tmp_path / "run" / "bundles" / "finetuned"
+    export = export_onnx(bundle, tmp_path / "whisper", log=str)
+    assert json.loads((export / "manifest.json").read_text())["frontend"]["kind"] == "logmel"
+    _assert_same_as_torch(bundle, export)

@@ -39,8 +39,8 @@ def export(
 
     Heads: logreg and rf through skl2onnx, xgb through onnxmltools, fcnn and fcnn-weighted
     through torch.onnx; svm and a multi-label logreg are evaluated in numpy from their saved
-    arrays (head.npz). Refused: the attention and spectrogram (cnn, lstm, cnn-lstm) heads, multi-label
-    rf and xgb, and fine-tuned bundles. The float32 export is checked against the torch path on
+    arrays (head.npz); a fine-tuned bundle's own encoder and head through torch.onnx. Refused:
+    the attention and spectrogram (cnn, lstm, cnn-lstm) heads, multi-label rf and xgb. The float32 export is checked against the torch path on
     a probe signal (within 1e-4) before it is kept.
     """
     from wav2genre_cache.inference.onnx_export import export_onnx

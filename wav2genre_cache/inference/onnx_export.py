@@ -25,6 +25,7 @@ from wav2genre_cache._version import __version__
 from wav2genre_cache.errors import ExportError
 from wav2genre_cache.feature_sets import ENCODER, feature_set_name
 from wav2genre_cache.heads.registry import Inputs, head_spec
+from wav2genre_cache.inference.onnx_finetuned import Classes, PooledFinetuned, finetuned_head_onnx
 from wav2genre_cache.inference.onnx_heads import EXPORTS, export_head, torch_to_onnx
 from wav2genre_cache.inference.onnx_runtime import (
     EXPORT_FORMAT,
@@ -58,7 +59,14 @@ def export_onnx(
     bundle_dir, out = Path(bundle_dir), Path(out)
     meta, head = load_bundle(bundle_dir)
     spec = _check_exportable(bundle_dir, meta)
-    encoder, frontend, whisper, hidden_size = _pooled_encoder(bundle_dir, meta, spec)
+    if spec is None:  # fine-tuned: its own encoder and head (onnx_finetuned)
+        model, frontend = head
+        whisper = frontend.kind == "logmel"
+        encoder = PooledFinetuned(model.eval(), whisper)
+        features = model.encoder.config.hidden_size
+    else:
+        encoder, frontend, whisper, hidden_size = _pooled_encoder(bundle_dir, meta, spec)
+        features = len(encoder.layers) * hidden_size
     if out.exists():
         if not (out / MANIFEST).is_file() and any(out.iterdir()):
             raise ExportError(f"{out}: exists and is not an earlier export; choose another folder")
@@ -66,8 +74,10 @@ def export_onnx(
     out.mkdir(parents=True)
     log(f"Exporting the encoder ({encoder.kept} of {encoder.total} layers) to {out}")
     _write_bytes(out / ENCODER_ONNX, _encoder_onnx(encoder, frontend, whisper, meta))
-    features = len(encoder.layers) * hidden_size
-    head_entry = export_head(meta["head"], head, features, out)
+    if spec is None:
+        head_entry, head = finetuned_head_onnx(model, out), Classes(len(meta["labels"]))
+    else:
+        head_entry = export_head(meta["head"], head, features, out)
     manifest = _manifest(meta, head, head_entry, encoder.layers, features, frontend, whisper)
     if whisper:
         filters = np.asarray(frontend.layout.mel_filters, np.float32)
@@ -154,15 +164,14 @@ def quantize_encoder(export_dir: str | Path) -> None:
 
 
 def _check_exportable(bundle_dir: Path, meta: dict):
-    """The head's registry entry, or ExportError for a bundle the export cannot take."""
+    """The head's registry entry (None for a fine-tuned bundle: its own encoder and head), or
+    ExportError for a bundle the export cannot take."""
+    if meta.get("kind") == FINETUNED:
+        return None
     supported = (
         f"exported are bundles of these heads: {'; '.join(f'{k}: {v}' for k, v in EXPORTS.items())}"
+        " (and fine-tuned bundles)"
     )
-    if meta.get("kind") == FINETUNED:
-        raise ExportError(
-            f"{bundle_dir}: a fine-tuned bundle (its own encoder weights and head) has no ONNX "
-            f"export; {supported}"
-        )
     if feature_set_name(meta["feature_set"]) != ENCODER or meta["backbone"] == "synthetic":
         raise ExportError(
             f"{bundle_dir}: the {meta['head']} head reads the {meta['feature_set']} feature set; "
@@ -294,8 +303,14 @@ def torch_segment_probabilities(predictor, samples: np.ndarray) -> np.ndarray:
     """Raw per-segment probabilities [segments, labels] of a track by the torch Predictor."""
     from wav2genre_cache.audio.decode import segment_track
     from wav2genre_cache.encoders.embed_tracks import embed_tracks, track_windows
+    from wav2genre_cache.encoders.finetuned import segment_probabilities
 
     seg, hop = predictor.meta["segment_seconds"], predictor.meta["hop_seconds"]
+    if predictor.finetuned is not None:
+        (proba,) = segment_probabilities(
+            predictor.finetuned, predictor.frontend, [samples], seg, hop, 8, predictor.device
+        )
+        return proba.astype(np.float64)
     windows = track_windows(predictor.backbone, samples, *segment_track(samples, seg, hop))
     (feats,) = embed_tracks(predictor.backbone, [windows], seg, hop, predictor.batch_size)
     if predictor.spec.inputs is Inputs.ALL_LAYERS:
