@@ -110,3 +110,22 @@ def test_the_probe_solved_over_rows_equals_the_one_solved_over_features():
     Y = (np.eye(4)[np.arange(40) % 4] * 2 - 1).astype(np.float32)
     B = rng.standard_normal((10, 200)).astype(np.float32)
     np.testing.assert_allclose(_ridge_dual(A, Y, B, 10.0), _ridge(A, Y, B, 10.0), atol=1e-4)
+
+
+def test_training_reads_rows_in_batches_without_copying_them_whole():
+    # The rows are standardised batch by batch, and the hold-out is a list of rows: before, a
+    # hold-out copy and a standardised copy of the training rows took twice the rows' size
+    # (12.6 MB here; now 4.2 MB: a chunk of the scaler's statistics).
+    import tracemalloc
+
+    X = np.random.default_rng(0).standard_normal((2000, 16 * 50), dtype=np.float32)
+    y = np.arange(len(X)) % 3
+    head = SpectrogramClassifier(kind="lstm", n_mels=16, hidden=4, max_epochs=1, batch_size=256)
+    head.fit(X[:40], y[:40])  # what the first fit imports is not the fit's memory
+    tracemalloc.start()
+    try:
+        head.fit(X, y)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < X.nbytes, f"{peak / 2**20:.1f} MB for {X.nbytes / 2**20:.1f} MB of rows"

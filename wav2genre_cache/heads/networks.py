@@ -66,32 +66,38 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         self.multi_label_ = False
         if X_val is None:
-            X, X_val, y_idx, y_val_idx = self._hold_out(X, y_idx)
+            train, valid = self._hold_out(len(X), y_idx)
+            X_val, y_val_idx = X, y_idx[valid]
         else:
             X_val = np.asarray(X_val, dtype=np.float32)
-            y_val_idx = np.searchsorted(self.classes_, np.asarray(y_val))
             known = np.isin(np.asarray(y_val), self.classes_)
-            X_val, y_val_idx = X_val[known], y_val_idx[known]
-        self._fit_scaler(X)
+            train, valid = np.arange(len(X)), np.flatnonzero(known)
+            y_val_idx = np.searchsorted(self.classes_, np.asarray(y_val))[known]
+        self._fit_scaler(X, train)
 
-        def tensors(X, y_idx):
-            x = torch.from_numpy(self._scale(X))
-            return (x,), torch.from_numpy(y_idx.astype(np.int64))
+        def tensors(X, rows, y_idx):
+            return (_ScaledRows(X, rows, self._scale),), torch.from_numpy(y_idx.astype(np.int64))
 
-        return self._fit_net(X.shape[1], *tensors(X, y_idx), *tensors(X_val, y_val_idx))
+        return self._fit_net(
+            X.shape[1], *tensors(X, train, y_idx[train]), *tensors(X_val, valid, y_val_idx)
+        )
 
     def _fit_tags(self, X, Y, X_val, Y_val):
         X, Y = self._tag_data(X, Y)
         if X_val is None:
-            X, X_val, Y, Y_val = self._hold_out_tags(X, Y)
+            train, valid = self._hold_out_tags(len(X))
+            X_val, Y_val = X, Y[valid]
         else:
             X_val, Y_val = np.asarray(X_val, dtype=np.float32), self._tag_targets(Y_val)
-        self._fit_scaler(X)
+            train, valid = np.arange(len(X)), np.arange(len(X_val))
+        self._fit_scaler(X, train)
 
-        def tensors(X, Y):
-            return (torch.from_numpy(self._scale(X)),), torch.from_numpy(Y)
+        def tensors(X, rows, Y):
+            return (_ScaledRows(X, rows, self._scale),), torch.from_numpy(Y)
 
-        return self._fit_net(X.shape[1], *tensors(X, Y), *tensors(X_val, Y_val))
+        return self._fit_net(
+            X.shape[1], *tensors(X, train, Y[train]), *tensors(X_val, valid, Y_val)
+        )
 
     def _tag_data(self, X, Y) -> tuple[np.ndarray, np.ndarray]:
         """Validate a multi-label fit's rows; set classes_ (the tags) and multi_label_."""
@@ -185,24 +191,29 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
         # BCEWithLogitsLoss's mean is over every row and tag; CrossEntropyLoss's over rows.
         return total / y_val.numel()
 
-    def _hold_out(self, X, y_idx):
+    def _hold_out(self, n: int, y_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The training and validation rows (indices: the rows themselves are never copied)."""
         n_classes = len(self.classes_)
-        n_val = int(round(self.validation_fraction * len(X)))
+        n_val = int(round(self.validation_fraction * n))
         counts = np.bincount(y_idx)
-        if n_val < n_classes or counts.min() < 2 or len(X) - n_val < n_classes:
-            return X, X, y_idx, y_idx  # too small to hold out: stop on training loss
-        return train_test_split(
-            X, y_idx, test_size=n_val, stratify=y_idx, random_state=self.random_state
+        rows = np.arange(n)
+        if n_val < n_classes or counts.min() < 2 or n - n_val < n_classes:
+            return rows, rows  # too small to hold out: stop on training loss
+        return tuple(
+            train_test_split(rows, test_size=n_val, stratify=y_idx, random_state=self.random_state)
         )
 
-    def _hold_out_tags(self, X, Y):
+    def _hold_out_tags(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         # Rows with several tags cannot be stratified by label: a plain seeded split.
-        n_val = int(round(self.validation_fraction * len(X)))
-        if n_val < 1 or len(X) - n_val < 2:
-            return X, X, Y, Y  # too small to hold out: stop on training loss
-        return train_test_split(X, Y, test_size=n_val, random_state=self.random_state)
+        n_val = int(round(self.validation_fraction * n))
+        rows = np.arange(n)
+        if n_val < 1 or n - n_val < 2:
+            return rows, rows  # too small to hold out: stop on training loss
+        return tuple(train_test_split(rows, test_size=n_val, random_state=self.random_state))
 
-    def _fit_scaler(self, X: np.ndarray) -> None:
+    def _fit_scaler(self, X: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """Each feature's mean and deviation over the training rows (all rows if None)."""
+        X = X if rows is None else X[rows]
         self.mean_ = X.mean(axis=0)
         self.scale_ = X.std(axis=0) + 1e-6
 
@@ -215,18 +226,45 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, columns in the order of classes_ (for tags: each tag's own)."""
         check_is_fitted(self, "net_")
-        rows = torch.from_numpy(self._scale(validate_data(self, X, dtype=np.float32, reset=False)))
+        X = validate_data(self, X, dtype=np.float32, reset=False)
         # One row per call, to the probabilities: batched, a row's answer moved (by 1e-7) with the
         # rows beside it, as kernels block a product by its shape and the sigmoid's vector loop
-        # leaves a scalar tail. Alone, a row always meets the same kernels.
+        # leaves a scalar tail. Alone, a row always meets the same kernels (scaled alone too).
         with torch.no_grad():
             return np.concatenate(
-                [self._probabilities(self.net_(rows[i : i + 1])).numpy() for i in range(len(rows))]
+                [
+                    self._probabilities(
+                        self.net_(torch.from_numpy(self._scale(X[i : i + 1])))
+                    ).numpy()
+                    for i in range(len(X))
+                ]
             ).astype(np.float64)
 
     def predict(self, X) -> np.ndarray:
         """The most probable class of each row (for tags: the indicator matrix at 0.5)."""
         return predictions_from_proba(self, self.predict_proba(X))
+
+
+class _ScaledRows:
+    """Rows `index` of X, standardised batch by batch as the training loop takes them, in place
+    of one tensor of them all: the rows are never copied whole (a log-mel set's are 160 MB per
+    1,000), nor is a hold-out of them. Indexed like a tensor (by a tensor of rows or a slice)."""
+
+    def __init__(self, X: np.ndarray, index: np.ndarray, scale):
+        self.X, self.index, self.scale, self.device = X, index, scale, None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def to(self, device: torch.device) -> _ScaledRows:
+        self.device = device
+        return self
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        if torch.is_tensor(rows):
+            rows = rows.cpu().numpy()
+        batch = torch.from_numpy(self.scale(self.X[self.index[rows]]))
+        return batch if self.device is None else batch.to(self.device)
 
 
 class FCNNClassifier(TorchClassifier):

@@ -36,14 +36,15 @@ class SpectrogramClassifier(TorchClassifier):
     ):
         keep_init_args(self, locals())
 
-    def _fit_scaler(self, X: np.ndarray) -> None:
+    def _fit_scaler(self, X: np.ndarray, rows: np.ndarray | None = None) -> None:
         if X.shape[1] % self.n_mels:
             raise ValueError(f"{X.shape[1]} features are not n_mels={self.n_mels} bands x frames")
+        rows = np.arange(len(X)) if rows is None else rows
         bands = X.reshape(len(X), self.n_mels, -1)
         frames = bands.shape[2]
-        mean = _band_sums(bands, lambda rows: rows) / (len(X) * frames)
+        mean = _band_sums(bands, rows, lambda b: b) / (len(rows) * frames)
         # In chunks of rows: np.std would hold a deviation for every value of X at once.
-        var = _band_sums(bands, lambda rows: np.square(rows - mean[:, None])) / (len(X) * frames)
+        var = _band_sums(bands, rows, lambda b: np.square(b - mean[:, None])) / (len(rows) * frames)
         self.mean_ = np.repeat(mean, frames).astype(np.float32)
         self.scale_ = np.repeat(np.sqrt(var) + 1e-6, frames).astype(np.float32)
 
@@ -55,11 +56,11 @@ class SpectrogramClassifier(TorchClassifier):
         )
 
 
-def _band_sums(bands: np.ndarray, term, chunk: int = 256) -> np.ndarray:
-    """Each mel band's sum of term(rows) over every row and frame, in float64, chunk by chunk."""
+def _band_sums(bands: np.ndarray, rows: np.ndarray, term, chunk: int = 256) -> np.ndarray:
+    """Each mel band's sum of term(bands) over `rows` and every frame, in float64, by chunks."""
     return sum(
-        (term(bands[i : i + chunk]).sum(axis=(0, 2), dtype=np.float64))
-        for i in range(0, len(bands), chunk)
+        (term(bands[rows[i : i + chunk]]).sum(axis=(0, 2), dtype=np.float64))
+        for i in range(0, len(rows), chunk)
     )
 
 
