@@ -62,10 +62,13 @@ def ray_runtime(address: str | None, console: Console) -> Iterator:
     watchdog = watch_runtime() if address is None else None
     try:
         ray, started_here = start_ray(address, console)
-    except BaseException:
+    except BaseException:  # Ray failed or was interrupted while starting: what it started goes
         if watchdog is not None:
-            stop_watching(watchdog)
+            stop_watching(watchdog, end_runtime=True)
         raise
+    if watchdog is not None and not started_here:  # a runtime this process had: not ours
+        stop_watching(watchdog)
+        watchdog = None
     try:
         yield ray
     finally:
@@ -91,10 +94,11 @@ def watch_runtime() -> subprocess.Popen | None:
         return None  # a runtime that may linger after a kill beats no run at all
 
 
-def stop_watching(watchdog: subprocess.Popen) -> None:
-    """Tell the watchdog the runtime was stopped; it exits without killing anything."""
+def stop_watching(watchdog: subprocess.Popen, end_runtime: bool = False) -> None:
+    """Tell the watchdog the runtime was stopped (it exits without killing anything), or with
+    end_runtime, that it must end the runtime's processes now, as if the driver had died."""
     try:
-        watchdog.communicate(b"done", timeout=10)
+        watchdog.communicate(b"" if end_runtime else b"done", timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         watchdog.kill()
 
