@@ -113,10 +113,6 @@ def start_ray(address: str | None, console: Console) -> tuple:
         # Read when ray is imported (and by the processes it starts, through the environment):
         # a local runtime then binds and connects on loopback only.
         os.environ[LOOPBACK_ONLY] = "0"
-        # A new local runtime takes token authentication when the mode is not chosen, and says
-        # so in a warning on every run; choosing it (Ray's default, kept) is what stops the
-        # warning. Its token is Ray's own (~/.ray/auth_token, made once if missing).
-        os.environ.setdefault(AUTH_MODE, "token")
     try:
         import ray
         import ray.data  # noqa: F401
@@ -131,6 +127,16 @@ def start_ray(address: str | None, console: Console) -> tuple:
             from ray._private import ray_constants
 
             ray_constants.ENABLE_RAY_CLUSTER = False  # ray was imported before the variable
+            if AUTH_MODE not in os.environ:
+                # A new local runtime takes token authentication when the mode is not chosen,
+                # and says so in a warning on every run; choosing it (Ray's default, kept) is
+                # what stops the warning. As Ray does then: the mode in the environment (for
+                # the processes it starts) and in this process's config, read at import. The
+                # token is Ray's own (~/.ray/auth_token, made once if missing).
+                from ray._raylet import Config
+
+                os.environ[AUTH_MODE] = "token"
+                Config.initialize("")
         try:
             ray.init(
                 # "local": a new runtime here, never RAY_ADDRESS or a `ray start` cluster.
