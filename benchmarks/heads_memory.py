@@ -7,7 +7,7 @@ train on synthetic log-mel rows of 128 x 313 (a 10 s segment); svm, logreg and f
 the log-mel rows. The synthetic rows themselves take rows x width x 4 bytes, so the slope
 over that ("overhead") says whether a fit's own memory is flat in the number of rows.
 
-    python benchmarks/heads_memory.py [--rows 100,1000] [--epochs 1]
+    python benchmarks/heads_memory.py [--rows 100,1000,10000] [--epochs 1]
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def slopes(rows: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default="100,1000")
+    parser.add_argument("--rows", default="100,1000,10000")
     parser.add_argument("--heads", default=",".join(HEADS))
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--label", default="")
