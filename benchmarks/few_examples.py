@@ -56,7 +56,7 @@ def main() -> None:
     labels = sorted(set(tracks.label.to_numpy()[ok]))
     y_track = np.array([labels.index(x) for x in tracks.label.to_numpy()[ok]])
     groups, _ = fold_groups(tracks, ok, "artist")
-    alone = one_group_labels(y_track, groups, labels)
+    alone = one_group_labels(y_track, groups, labels, "artist")
     tested = ~np.isin(y_track, [labels.index(x) for x in alone])
     folds = [(ok[a], ok[b]) for a, b in grouped_folds(y_track, groups, tested, 5, 3, 0)]
     y_seg = np.array([labels.index(x) for x in tracks.label.to_numpy()[seg_track]])

@@ -28,3 +28,5 @@ class AudioRunOptions:
     window: str | None = None  # alone | packed, for Whisper; None: frontends.DEFAULT_WINDOW
     device: str = "auto"  # where the encoder runs: auto | cpu | cuda
     workers: int | None = None  # decode worker processes (0: none); None: all cores but one, <= 8
+    # What a random split keeps on one side: artist, none, or a metadata name (album, a column).
+    group_by: str = "artist"

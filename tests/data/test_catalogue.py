@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from fakes import (
@@ -65,7 +66,7 @@ def test_gtzan_ff_applies_to_the_gtzan_source_only(tmp_path, dev_clips, split_li
 
 def _with_source(t: Track, name: str) -> Track:
     """The track as read_datasets gives it: the same, with its source set."""
-    return Track(t.track_id, t.path, t.label, t.split, t.artist, name)
+    return replace(t, source=name)
 
 
 @pytest.mark.parametrize("kind", ["folder", "csv", "msd", "mtg-jamendo", "mtg-random"])

@@ -35,6 +35,7 @@ def test_mtg_jamendo_tags_audio_and_the_official_split_0(tmp_path):
     assert by_id[fake_mtg_id(5)].label == "sad"
     assert by_id[fake_mtg_id(11)].label == "calm"
     assert by_id[fake_mtg_id(3)].artist == "artist_000001"
+    assert by_id[fake_mtg_id(1)].metadata == (("album", "album_000001"),)  # --group-by album
     assert by_id[fake_mtg_id(3)].path == str(root / "audio" / "03" / "3.mp3")
     assert by_id[fake_mtg_id(FAKE_MTG_LOW)].path == str(root / "audio" / "05" / "5.low.mp3")
     assert by_id[fake_mtg_id(FAKE_MTG_AT_ROOT)].path == str(root / "06" / "6.mp3")

@@ -59,3 +59,21 @@ def test_split_csv_file(tmp_path):
     f.write_text("track_id,split\na,dev\n")
     with pytest.raises(DatasetError, match="unknown split name"):
         assign_splits(tracks, str(f))
+
+
+def test_random_split_keeps_each_group_of_a_metadata_column_on_one_side():
+    # Albums cut across artists here, so keeping artists apart would split albums.
+    tracks = [
+        Track(f"t{i}", f"{i}.wav", "ab"[i % 2], artist=f"artist{i % 8}",
+              metadata=(("album", f"album{i // 4}"),))
+        for i in range(80)
+    ]  # fmt: skip
+    by_album, by_artist = {}, {}
+    for t in assign_splits(tracks, "random", seed=3, group_by="album"):
+        by_album.setdefault(dict(t.metadata)["album"], set()).add(t.split)
+        by_artist.setdefault(t.artist, set()).add(t.split)
+    assert all(len(s) == 1 for s in by_album.values())
+    assert any(len(s) > 1 for s in by_artist.values())  # grouped by album, not by artist
+    # group_by none: nothing is kept together but a track's own segments.
+    split = assign_splits(tracks, "random", seed=3, group_by="none")
+    assert any(len({t.split for t in split if t.artist == a}) > 1 for a in by_artist)

@@ -158,6 +158,7 @@ def embed(
         ),
     ],
     out_path: Annotated[Path, typer.Option("--out", help="The HDF5 cache to write.")],
+    group_by: GroupByOpt = "artist",
     strict: StrictOpt = False,
     keep_freed_memory: HeapOpt = True,
     **stage_one,
@@ -255,11 +256,11 @@ def cross_validate_cmd(
         seed,
         group_by,
     )
-    by = {"artist": f"by artist ({r['groups']} artists)", "recording": "by recording"}
+    g = r["grouped_by"]
+    by = "by recording" if g == "recording" else f"by {g} ({r['groups']} {g}s)"
     out.print(
         f"{r['feature_set']} (layer {r['layer']}), {r['tracks']} tracks, {len(r['labels'])} labels "
-        f"(chance {r['chance']:.2f}), {r['folds']}-fold x {r['repeats']} "
-        f"{by[r['grouped_by']]}:",
+        f"(chance {r['chance']:.2f}), {r['folds']}-fold x {r['repeats']} {by}:",
         highlight=False,
     )
     if r["unmeasured_labels"]:

@@ -206,12 +206,16 @@ HeapOpt = Annotated[
         "the system after every call (glibc; 7% faster on the CPU, more resident memory).",
     ),
 ]
-# What a cross-validation keeps on one side of its folds (train-heads, run, cross-validate).
+# What a split (embed, run, finetune) and a cross-validation's folds (train-heads, run,
+# cross-validate) keep on one side.
 GROUP_BY_HELP = (
-    "artist (default): an artist's tracks stay on one side of every fold where the cache knows "
-    "artists, and a label of one artist only trains; none: only copies of one recording stay "
-    "together (figures inflated by artists heard in training). Copies of a recording always do."
+    "artist (default): an artist's tracks stay on one side of the random split and of every "
+    "cross-validation fold, where artists are known, and a label of one artist only trains; "
+    "album, or any other column of a CSV manifest (FMA and MTG-Jamendo give album): the tracks "
+    "sharing its value do; none: only copies of one recording stay together (figures inflated "
+    "by artists heard in training). Copies of a recording always do."
 )
+GROUP_BY = option("group_by", "artist", help=GROUP_BY_HELP)
 # Stage two's options, shared by train-heads and run; named as stage_two.options.TrainOptions'
 # fields.
 TRAIN_OPTIONS: Options = (
@@ -249,9 +253,9 @@ TRAIN_OPTIONS: Options = (
         "tracks or under 10 of a label, then refitted on train+valid; else on validation), "
         "valid, or cv.",
     ),
-    option("group_by", "artist", help=GROUP_BY_HELP),
+    GROUP_BY,
 )
-GroupByOpt = Annotated[str, typer.Option(help=GROUP_BY_HELP)]  # cross-validate's --group-by
+GroupByOpt = GROUP_BY.annotation  # embed's and cross-validate's --group-by
 
 
 def path_text(path: Path | None) -> str | None:
@@ -278,6 +282,7 @@ def embed_options(params: dict, out: Path):
         "augment_copies": params["augment_copies"] or (1 if kinds else 0),
         "noise_dir": path_text(params["noise_dir"]),
         "reuse": path_text(params["reuse"]),
+        "group_by": params["group_by"],  # embed's own option; run's is stage two's too
     }
     as_given = {p.name: params[p.name] for p in STAGE_ONE_OPTIONS if p.name not in converted}
     return EmbedOptions(**as_given, **converted)

@@ -12,7 +12,15 @@ from wav2genre_cache.data.gtzan_artists import with_gtzan_artists
 from wav2genre_cache.data.label_maps import LabelMap, map_labels, read_label_map
 from wav2genre_cache.data.layouts import LAYOUTS, detect_layout
 from wav2genre_cache.data.splits import apply_split_file, check_gtzan_ff, split_file, split_source
-from wav2genre_cache.data.tracks import EXCLUDED, SPLITS, Catalogue, SourceTracks, Track
+from wav2genre_cache.data.tracks import (
+    ARTIST,
+    EXCLUDED,
+    SPLITS,
+    Catalogue,
+    SourceTracks,
+    Track,
+    check_group_by,
+)
 from wav2genre_cache.errors import DatasetError
 
 # What a reader's counts mean, as a note for the user (only counts above zero are noted).
@@ -66,8 +74,10 @@ def read_datasets(
     split: str = "random",
     seed: int = 0,
     split_dir: str | Path | None = None,
+    group_by: str = ARTIST,
 ) -> Catalogue:
-    """Read one or more datasets as one catalogue: labels mapped, each source split, ids unique.
+    """Read one or more datasets as one catalogue: labels mapped, each source split (a random
+    split keeps each group_by group on one side), ids unique.
 
     One DATA without a label map gives exactly assign_splits(read_source(DATA).tracks) (with
     .source set); several DATA prefix each track id with its source name: <source>/<track id>.
@@ -86,11 +96,12 @@ def read_datasets(
     bare_ids: list[str] = []
     notes: list[str] = []
     per_source: dict[str, dict] = {}
+    check_group_by([t for r in reads for t in r.tracks], group_by, ", ".join(map(str, datas)))
     for name, read in zip(names, reads, strict=True):
         own, per_source[name], own_notes = _mapped_source(name, read, mapping, label_map)
         notes += own_notes
         if csv_split is None:
-            own = split_source(own, name, split, seed, split_dir)
+            own = split_source(own, name, split, seed, split_dir, group_by)
         bare_ids += [t.track_id for t in own]
         tracks += [
             replace(t, track_id=f"{name}/{t.track_id}" if several else t.track_id, source=name)

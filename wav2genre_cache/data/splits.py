@@ -1,4 +1,4 @@
-"""Split tracks into train, valid and test: random (stratified, artists kept apart), the GTZAN
+"""Split tracks into train, valid and test: random (stratified, groups kept apart), the GTZAN
 fault-filtered lists, a dataset's own split or a CSV of track_id,split; and split digests."""
 
 from __future__ import annotations
@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wav2genre_cache.data.tracks import EXCLUDED, GTZAN_NAME, SPLITS, Track, tags_of
+from wav2genre_cache.data.tracks import (
+    ARTIST,
+    EXCLUDED,
+    GTZAN_NAME,
+    SPLITS,
+    Track,
+    group_of,
+    tags_of,
+)
 from wav2genre_cache.errors import DatasetError
 
 _GTZAN_FF_NEEDS_DIR = "--split gtzan-ff needs --split-dir DIR with *_filtered.txt lists"
@@ -22,8 +30,10 @@ def assign_splits(
     method: str = "random",
     seed: int = 0,
     split_dir: str | Path | None = None,
+    group_by: str = ARTIST,
 ) -> list[Track]:
-    """Give every track a split: random|gtzan-ff|keep|a CSV file of track_id,split."""
+    """Give every track a split: random|gtzan-ff|keep|a CSV file of track_id,split; a random
+    split keeps each group (group_by: artist, album or another metadata name) on one side."""
     if method == "keep":
         if any(not t.split for t in tracks):
             raise DatasetError("some tracks have no split in the dataset; use --split random")
@@ -31,7 +41,7 @@ def assign_splits(
     if method == "random":
         if tracks and all(t.split for t in tracks):
             return tracks  # the dataset's own split (FMA, a manifest with a split column)
-        return _random_split(tracks, seed)
+        return _random_split(tracks, seed, group_by)
     if method == "gtzan-ff":
         if split_dir is None:
             raise DatasetError(_GTZAN_FF_NEEDS_DIR)
@@ -89,7 +99,12 @@ def check_gtzan_ff(split_dir: str | Path | None, sources: list[list[Track]]) -> 
 
 
 def split_source(
-    tracks: list[Track], name: str, method: str, seed: int, split_dir: str | Path | None
+    tracks: list[Track],
+    name: str,
+    method: str,
+    seed: int,
+    split_dir: str | Path | None,
+    group_by: str = ARTIST,
 ) -> list[Track]:
     """One source's split: its own where it has one, else random; gtzan-ff for GTZAN tracks."""
     if method == "keep" and any(not t.split for t in tracks):
@@ -97,7 +112,7 @@ def split_source(
     if method == "gtzan-ff" and is_gtzan(tracks):
         return assign_splits(tracks, "gtzan-ff", seed, split_dir)
     # Sources are split one by one, so artists of two sources never share a group.
-    return assign_splits(tracks, "keep" if method == "keep" else "random", seed)
+    return assign_splits(tracks, "keep" if method == "keep" else "random", seed, None, group_by)
 
 
 def is_gtzan(tracks: list[Track]) -> bool:
@@ -126,8 +141,11 @@ def _apply_mapping(
     return out
 
 
-def _random_split(tracks: list[Track], seed: int, fractions=(0.8, 0.1, 0.1)) -> list[Track]:
-    """Stratified by label (a multi-label track's rarest tag); whole artists go to one side."""
+def _random_split(
+    tracks: list[Track], seed: int, group_by: str = ARTIST, fractions=(0.8, 0.1, 0.1)
+) -> list[Track]:
+    """Stratified by label (a multi-label track's rarest tag); whole groups (artists, albums,
+    ...) go to one side."""
     rng = np.random.default_rng(seed)
     # A multi-label track is stratified on its rarest tag (ties: the first in order): the
     # common tags reach every split anyway, the rare ones only if they are spread on purpose.
@@ -137,11 +155,11 @@ def _random_split(tracks: list[Track], seed: int, fractions=(0.8, 0.1, 0.1)) -> 
         min(tags_of(t.label), key=lambda tag: (tag_count[tag], tag), default=t.label)
         for t in tracks
     ]
-    # A unit is one artist's tracks (or one track without an artist); it goes to one side,
+    # A unit is one group's tracks (or one track without a group); it goes to one side,
     # stratified by its most common stratum.
     units: dict[str, list[int]] = defaultdict(list)
     for i, t in enumerate(tracks):
-        units[t.artist or f"\0track{i}"].append(i)
+        units[group_of(t, group_by) or f"\0track{i}"].append(i)
     by_label: dict[str, list[list[int]]] = defaultdict(list)
     for members in units.values():
         label = Counter(strata[i] for i in members).most_common(1)[0][0]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from wav2genre_cache.errors import DatasetError
 
 SPLITS = ("train", "valid", "test")
 EXCLUDED = "excluded"  # in the data but outside the chosen split (e.g. faults in GTZAN-ff)
@@ -23,6 +26,40 @@ class Track:
     split: str = ""
     artist: str = ""
     source: str = ""  # the source name of the dataset it comes from (see read_datasets)
+    # What else the dataset says of the track, as (name, value) pairs: FMA's and MTG-Jamendo's
+    # album, a manifest's own columns. A split or a fold can keep one value's tracks together.
+    metadata: tuple[tuple[str, str], ...] = ()
+
+
+# What a split and a cross-validation can keep on one side: an artist's tracks, nothing but
+# copies of one recording, or the tracks sharing a metadata value (album, a manifest's column).
+ARTIST, NO_GROUP = "artist", "none"
+
+
+def group_of(track: Track, group_by: str) -> str:
+    """The track's group under --group-by: its artist, a metadata value, or "" (none known)."""
+    if group_by == NO_GROUP:
+        return ""
+    if group_by == ARTIST:
+        return track.artist
+    return dict(track.metadata).get(group_by, "")
+
+
+def metadata_text(track: Track) -> str:
+    """A track's metadata as a cache stores it: a JSON object, or "" when there is none."""
+    return json.dumps(dict(track.metadata), sort_keys=True) if track.metadata else ""
+
+
+def check_group_by(tracks: list[Track], group_by: str, where: str) -> None:
+    """Refuse a --group-by naming metadata that no track has, saying what the tracks have."""
+    if group_by in (ARTIST, NO_GROUP) or any(group_of(t, group_by) for t in tracks):
+        return
+    names = sorted({name for t in tracks for name, _ in t.metadata})
+    raise DatasetError(
+        f"{where}: --group-by {group_by!r}: no track has a {group_by!r} value; use artist, none"
+        + (f" or one of {', '.join(names)}" if names else "")
+        + " (a CSV manifest's own columns, FMA's and MTG-Jamendo's album)"
+    )
 
 
 @dataclass

@@ -91,11 +91,16 @@ def check_options(opts: FinetuneOptions) -> None:
         raise OptionError("; ".join(problems))
 
 
+# Settings added after runs were first written, with the value every earlier run implied.
+_IMPLIED_SETTINGS = {"group_by": "artist"}
+
+
 def check_settings(state_dir: Path, settings: dict) -> None:
     """An existing run folder continues only with the settings it was started with."""
     old = read_settings(state_dir)
     if old is None:
         return
+    old = _IMPLIED_SETTINGS | old
     differ = [
         f"{k}: {old.get(k)!r} before, {settings.get(k)!r} now"
         for k in sorted(set(old) | set(settings))
@@ -112,7 +117,7 @@ def check_settings(state_dir: Path, settings: dict) -> None:
 def split_tracks(opts: FinetuneOptions) -> list[Track]:
     """The dataset's tracks with their splits, as embed assigns them; excluded ones dropped."""
     catalogue = read_datasets(
-        [opts.data], opts.dataset, None, opts.split, opts.seed, opts.split_dir
+        [opts.data], opts.dataset, None, opts.split, opts.seed, opts.split_dir, opts.group_by
     )
     if catalogue.multi_label:
         raise FinetuneError(

@@ -17,7 +17,7 @@ from rich.text import Text
 from wav2genre_cache._io import Pace
 from wav2genre_cache.audio.decode import SAMPLE_RATE
 from wav2genre_cache.audio.whisper_windows import TrackWindows
-from wav2genre_cache.data.tracks import EXCLUDED, Track
+from wav2genre_cache.data.tracks import EXCLUDED, Track, metadata_text
 from wav2genre_cache.encoders.backbone import Backbone
 from wav2genre_cache.encoders.embed_tracks import embed_tracks, track_windows
 from wav2genre_cache.errors import CacheError, Interrupted, OptionError
@@ -270,7 +270,16 @@ def embed_block(
 
 def _track_result(t: Track, decoded: Iterator) -> tuple[TrackResult, PreparedTrack | None]:
     """The cache's record of one track, with the worker's prepared track where it has one."""
-    r = TrackResult(t.track_id, t.path, t.label, t.split, t.artist, status="ok", source=t.source)
+    r = TrackResult(
+        t.track_id,
+        t.path,
+        t.label,
+        t.split,
+        t.artist,
+        status="ok",
+        source=t.source,
+        metadata=metadata_text(t),
+    )
     if t.split == EXCLUDED:  # never sent to the workers
         r.status, r.reason = "excluded", "not in the chosen split"
         return r, None

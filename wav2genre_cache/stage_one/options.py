@@ -142,6 +142,7 @@ def embed_config(
         "split": opts.split,
         "split_dir": split_dir,
         "seed": opts.seed,
+        "group_by": opts.group_by,
         "sample_rate": backbone.sample_rate if backbone else SAMPLE_RATE,
         "segment_seconds": float(opts.segment_seconds),
         "hop_seconds": float(opts.hop_seconds or opts.segment_seconds),

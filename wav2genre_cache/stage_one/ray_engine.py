@@ -21,7 +21,7 @@ from functools import partial
 import numpy as np
 from rich.console import Console
 
-from wav2genre_cache.data.tracks import EXCLUDED, Track
+from wav2genre_cache.data.tracks import EXCLUDED, Track, metadata_text
 from wav2genre_cache.encoders.backbone import Backbone
 from wav2genre_cache.errors import RayEngineError
 from wav2genre_cache.stage_one.blocks import (
@@ -155,6 +155,7 @@ def _embedded_blocks(
                         "excluded",
                         "not in the chosen split",
                         source=t.source,
+                        metadata=metadata_text(t),
                     )
                 )
             elif pending is not None and pending[0] == i:

@@ -83,7 +83,13 @@ def checked_backbone(opts: EmbedOptions, console: Console) -> Backbone | None:
 def read_catalogue(opts: EmbedOptions, log: Callable[[str], None]) -> Catalogue:
     """The run's tracks from every dataset, labels mapped, splits assigned; notes logged."""
     catalogue = read_datasets(
-        data_paths(opts), opts.dataset, opts.label_map, opts.split, opts.seed, opts.split_dir
+        data_paths(opts),
+        opts.dataset,
+        opts.label_map,
+        opts.split,
+        opts.seed,
+        opts.split_dir,
+        opts.group_by,
     )
     for note in catalogue.notes:
         log(note)

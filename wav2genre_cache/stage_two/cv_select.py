@@ -119,7 +119,7 @@ def _cv_rule(
     pool, first = np.unique(data.track[pool_rows], return_index=True)
     y_track = data.y[pool_rows][first]
     groups, grouped_by = fold_groups(data.cache.tracks, pool, group_by)
-    alone = one_group_labels(y_track, groups, data.labels) if grouped_by == "artist" else {}
+    alone = one_group_labels(y_track, groups, data.labels, grouped_by)
     tested = ~np.isin(y_track, [data.labels.index(lab) for lab in alone])
     # Stratified folds need a label with a track in every fold: with fewer tracks, fewer folds
     # (down to MIN_FOLDS).

@@ -25,6 +25,7 @@ from wav2genre_cache.heads.registry import ALL_HEADS, FCNN_SEARCH_SPACE, head_sp
 from wav2genre_cache.stage_two.card import card_of
 from wav2genre_cache.stage_two.cv_select import choose_rule
 from wav2genre_cache.stage_two.data import TrainingData, load_training_data
+from wav2genre_cache.stage_two.folds import check_group_by
 from wav2genre_cache.stage_two.jobs_store import JobStore, run_settings
 from wav2genre_cache.stage_two.options import TrainOptions
 from wav2genre_cache.stage_two.plan import (
@@ -74,6 +75,7 @@ def train_heads(
     for fs in sets:
         for aug in variants:
             data = load_training_data(cache_path, fs, aug)
+            check_group_by(data.cache.tracks, opts.group_by)  # before any fit, any rule
             if first is None:
                 for note in data.notes:
                     log(note)

@@ -30,9 +30,10 @@ TRACK_COLUMNS = (
     "reason",
     "content_hash",  # of the decoded audio: equal hashes are the same recording
     "source",  # the dataset it came from (a run may read several)
+    "metadata",  # what else the dataset says of it (album, a manifest's columns): JSON, or ""
 )
 # Columns added after caches were first written, with the value every earlier cache implied.
-IMPLIED_COLUMNS = {"source": ""}
+IMPLIED_COLUMNS = {"source": "", "metadata": ""}
 # Segments per checksummed block of a feature set: a changed value names its block of rows.
 CHECKSUM_ROWS = 4096
 
@@ -64,6 +65,7 @@ class TrackResult:
     views: list[int] = field(default_factory=list)
     features: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [n_seg, layers, dim]
     source: str = ""  # the dataset it came from
+    metadata: str = ""  # data.tracks.metadata_text of its track
 
     def starts_of(self, view: int) -> list[float]:
         """The start seconds of one view's segments."""
@@ -73,6 +75,7 @@ class TrackResult:
 # Settings added to the embed config later, with the values every earlier cache implied: an
 # older cache without them is not refused for their absence alone.
 _IMPLIED = {
+    "group_by": ("artist",),
     "frontend": ("waveform", ""),
     "window": ("alone", ""),
     "label_map": (None,),

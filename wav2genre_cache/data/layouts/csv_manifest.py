@@ -1,4 +1,5 @@
-"""The csv layout: a manifest with columns path,label|labels[,split][,artist][,track_id]."""
+"""The csv layout: a manifest with columns path,label|labels[,split][,artist][,track_id], and
+any other columns (album, ...) kept as each track's metadata."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from wav2genre_cache.data.tracks import (
 )
 from wav2genre_cache.errors import DatasetError
 
+# The columns the layout reads itself; any other is a track's metadata.
+_KNOWN = {"path", "label", "labels", "split", "artist", "track_id"}
+
 
 def detect(root: Path) -> bool:
     """A .csv file."""
@@ -26,6 +30,9 @@ def detect(root: Path) -> bool:
 
 def read(manifest: Path, split_dir: Path | None = None) -> SourceTracks:
     """A manifest with columns path,label|labels[,split][,artist][,track_id]; paths relative to it.
+
+    Other columns (album, a session, a label house) are kept as each track's metadata, which
+    --group-by can name to keep a value's tracks on one side of the split and the folds.
 
     A path may be a URI (s3://bucket/key.mp3, gs://..., file://...): decoding fetches it.
     A `labels` column ("|"-separated tags) makes the manifest multi-label; it wins over `label`.
@@ -59,8 +66,16 @@ def read(manifest: Path, split_dir: Path | None = None) -> SourceTracks:
         track_id = row.get("track_id", "") or path.with_suffix("").as_posix()
         if not uri and not path.is_absolute():
             path = manifest.parent / path
+        metadata = tuple((k, v.strip()) for k, v in row.items() if k not in _KNOWN and v.strip())
         tracks.append(
-            Track(track_id, row["path"] if uri else str(path), label, split, row.get("artist", ""))
+            Track(
+                track_id,
+                row["path"] if uri else str(path),
+                label,
+                split,
+                row.get("artist", ""),
+                metadata=metadata,
+            )
         )
     return SourceTracks(tracks, "csv", multi_label)
 

@@ -40,7 +40,11 @@ def read(root: Path, split_dir: Path | None = None) -> SourceTracks:
             split = _SPLIT_NAMES.get(row[("set", "split")], "")
             artist = row.get(("artist", "id"), "")
             artist = "" if pd.isna(artist) else str(artist)
-            tracks.append(Track(f"{int(tid):06d}", str(path), str(genre), split, artist))
+            album = row.get(("album", "id"), "")
+            album = () if pd.isna(album) or album == "" else (("album", str(album)),)
+            tracks.append(
+                Track(f"{int(tid):06d}", str(path), str(genre), split, artist, metadata=album)
+            )
         break  # the largest subset present wins; the others are contained in it
     return SourceTracks(tracks, "fma")
 

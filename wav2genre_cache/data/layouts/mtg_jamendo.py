@@ -51,7 +51,7 @@ def read(data: Path, split_dir: Path | None = None) -> SourceTracks:
     strip = len(categories) == 1 and None not in categories
     split_of = _read_splits(tsv, split_dir)
     tracks, no_audio = [], 0
-    for track_id, artist, rel, tags in rows:
+    for track_id, artist, album, rel, tags in rows:
         path = _audio_of(data, rel)
         if path is None:
             no_audio += 1
@@ -59,17 +59,18 @@ def read(data: Path, split_dir: Path | None = None) -> SourceTracks:
         if strip:
             tags = [t.split(_CATEGORY, 1)[1] for t in tags]
         split = "" if split_of is None else split_of.get(track_id, EXCLUDED)
-        tracks.append(Track(track_id, str(path), join_tags(tags), split, artist))
+        metadata = (("album", album),) if album else ()
+        tracks.append(Track(track_id, str(path), join_tags(tags), split, artist, metadata=metadata))
     if not tracks and rows:
         raise DatasetError(
             f"{data}: none of the {len(rows)} tracks of {tsv.name} has audio in "
-            f"{data / 'audio'} or {data} (PATH as in the tsv, e.g. {rows[0][2]})"
+            f"{data / 'audio'} or {data} (PATH as in the tsv, e.g. {rows[0][3]})"
         )
     return SourceTracks(tracks, "mtg-jamendo", True, {"no_audio": no_audio})
 
 
-def _read_tsv(path: Path) -> list[tuple[str, str, str, list[str]]]:
-    """(track id, artist id, PATH, tags) rows; tags are the 6th and following fields."""
+def _read_tsv(path: Path) -> list[tuple[str, str, str, str, list[str]]]:
+    """(track id, artist id, album id, PATH, tags) rows; tags are the 6th and following fields."""
     lines = read_lines(path)
     if not lines or lines[0].split("\t")[:6] != _HEADER:
         raise DatasetError(f"{path}: line 1 is not the header {' '.join(_HEADER)} (tabs)")
@@ -89,7 +90,7 @@ def _read_tsv(path: Path) -> list[tuple[str, str, str, list[str]]]:
         if fields[0] in seen:
             raise DatasetError(f"{path}, line {line_no}: track {fields[0]} is listed twice")
         seen.add(fields[0])
-        rows.append((fields[0], fields[1], fields[3], tags))
+        rows.append((fields[0], fields[1], fields[2], fields[3], tags))
     return rows
 
 
