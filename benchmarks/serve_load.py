@@ -1,9 +1,9 @@
 """Load on `wav2genre serve`: 50 concurrent uploads of 30 s clips to a random-base bundle on 127.0.0.1.
 
-Trains a bundle on the dev clips with the untrained base-size backbone (the real model's
-arithmetic), then for each server setting (one process answering one upload per model call, as
-before micro-batching; one process batching the uploads that wait for the model; 2 and 4
-worker processes) starts the server, times one clip alone, sends 50 uploads all at once, and
+Trains a bundle on the dev clips (default: the untrained base-size backbone, the real model's
+arithmetic), then for each server setting (one process answering one upload per model call;
+the same batching the uploads that wait for the model, --max-batch 4; 2 and 4 worker
+processes) starts the server, times one clip alone, sends 50 uploads all at once, and
 records requests per second, p50/p95 latency, errors, lost requests and each worker's RSS.
 Settings run one after the other in one run, so their ratios share the machine's load (the load
 average before and after each is recorded: other work on the machine shows there).
@@ -166,14 +166,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=50)
     p.add_argument("--concurrency", type=int, default=50)
-    p.add_argument("--workers", default="1,2,4", help="worker counts to measure (batching on)")
+    p.add_argument("--workers", default="1,2,4", help="worker counts to measure")
     p.add_argument("--model", default="random-base")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_load.json"))
     args = p.parse_args()
     if not sorted(DEV.glob("*/*.flac")):
         sys.exit(f"no clips at {DEV}: this benchmark needs ../shared/data/gtzan_dev")
     payloads = [(c.name, c.read_bytes()) for c in sorted(DEV.glob("*/*.flac"))]
-    settings = [(1, 1)] + [(int(w), 4) for w in args.workers.split(",")]
+    # (workers, max-batch): one upload per model call in 1, 2 and 4 processes, and one process
+    # answering the uploads that wait for the model by one call
+    counts = [int(w) for w in args.workers.split(",")]
+    settings = [(w, 1) for w in counts[:1]] + [(counts[0], 4)] + [(w, 1) for w in counts[1:]]
     with tempfile.TemporaryDirectory() as tmp:
         bundle = train_bundle(Path(tmp), args.model)
         runs = [measure(bundle, Path(tmp), w, b, args, payloads) for w, b in settings]

@@ -43,7 +43,7 @@ class ServeOptions:
     max_decodes: int = 3  # uploads decoded and held in memory at once; the others wait
     device: str = "auto"  # where the model runs: auto, cpu or cuda
     workers: int = 1  # processes, each with its own model, sharing the listening socket
-    max_batch: int = 4  # decoded uploads waiting for the model answered by one model call
+    max_batch: int = 1  # decoded uploads waiting for the model answered by one model call
     runtime: str = "torch"  # torch: the bundle in PyTorch; onnx: an export in onnxruntime
 
     def __post_init__(self):

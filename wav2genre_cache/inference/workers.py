@@ -6,7 +6,7 @@ where the parent bound and the kernel hands each connection to one of them. A wo
 nothing with another but the bundle's files: it loads its own model (uvicorn's app factory,
 told what to load through the environment, which spawn passes on) with the cores divided
 between the workers. A worker ends with its parent, even one killed by SIGKILL: it watches its
-parent's pid and stops itself (SIGTERM, then at once if that has not ended it in 5 s).
+parent's pid and stops itself (SIGTERM, then at once if that has not ended it in 10 s).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from wav2genre_cache.inference.server import ServeOptions, create_app, load_pred
 ENV = "WAV2GENRE_SERVE_WORKER"
 FACTORY = "wav2genre_cache.inference.workers:worker_app"
 PARENT_POLL_SECONDS = 0.5
-STOP_GRACE_SECONDS = 5.0
+# A stop (Ctrl-C, SIGTERM, a dead parent) lets requests in progress end for this long, then
+# cancels the rest: a queue of uploads must not keep a stopping server for minutes.
+STOP_GRACE_SECONDS = 5
 STARTUP_FAILURE = 3  # uvicorn.config.STARTUP_FAILURE: the supervisor stops instead of restarting
 log = logging.getLogger("uvicorn.error")
 
@@ -56,7 +58,7 @@ def exit_with_parent(parent: int) -> threading.Thread:
         while os.getppid() == parent:
             time.sleep(PARENT_POLL_SECONDS)
         os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful stop
-        time.sleep(STOP_GRACE_SECONDS)
+        time.sleep(2 * STOP_GRACE_SECONDS)
         os._exit(1)  # still here: a request the graceful stop waits on will not end
 
     thread = threading.Thread(target=watch, name="wav2genre-parent-watch", daemon=True)
@@ -71,7 +73,13 @@ def serve(bundle: str | Path, options: ServeOptions = ServeOptions()) -> None:
     if options.workers > 1:
         return serve_workers(bundle, options)
     app = create_app(load_predictor(bundle, options), options)
-    uvicorn.run(app, host=options.host, port=options.port, log_level="info")
+    uvicorn.run(
+        app,
+        host=options.host,
+        port=options.port,
+        log_level="info",
+        timeout_graceful_shutdown=STOP_GRACE_SECONDS,
+    )
 
 
 def serve_workers(bundle: str | Path, options: ServeOptions) -> None:
@@ -98,6 +106,7 @@ def serve_workers(bundle: str | Path, options: ServeOptions) -> None:
         port=options.port,
         workers=options.workers,
         log_level="info",
+        timeout_graceful_shutdown=STOP_GRACE_SECONDS,
     )
     supervisor = Supervisor(config, sockets=[config.bind_socket()])
     supervisor.run()
