@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from conftest import run_cli, write_audio
 
+from wav2genre_cache._io import sha256_file
 from wav2genre_cache.errors import AudioError
 from wav2genre_cache.inference.predict import Predictor, check_duration
 
@@ -38,6 +39,15 @@ def test_predict_json_has_a_timeline_per_segment(tmp_path, dev_bundle, dev_clips
         assert sum(seg["probabilities"].values()) == pytest.approx(1, abs=1e-3)
     # A 4 s file is shorter than a segment: one segment of its own length.
     assert len(tiny["timeline"]) == 1 and tiny["timeline"][0]["end"] == 4.0
+    # Each entry says which model made it and what its test figures are, with n and interval.
+    meta = json.loads((dev_bundle / "bundle.json").read_text())
+    model = full["model"]
+    assert model == tiny["model"]
+    assert model["bundle_sha256"] == sha256_file(dev_bundle / "bundle.json")
+    assert (model["head"], model["layer"]) == (meta["head"], meta["layer"])
+    assert model["test_tracks"] == meta["metrics"]["test_tracks"] > 0
+    low, high = model["test_track_accuracy_ci"]
+    assert low <= model["test_track_accuracy"] <= high
 
 
 def test_batched_predictions_equal_one_at_a_time(dev_bundle, dev_clips):

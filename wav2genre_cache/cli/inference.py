@@ -104,6 +104,7 @@ def predict(
     decodable) is named with its reason: on stderr, and as an error entry with --json.
     """
     from wav2genre_cache.catalogue.inputs import catalogue_inputs
+    from wav2genre_cache.inference.outputs import bundle_stamp, model_block
     from wav2genre_cache.store.bundles import resolve_bundle_dir
 
     if engine not in ("local", "ray") or (engine == "ray" and output is None):
@@ -124,7 +125,9 @@ def predict(
         )
     else:
         results = predictor.predict_paths(catalogue_inputs(inputs), top_k=top_k, max_seconds=limit)
-        _print_results(results, as_json)
+        _print_results(
+            results, as_json, model_block(predictor.meta, bundle_stamp(bundle, predictor.meta))
+        )
         failed, done = sum("error" in r for r in results), len(results)
     if failed:
         err.print(
@@ -136,10 +139,11 @@ def predict(
         raise typer.Exit(1)
 
 
-def _print_results(results: list[dict], as_json: bool) -> None:
-    """predict's stdout: a line per file (errors on stderr), or the JSON of every entry."""
+def _print_results(results: list[dict], as_json: bool, model: dict) -> None:
+    """predict's stdout: a line per file (errors on stderr), or the JSON of every entry, each
+    with the model block (which bundle, its test figures with n and interval)."""
     if as_json:
-        print(json.dumps(results, indent=1))
+        print(json.dumps([r | {"model": model} for r in results], indent=1))
         return
     for r in results:
         if "error" in r:

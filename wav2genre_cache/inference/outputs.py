@@ -46,6 +46,23 @@ def bundle_stamp(bundle_dir: Path, meta: dict) -> BundleStamp:
     return BundleStamp(name, sha256_file(root if root.is_file() else root.with_name(MANIFEST)))
 
 
+def model_block(meta: dict, stamp: BundleStamp) -> dict:
+    """What `predict --json` says of the model with each entry: which one (id, checksum,
+    backbone, layer, head) and its test figures, each with its n and 95 % interval."""
+    metrics = meta.get("metrics") or {}
+    grouping = metrics.get("grouping") or {}
+    return {
+        "bundle_id": stamp.id,
+        "bundle_sha256": stamp.sha256,
+        **{k: meta.get(k) for k in ("backbone", "layer", "head")},
+        # test_tracks is the n of every test_* figure; *_ci its 95 % interval.
+        **{k: v for k, v in metrics.items() if k.startswith("test_")},
+        "selected_on": metrics.get("selected_on"),
+        "test_artists_heard": grouping.get("test_artists_heard"),
+        "unmeasured_labels": sorted(grouping.get("unmeasured_labels") or []),
+    }
+
+
 def output_format(path: Path) -> str:
     """The format of an output file, from its extension; refused if unknown or unavailable."""
     suffix = path.suffix.lower()
