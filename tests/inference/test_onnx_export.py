@@ -51,14 +51,16 @@ def tiny_embeddings() -> np.ndarray:
     return backbone.embed(_tones()[0])
 
 
-def _bundle(root: Path, name: str, embeddings: np.ndarray, y, attrs: dict, **kw) -> Path:
-    """A bundle of head `name` fitted on layer 1 of the embeddings."""
+def _bundle(
+    root: Path, name: str, embeddings: np.ndarray, y, attrs: dict, layer: int = 1, **kw
+) -> Path:
+    """A bundle of head `name` fitted on one layer (1 unless said) of the embeddings."""
     from wav2genre_cache.heads.registry import make_head
     from wav2genre_cache.store.bundles import BundleScoring, write_bundle
 
-    head = make_head(name).fit(embeddings[:, 1, :], y)
+    head = make_head(name).fit(embeddings[:, layer, :], y)
     labels = [f"label{i}" for i in range(3)]
-    return write_bundle(root / name, head, name, params={}, layer=1, labels=labels,
+    return write_bundle(root / name, head, name, params={}, layer=layer, labels=labels,
                         feature_set="encoder", cache_attrs=attrs, metrics={},
                         scoring=BundleScoring(**kw))  # fmt: skip
 
@@ -115,6 +117,14 @@ def test_onnx_export_predicts_what_torch_predicts(tmp_path, tiny_embeddings, hea
     names = [init.name for init in graph.initializer]
     assert any("encoder.layers.0." in n for n in names)
     assert not any("encoder.layers.1." in n for n in names)
+    _assert_same_as_torch(bundle, export)
+
+
+def test_a_layer_0_bundle_exports_its_encoders_first_hidden_state(tmp_path, tiny_embeddings):
+    # transformers records no hidden state of an encoder with no layer: one is kept.
+    bundle = _bundle(tmp_path, "logreg", tiny_embeddings, _tones()[1], TINY, layer=0)
+    export = export_onnx(bundle, tmp_path / "export", log=str)
+    assert json.loads((export / "manifest.json").read_text())["layer"] == 0
     _assert_same_as_torch(bundle, export)
 
 

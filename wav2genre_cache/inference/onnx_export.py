@@ -195,6 +195,9 @@ def _truncated(model, top: int):
     """
     model = copy.deepcopy(model)
     holder = model.encoder if hasattr(model, "encoder") else model  # WhisperEncoder holds its own
+    # transformers records hidden states around its layers: with none kept it returns none, so
+    # a layer-0 bundle keeps one layer (whose output it does not read).
+    top = max(top, 1)
     if top < len(holder.layers):
         holder.layers = holder.layers[:top]
         norm_last = getattr(model.config, "model_type", "") == "whisper" or getattr(
