@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from wav2genre_cache.audio.decode import waveform_from_array
-from wav2genre_cache.inference.predict import Predictor, SkippedInput, expand_inputs
+from wav2genre_cache.inference.inputs import SkippedInput, expand_inputs
+from wav2genre_cache.inference.predict import Predictor
 
 __all__ = [
     "Classification",
@@ -114,7 +115,7 @@ class Classifier:
 
 def load_bundle(path: str | Path, device: str = "auto", batch_size: int = 8) -> Classifier:
     """A trained bundle (a run's best/, a bundles/<head>/ folder, or a run folder) to classify with."""
-    from wav2genre_cache.store.bundles import resolve_bundle_dir
+    from wav2genre_cache.store.bundle_folders import resolve_bundle_dir
 
     return Classifier(Predictor(resolve_bundle_dir(path), device=device, batch_size=batch_size))
 

@@ -6,7 +6,7 @@ from conftest import write_audio
 from wav2genre_cache.catalogue.inputs import catalogue_inputs
 from wav2genre_cache.catalogue.ray_predict import shard_files
 from wav2genre_cache.errors import DatasetError
-from wav2genre_cache.inference.predict import SkippedInput
+from wav2genre_cache.inference.inputs import SkippedInput
 
 
 def test_a_manifest_names_its_files_relative_to_itself_in_its_order(tmp_path):

@@ -209,6 +209,34 @@ def test_the_onnx_runtime_labels_a_clip_without_torch_transformers_or_sklearn(
     assert proc.stdout.strip() == Predictor(bundle, device="cpu").predict_paths([song])[0]["label"]
 
 
+_CLI_WITHOUT_TORCH = """
+import sys
+for name in ("torch", "transformers", "sklearn", "scipy", "xgboost"):
+    sys.modules[name] = None  # any import of them now fails
+from wav2genre_cache.cli import main
+sys.argv = ["wav2genre", "predict", *sys.argv[1:], "--runtime", "onnx"]
+main()
+"""
+
+
+def test_predict_runtime_onnx_on_the_command_line_loads_no_torch(tmp_path, tiny_embeddings):
+    # The command a deployment runs, to stdout and to an output file, imports no model library.
+    bundle = _bundle(tmp_path, "logreg", tiny_embeddings, _tones()[1], TINY)
+    export = export_onnx(bundle, tmp_path / "export", log=str)
+    song = write_audio(tmp_path / "song.flac", 4.0)
+    want = Predictor(bundle, device="cpu").predict_paths([song])[0]["label"]
+    labels = []
+    for extra in (["--json"], ["--output", str(tmp_path / "labels.jsonl")]):
+        proc = subprocess.run(
+            [sys.executable, "-c", _CLI_WITHOUT_TORCH, str(song), "--bundle", str(export), *extra],
+            capture_output=True, text=True, cwd=ROOT,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        labels += [r["label"] for r in json.loads(proc.stdout)] if "--json" in extra else []
+    rows = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert labels + [r["label"] for r in rows] == [want, want]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     bool(os.environ.get("WAV2GENRE_SKIP_FRESH_VENV")),

@@ -91,7 +91,7 @@ def unusable_inputs(root):
 
 
 def test_expand_inputs_names_every_input_it_cannot_use(tmp_path):
-    from wav2genre_cache.inference.predict import expand_inputs
+    from wav2genre_cache.inference.inputs import expand_inputs
 
     inputs = unusable_inputs(tmp_path)
     entries = expand_inputs(inputs)

@@ -8,7 +8,7 @@ import pytest
 from conftest import run_cli
 
 from wav2genre_cache.errors import BundleError
-from wav2genre_cache.store.bundles import resolve_bundle_dir
+from wav2genre_cache.store.bundle_folders import resolve_bundle_dir
 
 
 def test_a_run_folder_means_its_best_bundle(tmp_path):

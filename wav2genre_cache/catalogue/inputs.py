@@ -7,7 +7,7 @@ from pathlib import Path
 
 from wav2genre_cache.data.csv_rows import read_rows
 from wav2genre_cache.errors import DatasetError
-from wav2genre_cache.inference.predict import SkippedInput, expand_inputs
+from wav2genre_cache.inference.inputs import SkippedInput, expand_inputs
 
 
 def manifest_paths(manifest: Path) -> list[Path]:

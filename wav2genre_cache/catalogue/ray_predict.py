@@ -27,6 +27,7 @@ from wav2genre_cache.audio.decode import load_track
 from wav2genre_cache.catalogue.shards import LabelShards
 from wav2genre_cache.errors import AudioError, Interrupted
 from wav2genre_cache.inference.batch import OutputSummary, file_progress
+from wav2genre_cache.inference.inputs import SkippedInput
 from wav2genre_cache.inference.outputs import (
     BundleStamp,
     OutputRows,
@@ -34,7 +35,6 @@ from wav2genre_cache.inference.outputs import (
     output_row,
     pending_inputs,
 )
-from wav2genre_cache.inference.predict import SkippedInput
 from wav2genre_cache.stage_one.ray_runtime import (
     ActorPool,
     cpu_threads,

@@ -44,7 +44,7 @@ def export(
     a probe signal (within 1e-4) before it is kept.
     """
     from wav2genre_cache.inference.onnx_export import export_onnx
-    from wav2genre_cache.store.bundles import resolve_bundle_dir
+    from wav2genre_cache.store.bundle_folders import resolve_bundle_dir
 
     if quantize not in (None, "int8"):
         raise OptionError(f"unknown --quantize {quantize!r}; the export quantizes to int8")

@@ -23,8 +23,9 @@ from wav2genre_cache.cli.options import (
 from wav2genre_cache.errors import OptionError
 
 if TYPE_CHECKING:  # the model's libraries load only when a command runs
+    from wav2genre_cache.inference.inputs import SkippedInput
     from wav2genre_cache.inference.onnx_runtime import OnnxPredictor
-    from wav2genre_cache.inference.predict import Predictor, SkippedInput
+    from wav2genre_cache.inference.predict import Predictor
 
 BundleOpt = Annotated[
     Path, typer.Option(help="A bundle folder: RUN_DIR/best or RUN_DIR/bundles/<head>.")
@@ -105,7 +106,7 @@ def predict(
     """
     from wav2genre_cache.catalogue.inputs import catalogue_inputs
     from wav2genre_cache.inference.outputs import bundle_stamp, model_block
-    from wav2genre_cache.store.bundles import resolve_bundle_dir
+    from wav2genre_cache.store.bundle_folders import resolve_bundle_dir
 
     if engine not in ("local", "ray") or (engine == "ray" and output is None):
         raise OptionError("--engine is local or ray; ray writes an --output file")
@@ -242,7 +243,7 @@ def serve(bundle: BundleOpt, **options) -> None:
     """Serve the web page and JSON API: upload a song, see its genre segment by segment."""
     from wav2genre_cache.inference.server import ServeOptions
     from wav2genre_cache.inference.workers import serve as run_server
-    from wav2genre_cache.store.bundles import resolve_bundle_dir
+    from wav2genre_cache.store.bundle_folders import resolve_bundle_dir
 
     settings = ServeOptions(**options)
     bundle = resolve_bundle_dir(bundle)

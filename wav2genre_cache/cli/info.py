@@ -101,7 +101,8 @@ def _print_cache(s: dict) -> None:
 
 def _bundle_info(path: Path, as_json: bool, verify: bool) -> None:
     """A bundle's summary (a run folder's best/); with verify, every file checked by loading it."""
-    from wav2genre_cache.store.bundles import load_bundle, read_bundle_json, resolve_bundle_dir
+    from wav2genre_cache.store.bundle_folders import resolve_bundle_dir
+    from wav2genre_cache.store.bundles import load_bundle, read_bundle_json
     from wav2genre_cache.store.model_card import CARD_FILE, bundle_summary, figure
 
     directory = resolve_bundle_dir(path)

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from wav2genre_cache._io import Pace
 from wav2genre_cache.errors import Interrupted
+from wav2genre_cache.inference.inputs import SkippedInput
 from wav2genre_cache.inference.outputs import (
     APPENDED,
     OutputRows,
@@ -22,7 +23,6 @@ from wav2genre_cache.inference.outputs import (
     output_row,
     pending_inputs,
 )
-from wav2genre_cache.inference.predict import SkippedInput
 
 if TYPE_CHECKING:
     from wav2genre_cache.inference.onnx_runtime import OnnxPredictor

@@ -23,6 +23,7 @@ from wav2genre_cache.audio.decode import (
 from wav2genre_cache.errors import AudioError, BundleError, ExportError
 from wav2genre_cache.evaluation.calibration_map import apply_map
 from wav2genre_cache.inference.entries import prediction_entry
+from wav2genre_cache.inference.inputs import SkippedInput
 from wav2genre_cache.inference.numpy_heads import numpy_probabilities
 
 MANIFEST = "manifest.json"
@@ -181,7 +182,7 @@ class OnnxPredictor:
         """Predict files in input order; one that cannot be used gets an error entry."""
         entries = []
         for p in paths:
-            if hasattr(p, "reason"):  # predict.SkippedInput, named without importing predict
+            if isinstance(p, SkippedInput):
                 entries.append({"file": str(p.path), "error": f"{p.path}: {p.reason}"})
                 continue
             try:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wav2genre_cache._io import atomic_write, atomic_write_json, sha256_file
 from wav2genre_cache.errors import OptionError, OutputError
-from wav2genre_cache.inference.predict import SkippedInput
+from wav2genre_cache.inference.inputs import SkippedInput
 
 APPENDED = (".csv", ".jsonl")  # written row by row
 WHOLE = (".json", ".parquet")  # written at the end

@@ -30,18 +30,6 @@ FINETUNED = "finetuned"  # bundle.json's "kind" of a fine-tuned encoder with its
 RECREATE = "re-run train-heads on the cache (wav2genre train-heads CACHE --out RUN_DIR)"
 
 
-def resolve_bundle_dir(path: str | Path) -> Path:
-    """A bundle folder from what a user passes: a run folder means its best/ bundle, or where
-    only `finetune` ran (no best/), its one bundle."""
-    path = Path(path)
-    if (path / "best" / "bundle.json").is_file():
-        return path / "best"
-    own = sorted((path / "bundles").glob("*/bundle.json"))
-    if not (path / "bundle.json").is_file() and len(own) == 1:
-        return own[0].parent
-    return path
-
-
 @dataclass(frozen=True)
 class BundleScoring:
     """How a bundle's scores are read: one label or tags, their calibration, tag thresholds."""
