@@ -67,7 +67,7 @@ class Classification:
             for seg in entry["timeline"]
         ]
         return cls(
-            labels=[{"label": t["label"], "score": t["probability"]} for t in entry["top"]],
+            labels=entry["labels"],
             timeline=timeline,
             duration=entry["duration"],
             file=entry.get("file"),

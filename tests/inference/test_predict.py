@@ -33,6 +33,8 @@ def test_predict_json_has_a_timeline_per_segment(tmp_path, dev_bundle, dev_clips
     full, tiny = results
     labels = json.loads((dev_bundle / "bundle.json").read_text())["labels"]
     assert len(full["timeline"]) == 3 and len(full["top"]) == 3
+    # Hugging Face's [{label, score}]; the deprecated "top" says the same for one more version.
+    assert full["labels"] == [{"label": t["label"], "score": t["probability"]} for t in full["top"]]
     assert full["timeline"][1]["start"] == 10.0 and full["timeline"][1]["end"] == 20.0
     for seg in full["timeline"]:
         assert set(seg["probabilities"]) == set(labels)

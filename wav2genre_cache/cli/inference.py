@@ -150,9 +150,9 @@ def _print_results(results: list[dict], as_json: bool, model: dict) -> None:
         if "error" in r:
             err.print(styled("skipped", "yellow", f" {r['error']}"), highlight=False)
         else:
-            top = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["top"])
+            top = ", ".join(f"{t['label']} {t['score']:.2f}" for t in r["labels"])
             if "tags" in r:  # a tagger: the tags over their thresholds, then the top-k
-                tags = ", ".join(f"{t['label']} {t['probability']:.2f}" for t in r["tags"])
+                tags = ", ".join(f"{t['label']} {t['score']:.2f}" for t in r["tags"])
                 top = f"tags: {tags or '(none over its threshold)'}\ttop: {top}"
             out.print(f"{r['file']}\t{top}", highlight=False)
 

@@ -34,6 +34,9 @@ def prediction_entry(
     result = {
         "duration": round(n_samples / SAMPLE_RATE, 3),
         "label": labels[order[0]],
+        # A Hugging Face pipeline's shape. "top" (with "probability") is deprecated for it and
+        # kept readable through version 0.2, as the README says.
+        "labels": [{"label": labels[i], "score": round(float(track[i]), 4)} for i in order],
         "top": [{"label": labels[i], "probability": round(float(track[i]), 4)} for i in order],
         "timeline": [
             {
@@ -61,7 +64,8 @@ def tags_over_thresholds(
     return [
         {
             "label": labels[i],
-            "probability": round(float(scores[i]), 4),
+            "score": round(float(scores[i]), 4),
+            "probability": round(float(scores[i]), 4),  # deprecated for "score"
             "threshold": round(float(thresholds[i]), 4),
         }
         for i in above[np.argsort(-scores[above], kind="stable")]
