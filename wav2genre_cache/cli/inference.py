@@ -43,6 +43,34 @@ OutputOpt = Annotated[
         "(written at the end).",
     ),
 ]
+RuntimeOpt = Annotated[
+    str,
+    typer.Option(
+        help="torch: the bundle's model in PyTorch; onnx: --bundle is an export folder "
+        "(wav2genre export --onnx), run by onnxruntime alone."
+    ),
+]
+MaxMinutesOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Skip, naming it, any file longer than this (its decode stops there): bounds "
+        "the memory one file can take. Default: no limit."
+    ),
+]
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        help="local (this process) or ray (with --output: decode tasks and an actor pool "
+        "of the bundle's model on Ray Data, on this machine or a cluster; the same rows)."
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="With --engine ray: the cluster to join (auto, or HOST:PORT of `ray start "
+        "--head`). Default: a Ray runtime started on this machine, on 127.0.0.1 only."
+    ),
+]
 ResumeOpt = Annotated[
     bool,
     typer.Option(
@@ -68,36 +96,12 @@ def predict(
         bool,
         typer.Option(help="Exit 1 if any input cannot be predicted (by default only if none can)."),
     ] = False,
-    runtime: Annotated[
-        str,
-        typer.Option(
-            help="torch: the bundle's model in PyTorch; onnx: --bundle is an export folder "
-            "(wav2genre export --onnx), run by onnxruntime alone."
-        ),
-    ] = "torch",
-    max_minutes: Annotated[
-        float | None,
-        typer.Option(
-            help="Skip, naming it, any file longer than this (its decode stops there): bounds "
-            "the memory one file can take. Default: no limit."
-        ),
-    ] = None,
+    runtime: RuntimeOpt = "torch",
+    max_minutes: MaxMinutesOpt = None,
     output: OutputOpt = None,
     resume: ResumeOpt = False,
-    engine: Annotated[
-        str,
-        typer.Option(
-            help="local (this process) or ray (with --output: decode tasks and an actor pool "
-            "of the bundle's model on Ray Data, on this machine or a cluster; the same rows)."
-        ),
-    ] = "local",
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            help="With --engine ray: the cluster to join (auto, or HOST:PORT of `ray start "
-            "--head`). Default: a Ray runtime started on this machine, on 127.0.0.1 only."
-        ),
-    ] = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Label songs with a bundle: top-k labels (a tagger's tags) per file; a timeline with --json.
 
@@ -114,10 +118,10 @@ def predict(
         _check_output_options(output, resume, as_json)  # before the model loads
     elif resume:
         raise OptionError("--resume goes with --output FILE: the file to resume")
-    bundle = resolve_bundle_dir(bundle)
-    predictor = load_predictor(bundle, runtime, device, batch_size)
     if max_minutes is not None and max_minutes <= 0:
         raise OptionError(f"--max-minutes must be positive, not {max_minutes:g}")
+    bundle = resolve_bundle_dir(bundle)
+    predictor = load_predictor(bundle, runtime, device, batch_size)
     limit = None if max_minutes is None else max_minutes * 60
     if output is not None:
         ray = (engine == "ray", device, ray_address, (bundle, runtime, device, batch_size))
