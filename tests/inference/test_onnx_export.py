@@ -95,7 +95,7 @@ def _assert_same_as_torch(bundle: Path, export: Path) -> None:
 
 
 CONVERTERS = {"logreg": "skl2onnx", "rf": "skl2onnx", "fcnn": "torch.onnx",
-              "xgb": "onnxmltools", "svm": None}  # fmt: skip
+              "xgb": "onnxmltools", "svm": None, "attention": "torch.onnx"}  # fmt: skip
 
 
 @pytest.mark.parametrize("head", list(CONVERTERS))
@@ -288,6 +288,25 @@ def test_export_quantize_int8_on_the_command_line(tmp_path, tiny_embeddings):
     assert wrong.returncode != 0 and "unknown --quantize 'int4'" in wrong.stderr
 
 
+def test_the_attention_head_exports_over_a_tracks_segments_multi_label_too(
+    tmp_path, tiny_embeddings
+):
+    from wav2genre_cache.heads.registry import make_head
+    from wav2genre_cache.store.bundles import BundleScoring, write_bundle
+
+    y = _tones()[1]
+    tracks = np.arange(len(y)) // 2  # two segments a track, one label (a tag row) each
+    tags = np.eye(3, dtype=int)[y]
+    attention = make_head("attention", max_epochs=2).fit(tiny_embeddings[:, 1, :], tags,
+                                                         groups=tracks)  # fmt: skip
+    bundle = write_bundle(tmp_path / "attention", attention, "attention", params={}, layer=1,
+                          labels=["a", "b", "c"], feature_set="encoder", cache_attrs=TINY,
+                          metrics={}, scoring=BundleScoring(multi_label=True))  # fmt: skip
+    export = export_onnx(bundle, tmp_path / "export", log=str)
+    assert json.loads((export / "manifest.json").read_text())["head_runtime"]["rows"] == "one track"
+    _assert_same_as_torch(bundle, export)
+
+
 def test_heads_without_an_export_are_refused_naming_the_head_and_what_exports(
     tmp_path, tiny_embeddings
 ):
@@ -296,12 +315,13 @@ def test_heads_without_an_export_are_refused_naming_the_head_and_what_exports(
     from wav2genre_cache.store.bundles import write_bundle
 
     y = _tones()[1]
-    tracks = np.arange(len(y)) // 2  # two segments a track, one label each
-    attention = make_head("attention", max_epochs=2).fit(tiny_embeddings[:, 1, :], y, groups=tracks)
-    bundle = write_bundle(tmp_path / "attention", attention, "attention", params={}, layer=1,
-                          labels=["a", "b", "c"], feature_set="encoder", cache_attrs=TINY,
+    handcrafted = make_head("logreg").fit(tiny_embeddings[:, 1, :], y)
+    bundle = write_bundle(tmp_path / "hand", handcrafted, "logreg", params={}, layer=0,
+                          labels=["a", "b", "c"], feature_set="handcrafted", cache_attrs=TINY,
                           metrics={})  # fmt: skip
-    with pytest.raises(ExportError, match="the attention head reads .* no ONNX export; .*svm"):
+    with pytest.raises(
+        ExportError, match="the logreg head reads the handcrafted feature set; .*svm"
+    ):
         export_onnx(bundle, tmp_path / "x", log=str)
     tags = np.eye(3, dtype=int)[y]
     forest = _bundle(tmp_path, "rf", tiny_embeddings, tags, TINY, multi_label=True)

@@ -178,7 +178,7 @@ def _check_exportable(bundle_dir: Path, meta: dict):
             f"only heads over an encoder's embeddings export ({supported})"
         )
     spec = head_spec(meta["head"])
-    if spec.inputs not in (Inputs.VECTOR, Inputs.ALL_LAYERS):
+    if spec.inputs not in (Inputs.VECTOR, Inputs.ALL_LAYERS, Inputs.SEGMENTS):
         raise ExportError(
             f"{bundle_dir}: the {meta['head']} head reads {spec.inputs.value} and has no ONNX "
             f"export; {supported}"

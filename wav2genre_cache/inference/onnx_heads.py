@@ -1,11 +1,12 @@
 """A bundle's head as ONNX (torch.onnx, skl2onnx, onnxmltools) or as plain arrays for numpy.
 
 Which converter takes which head (EXPORTS): logreg, rf -> skl2onnx; xgb -> onnxmltools; fcnn,
-fcnn-weighted -> torch.onnx; svm and a multi-label logreg -> head.npz, evaluated in numpy
-(numpy_heads). The attention head, the spectrogram heads and multi-label rf/xgb are refused.
+fcnn-weighted, attention -> torch.onnx; svm and a multi-label logreg -> head.npz, evaluated in
+numpy (numpy_heads). The spectrogram heads and multi-label rf/xgb are refused.
 
-Every head written here maps one row of embedding features [batch, features] to the head's own
-class columns (its classes_, in order) as probabilities: head.onnx with input "embedding" and
+Every head written here maps rows of embedding features [batch, features] to the head's own
+class columns (its classes_, in order) as probabilities (the attention head: the rows are one
+track's segments, each given the track's probabilities): head.onnx with input "embedding" and
 output "probabilities", or head.npz (arrays only, read with allow_pickle=False) for a head that
 no converter takes as it is; `onnx_runtime` evaluates either without torch or scikit-learn.
 """
@@ -35,6 +36,7 @@ EXPORTS = {
     "xgb": "onnxmltools (single-label)",
     "fcnn": "torch.onnx",
     "fcnn-weighted": "torch.onnx",
+    "attention": "torch.onnx (a track's segments in, the track's scores out)",
 }
 
 
@@ -49,6 +51,9 @@ def export_head(name: str, head, n_features: int, directory: Path) -> dict:
         return _write_npz(directory, "svm", svm_arrays(head))
     if name in ("fcnn", "fcnn-weighted"):
         return _write_onnx(directory, _torch_onnx(head, n_features), "torch.onnx")
+    if name == "attention":  # rows: one track's segments, each answered with the track's scores
+        entry = _write_onnx(directory, _attention_onnx(head, n_features), "torch.onnx")
+        return entry | {"rows": "one track"}
     if name == "xgb" and not multi_label:
         return _write_onnx(directory, _xgb_onnx(head, n_features), "onnxmltools")
     if name == "rf" and not multi_label:
@@ -210,6 +215,29 @@ def _torch_onnx(head, n_features: int) -> bytes:
     return torch_to_onnx(
         Scored().eval(), (torch.zeros(2, n_features),), ["embedding"], ["probabilities"]
     )
+
+
+def _attention_onnx(head, n_features: int) -> bytes:
+    """The attention head over one track's segments [segments, features] (a dynamic axis): each
+    row gets the track's probabilities, as AttentionPoolingClassifier.predict_proba gives them."""
+    import torch
+
+    class Track(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = head.net_
+            self.register_buffer("mean", torch.from_numpy(np.asarray(head.mean_, np.float32)))
+            self.register_buffer("scale", torch.from_numpy(np.asarray(head.scale_, np.float32)))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.net.encode(((x - self.mean) / self.scale)[None])  # [1, segments, hidden]
+            weights = torch.softmax(self.net.score(h).squeeze(-1), dim=1)  # all rows are real
+            track = head._probabilities(self.net.out((weights.unsqueeze(-1) * h).sum(dim=1)))
+            return track.expand(x.shape[0], -1)
+
+    axes = {"embedding": {0: "segments"}, "probabilities": {0: "segments"}}
+    example = (torch.zeros(3, n_features).normal_(generator=torch.Generator().manual_seed(0)),)
+    return torch_to_onnx(Track().eval(), example, ["embedding"], ["probabilities"], axes)
 
 
 def torch_to_onnx(

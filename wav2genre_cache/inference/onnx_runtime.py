@@ -149,7 +149,8 @@ class OnnxPredictor:
         return out
 
     def head_probabilities(self, features: np.ndarray) -> np.ndarray:
-        """Raw (uncalibrated) scores [rows, labels] of pooled features, as the head gives them."""
+        """Raw (uncalibrated) scores [rows, labels] of pooled features, as the head gives them
+        (rows of one track: a head that answers per track gives each row the track's)."""
         x = np.asarray(features, np.float32)
         if self.head is not None:
             cols = self.head.run(["probabilities"], {"embedding": x})[0].astype(np.float64)
