@@ -3,7 +3,8 @@
 Bundles are real: heads fitted on random-tiny's (or a tiny random Whisper's) embeddings of
 synthetic tones, written by write_bundle. Measured on a 2-core AMD EPYC: raw and calibrated
 probabilities within 2.1e-6 of torch (fcnn; 4e-7 logreg, 1.2e-7 xgb); asserted at 1e-5 for
-every exported head (logreg, rf, xgb, fcnn, svm, multi-label logreg and svm, fine-tuned). int8 is held
+every exported head (logreg, rf, xgb, fcnn, svm, attention, multi-label logreg, svm and attention,
+cnn, lstm, cnn-lstm, fine-tuned). int8 is held
 to INT8_ATOL against float32; its effect on real music is in benchmarks/onnx_runtime.py.
 """
 
@@ -305,6 +306,38 @@ def test_the_attention_head_exports_over_a_tracks_segments_multi_label_too(
     export = export_onnx(bundle, tmp_path / "export", log=str)
     assert json.loads((export / "manifest.json").read_text())["head_runtime"]["rows"] == "one track"
     _assert_same_as_torch(bundle, export)
+
+
+@pytest.mark.parametrize("head", ["cnn", "lstm", "cnn-lstm"])
+def test_a_spectrogram_head_exports_with_its_log_mel_front_end_and_no_encoder(tmp_path, head):
+    from wav2genre_cache.audio.logmel import log_mel_image, logmel_frames, mel_filters
+    from wav2genre_cache.heads.registry import make_head
+    from wav2genre_cache.inference.onnx_spectrogram import SpectrogramReference
+    from wav2genre_cache.store.bundles import BundleScoring, write_bundle
+
+    waves, y = _tones(12)
+    frames = logmel_frames(SECONDS)
+    rows = np.stack([log_mel_image(w, frames, mel_filters()) for w in waves])  # stage one's
+    fitted = make_head(head, max_epochs=1, channels=8, hidden=8).fit(rows, y)
+    bundle = write_bundle(tmp_path / head, fitted, head, params={}, layer=0,
+                          labels=["a", "b", "c"], feature_set="logmel", cache_attrs=TINY,
+                          metrics={}, scoring=BundleScoring(calibration=TEMPERATURE))  # fmt: skip
+    export = export_onnx(bundle, tmp_path / "export", log=str)
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["encoder"] is None and manifest["frontend"]["kind"] == "spectrogram"
+    assert sorted(manifest["files"]) == ["head.onnx", "logmel_filters.npy"]
+    torch_path, onnx = SpectrogramReference(bundle), OnnxPredictor(export)
+    song = 0.2 * np.sin(np.linspace(0, 9000, int(16_000 * 6.3))).astype(np.float32)
+    for wave in (song, song[:24_000]):  # hops and an end-anchored tail; under one segment
+        want = torch_segment_probabilities(torch_path, wave)
+        got = onnx.head_probabilities(onnx.embed(wave)[2])
+        assert got.shape == (len(onnx.embed(wave)[0]), 3)
+        np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+        np.testing.assert_allclose(
+            onnx.calibrate(got), torch_path.calibrator.apply(want), atol=ATOL, rtol=0
+        )
+    with pytest.raises(Exception, match="no encoder to quantize"):
+        export_onnx(bundle, tmp_path / "int8", log=str, quantize="int8")
 
 
 def test_heads_without_an_export_are_refused_naming_the_head_and_what_exports(

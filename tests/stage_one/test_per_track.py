@@ -40,7 +40,8 @@ def test_prepare_track_augments_training_tracks_only(tmp_path):
 
 
 def test_logmel_rows_have_the_whole_segment_shape():
-    from wav2genre_cache.stage_one.per_track import N_MELS, logmel_features, logmel_frames
+    from wav2genre_cache.audio.logmel import N_MELS, logmel_frames
+    from wav2genre_cache.stage_one.per_track import logmel_features
 
     frames = logmel_frames(2.0)
     full = logmel_features(tone(2.0), frames)

@@ -103,7 +103,7 @@ class _SpectrogramNet(torch.nn.Module):
         self.out = torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(width, n_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.view(len(x), 1, self.n_mels, -1)  # [batch, 1, mels, frames]
+        x = x.view(x.shape[0], 1, self.n_mels, -1)  # [batch, 1, mels, frames]
         if self.kind == "cnn":
             return self.out(self.conv(x).mean(dim=(2, 3)))
         if self.kind == "cnn-lstm":

@@ -23,7 +23,7 @@ import torch
 from wav2genre_cache._io import atomic_write, atomic_write_json, sha256_file
 from wav2genre_cache._version import __version__
 from wav2genre_cache.errors import ExportError
-from wav2genre_cache.feature_sets import ENCODER, feature_set_name
+from wav2genre_cache.feature_sets import ENCODER, LOGMEL, feature_set_name
 from wav2genre_cache.heads.registry import Inputs, head_spec
 from wav2genre_cache.inference.onnx_finetuned import Classes, PooledFinetuned, finetuned_head_onnx
 from wav2genre_cache.inference.onnx_heads import EXPORTS, export_head, torch_to_onnx
@@ -33,6 +33,11 @@ from wav2genre_cache.inference.onnx_runtime import (
     MANIFEST,
     OnnxPredictor,
     read_manifest,
+)
+from wav2genre_cache.inference.onnx_spectrogram import (
+    LOGMEL_FILTERS,
+    SpectrogramReference,
+    spectrogram_frontend,
 )
 from wav2genre_cache.store.bundles import FINETUNED, load_bundle
 
@@ -59,29 +64,35 @@ def export_onnx(
     bundle_dir, out = Path(bundle_dir), Path(out)
     meta, head = load_bundle(bundle_dir)
     spec = _check_exportable(bundle_dir, meta)
+    spectrogram = spec is not None and spec.inputs is Inputs.SPECTROGRAM
     if spec is None:  # fine-tuned: its own encoder and head (onnx_finetuned)
         model, frontend = head
         whisper = frontend.kind == "logmel"
         encoder = PooledFinetuned(model.eval(), whisper)
         features = model.encoder.config.hidden_size
+    elif spectrogram:  # no encoder: log-mel rows in numpy (onnx_spectrogram)
+        if quantize:
+            raise ExportError(f"{bundle_dir}: the {meta['head']} head has no encoder to quantize")
+        encoder, whisper = None, False
+        frontend, filters, features = spectrogram_frontend(meta)
     else:
         encoder, frontend, whisper, hidden_size = _pooled_encoder(bundle_dir, meta, spec)
         features = len(encoder.layers) * hidden_size
-    if out.exists():
-        if not (out / MANIFEST).is_file() and any(out.iterdir()):
-            raise ExportError(f"{out}: exists and is not an earlier export; choose another folder")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    log(f"Exporting the encoder ({encoder.kept} of {encoder.total} layers) to {out}")
-    _write_bytes(out / ENCODER_ONNX, _encoder_onnx(encoder, frontend, whisper, meta))
+    _clear(out)
+    if encoder is not None:
+        log(f"Exporting the encoder ({encoder.kept} of {encoder.total} layers) to {out}")
+        _write_bytes(out / ENCODER_ONNX, _encoder_onnx(encoder, frontend, whisper, meta))
     if spec is None:
         head_entry, head = finetuned_head_onnx(model, out), Classes(len(meta["labels"]))
     else:
         head_entry = export_head(meta["head"], head, features, out)
-    manifest = _manifest(meta, head, head_entry, encoder.layers, features, frontend, whisper)
+    layers = [] if encoder is None else encoder.layers
+    manifest = _manifest(meta, head, head_entry, layers, features, frontend, whisper)
     if whisper:
         filters = np.asarray(frontend.layout.mel_filters, np.float32)
         _write_bytes(out / MEL_FILTERS, _npy_bytes(filters))
+    elif spectrogram:
+        _write_bytes(out / LOGMEL_FILTERS, _npy_bytes(np.asarray(filters, np.float32)))
     manifest["files"] = {
         f.name: sha256_file(f) for f in sorted(out.iterdir()) if f.name != MANIFEST
     }
@@ -102,6 +113,15 @@ def export_onnx(
         manifest["quantization"]["probe_difference"] = difference
         atomic_write_json(out / MANIFEST, manifest)
     return out
+
+
+def _clear(out: Path) -> None:
+    """An empty folder at out (an earlier export there is replaced; anything else refused)."""
+    if out.exists():
+        if not (out / MANIFEST).is_file() and any(out.iterdir()):
+            raise ExportError(f"{out}: exists and is not an earlier export; choose another folder")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
 
 
 def _pooled_encoder(bundle_dir: Path, meta: dict, spec):
@@ -141,6 +161,8 @@ def quantize_encoder(export_dir: str | Path) -> None:
 
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
+    if manifest["encoder"] is None:
+        raise ExportError(f"{export_dir}: a {manifest['head']} export has no encoder to quantize")
     if manifest["encoder"]["dtype"] != "float32":
         raise ExportError(f"{export_dir}: the encoder is already {manifest['encoder']['dtype']}")
     encoder = export_dir / manifest["encoder"]["file"]
@@ -172,12 +194,14 @@ def _check_exportable(bundle_dir: Path, meta: dict):
         f"exported are bundles of these heads: {'; '.join(f'{k}: {v}' for k, v in EXPORTS.items())}"
         " (and fine-tuned bundles)"
     )
+    spec = head_spec(meta["head"])
+    if feature_set_name(meta["feature_set"]) == LOGMEL and spec.inputs is Inputs.SPECTROGRAM:
+        return spec
     if feature_set_name(meta["feature_set"]) != ENCODER or meta["backbone"] == "synthetic":
         raise ExportError(
             f"{bundle_dir}: the {meta['head']} head reads the {meta['feature_set']} feature set; "
-            f"only heads over an encoder's embeddings export ({supported})"
+            f"only heads over an encoder's embeddings or log-mel images export ({supported})"
         )
-    spec = head_spec(meta["head"])
     if spec.inputs not in (Inputs.VECTOR, Inputs.ALL_LAYERS, Inputs.SEGMENTS):
         raise ExportError(
             f"{bundle_dir}: the {meta['head']} head reads {spec.inputs.value} and has no ONNX "
@@ -246,7 +270,9 @@ def _encoder_onnx(encoder, frontend, whisper: bool, meta: dict) -> bytes:
 
 def _manifest(meta, head, head_entry, layers, features, frontend, whisper) -> dict:
     """manifest.json's fields, but for the files' checksums."""
-    if whisper:
+    if isinstance(frontend, dict):  # the spectrogram heads' (onnx_spectrogram)
+        front = frontend
+    elif whisper:
         lay = frontend.layout
         front = {
             "kind": "logmel",
@@ -276,7 +302,10 @@ def _manifest(meta, head, head_entry, layers, features, frontend, whisper) -> di
         "backbone": meta["backbone"],
         "backbone_revision": meta["backbone_revision"],
         "frontend": front,
-        "encoder": {"file": ENCODER_ONNX, "dtype": "float32", "features": features},
+        "encoder": {"file": ENCODER_ONNX, "dtype": "float32", "features": features}
+        if layers
+        else None,
+        "features": features,
         "bundle_dtype": meta["dtype"],
         "calibration": meta.get("calibration"),
         "thresholds": meta.get("thresholds"),
@@ -291,7 +320,10 @@ def _check_against_torch(bundle_dir: Path, out: Path, meta: dict) -> float:
 
     probe = probe_signal(2.6 * meta["segment_seconds"])
     onnx = OnnxPredictor(out)
-    torch_path = Predictor(bundle_dir, device="cpu")
+    if feature_set_name(meta["feature_set"]) == LOGMEL:
+        torch_path = SpectrogramReference(bundle_dir)
+    else:
+        torch_path = Predictor(bundle_dir, device="cpu")
     worst = 0.0
     for wave in (probe, probe[: int(0.6 * len(probe) / 2.6)]):  # and a track under one segment
         want = torch_segment_probabilities(torch_path, wave)
@@ -303,7 +335,10 @@ def _check_against_torch(bundle_dir: Path, out: Path, meta: dict) -> float:
 
 
 def torch_segment_probabilities(predictor, samples: np.ndarray) -> np.ndarray:
-    """Raw per-segment probabilities [segments, labels] of a track by the torch Predictor."""
+    """Raw per-segment probabilities [segments, labels] of a track by the torch Predictor (or a
+    spectrogram bundle's SpectrogramReference)."""
+    if isinstance(predictor, SpectrogramReference):
+        return predictor.segment_probabilities(samples)
     from wav2genre_cache.audio.decode import segment_track
     from wav2genre_cache.encoders.embed_tracks import embed_tracks, track_windows
     from wav2genre_cache.encoders.finetuned import segment_probabilities

@@ -1,8 +1,9 @@
 """A bundle's head as ONNX (torch.onnx, skl2onnx, onnxmltools) or as plain arrays for numpy.
 
 Which converter takes which head (EXPORTS): logreg, rf -> skl2onnx; xgb -> onnxmltools; fcnn,
-fcnn-weighted, attention -> torch.onnx; svm and a multi-label logreg -> head.npz, evaluated in
-numpy (numpy_heads). The spectrogram heads and multi-label rf/xgb are refused.
+fcnn-weighted, attention and the spectrogram heads (cnn, lstm, cnn-lstm: over log-mel rows) ->
+torch.onnx; svm and a multi-label logreg -> head.npz, evaluated in numpy (numpy_heads).
+Multi-label rf and xgb are refused.
 
 Every head written here maps rows of embedding features [batch, features] to the head's own
 class columns (its classes_, in order) as probabilities (the attention head: the rows are one
@@ -21,6 +22,7 @@ import numpy as np
 
 from wav2genre_cache._io import atomic_write
 from wav2genre_cache.errors import ExportError
+from wav2genre_cache.heads.spectrogram import SPECTROGRAM_HEADS
 
 OPSET = 17
 XGB_OPSET = 15  # the highest onnxmltools 1.16 converts XGBoost at
@@ -37,6 +39,10 @@ EXPORTS = {
     "fcnn": "torch.onnx",
     "fcnn-weighted": "torch.onnx",
     "attention": "torch.onnx (a track's segments in, the track's scores out)",
+    **{
+        name: "torch.onnx, its log-mel front end in numpy (audio.logmel; no encoder)"
+        for name in SPECTROGRAM_HEADS
+    },
 }
 
 
@@ -49,7 +55,7 @@ def export_head(name: str, head, n_features: int, directory: Path) -> dict:
         return _write_onnx(directory, _logreg_onnx(head, n_features), "skl2onnx")
     if name == "svm":  # a precomputed grid kernel and a softmax over one-vs-rest: no converter
         return _write_npz(directory, "svm", svm_arrays(head))
-    if name in ("fcnn", "fcnn-weighted"):
+    if name in ("fcnn", "fcnn-weighted", *SPECTROGRAM_HEADS):  # log-mel rows for the latter
         return _write_onnx(directory, _torch_onnx(head, n_features), "torch.onnx")
     if name == "attention":  # rows: one track's segments, each answered with the track's scores
         entry = _write_onnx(directory, _attention_onnx(head, n_features), "torch.onnx")

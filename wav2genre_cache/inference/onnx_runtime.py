@@ -4,7 +4,7 @@ What a deployment without PyTorch runs: it imports neither torch, transformers n
 scikit-learn (a test runs it with them blocked), only numpy, soundfile, soxr and onnxruntime
 (and, for a Whisper export, scipy for its log-mel). The front end is the package's own numpy
 code (audio.decode's decode, segments and normalisation; audio.whisper_windows' windows and
-log-mel), so the encoder reads what the torch path's encoder reads. Every file of the export is
+log-mel; audio.logmel's log-mel rows for a spectrogram head, which has no encoder), so the encoder reads what the torch path's encoder reads. Every file of the export is
 checked against the manifest's sha256 before any is read.
 """
 
@@ -20,6 +20,7 @@ from wav2genre_cache.audio.decode import (
     normalize_segments,
     segment_track,
 )
+from wav2genre_cache.audio.logmel import LOGMEL_HOP, N_FFT, N_MELS, TOP_DB, log_mel_image
 from wav2genre_cache.errors import AudioError, BundleError, ExportError
 from wav2genre_cache.evaluation.calibration_map import apply_map
 from wav2genre_cache.inference.entries import prediction_entry
@@ -75,7 +76,8 @@ class OnnxPredictor:
             path = str(self.bundle_dir / name)
             return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
-        self.encoder = session(self.meta["encoder"]["file"])
+        encoder = self.meta["encoder"]  # none for a spectrogram head: log-mel rows in numpy
+        self.encoder = session(encoder["file"]) if encoder else None
         head = self.meta["head_runtime"]
         if head["runtime"] == "onnx":
             self.head, self.head_arrays = session(head["file"]), None
@@ -86,6 +88,11 @@ class OnnxPredictor:
         frontend = self.meta["frontend"]
         self.layout = (
             _whisper_layout(self.bundle_dir, frontend) if frontend["kind"] == "logmel" else None
+        )
+        self.spectrogram = (
+            _spectrogram_filters(self.bundle_dir, frontend)
+            if frontend["kind"] == "spectrogram"
+            else None
         )
 
     def describe(self) -> dict:
@@ -119,6 +126,12 @@ class OnnxPredictor:
         )
         if self.layout is not None:
             return starts, length, self._embed_windows(samples, starts, length)
+        if self.spectrogram is not None:  # the log-mel rows stage one stores (audio.logmel)
+            frames = int(self.meta["frontend"]["frames"])
+            rows = [
+                log_mel_image(samples[s : s + length], frames, self.spectrogram) for s in starts
+            ]
+            return starts, length, np.stack(rows)
         segments = np.stack([samples[s : s + length] for s in starts])
         size = self.batch_size
         rows = [
@@ -214,6 +227,17 @@ def _whisper_layout(directory: Path, frontend: dict):
         int(frontend["hop_length"]),
         filters.astype(np.float32),
     )
+
+
+def _spectrogram_filters(directory: Path, frontend: dict) -> np.ndarray:
+    """The export's mel filter bank, for audio.logmel's front end (whose settings it checks)."""
+    expected = {"n_mels": N_MELS, "n_fft": N_FFT, "hop_length": LOGMEL_HOP, "top_db": TOP_DB}
+    if any(frontend.get(k) != v for k, v in expected.items()):
+        raise BundleError(
+            f"{directory / MANIFEST}: a log-mel front end of other settings than this version's "
+            f"({expected}); export the bundle again with this version"
+        )
+    return np.load(directory / frontend["mel_filters"], allow_pickle=False).astype(np.float32)
 
 
 def apply_calibration(calibration: dict | None, proba: np.ndarray) -> np.ndarray:

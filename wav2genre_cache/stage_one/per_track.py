@@ -20,6 +20,7 @@ from wav2genre_cache.audio.decode import (
     segment_track,
     try_load_track,
 )
+from wav2genre_cache.audio.logmel import log_mel_image, logmel_frames, mel_filters
 from wav2genre_cache.audio.whisper_windows import TrackWindows, WhisperWindows
 
 N_MFCC = 20
@@ -86,29 +87,12 @@ def handcrafted_features(segment: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarr
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)  # silence gives NaN chroma
 
 
-N_MELS = 128
-LOGMEL_HOP = 512
-
-
-def logmel_frames(segment_seconds: float) -> int:
-    """Frames of a whole segment's log-mel spectrogram (every stored row has this many)."""
-    return 1 + int(round(segment_seconds * SAMPLE_RATE)) // LOGMEL_HOP
-
-
 def logmel_features(segment: np.ndarray, frames: int, sr: int = SAMPLE_RATE) -> np.ndarray:
     """A segment's log-mel spectrogram (dB), N_MELS x frames flattened to one float32 row.
 
     A segment shorter than a whole one (a short track) is padded with the lowest level.
     """
-    import librosa
-
-    mel = librosa.feature.melspectrogram(
-        y=np.asarray(segment, np.float32), sr=sr, n_fft=1024, hop_length=LOGMEL_HOP, n_mels=N_MELS
-    )
-    db = librosa.power_to_db(mel, ref=1.0, top_db=80.0)[:, :frames]
-    if db.shape[1] < frames:
-        db = np.pad(db, ((0, 0), (0, frames - db.shape[1])), constant_values=float(db.min()))
-    return db.astype(np.float32).reshape(-1)
+    return log_mel_image(segment, frames, mel_filters(sr))
 
 
 @dataclass(frozen=True)
