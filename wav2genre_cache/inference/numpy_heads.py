@@ -1,7 +1,8 @@
 """Heads that an ONNX export evaluates in numpy from their saved arrays (head.npz).
 
 A multi-label logistic regression (one regression per tag, infinite intercepts for constant
-tags: no converter takes it) and the SVM head (an RBF kernel on an exact grid, one-vs-one
+tags: no converter takes it), a multi-label random forest (one forest, an output per tag:
+skl2onnx takes one output) and the SVM head (an RBF kernel on an exact grid, one-vs-one
 decision values turned one-vs-rest as scikit-learn's SVC does, then a softmax; or per tag a
 logistic): onnx_heads writes the arrays, onnx_runtime calls `numpy_probabilities`. numpy only.
 """
@@ -21,6 +22,8 @@ def numpy_probabilities(kind: str, arrays: dict, x: np.ndarray, multi_label: boo
         return linear_probabilities(arrays, x, multi_label)
     if kind == "svm":
         return svm_probabilities(arrays, x, multi_label)
+    if kind == "forest":
+        return forest_probabilities(arrays, x)
     raise ExportError(f"unknown numpy head kind {kind!r} in the export's manifest")
 
 
@@ -49,6 +52,25 @@ def svm_probabilities(arrays: dict, x: np.ndarray, multi_label: bool) -> np.ndar
         d = K @ arrays["dual"][0] + arrays["intercept"][0]
         return softmax(np.stack([-d / 2, d / 2], axis=1))
     return softmax(_one_vs_rest(_one_vs_one(K, arrays["dual"], arrays["intercept"], n_support)))
+
+
+def forest_probabilities(arrays: dict, x: np.ndarray) -> np.ndarray:
+    """A multi-label ForestHead's tag probabilities: each tree's leaf, added in the trees'
+    order and divided by their number, as ForestHead.predict_proba adds them."""
+    x = np.asarray(x, np.float32)
+    left, right, leaf = arrays["left"], arrays["right"], arrays["leaf"]
+    feature, threshold = arrays["feature"], arrays["threshold"]
+    rows, total = np.arange(len(x)), None
+    for root in arrays["roots"]:
+        node = np.full(len(x), root)
+        inner = left[node] >= 0
+        while inner.any():
+            at = node[inner]
+            go_left = x[rows[inner], feature[at]] <= threshold[at]  # float32 against float64
+            node[inner] = np.where(go_left, left[at], right[at])
+            inner = left[node] >= 0
+        total = leaf[node] if total is None else total + leaf[node]
+    return total / len(arrays["roots"])
 
 
 def _one_vs_one(K: np.ndarray, dual: np.ndarray, intercept: np.ndarray, n_support) -> np.ndarray:

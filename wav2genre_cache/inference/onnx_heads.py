@@ -2,8 +2,8 @@
 
 Which converter takes which head (EXPORTS): logreg, rf -> skl2onnx; xgb -> onnxmltools; fcnn,
 fcnn-weighted, attention and the spectrogram heads (cnn, lstm, cnn-lstm: over log-mel rows) ->
-torch.onnx; svm and a multi-label logreg -> head.npz, evaluated in numpy (numpy_heads).
-Multi-label rf and xgb are refused.
+torch.onnx; svm and a multi-label logreg -> head.npz, evaluated in numpy (numpy_heads), and so is a multi-label rf (its trees as arrays). A multi-label xgb is
+refused.
 
 Every head written here maps rows of embedding features [batch, features] to the head's own
 class columns (its classes_, in order) as probabilities (the attention head: the rows are one
@@ -34,7 +34,7 @@ HEAD_NPZ = "head.npz"
 EXPORTS = {
     "logreg": "skl2onnx (a multi-label logreg: numpy)",
     "svm": "numpy (its kernel on the training grid, then scikit-learn's one-vs-rest)",
-    "rf": "skl2onnx (single-label)",
+    "rf": "skl2onnx (a multi-label rf: numpy)",
     "xgb": "onnxmltools (single-label)",
     "fcnn": "torch.onnx",
     "fcnn-weighted": "torch.onnx",
@@ -64,6 +64,8 @@ def export_head(name: str, head, n_features: int, directory: Path) -> dict:
         return _write_onnx(directory, _xgb_onnx(head, n_features), "onnxmltools")
     if name == "rf" and not multi_label:
         return _write_onnx(directory, _forest_onnx(head, n_features), "skl2onnx")
+    if name == "rf":  # one forest with an output per tag: skl2onnx takes one output
+        return _write_npz(directory, "forest", forest_arrays(head))
     raise ExportError(
         f"the {name} head{' (multi-label)' if multi_label else ''} has no ONNX export; "
         f"exported are: {'; '.join(f'{k}: {v}' for k, v in EXPORTS.items())}"
@@ -136,6 +138,40 @@ def svm_arrays(head) -> dict:
         "vectors": np.asarray(vectors, np.float32),
         "dual": np.asarray(dual, np.float64),
         **tagged,
+    }
+
+
+def forest_arrays(head) -> dict:
+    """A multi-label ForestHead's trees as arrays: every tree's nodes one after another.
+
+    left/right index the next node (-1 at a leaf); leaf holds, per node and tag, the tag's
+    probability as the tree gives it (its class counts normalised, the column of value 1, 0 for
+    a tag never seen) and roots each tree's first node.
+    """
+    left, right, feature, threshold, leaf, roots, offset = [], [], [], [], [], [], 0
+    for tree in head.estimators_:
+        t = tree.tree_
+        leaves = t.children_left < 0
+        left.append(np.where(leaves, -1, t.children_left + offset))
+        right.append(np.where(leaves, -1, t.children_right + offset))
+        feature.append(t.feature)
+        threshold.append(t.threshold)
+        tags = np.zeros((t.node_count, len(head.tag_classes_)))
+        for k, values in enumerate(head.tag_classes_):
+            counts = t.value[:, k, : len(values)]
+            normalizer = counts.sum(axis=1)[:, None]
+            normalizer[normalizer == 0.0] = 1.0
+            tags[:, k] = (counts / normalizer)[:, np.asarray(values) == 1].sum(axis=1)
+        leaf.append(tags)
+        roots.append(offset)
+        offset += t.node_count
+    return {
+        "left": np.concatenate(left).astype(np.int64),
+        "right": np.concatenate(right).astype(np.int64),
+        "feature": np.concatenate(feature).astype(np.int64),
+        "threshold": np.concatenate(threshold).astype(np.float64),
+        "leaf": np.concatenate(leaf),
+        "roots": np.asarray(roots, np.int64),
     }
 
 
