@@ -39,10 +39,9 @@ def export(
 
     Heads: logreg and rf through skl2onnx, xgb through onnxmltools, fcnn, fcnn-weighted and
     attention (over a track's segments) through torch.onnx; cnn, lstm and cnn-lstm through
-    torch.onnx with no encoder, their log-mel computed in numpy; svm, a multi-label logreg and a
-    multi-label rf are evaluated in numpy from their saved arrays (head.npz); a fine-tuned
-    bundle's own encoder and head through torch.onnx. Refused: multi-label xgb,
-    handcrafted-feature heads. The float32 export is checked against the torch path on a probe signal (within
+    torch.onnx with no encoder, their log-mel computed in numpy; svm and a multi-label logreg,
+    rf or xgb are evaluated in numpy from their saved arrays (head.npz); a fine-tuned bundle's
+    own encoder and head through torch.onnx. Refused: heads on handcrafted features. The float32 export is checked against the torch path on a probe signal (within
     1e-4) before it is kept.
     """
     from wav2genre_cache.inference.onnx_export import export_onnx

@@ -2,7 +2,7 @@
 
 A multi-label logistic regression (one regression per tag, infinite intercepts for constant
 tags: no converter takes it), a multi-label random forest (one forest, an output per tag:
-skl2onnx takes one output) and the SVM head (an RBF kernel on an exact grid, one-vs-one
+skl2onnx takes one output) or XGBoost (a target per tag: onnxmltools takes one) and the SVM head (an RBF kernel on an exact grid, one-vs-one
 decision values turned one-vs-rest as scikit-learn's SVC does, then a softmax; or per tag a
 logistic): onnx_heads writes the arrays, onnx_runtime calls `numpy_probabilities`. numpy only.
 """
@@ -24,6 +24,8 @@ def numpy_probabilities(kind: str, arrays: dict, x: np.ndarray, multi_label: boo
         return svm_probabilities(arrays, x, multi_label)
     if kind == "forest":
         return forest_probabilities(arrays, x)
+    if kind == "boosted":
+        return boosted_probabilities(arrays, x)
     raise ExportError(f"unknown numpy head kind {kind!r} in the export's manifest")
 
 
@@ -57,20 +59,37 @@ def svm_probabilities(arrays: dict, x: np.ndarray, multi_label: bool) -> np.ndar
 def forest_probabilities(arrays: dict, x: np.ndarray) -> np.ndarray:
     """A multi-label ForestHead's tag probabilities: each tree's leaf, added in the trees'
     order and divided by their number, as ForestHead.predict_proba adds them."""
-    x = np.asarray(x, np.float32)
-    left, right, leaf = arrays["left"], arrays["right"], arrays["leaf"]
-    feature, threshold = arrays["feature"], arrays["threshold"]
-    rows, total = np.arange(len(x)), None
+    total = None
     for root in arrays["roots"]:
-        node = np.full(len(x), root)
-        inner = left[node] >= 0
-        while inner.any():
-            at = node[inner]
-            go_left = x[rows[inner], feature[at]] <= threshold[at]  # float32 against float64
-            node[inner] = np.where(go_left, left[at], right[at])
-            inner = left[node] >= 0
-        total = leaf[node] if total is None else total + leaf[node]
+        leaf = arrays["leaf"][_leaves(arrays, x, root, strict=False)]
+        total = leaf if total is None else total + leaf
     return total / len(arrays["roots"])
+
+
+def boosted_probabilities(arrays: dict, x: np.ndarray) -> np.ndarray:
+    """A multi-label XGBHead's tag probabilities: each tag's base margin plus its trees' leaf
+    values, in float32 as XGBoost adds them, through a sigmoid."""
+    margin = np.tile(arrays["base_margin"], (len(x), 1)).astype(np.float32)
+    for root, tag in zip(arrays["roots"], arrays["target"], strict=True):
+        margin[:, tag] += arrays["value"][_leaves(arrays, x, root, strict=True)]
+    return expit(margin.astype(np.float64))
+
+
+def _leaves(arrays: dict, x: np.ndarray, root: int, strict: bool) -> np.ndarray:
+    """The leaf each row of x reaches in the tree at root: left where x <= threshold
+    (scikit-learn; float32 against float64), or where x < threshold (XGBoost, float32)."""
+    x = np.asarray(x, np.float32)
+    left, right = arrays["left"], arrays["right"]
+    feature, threshold = arrays["feature"], arrays["threshold"]
+    rows, node = np.arange(len(x)), np.full(len(x), root)
+    inner = left[node] >= 0
+    while inner.any():
+        at = node[inner]
+        value = x[rows[inner], feature[at]]
+        go_left = value < threshold[at] if strict else value <= threshold[at]
+        node[inner] = np.where(go_left, left[at], right[at])
+        inner = left[node] >= 0
+    return node
 
 
 def _one_vs_one(K: np.ndarray, dual: np.ndarray, intercept: np.ndarray, n_support) -> np.ndarray:

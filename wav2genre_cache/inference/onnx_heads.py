@@ -2,8 +2,7 @@
 
 Which converter takes which head (EXPORTS): logreg, rf -> skl2onnx; xgb -> onnxmltools; fcnn,
 fcnn-weighted, attention and the spectrogram heads (cnn, lstm, cnn-lstm: over log-mel rows) ->
-torch.onnx; svm and a multi-label logreg -> head.npz, evaluated in numpy (numpy_heads), and so is a multi-label rf (its trees as arrays). A multi-label xgb is
-refused.
+torch.onnx; svm and a multi-label logreg -> head.npz, evaluated in numpy (numpy_heads), and so are a multi-label rf and xgb (their trees as arrays).
 
 Every head written here maps rows of embedding features [batch, features] to the head's own
 class columns (its classes_, in order) as probabilities (the attention head: the rows are one
@@ -35,7 +34,7 @@ EXPORTS = {
     "logreg": "skl2onnx (a multi-label logreg: numpy)",
     "svm": "numpy (its kernel on the training grid, then scikit-learn's one-vs-rest)",
     "rf": "skl2onnx (a multi-label rf: numpy)",
-    "xgb": "onnxmltools (single-label)",
+    "xgb": "onnxmltools (a multi-label xgb: numpy)",
     "fcnn": "torch.onnx",
     "fcnn-weighted": "torch.onnx",
     "attention": "torch.onnx (a track's segments in, the track's scores out)",
@@ -62,6 +61,8 @@ def export_head(name: str, head, n_features: int, directory: Path) -> dict:
         return entry | {"rows": "one track"}
     if name == "xgb" and not multi_label:
         return _write_onnx(directory, _xgb_onnx(head, n_features), "onnxmltools")
+    if name == "xgb":  # binary:logistic with a target per tag: onnxmltools takes one
+        return _write_npz(directory, "boosted", boosted_arrays(head))
     if name == "rf" and not multi_label:
         return _write_onnx(directory, _forest_onnx(head, n_features), "skl2onnx")
     if name == "rf":  # one forest with an output per tag: skl2onnx takes one output
@@ -172,6 +173,42 @@ def forest_arrays(head) -> dict:
         "threshold": np.concatenate(threshold).astype(np.float64),
         "leaf": np.concatenate(leaf),
         "roots": np.asarray(roots, np.int64),
+    }
+
+
+def boosted_arrays(head) -> dict:
+    """A multi-label XGBHead's trees (from the booster's JSON) as arrays, as forest_arrays's.
+
+    value holds each leaf's value, target each tree's tag and base_margin each tag's starting
+    margin (the logit of XGBoost's base_score); a split goes left where x < threshold.
+    """
+    import json
+
+    learner = json.loads(head.booster_.get_booster().save_raw("json"))["learner"]
+    model = learner["gradient_booster"]["model"]
+    base = np.asarray(json.loads(learner["learner_model_param"]["base_score"]), np.float32)
+    left, right, feature, threshold, roots, offset = [], [], [], [], [], 0
+    for tree in model["trees"]:
+        lc, rc = np.asarray(tree["left_children"]), np.asarray(tree["right_children"])
+        leaves = lc < 0
+        left.append(np.where(leaves, -1, lc + offset))
+        right.append(np.where(leaves, -1, rc + offset))
+        feature.append(tree["split_indices"])
+        threshold.append(tree["split_conditions"])  # at a leaf: its value
+        roots.append(offset)
+        offset += len(lc)
+    threshold = np.concatenate(threshold).astype(np.float32)
+    with np.errstate(divide="ignore"):  # a tag never seen in training: base 0, margin -inf
+        base_margin = np.log(base / (1 - base)).astype(np.float32)
+    return {
+        "left": np.concatenate(left).astype(np.int64),
+        "right": np.concatenate(right).astype(np.int64),
+        "feature": np.concatenate(feature).astype(np.int64),
+        "threshold": threshold,
+        "value": threshold,
+        "roots": np.asarray(roots, np.int64),
+        "target": np.asarray(model["tree_info"], np.int64),
+        "base_margin": base_margin,
     }
 
 
