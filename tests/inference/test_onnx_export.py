@@ -344,6 +344,12 @@ def test_a_spectrogram_head_exports_with_its_log_mel_front_end_and_no_encoder(tm
         )
     with pytest.raises(Exception, match="no encoder to quantize"):
         export_onnx(bundle, tmp_path / "int8", log=str, quantize="int8")
+    if head == "cnn":  # the log-mel front end needs no librosa (nor scipy, torch, sklearn)
+        song = write_audio(tmp_path / "song.wav", 4.0)
+        proc = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, str(export), str(song)],
+                              capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == onnx.predict_paths([song])[0]["label"]
 
 
 def test_heads_without_an_export_are_refused_naming_the_head_and_what_exports(
