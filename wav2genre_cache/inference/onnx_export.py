@@ -4,7 +4,9 @@ The export folder holds encoder.onnx (the layers above the bundle's layer droppe
 the head reads is computed), the head (head.onnx, or head.npz for numpy), the front end's data
 (Whisper's mel filters) and manifest.json: labels, layer, segment settings, front end,
 calibration, thresholds, how the head runs, the sha256 of every file, and how far the export's
-probabilities were from the torch path's on a probe signal. Nothing in it is pickled.
+probabilities were from the torch path's on a probe signal. Nothing in it is pickled. A
+spectrogram head (cnn, lstm, cnn-lstm) reads log-mel rows, not an encoder: its export has no
+encoder.onnx, only its head and its log-mel's filters (onnx_spectrogram).
 `onnx_runtime.OnnxPredictor` runs it with onnxruntime and numpy alone.
 """
 
