@@ -10,6 +10,25 @@ import numpy as np
 from wav2genre_cache.audio.decode import SAMPLE_RATE
 
 
+def model_description(meta: dict, labels: list[str], thresholds: np.ndarray | None) -> dict:
+    """What GET /api/model shows of any predictor: labels, backbone, layer, head, segments and
+    a tagger's thresholds (each predictor adds what it knows besides)."""
+    return {
+        "labels": labels,
+        "backbone": meta["backbone"],
+        "backbone_revision": meta["backbone_revision"],
+        "untrained_backbone": meta["backbone"].startswith("random-"),
+        "layer": meta["layer"],
+        "head": meta["head"],
+        "segment_seconds": meta["segment_seconds"],
+        "hop_seconds": meta["hop_seconds"],
+        "multi_label": thresholds is not None,
+        "thresholds": None
+        if thresholds is None
+        else dict(zip(labels, thresholds.tolist(), strict=True)),
+    }
+
+
 def prediction_entry(
     labels: list[str],
     n_samples: int,

@@ -23,7 +23,7 @@ from wav2genre_cache.audio.decode import (
 from wav2genre_cache.audio.logmel import LOGMEL_HOP, N_FFT, N_MELS, TOP_DB, log_mel_image
 from wav2genre_cache.errors import AudioError, BundleError, ExportError
 from wav2genre_cache.evaluation.calibration_map import apply_map
-from wav2genre_cache.inference.entries import prediction_entry
+from wav2genre_cache.inference.entries import model_description, prediction_entry
 from wav2genre_cache.inference.inputs import SkippedInput
 from wav2genre_cache.inference.numpy_heads import numpy_probabilities
 
@@ -98,22 +98,10 @@ class OnnxPredictor:
     def describe(self) -> dict:
         """What serve's GET /api/model shows, from the manifest (which carries no test metrics)."""
         m = self.meta
-        return {
-            "labels": self.labels,
-            "backbone": m["backbone"],
-            "backbone_revision": m["backbone_revision"],
-            "untrained_backbone": m["backbone"].startswith("random-"),
-            "layer": m["layer"],
-            "head": m["head"],
+        return model_description(m, self.labels, self.thresholds if self.multi_label else None) | {
             "runtime": "onnx",
             "frontend": m["frontend"]["kind"],
-            "segment_seconds": m["segment_seconds"],
-            "hop_seconds": m["hop_seconds"],
             "metrics": {},
-            "multi_label": self.multi_label,
-            "thresholds": dict(zip(self.labels, self.thresholds.tolist(), strict=True))
-            if self.multi_label
-            else None,
             "calibration": (m["calibration"] or {}).get("method", "none"),
         }
 

@@ -23,7 +23,7 @@ from wav2genre_cache.errors import AudioError, AudioTooLong, BundleError
 from wav2genre_cache.evaluation.calibration import Calibrator
 from wav2genre_cache.feature_sets import ENCODER, feature_set_name
 from wav2genre_cache.heads.registry import Inputs, head_spec
-from wav2genre_cache.inference.entries import prediction_entry
+from wav2genre_cache.inference.entries import model_description, prediction_entry
 from wav2genre_cache.inference.inputs import SkippedInput
 from wav2genre_cache.store.bundles import FINETUNED, load_bundle
 
@@ -118,24 +118,12 @@ class Predictor:
     def describe(self) -> dict:
         """What GET /api/model shows: labels, backbone, layer, head and test metrics."""
         m = self.meta
-        return {
-            "labels": self.labels,
-            "backbone": m["backbone"],
-            "backbone_revision": m["backbone_revision"],
-            "untrained_backbone": m["backbone"].startswith("random-"),
-            "layer": m["layer"],
-            "head": m["head"],
+        return model_description(m, self.labels, self.thresholds if self.multi_label else None) | {
             "fine_tuned": m.get("kind") == FINETUNED,
             "feature_set": m["feature_set"],
             "frontend": m.get("frontend", "waveform"),
             "window": m.get("window", "alone"),
-            "segment_seconds": m["segment_seconds"],
-            "hop_seconds": m["hop_seconds"],
             "metrics": m["metrics"],
-            "multi_label": self.multi_label,
-            "thresholds": dict(zip(self.labels, self.thresholds.tolist(), strict=True))
-            if self.multi_label
-            else None,
             "calibration": self.calibrator.method,
         }
 
