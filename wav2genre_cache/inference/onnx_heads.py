@@ -214,16 +214,22 @@ def boosted_arrays(head) -> dict:
 
 def _forest_onnx(head, n_features: int) -> bytes:
     """skl2onnx on a plain RandomForestClassifier holding the head's fitted trees."""
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
     from sklearn.ensemble import RandomForestClassifier
 
     plain = RandomForestClassifier()
     plain.__dict__.update(head.__dict__)
+    return _sklearn_onnx(plain, plain, n_features)
+
+
+def _sklearn_onnx(model, classifier, n_features: int) -> bytes:
+    """skl2onnx on a plain scikit-learn model: probabilities as one float tensor (no zipmap)."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
     onx = to_onnx(
-        plain,
+        model,
         initial_types=[("embedding", FloatTensorType([None, n_features]))],
-        options={id(plain): {"zipmap": False}},
+        options={id(classifier): {"zipmap": False}},
         target_opset={"": OPSET, "ai.onnx.ml": 3},
         final_types=[("label", None), ("probabilities", FloatTensorType([None, None]))],
     )
@@ -232,8 +238,6 @@ def _forest_onnx(head, n_features: int) -> bytes:
 
 def _logreg_onnx(head, n_features: int) -> bytes:
     """skl2onnx on a plain scikit-learn Pipeline holding the head's fitted parameters."""
-    from skl2onnx import to_onnx
-    from skl2onnx.common.data_types import FloatTensorType
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
@@ -242,14 +246,7 @@ def _logreg_onnx(head, n_features: int) -> bytes:
     plain = LogisticRegression()
     plain.__dict__.update(head[-1].__dict__)
     pipeline = Pipeline([("standardscaler", head[0]), ("logisticregression", plain)])
-    onx = to_onnx(
-        pipeline,
-        initial_types=[("embedding", FloatTensorType([None, n_features]))],
-        options={id(plain): {"zipmap": False}},
-        target_opset={"": OPSET, "ai.onnx.ml": 3},
-        final_types=[("label", None), ("probabilities", FloatTensorType([None, None]))],
-    )
-    return onx.SerializeToString()
+    return _sklearn_onnx(pipeline, plain, n_features)
 
 
 def _xgb_onnx(head, n_features: int) -> bytes:
