@@ -274,6 +274,15 @@ def _renamed_output(onx, old: str, new: str):
     return onx
 
 
+def _hold_head(module, head) -> None:
+    """Give a torch wrapper the head's network and its standardiser (buffers: they export)."""
+    import torch
+
+    module.net = head.net_
+    module.register_buffer("mean", torch.from_numpy(np.asarray(head.mean_, np.float32)))
+    module.register_buffer("scale", torch.from_numpy(np.asarray(head.scale_, np.float32)))
+
+
 def _torch_onnx(head, n_features: int) -> bytes:
     """A torch head with its standardiser and its softmax (sigmoid for tags), via torch.onnx."""
     import torch
@@ -281,9 +290,7 @@ def _torch_onnx(head, n_features: int) -> bytes:
     class Scored(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = head.net_
-            self.register_buffer("mean", torch.from_numpy(np.asarray(head.mean_, np.float32)))
-            self.register_buffer("scale", torch.from_numpy(np.asarray(head.scale_, np.float32)))
+            _hold_head(self, head)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return head._probabilities(self.net((x - self.mean) / self.scale))
@@ -301,9 +308,7 @@ def _attention_onnx(head, n_features: int) -> bytes:
     class Track(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = head.net_
-            self.register_buffer("mean", torch.from_numpy(np.asarray(head.mean_, np.float32)))
-            self.register_buffer("scale", torch.from_numpy(np.asarray(head.scale_, np.float32)))
+            _hold_head(self, head)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             h = self.net.encode(((x - self.mean) / self.scale)[None])  # [1, segments, hidden]
