@@ -7,7 +7,7 @@ row), a random-tiny bundle trained on tones, `--output labels.jsonl`; the real c
 killed with SIGKILL once half the rows are written, run again with --resume, and compared row
 for row with an uninterrupted run. Prints and writes benchmarks/results/output_resume.json.
 
-    python benchmarks/output_resume.py [--files 10000]
+    python benchmarks/output_resume.py [--files 10000] [--runtime torch|onnx]
 """
 
 from __future__ import annotations
@@ -37,7 +37,11 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=10_000)
-    n = parser.parse_args().files
+    parser.add_argument(
+        "--runtime", default="torch", help="torch, or onnx: the bundle exported (the same writer)"
+    )
+    options = parser.parse_args()
+    n = options.files
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = make_label_folder(root / "data", per_label=5, seconds=2.0)
@@ -51,7 +55,14 @@ def main() -> None:
         songs.mkdir()
         for i in range(n):
             os.symlink(tones[i % 5], songs / f"song{i:06d}.wav")
-        args = ["predict", str(songs), "--bundle", str(root / "run" / "bundles" / "logreg")]
+        bundle = root / "run" / "bundles" / "logreg"
+        args = ["predict", str(songs), "--bundle", str(bundle)]
+        if options.runtime == "onnx":
+            export = wav2genre("export", str(bundle), "--onnx", str(root / "onnx"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+            if export.wait() != 0:
+                sys.exit(export.stderr.read().decode()[-2000:])
+            args = ["predict", str(songs), "--bundle", str(root / "onnx"), "--runtime", "onnx"]
         killed, whole = root / "killed.jsonl", root / "whole.jsonl"
 
         start = time.perf_counter()
@@ -76,7 +87,7 @@ def main() -> None:
         resumed_rows = killed.read_text().splitlines()
         whole_rows = whole.read_text().splitlines()
         result = {
-            "command": f"python benchmarks/output_resume.py --files {n}",
+            "command": f"python benchmarks/output_resume.py --files {n} --runtime {options.runtime}",
             "files": n,
             "rows_when_killed": rows_at_kill,
             "rows_after_resume": len(resumed_rows),
