@@ -48,9 +48,9 @@ BOOTSTRAP = 2000
 def load():
     """Layer-2 segment features, segment tracks and labels, track labels, folds."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
+    from artist_folds import artist_folds
     from selection_regret import dev_cache
 
-    from wav2genre_cache.stage_two.folds import fold_groups, grouped_folds, one_group_labels
     from wav2genre_cache.store.cache import EmbeddingCache
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,15 +60,9 @@ def load():
         original = seg.view.to_numpy() == 0
         seg_track = seg.track.to_numpy()[original]
         X = np.asarray(cache.features("encoder")[original][:, LAYER, :])
-    ok = np.flatnonzero(tracks.status.to_numpy() == "ok")
-    labels = sorted(set(tracks.label.to_numpy()[ok]))
-    y_track = np.array([labels.index(x) for x in tracks.label.to_numpy()[ok]])
-    groups, _ = fold_groups(tracks, ok, "artist")
-    alone = one_group_labels(y_track, groups, labels, "artist")
-    tested = ~np.isin(y_track, [labels.index(x) for x in alone])
-    folds = grouped_folds(y_track, groups, tested, 5, REPEATS, 0)  # positions into ok
-    y_seg = np.array([labels.index(x) for x in tracks.label.to_numpy()[seg_track]])
-    return X, seg_track, y_seg, ok, y_track, groups, tested, labels, alone, folds
+    f = artist_folds(tracks, REPEATS)  # folds: positions into f.ok
+    y_seg = f.segment_labels(seg_track, tracks)
+    return X, seg_track, y_seg, f.ok, f.y_track, f.groups, f.tested, f.labels, f.alone, f.folds
 
 
 def held_out(train_pos, y_track, groups, tested, k, rng) -> tuple[np.ndarray, np.ndarray]:

@@ -37,11 +37,11 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
+    from artist_folds import artist_folds
     from selection_regret import dev_cache
 
     from wav2genre_cache.evaluation.intervals import wilson_interval
     from wav2genre_cache.heads.registry import Rows, head_spec
-    from wav2genre_cache.stage_two.folds import fold_groups, grouped_folds, one_group_labels
     from wav2genre_cache.stage_two.scoring import head_scores
     from wav2genre_cache.store.cache import EmbeddingCache
 
@@ -52,14 +52,10 @@ def main() -> None:
         original = seg.view.to_numpy() == 0
         seg_track = seg.track.to_numpy()[original]
         every = cache.features("encoder")[original]  # [segments, layers, dim]
-    ok = np.flatnonzero(tracks.status.to_numpy() == "ok")
-    labels = sorted(set(tracks.label.to_numpy()[ok]))
-    y_track = np.array([labels.index(x) for x in tracks.label.to_numpy()[ok]])
-    groups, _ = fold_groups(tracks, ok, "artist")
-    alone = one_group_labels(y_track, groups, labels, "artist")
-    tested = ~np.isin(y_track, [labels.index(x) for x in alone])
-    folds = [(ok[a], ok[b]) for a, b in grouped_folds(y_track, groups, tested, 5, 3, 0)]
-    y_seg = np.array([labels.index(x) for x in tracks.label.to_numpy()[seg_track]])
+    split = artist_folds(tracks, repeats=3)
+    labels, alone, tested, ok = split.labels, split.alone, split.tested, split.ok
+    folds = [(ok[a], ok[b]) for a, b in split.folds]
+    y_seg = split.segment_labels(seg_track, tracks)
     rows = []
     for head, name, layers in CANDIDATES:
         if layers == "all" or layers == "weighted":

@@ -83,9 +83,11 @@ def segment_masks(starts: np.ndarray, views: np.ndarray) -> dict[str, np.ndarray
 
 def main() -> None:
     """Cross-validate every condition on the same folds; print and write the table."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from artist_folds import artist_folds
+
     from wav2genre_cache.evaluation.intervals import wilson_interval
     from wav2genre_cache.heads.registry import Rows, head_spec
-    from wav2genre_cache.stage_two.folds import fold_groups, grouped_folds, one_group_labels
     from wav2genre_cache.stage_two.scoring import head_scores
     from wav2genre_cache.store.cache import EmbeddingCache
 
@@ -97,14 +99,10 @@ def main() -> None:
     tracks, seg = cache.tracks, cache.segments
     seg_track = seg.track.to_numpy()
     masks = segment_masks(seg.start.to_numpy(), seg.view.to_numpy())
-    ok = np.flatnonzero(tracks.status.to_numpy() == "ok")
-    labels = sorted(set(tracks.label.to_numpy()[ok]))
-    y_track = np.array([labels.index(x) for x in tracks.label.to_numpy()[ok]])
-    groups, _ = fold_groups(tracks, ok, "artist")
-    alone = one_group_labels(y_track, groups, labels, "artist")
-    tested = ~np.isin(y_track, [labels.index(x) for x in alone])
-    folds = [(ok[a], ok[b]) for a, b in grouped_folds(y_track, groups, tested, 5, 3, 0)]
-    y_seg = np.array([labels.index(x) for x in tracks.label.to_numpy()[seg_track]])
+    split = artist_folds(tracks, repeats=3)  # the folds of few_examples.py
+    labels, alone, tested, ok = split.labels, split.alone, split.tested, split.ok
+    folds = [(ok[a], ok[b]) for a, b in split.folds]
+    y_seg = split.segment_labels(seg_track, tracks)
     spec = head_spec("logreg")
     rows = []
     for layer in LAYERS:
