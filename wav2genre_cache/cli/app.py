@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import signal
 import warnings
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from wav2genre_cache._io import comma_list
+from wav2genre_cache._io import atomic_write_text, comma_list
 from wav2genre_cache._version import __version__
 from wav2genre_cache.cli.export import export
 from wav2genre_cache.cli.finetune import (
@@ -240,22 +241,34 @@ def cross_validate_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the folds and heads.")] = 0,
     group_by: GroupByOpt = "artist",
     out_json: Annotated[
-        Path | None, typer.Option("--out", help="Also write the result as JSON.")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Also write the result as JSON; makes the run resumable: each fold's score is "
+            "kept in <--out>.folds/ as it is fitted, and the same command re-run fits only the "
+            "rest (other settings are refused).",
+        ),
     ] = None,
 ) -> None:
     """Repeated stratified k-fold, grouped by artist where known: accuracy with its spread."""
     from wav2genre_cache.stage_two.crossval import cross_validate
 
-    r = cross_validate(
-        cache,
-        feature_set,
-        list(comma_list(heads)),
-        layer,
-        folds,
-        repeats,
-        seed,
-        group_by,
-    )
+    with output_lock(out_json) if out_json else nullcontext():
+        r = cross_validate(
+            cache,
+            feature_set,
+            list(comma_list(heads)),
+            layer,
+            folds,
+            repeats,
+            seed,
+            group_by,
+            keep=Path(f"{out_json}.folds") if out_json else None,
+            log=lambda m: err.print(m, highlight=False),
+        )
+        if out_json:
+            out_json.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out_json, json.dumps(r, indent=1) + "\n")
     g = r["grouped_by"]
     by = "by recording" if g == "recording" else f"by {g} ({r['groups']} {g}s)"
     out.print(
@@ -282,9 +295,6 @@ def cross_validate_cmd(
             f"macro-F1 {s['macro_f1_mean']:.3f} +/- {s['macro_f1_std']:.3f}",
             highlight=False,
         )
-    if out_json:
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps(r, indent=1) + "\n")
 
 
 @app.command(cls=ConventionalCommand)

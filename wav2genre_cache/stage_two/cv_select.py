@@ -21,6 +21,7 @@ from wav2genre_cache.stage_two.data import TrainingData
 from wav2genre_cache.stage_two.folds import fold_groups, grouped_folds, one_group_labels
 from wav2genre_cache.stage_two.options import SELECTION_RULES
 from wav2genre_cache.stage_two.scoring import Scores, head_scores
+from wav2genre_cache.stage_two.steps_store import StepStore
 
 SMALL_VALID_TRACKS = 100
 SMALL_VALID_PER_LABEL = 10
@@ -164,47 +165,92 @@ class CVScore:
 
 
 def cross_validated(
-    spec: HeadSpec, params: dict, X: np.ndarray, data: TrainingData, rule: SelectionRule, seed: int
-) -> CVScore:
-    """One grid point fitted on each fold's training rows and scored on its held-out tracks."""
-    from sklearn.metrics import f1_score
-
-    bag = data.bag
-    pool = data.train | data.valid
-    accuracy, macro_f1, held_out = [], [], []
-    for i, (train_tracks, held_tracks) in enumerate(rule.folds):
-        fit_rows = pool & np.isin(data.track, train_tracks)
-        held_rows = pool & (data.view == 0) & np.isin(data.track, held_tracks)
-        head = spec.fit(
-            spec.make(seed, **params), Rows(X[fit_rows], data.y[fit_rows], bag[fit_rows])
-        )
-        scores = head_scores(
-            spec,
-            head,
-            X[held_rows],
-            data.y[held_rows],
-            data.track[held_rows],
-            len(data.labels),
-            False,
-        )
-        predicted = scores.track.argmax(axis=1)
-        accuracy.append(float((predicted == scores.y_track).mean()))
-        macro_f1.append(float(f1_score(scores.y_track, predicted, average="macro")))
+    spec: HeadSpec,
+    params: dict,
+    X: np.ndarray,
+    data: TrainingData,
+    rule: SelectionRule,
+    seed: int,
+    steps: StepStore | None = None,
+    point: int = 0,
+) -> tuple[CVScore, float]:
+    """One grid point fitted on each fold's training rows and scored on its held-out tracks,
+    and the seconds its folds took. Each fold is kept in `steps` as it finishes (those already
+    there are read back)."""
+    accuracy, macro_f1, held_out, seconds = [], [], [], 0.0
+    for i, fold in enumerate(rule.folds):
+        name = f"point-{point:03d}-fold-{i:02d}"
+        step = steps.load(name, params) if steps else None
+        if step:
+            record, scores = step.record, _scores_of(step.arrays) if i < rule.n_folds else None
+        else:
+            start = time.perf_counter()
+            record, scores = _fold(spec, params, X, data, fold, seed)
+            record["seconds"] = time.perf_counter() - start
+            if steps:
+                keep = {f: getattr(scores, f) for f in _FIELDS} if i < rule.n_folds else None
+                steps.save(name, params, record, keep)
+        accuracy.append(record["accuracy"])
+        macro_f1.append(record["macro_f1"])
+        seconds += record["seconds"]
         if i < rule.n_folds:
             held_out.append(scores)
-    return CVScore(
+    score = CVScore(
         float(np.mean(accuracy)),
         float(np.std(accuracy, ddof=1) / np.sqrt(len(accuracy))),
         float(np.mean(macro_f1)),
         _joined(held_out),
     )
+    return score, seconds
+
+
+def _fold(
+    spec: HeadSpec,
+    params: dict,
+    X: np.ndarray,
+    data: TrainingData,
+    fold: tuple[np.ndarray, np.ndarray],
+    seed: int,
+) -> tuple[dict, Scores]:
+    """One fold: fitted on its training rows; its accuracy and macro-F1, and its held-out scores."""
+    from sklearn.metrics import f1_score
+
+    train_tracks, held_tracks = fold
+    pool = data.train | data.valid
+    fit_rows = pool & np.isin(data.track, train_tracks)
+    held_rows = pool & (data.view == 0) & np.isin(data.track, held_tracks)
+    head = spec.fit(
+        spec.make(seed, **params), Rows(X[fit_rows], data.y[fit_rows], data.bag[fit_rows])
+    )
+    scores = head_scores(
+        spec,
+        head,
+        X[held_rows],
+        data.y[held_rows],
+        data.track[held_rows],
+        len(data.labels),
+        False,
+    )
+    predicted = scores.track.argmax(axis=1)
+    record = {
+        "accuracy": float((predicted == scores.y_track).mean()),
+        "macro_f1": float(f1_score(scores.y_track, predicted, average="macro")),
+    }
+    return record, scores
+
+
+_FIELDS = ("segment", "y", "tracks", "track", "y_track")  # a Scores' arrays
+
+
+def _scores_of(arrays: dict[str, np.ndarray]) -> Scores:
+    """Single-label held-out scores read back from a step."""
+    return Scores(**{f: arrays[f] for f in _FIELDS}, multi_label=False)
 
 
 def _joined(parts: list[Scores]) -> Scores:
     """The held-out scores of the folds of one repeat as one set of tracks."""
-    fields = ("segment", "y", "tracks", "track", "y_track")
     return Scores(
-        **{f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}, multi_label=False
+        **{f: np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS}, multi_label=False
     )
 
 
@@ -225,19 +271,19 @@ def cv_grid_search(
     data: TrainingData,
     rule: SelectionRule,
     seed: int,
+    steps: StepStore | None = None,
 ) -> tuple[CVChoice, list[dict]]:
-    """Each grid point cross-validated; the best mean (the first of equals) refitted on
-    train+valid; and every point's row for `trials`."""
+    """Each grid point cross-validated (each fold kept in `steps` as it finishes); the best mean
+    (the first of equals) refitted on train+valid; and every point's row for `trials`."""
     best, tried = None, []
-    for params in grid:
-        start = time.perf_counter()
-        score = cross_validated(spec, params, X, data, rule, seed)
+    for point, params in enumerate(grid):
+        score, seconds = cross_validated(spec, params, X, data, rule, seed, steps, point)
         tried.append(
             {
                 "params": jsonable(params),
                 "valid_accuracy": score.accuracy_mean,
                 "valid_macro_f1": score.macro_f1_mean,
-                "fit_seconds": time.perf_counter() - start,
+                "fit_seconds": seconds,
             }
         )
         if best is None or (score.accuracy_mean, score.macro_f1_mean) > best[0]:

@@ -6,7 +6,10 @@ its jobs would mix with the first run's. RUN/jobs/<feature set>/<augmented|origi
 <head>-layer<N>/ holds a job's result row, its model in its head's own safe format (the one
 bundles use, never pickle) and its calibrator, with job.json, written last, holding every file's
 sha256. A job folder is written under a temporary name and renamed into place: it is whole or
-absent. An FCNN random search (--trials) is one job: a search killed midway starts again.
+absent. The fits inside a job (each trial of an FCNN random search, each grid point, each fold
+of a cross-validated grid point) are kept as they finish in <head>-layer<N>.steps/ beside it
+(steps_store), removed once the job is kept: a killed search re-run fits only its trials not
+yet done.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from wav2genre_cache._io import (
     sync_file,
     temporary_name,
 )
-from wav2genre_cache._version import __version__
 from wav2genre_cache.errors import CalibrationError, TrainError
 from wav2genre_cache.evaluation.calibration import Calibrator
 from wav2genre_cache.evaluation.result_row import ResultRow
@@ -37,6 +39,14 @@ from wav2genre_cache.stage_two.data import EVERY_LAYER, TrainingData
 from wav2genre_cache.stage_two.options import TrainOptions
 from wav2genre_cache.stage_two.plan import Job
 from wav2genre_cache.stage_two.select import Fitted, fit_jobs
+from wav2genre_cache.stage_two.steps_store import (
+    StepStore,
+    any_step,
+    cache_identity,
+    read_settings,
+    setting_differences,
+    write_settings,
+)
 from wav2genre_cache.store.cache import EmbeddingCache
 
 JOBS_FORMAT = "wav2genre-jobs"
@@ -52,11 +62,7 @@ def run_settings(
 ) -> dict:
     """What a run's jobs depend on: the cache (its size and content digest) and the options."""
     return {
-        "cache": {
-            "path": str(cache.path.resolve()),
-            "bytes": cache.path.stat().st_size,
-            "digest": cache.digest(),
-        },
+        "cache": cache_identity(cache),
         "heads": list(heads),
         "feature_sets": list(feature_sets),
         "layers": opts.layers,
@@ -102,10 +108,10 @@ class JobStore:
         newer format, refused in one line."""
         root = Path(run_dir) / "jobs"
         path = root / SETTINGS_FILE
-        stored = _read_settings(path) if path.is_file() else None
-        # Settings without a finished job protect nothing: a run refused before its first fit
-        # (a layer out of range, a cache that cannot be trained on) can be corrected.
-        changed = _differences(stored, settings) if stored and _finished(root) else []
+        stored = read_settings(path, JOBS_VERSION, "jobs") if path.is_file() else None
+        # Settings without a finished job or step protect nothing: a run refused before its
+        # first fit (a layer out of range, a cache that cannot be trained on) can be corrected.
+        changed = setting_differences(stored, settings) if stored and _finished(root) else []
         if changed:
             raise TrainError(
                 f"{run_dir} holds the jobs of a run with other settings ({'; '.join(changed)}); "
@@ -119,6 +125,17 @@ class JobStore:
         layer = "all-layers" if job.layer == EVERY_LAYER else f"layer{job.layer}"
         views = "augmented" if data.augmented else "original"
         return self.root / data.feature_set / views / f"{job.head}-{layer}"
+
+    def steps(self, data: TrainingData, job: Job, digest: str) -> StepStore:
+        """The finished steps (trials, grid points, folds) of a job not yet done."""
+        folder = self.folder(data, job)
+        return StepStore(
+            folder.with_name(f"{folder.name}.steps"),
+            _identity(data, job, digest),
+            self.log,
+            self._write_settings,
+            job.head,
+        )
 
     def fit_or_load(
         self,
@@ -147,14 +164,14 @@ class JobStore:
             opts.calibration,
             rule,
             keep=lambda job, f: self.save(f, job, digest),
+            steps=lambda job: self.steps(data, job, digest),
         )
         done.update(zip(todo, fitted, strict=True))
         return [done[job] for job in jobs]
 
     def save(self, fitted: Fitted, job: Job, digest: str) -> StoredFitted:
         """Write a finished job's folder (under a temporary name, renamed into place)."""
-        if not self.settings_written:
-            self._write_settings()
+        self._write_settings()
         folder = self.folder(fitted.data, job)
         tmp = temporary_name(folder)
         if tmp.exists():
@@ -179,21 +196,14 @@ class JobStore:
             shutil.rmtree(folder)  # one that failed its check, refitted
         os.replace(tmp, folder)
         sync_dir(folder.parent)
+        shutil.rmtree(folder.with_name(f"{folder.name}.steps"), ignore_errors=True)
         return StoredFitted(fitted.result, fitted.data, fitted.calibrator, folder)
 
     def _write_settings(self) -> None:
-        """settings.json, written before the first job: what the run's jobs were fitted with."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            self.root / SETTINGS_FILE,
-            {
-                "format": JOBS_FORMAT,
-                "format_version": JOBS_VERSION,
-                "package_version": __version__,
-                "settings": self.settings,
-            },
-        )
-        self.settings_written = True
+        """settings.json, written before the first job or step: what they were fitted with."""
+        if not self.settings_written:
+            write_settings(self.root / SETTINGS_FILE, JOBS_FORMAT, JOBS_VERSION, self.settings)
+            self.settings_written = True
 
     def load(self, data: TrainingData, job: Job, digest: str) -> StoredFitted | None:
         """A finished job read back, or None where it is not there; a folder that fails its
@@ -252,8 +262,9 @@ def _identity(data: TrainingData, job: Job, digest: str | None) -> dict:
 
 
 def _finished(root: Path) -> bool:
-    """Whether the store holds a finished job (a job folder renamed into place)."""
-    return any(not p.parent.name.endswith(".tmp") for p in root.glob(f"*/*/*/{JOB_FILE}"))
+    """Whether the store holds a finished job or step (a folder renamed into place)."""
+    jobs = any(not p.parent.name.endswith(".tmp") for p in root.glob(f"*/*/*/{JOB_FILE}"))
+    return jobs or any_step(root, "*/*/*.steps/*")
 
 
 def _read_json(path: Path) -> dict:
@@ -262,44 +273,3 @@ def _read_json(path: Path) -> dict:
 
 def _number(value) -> float:
     return math.nan if value is None else float(value)
-
-
-def _read_settings(path: Path) -> dict:
-    """The settings a run's jobs were fitted with; TrainError for a file this version cannot read."""
-    try:
-        stored = json.loads(path.read_text())
-        version, settings = stored["format_version"], stored["settings"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TrainError(
-            f"{path}: unreadable ({exc}); delete {path.parent} to start the run over"
-        ) from None
-    if not isinstance(version, int) or version > JOBS_VERSION:
-        raise TrainError(
-            f"{path}: jobs format version {version}; this wav2genre-cache ({__version__}) reads "
-            f"versions up to {JOBS_VERSION}: upgrade it, or use another --out"
-        )
-    return settings
-
-
-def _differences(stored: dict, settings: dict) -> list[str]:
-    """Each setting that differs, as 'name: stored -> now'. The cache counts by its contents
-    (size and digest): the same cache moved or renamed is the same cache."""
-    out = []
-    for key, now in settings.items():
-        was = stored.get(key)
-        if key == "cache":
-            was = was if isinstance(was, dict) else {}
-            same = all(was.get(k) == now[k] for k in ("bytes", "digest"))
-            if not same:
-                out.append(
-                    f"cache: {was.get('path')} ({was.get('bytes')} bytes, digest "
-                    f"{str(was.get('digest'))[:12]}) -> {now['path']} ({now['bytes']} bytes, "
-                    f"digest {now['digest'][:12]})"
-                )
-        elif was != now:
-            out.append(f"{key}: {_shown(was)} -> {_shown(now)}")
-    return out
-
-
-def _shown(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)

@@ -25,6 +25,7 @@ from wav2genre_cache.stage_two.cv_select import SelectionRule, choose_rule, cv_g
 from wav2genre_cache.stage_two.data import EVERY_LAYER, TrainingData
 from wav2genre_cache.stage_two.plan import Job
 from wav2genre_cache.stage_two.scoring import Scores, head_scores, metrics_of, per_source
+from wav2genre_cache.stage_two.steps_store import StepStore
 
 # Single-label scores are calibrated on at least this many held-out tracks: on synthetic tracks a
 # temperature fitted on 10 lowered a logistic regression's test calibration error 70 % of the
@@ -64,11 +65,13 @@ def fit_jobs(
     calibration: str = "auto",
     rule: SelectionRule | None = None,
     keep: Callable[[Job, Fitted], Fitted] | None = None,
+    steps: Callable[[Job], StepStore] | None = None,
 ) -> list[Fitted]:
     """Fit every job on one feature set; the features of a layer are read once for its jobs.
 
     keep, where given, is called on each job as it is fitted (jobs_store persists it there)
-    and its return value is what the list holds.
+    and its return value is what the list holds; steps, where given, is the store that keeps
+    each fit inside a job (a trial, a grid point, a fold) as it finishes.
     """
     rule = rule or choose_rule(data, "valid")
     out = []
@@ -77,12 +80,15 @@ def fit_jobs(
         if X_layer != job.layer:
             X, X_layer = data.features(job.layer), job.layer
         spec = head_spec(job.head)
+        kept = steps(job) if steps else None
         result, model, calibrator = fit_and_select(
-            spec, X, data, job.layer, seed, trials, calibration, rule
+            spec, X, data, job.layer, seed, trials, calibration, rule, kept
         )
         fitted = Fitted(result, model, data, calibrator)
         out.append(keep(job, fitted) if keep else fitted)
         log(_fitted_line(job, data, result))
+        if kept and kept.resumed_line():
+            log(kept.resumed_line())
     return out
 
 
@@ -115,6 +121,7 @@ def fit_and_select(
     trials: int = 0,
     calibration: str = "auto",
     rule: SelectionRule | None = None,
+    steps: StepStore | None = None,
 ) -> tuple[ResultRow, object, Calibrator]:
     """Choose a grid point (or search trial) by `rule`, calibrate it, and score it on test.
 
@@ -122,12 +129,15 @@ def fit_and_select(
     tag's threshold chosen there). By cross-validation: each point scored over train+valid
     folds, the best refitted on train+valid and calibrated on the folds' held-out tracks.
     Single-label models are chosen by track accuracy (then macro-F1), taggers by macro PR-AUC
-    (then macro ROC-AUC), the figure tagging benchmarks rank by.
+    (then macro ROC-AUC), the figure tagging benchmarks rank by. Where the choice takes more
+    than one fit, `steps` keeps each as it finishes, and those it holds are read back.
     """
     rule = rule or choose_rule(data, "valid")
     grid = spec.search(trials, seed) if spec.search and trials > 1 else spec.grid
     if spec.inputs is Inputs.ALL_LAYERS:
         grid = [{**p, "n_layers": data.n_layers} for p in grid]
+    if len(grid) == 1 and rule.name != "cv":
+        steps = None  # one fit: the job is its one step
 
     def scores(head, rows: np.ndarray) -> Scores:
         return head_scores(
@@ -135,12 +145,12 @@ def fit_and_select(
         )
 
     if rule.name == "cv":
-        cv, tried = cv_grid_search(spec, grid, X, data, rule, seed)
+        cv, tried = cv_grid_search(spec, grid, X, data, rule, seed, steps)
         chosen = _Choice(cv.head, cv.params, {}, cv.fit_seconds)
         held_out, selection = cv.score.held_out, {"rule": "cv", **cv.score.figures()}
         score = cv.score.accuracy_mean + 1e-3 * cv.score.macro_f1_mean
     else:
-        chosen, tried = _grid_search(spec, grid, seed, X, data, scores)
+        chosen, tried = _grid_search(spec, grid, seed, X, data, scores, steps)
         held_out = scores(chosen.head, data.valid) if data.valid.any() else None
         selection, score = None, selection_score(chosen.on_selection, data.multi_label)
     calibrator, thresholds, on_valid = _calibrate(held_out, data, calibration)
@@ -202,31 +212,43 @@ def _grid_search(
     X: np.ndarray,
     data: TrainingData,
     scores: Callable[[object, np.ndarray], Scores],
+    steps: StepStore | None = None,
 ) -> tuple[_Choice, list[dict]]:
     """Fit each grid point on train; the best by its track metrics on the selection split (the
-    first of equals), and every point's row for `trials`."""
+    first of equals), and every point's row for `trials`. Each point is kept in `steps` as it
+    finishes (its model too while it is the best), and those already there are read back."""
     bag = data.bag
     train = Rows(X[data.train], data.y[data.train], bag[data.train])
     valid = Rows(X[data.valid], data.y[data.valid], bag[data.valid]) if data.valid.any() else None
     selection_rows = getattr(data, data.selected_on)
-    best, tried = None, []
-    for params in grid:
+
+    def fit(params: dict) -> tuple[object, dict]:
         head = spec.make(seed, **params)
         start = time.perf_counter()
         spec.fit(head, train, valid)
         fit_seconds = time.perf_counter() - start
         on_sel = metrics_of(scores(head, selection_rows), data.labels)["track"]
-        tried.append(
-            {
-                "params": jsonable(params),
-                **{f"valid_{k}": on_sel[k] for k in SELECTION_FIGURES if k in on_sel},
-                "fit_seconds": fit_seconds,
-            }
-        )
+        figures = {f"valid_{k}": on_sel[k] for k in SELECTION_FIGURES if k in on_sel}
+        return head, {"params": jsonable(params), **figures, "fit_seconds": fit_seconds}
+
+    best, best_step, tried = None, None, []
+    for i, params in enumerate(grid):
+        name = f"point-{i:03d}"
+        step = steps.load(name, params) if steps else None
+        head, row = (None, step.record) if step else fit(params)
+        on_sel = {k: row[f"valid_{k}"] for k in SELECTION_FIGURES if f"valid_{k}" in row}
         key = selection_key(on_sel, data.multi_label)
-        if best is None or key > best[0]:
-            best = (key, _Choice(head, params, on_sel, fit_seconds))
-    return best[1], tried
+        better = best is None or key > best[0]
+        if steps and not step:
+            steps.save(name, params, row, model=head if better else None)
+        tried.append(row)
+        if better:
+            best, best_step = (key, _Choice(head, params, on_sel, row["fit_seconds"])), step
+    choice = best[1]
+    if choice.head is None:  # a point read back: its model is in its step
+        head = steps.model(best_step) or fit(choice.params)[0]
+        choice = _Choice(head, choice.params, choice.on_selection, choice.fit_seconds)
+    return choice, tried
 
 
 def _calibrate(
