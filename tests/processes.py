@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 
@@ -67,3 +69,41 @@ def listening_sockets(pids: set[int]) -> dict[int, int]:
             if target.startswith("socket:[") and int(target[8:-1]) in listening:
                 found[pid] = found.get(pid, 0) + 1
     return found
+
+
+def command_line(pid: int) -> str:
+    """A process's command line, its arguments joined by spaces ("" once it has ended)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+# A Ray runtime's session folder, as its processes name it on their command lines.
+SESSION = re.compile(r"/\S*?/session_\d{4}-\d\d-\d\d_[\d-]+_\d+_\d+")
+
+
+def all_pids() -> list[int]:
+    """Every process of this machine."""
+    return [int(e.name) for e in Path("/proc").glob("[0-9]*")]
+
+
+def holds(pid: int, folder: str) -> bool:
+    """Whether a process has a file under `folder` open."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd).startswith(folder + "/"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def session_processes(session: str) -> list[int]:
+    """The processes that name a Ray session folder or hold a file of it open: those a
+    runtime's watchdog must have ended, the agents the raylet started included."""
+    return [p for p in all_pids() if session in command_line(p) or holds(p, session)]

@@ -172,8 +172,9 @@ class Pace:
 
 
 # Tests only: the resume tests SIGKILL a run at each named step of writing its output
-# (store/cache_writer.py: "shard:N" before shard N, "finalize" after the last shard, "merge"
-# half-way through the merged cache, "merged" once it is in place, its shards not yet removed).
+# (store/cache_writer.py and, for the Ray engine, store/parquet.py: "shard:N" before shard N,
+# "finalize" after the last shard, "merge" half-way through the merged cache, "merged" once it
+# is in place, its shards not yet removed).
 KILL_AT = "WAV2GENRE_KILL_AT"
 
 

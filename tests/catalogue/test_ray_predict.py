@@ -16,7 +16,13 @@ from pathlib import Path
 
 import pytest
 from conftest import make_label_folder, run_cli, write_audio
-from processes import descendants, listening_sockets, start_times, still_running
+from processes import (
+    command_line,
+    descendants,
+    listening_sockets,
+    start_times,
+    still_running,
+)
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is first imported
 pytest.importorskip("ray", reason="Ray is an optional dependency: pip install '.[ray]'")
@@ -106,13 +112,6 @@ def test_ray_engine_writes_local_predicts_rows(ray_run, local_rows):
     assert len(rows) == FILES + 1
     assert_same_rows(local_rows, rows)
     assert not out.with_name(out.name + ".shards").exists()  # merged, then removed
-
-
-def command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 # A Ray log line: "2026-... WARNING file.py:85 -- ..." or "[2026-... E 123 123] file.cc:2465: ...".

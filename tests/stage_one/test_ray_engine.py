@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import run_cli, write_audio
-from processes import descendants
+from processes import command_line, descendants
 
 from wav2genre_cache.store.cache import EmbeddingCache
 
@@ -147,13 +147,6 @@ def test_hand_crafted_features_alone_need_no_encoder_actors(tmp_path, dev_clips)
     embed(data, tmp_path / "ray.h5", "--features", "handcrafted", engine="ray")
     assert_same_cache(tmp_path / "local.h5", tmp_path / "ray.h5")
     assert EmbeddingCache(tmp_path / "ray.h5").feature_names == ["handcrafted"]
-
-
-def command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def wait_for(condition, seconds: float, what: str, proc: subprocess.Popen):

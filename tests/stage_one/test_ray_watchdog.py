@@ -6,28 +6,27 @@ the dead GCS. One Ray start, killed as soon as the raylet runs.
 """
 
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import make_label_folder
-from processes import descendants, listening_sockets, start_times, still_running
+from processes import (
+    SESSION,
+    command_line,
+    descendants,
+    listening_sockets,
+    session_processes,
+    start_times,
+    still_running,
+)
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is first imported
 pytest.importorskip("ray", reason="Ray is an optional dependency: pip install '.[ray]'")
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
-
-
-def command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def test_a_driver_killed_while_ray_starts_leaves_no_process_and_no_listener(tmp_path):
@@ -59,26 +58,4 @@ def test_a_driver_killed_while_ray_starts_leaves_no_process_and_no_listener(tmp_
     # The agents the raylet starts (maybe after the driver's last look) are gone too: no
     # process names the dead runtime's session folder or holds a file of it open.
     session = next(m.group(0) for n in names if (m := SESSION.search(n)))
-    assert [p for p in all_pids() if session in command_line(p) or holds(p, session)] == []
-
-
-SESSION = re.compile(r"/\S*?/session_\d{4}-\d\d-\d\d_[\d-]+_\d+_\d+")
-
-
-def all_pids() -> list[int]:
-    return [int(e.name) for e in Path("/proc").glob("[0-9]*")]
-
-
-def holds(pid: int, folder: str) -> bool:
-    """Whether a process has a file under `folder` open."""
-    try:
-        fds = list(Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink(fd).startswith(folder + "/"):
-                return True
-        except OSError:
-            continue
-    return False
+    assert session_processes(session) == []

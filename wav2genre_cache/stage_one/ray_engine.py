@@ -115,10 +115,12 @@ def embed_on_ray(
     summary, store, todo = open_blocks(opts, config, tracks, ParquetShards, console)
     if store is None:
         return summary
-    with ray_runtime(opts.ray_address, console) as ray:  # stopped however the run ends
-        start = time.perf_counter()
-        blocks = _embedded_blocks(ray, todo, plan, spec, opts)
-        write_blocks(store, blocks, len(tracks), summary, console, progress, start)
+    start = time.perf_counter()
+    if todo:  # a resumed run whose blocks were all written only merges them: no Ray to start
+        with ray_runtime(opts.ray_address, console) as ray:  # stopped however the run ends
+            start = time.perf_counter()
+            blocks = _embedded_blocks(ray, todo, plan, spec, opts)
+            write_blocks(store, blocks, len(tracks), summary, console, progress, start)
     summary.seconds = time.perf_counter() - start
     finish_blocks(store, tracks, summary)
     console.print(

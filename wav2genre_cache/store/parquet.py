@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wav2genre_cache._io import atomic_write
+from wav2genre_cache._io import atomic_write, kill_point
 from wav2genre_cache.store.cache import TRACK_COLUMNS, TrackResult
 from wav2genre_cache.store.cache_writer import finish_cache, open_shard_folder
 
@@ -64,6 +64,7 @@ class ParquetShards:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        kill_point(f"shard:{block}")
         columns = {
             "track_id": pa.array([r.track_id for r in results for _ in r.starts], pa.string()),
             "segment": pa.array([i for r in results for i in range(len(r.starts))], pa.int32()),
@@ -88,6 +89,7 @@ class ParquetShards:
         """Merge every complete block into the HDF5 cache `out`, tracks in `order`."""
         import pyarrow.parquet as pq
 
+        kill_point("finalize")
         rows: dict[str, dict] = {}
         seg_of: dict[str, tuple[Path, int, int]] = {}
         for tracks_file in sorted(self.dir.glob("tracks-*.parquet")):
@@ -97,7 +99,9 @@ class ParquetShards:
             for i, row in enumerate(table):
                 rows[row["track_id"]] = row
                 seg_of[row["track_id"]] = (segments_file, int(offsets[i]), int(offsets[i + 1]))
-        return finish_cache(self.out, self.config, order, rows, seg_of, _ParquetShard)
+        finish_cache(self.out, self.config, order, rows, seg_of, _ParquetShard)
+        kill_point("merged")  # the shards are kept: nothing is left to remove
+        return self.out
 
 
 class _ParquetShard:
