@@ -1,4 +1,5 @@
-"""One run at a time per output: a second embed, run, train-heads or finetune into it is refused."""
+"""One run at a time per output: a second embed, run, train-heads, finetune or cross-validate into
+it is refused."""
 
 import os
 import subprocess
@@ -20,15 +21,16 @@ def hold(out) -> subprocess.Popen:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("command", ["embed", "run", "train-heads", "finetune"])
+@pytest.mark.parametrize("command", ["embed", "run", "train-heads", "finetune", "cross-validate"])
 def test_a_second_run_into_a_held_output_is_refused_in_one_line(tmp_path, command):
     data = make_label_folder(tmp_path / "data", per_label=2, seconds=2.0)
-    out = tmp_path / ("c.h5" if command == "embed" else "run")
-    source = str(tmp_path / "cache.h5") if command == "train-heads" else str(data)
+    out = tmp_path / {"embed": "c.h5", "cross-validate": "cv.json"}.get(command, "run")
+    reads_a_cache = command in ("train-heads", "cross-validate")
+    source = str(tmp_path / "cache.h5") if reads_a_cache else str(data)
     holder = hold(out)
     try:
         assert holder.stdout.readline().strip() == "held"
-        model = () if command == "train-heads" else ("--model", "random-tiny")
+        model = () if reads_a_cache else ("--model", "random-tiny")
         refused = run_cli(command, source, "--out", str(out), *model, check=False)
     finally:
         holder.kill()

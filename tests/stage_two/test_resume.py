@@ -185,3 +185,78 @@ def test_a_finished_run_rerun_rewrites_its_outputs_without_fitting(cache, tmp_pa
     for meta in (best, first):
         del meta["head_sha256"], meta["files"]
     assert best == first
+
+
+# A search's trials (and a cross-validated grid point's folds) are kept as each finishes: a
+# search killed midway re-run fits only the trials it had not finished.
+TINY = dict(n_tracks=40, n_layers=2, dim=8, n_labels=2, segments_per_track=1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_synthetic_cache(tmp_path_factory.mktemp("t") / "t.h5", **TINY)
+
+
+def _search(cache: Path, run: Path, selection: str, trials: int) -> list[str]:
+    return [
+        *(sys.executable, "-m", "wav2genre_cache", "train-heads", str(cache), "--out", str(run)),
+        *("--heads", "fcnn", "--layers", "0", "--trials", str(trials), "--selection", selection),
+    ]
+
+
+def _steps(run: Path) -> set[Path]:
+    """Each finished step (trial, grid point or fold) of the run's unfinished jobs."""
+    return {
+        p.parent
+        for p in (run / "jobs").glob("*/*/*.steps/*/step.json")
+        if not p.parent.name.endswith(".tmp")
+    }
+
+
+@pytest.mark.parametrize(
+    ("selection", "trials", "steps", "kill_at"),
+    [("valid", 8, 8, 3), ("cv", 2, 20, 5)],  # cv: 2 trials x 2 repeats x 5 folds
+)
+def test_a_search_killed_midway_resumes_its_trials(
+    tiny, tmp_path, selection, trials, steps, kill_at
+):
+    expected, run = tmp_path / "uninterrupted", tmp_path / "run"
+    # In a process like the killed one's (its threads give the same numbers), alongside it.
+    uninterrupted = subprocess.Popen(_search(tiny, expected, selection, trials), env=ENV,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    killed = subprocess.Popen(
+        _search(tiny, run, selection, trials),
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while len(_steps(run)) < kill_at:
+        assert killed.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    done = _steps(run)
+    mtimes = {step: (step / "step.json").stat().st_mtime_ns for step in done}
+    assert kill_at <= len(done) < steps and not _jobs(run)
+    assert uninterrupted.wait(timeout=300) == 0, uninterrupted.stderr.read().decode()
+    uninterrupted.stderr.close()
+
+    # Kept trials protect their settings as finished jobs do.
+    with pytest.raises(TrainError, match=f"trials: {trials} -> {trials + 1}"):
+        train_heads(tiny, run, heads="fcnn", layers="0", trials=trials + 1, selection=selection,
+                    log=quiet)  # fmt: skip
+    assert {s: (s / "step.json").stat().st_mtime_ns for s in _steps(run)} == mtimes
+
+    resumed = subprocess.run(_search(tiny, run, selection, trials), env=ENV,
+                             capture_output=True, text=True)  # fmt: skip
+
+    assert resumed.returncode == 0, resumed.stderr
+    # The store counts what it read back and what it fitted: only the steps not yet done.
+    assert (
+        f"{len(done)} of {steps} steps (trials, grid points or folds) read back from "
+        f"{next(iter(done)).parent}; {steps - len(done)} fitted"
+    ) in resumed.stderr
+    assert resumed.stderr.count("(fit ") == 1
+    assert len(_jobs(run)) == 1 and not _steps(run)  # the job kept, its steps removed
+    _assert_same_outputs(tiny, expected, run)
