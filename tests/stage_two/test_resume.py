@@ -15,6 +15,7 @@ import pytest
 
 from wav2genre_cache.errors import TrainError
 from wav2genre_cache.heads.registry import head_spec
+from wav2genre_cache.stage_two.jobs_store import JobStore
 from wav2genre_cache.stage_two.train import train_heads
 from wav2genre_cache.store.bundles import load_bundle
 from wav2genre_cache.store.cache import EmbeddingCache
@@ -230,7 +231,7 @@ def test_a_search_killed_midway_resumes_its_trials(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a loaded box: starting the process alone took 30 s
     while len(_steps(run)) < kill_at:
         assert killed.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
@@ -259,4 +260,28 @@ def test_a_search_killed_midway_resumes_its_trials(
     ) in resumed.stderr
     assert resumed.stderr.count("(fit ") == 1
     assert len(_jobs(run)) == 1 and not _steps(run)  # the job kept, its steps removed
+    _assert_same_outputs(tiny, expected, run)
+
+
+def test_a_search_stopped_after_its_last_trial_reads_the_chosen_model_back(
+    tiny, tmp_path, monkeypatch
+):
+    expected, run = tmp_path / "uninterrupted", tmp_path / "run"
+    options = dict(heads="fcnn", layers="0", trials=4, selection="valid")
+    train_heads(tiny, expected, log=quiet, **options)
+
+    def stopped(*_):  # stopped between the search's last trial and keeping its job
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(JobStore, "save", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            train_heads(tiny, run, log=quiet, **options)
+    assert len(_steps(run)) == 4 and not _jobs(run)
+    logs: list[str] = []
+
+    train_heads(tiny, run, log=logs.append, **options)
+
+    assert any("4 of 4 steps (trials, grid points or folds) read back" in s for s in logs)
+    assert any(s.endswith("; 0 fitted") for s in logs)
     _assert_same_outputs(tiny, expected, run)
