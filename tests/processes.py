@@ -1,4 +1,5 @@
-"""The process tree below a pid, read from /proc: what the Ray tests and benchmark watch."""
+"""The process tree below a pid, read from /proc, and a Ray driver's own log lines: what the Ray
+tests and benchmarks watch."""
 
 from __future__ import annotations
 
@@ -107,3 +108,24 @@ def session_processes(session: str) -> list[int]:
     """The processes that name a Ray session folder or hold a file of it open: those a
     runtime's watchdog must have ended, the agents the raylet started included."""
     return [p for p in all_pids() if session in command_line(p) or holds(p, session)]
+
+
+# A Ray log line: "2026-... WARNING file.py:85 -- ..." or "[2026-... E 123 123] file.cc:2465: ...".
+RAY_LINE = re.compile(r"^\[?\d{4}-\d\d-\d\d[ T][\d:,.]+.*?\b\w+\.(py|cc):\d+")
+# Ray Data's actor pools pass their DataContext and map transformer to each actor as object
+# references (ray.put in MapOperator, kept for the run) with restarts on, and Ray Core says so
+# once per driver at error level (core_worker.cc: any by-reference argument of an actor with
+# max_restarts != 0). It is not what the engines pass: a mapped class without constructor
+# arguments prints it too (ray-project/ray#57733); turning restarts off removes the line and the
+# recovery of a killed actor with it (ActorDiedError; tests/stage_one/test_ray_engine.py kills one).
+RAY_DATA_ACTOR_ARGS = "has constructor arguments in the object store"
+
+
+def ray_lines(stderr: str) -> list[str]:
+    """Ray's own log lines on a driver's stderr, but the one Ray Data's actor pools cause."""
+    return [
+        line
+        for line in stderr.splitlines()
+        if (RAY_LINE.match(line) or "Token authentication" in line)
+        and RAY_DATA_ACTOR_ARGS not in line
+    ]

@@ -7,7 +7,6 @@ every runtime is started by the engine itself, on 127.0.0.1 only.
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from processes import (
     command_line,
     descendants,
     listening_sockets,
+    ray_lines,
     start_times,
     still_running,
 )
@@ -112,25 +112,6 @@ def test_ray_engine_writes_local_predicts_rows(ray_run, local_rows):
     assert len(rows) == FILES + 1
     assert_same_rows(local_rows, rows)
     assert not out.with_name(out.name + ".shards").exists()  # merged, then removed
-
-
-# A Ray log line: "2026-... WARNING file.py:85 -- ..." or "[2026-... E 123 123] file.cc:2465: ...".
-RAY_LINE = re.compile(r"^\[?\d{4}-\d\d-\d\d[ T][\d:,.]+.*?\b\w+\.(py|cc):\d+")
-# Ray Data's actor pools pass their DataContext and map transformer to each actor as object
-# references (which it keeps for the run) with restarts on, and Ray Core says so once per driver
-# at error level: the cause is inside Ray Data; turning restarts off would remove the line and
-# the recovery of a killed actor with it (tests/stage_one/test_ray_engine.py kills one).
-RAY_DATA_ACTOR_ARGS = "has constructor arguments in the object store"
-
-
-def ray_lines(stderr: str) -> list[str]:
-    """Ray's own log lines on a driver's stderr, but the one Ray Data's actor pools cause."""
-    return [
-        line
-        for line in stderr.splitlines()
-        if (RAY_LINE.match(line) or "Token authentication" in line)
-        and RAY_DATA_ACTOR_ARGS not in line
-    ]
 
 
 def test_a_ray_run_prints_no_warning_of_ray_s_own(ray_run):

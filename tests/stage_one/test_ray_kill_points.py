@@ -22,6 +22,7 @@ from processes import (
     command_line,
     descendants,
     listening_sockets,
+    ray_lines,
     session_processes,
     start_times,
     still_running,
@@ -51,7 +52,8 @@ def whole(tmp_path_factory) -> tuple[Path, Path]:
     """The dataset and the cache of an uninterrupted Ray run."""
     root = tmp_path_factory.mktemp("ray_kill_points")
     data = make_label_folder(root / "data", per_label=9, seconds=2.0)
-    run_cli_process(*_args(data, root / "whole.h5"))
+    whole = run_cli_process(*_args(data, root / "whole.h5"))
+    assert ray_lines(whole.stderr) == [], whole.stderr  # no warning of Ray's own
     return data, root / "whole.h5"
 
 
@@ -120,6 +122,7 @@ def test_a_killed_ray_driver_resumes_to_the_same_cache_and_leaves_no_ray_process
 
     resumed = run_cli_process(*_args(data, out))
     assert "Traceback" not in resumed.stderr and "error" not in resumed.stderr.lower()
+    assert ray_lines(resumed.stderr) == []  # no token-authentication warning on a resume either
     if blocks == BLOCKS:  # nothing left to embed: the re-run merges without starting Ray
         assert "Ray:" not in resumed.stderr
     assert not Path(f"{out}.tmp").exists()
