@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 
 from wav2genre_cache.audio.decode import (
     SAMPLE_RATE,
-    _c_stderr_named,
     decode_bytes,
     decode_file,
     load_track,
@@ -22,6 +21,7 @@ from wav2genre_cache.audio.decode import (
     segment_starts,
     segment_track,
 )
+from wav2genre_cache.audio.decode_stream import _c_stderr_named
 from wav2genre_cache.errors import AudioError, AudioTooLong
 
 

@@ -3,17 +3,56 @@
 The same segments as decode.segment_starts gives the whole track (a regular hop, then the tail
 segment anchored to the end where its tail is long enough), found while the blocks arrive: the
 audio kept is the current chunk's and the last segment's worth, so memory does not grow with
-the track's duration. predict embeds each chunk and lets it go.
+the track's duration. predict embeds each chunk and lets it go; embed's decode worker computes
+a long track's hand-crafted and log-mel features and its hash chunk by chunk, and the model's
+side decodes it again, chunk by chunk, for the encoder (stage_one/per_track.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import soundfile as sf
 
 from wav2genre_cache.audio.decode import MIN_TAIL_FRACTION
+from wav2genre_cache.audio.decode_stream import SAMPLE_RATE, AudioHash
+
+# A file longer than this is decoded and embedded as it decodes (predict, and embed's local
+# engine), CHUNK_SECONDS of segments at a time: its memory is that chunk's, whatever its
+# duration (a 16 kHz waveform is 220 MB an hour).
+LONG_SECONDS = 600.0
+CHUNK_SECONDS = 300.0
+
+
+def is_long(path: str | Path, long_seconds: float | None = LONG_SECONDS) -> bool:
+    """Whether a file's header says it is longer than long_seconds (None: never long)."""
+    if long_seconds is None:
+        return False
+    try:
+        return sf.info(str(path)).duration > long_seconds
+    except Exception:  # not audio, or unreadable: the decoder names the problem
+        return False
+
+
+def chunk_seconds(long_seconds: float) -> float:
+    """A streamed track's chunk: CHUNK_SECONDS, or less where the threshold is lower (tests)."""
+    return min(CHUNK_SECONDS, long_seconds)
+
+
+def per_chunk(seconds: float, hop: int, per_window: int = 1) -> int:
+    """Segments in a chunk of about `seconds`: whole groups of `per_window` (Whisper's packed
+    windows group segments from the track's first), at least one group."""
+    return per_window * max(1, int(seconds * SAMPLE_RATE / hop) // per_window)
+
+
+def hashed(blocks: Iterable[np.ndarray], digest: AudioHash) -> Iterator[np.ndarray]:
+    """The blocks, each added to `digest` as it passes (the hash of the whole, when done)."""
+    for block in blocks:
+        digest.update(block)
+        yield block
 
 
 class Chunk(NamedTuple):

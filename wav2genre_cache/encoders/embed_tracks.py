@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 
-from wav2genre_cache.audio.decode import SAMPLE_RATE, segment_track
-from wav2genre_cache.audio.whisper_windows import TrackWindows
+from wav2genre_cache.audio.decode import SAMPLE_RATE, segment_samples, segment_track
+from wav2genre_cache.audio.decode_stream import AudioHash, decode_blocks
+from wav2genre_cache.audio.stream_segments import StreamedSegments, hashed, per_chunk
+from wav2genre_cache.audio.whisper_windows import TrackWindows, Window
 from wav2genre_cache.encoders.backbone import Backbone
+from wav2genre_cache.errors import AudioError
 
 
 def embed_tracks(
@@ -78,3 +82,39 @@ def embed_tracks(
 def track_windows(backbone: Backbone, samples: np.ndarray, starts: list[int], length: int):
     """A segmented track's windows for `embed_tracks`, made as the model reads them."""
     return TrackWindows(len(starts), backbone.frontend.windows(samples, starts, length))
+
+
+def streamed_windows(
+    backbone: Backbone,
+    path: str | Path,
+    segments: tuple[list[int], int],
+    content_hash: str,
+    segment_seconds: float,
+    hop_seconds: float | None,
+    chunk_seconds: float,
+) -> TrackWindows:
+    """A long track's windows for `embed_tracks`, decoded from its file a chunk of segments at a
+    time as the model reads them: the windows, in order, that `track_windows` makes of the whole.
+
+    `segments` and `content_hash` are what a decode worker found in the same file; audio that
+    differs from them (a file changed meanwhile) raises AudioError once it has been read.
+    """
+    segment, hop = segment_samples(segment_seconds, hop_seconds)
+    layout = getattr(backbone.frontend, "layout", None)
+    per_window = layout.per_window(segment) if layout is not None else 1
+    n = per_chunk(chunk_seconds, hop, per_window)
+    expected = list(segments[0])
+
+    def windows() -> Iterator[Window]:
+        digest = AudioHash()
+        stream = StreamedSegments(hashed(decode_blocks(Path(path)), digest), segment, hop, n)
+        starts: list[int] = []
+        for chunk in stream:
+            first = len(starts)
+            starts += [chunk.offset + s for s in chunk.starts]
+            for x, spans in backbone.frontend.windows(chunk.audio, chunk.starts, chunk.length):
+                yield x, [(first + i, *frames) for i, *frames in spans]
+        if starts != expected or digest.hexdigest() != content_hash:
+            raise AudioError(f"{path}: the file changed while it was embedded; run again")
+
+    return TrackWindows(len(expected), windows())

@@ -6,16 +6,21 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from wav2genre_cache.audio.decode import (
     MIN_TRACK_SECONDS,
     SAMPLE_RATE,
-    decode_blocks,
     load_track,
     segment_track,
 )
-from wav2genre_cache.audio.stream_segments import StreamedSegments
+from wav2genre_cache.audio.decode_stream import decode_blocks
+from wav2genre_cache.audio.stream_segments import (
+    CHUNK_SECONDS,
+    LONG_SECONDS,
+    StreamedSegments,
+    is_long,
+    per_chunk,
+)
 from wav2genre_cache.encoders.backbone import cpu_has_native_bfloat16, load_backbone, resolve_device
 from wav2genre_cache.encoders.embed_tracks import embed_tracks, track_windows
 from wav2genre_cache.encoders.finetuned import segment_probabilities
@@ -26,11 +31,6 @@ from wav2genre_cache.heads.registry import Inputs, head_spec
 from wav2genre_cache.inference.entries import model_description, prediction_entry
 from wav2genre_cache.inference.inputs import SkippedInput
 from wav2genre_cache.store.bundles import FINETUNED, load_bundle
-
-# A file longer than this is predicted as it decodes, CHUNK_SECONDS of segments at a time: its
-# memory is that chunk's, whatever its duration (a 16 kHz waveform is 220 MB an hour).
-LONG_SECONDS = 600.0
-CHUNK_SECONDS = 300.0
 
 
 class Predictor:
@@ -213,12 +213,7 @@ class Predictor:
     def _streams(self, path: Path) -> bool:
         """Whether a file is long enough to be predicted as it decodes (a fine-tuned bundle's
         model segments whole tracks: it is not)."""
-        if self.finetuned is not None:
-            return False
-        try:
-            return sf.info(str(path)).duration > LONG_SECONDS
-        except Exception:  # not audio, or unreadable: the decoder names the problem
-            return False
+        return self.finetuned is None and is_long(path, LONG_SECONDS)
 
     def predict_stream(
         self, path: Path, top_k: int = 3, max_seconds: float | None = None, chunk_seconds=None
@@ -231,8 +226,8 @@ class Predictor:
         # Whisper's packed windows group segments from the track's first: chunks of whole groups.
         layout = getattr(self.backbone.frontend, "layout", None)
         k = layout.per_window(segment) if layout is not None else 1
-        per_chunk = k * max(1, int((chunk_seconds or CHUNK_SECONDS) * SAMPLE_RATE / hop) // k)
-        stream = StreamedSegments(decode_blocks(path, max_seconds), segment, hop, per_chunk)
+        n = per_chunk(chunk_seconds or CHUNK_SECONDS, hop, k)
+        stream = StreamedSegments(decode_blocks(path, max_seconds), segment, hop, n)
         every = self.spec.inputs is Inputs.ALL_LAYERS
         starts, parts, length = [], [], segment
         for chunk in stream:

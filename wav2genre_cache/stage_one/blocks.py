@@ -16,10 +16,11 @@ from rich.text import Text
 
 from wav2genre_cache._io import Pace
 from wav2genre_cache.audio.decode import SAMPLE_RATE
+from wav2genre_cache.audio.stream_segments import chunk_seconds
 from wav2genre_cache.audio.whisper_windows import TrackWindows
 from wav2genre_cache.data.tracks import EXCLUDED, Track, metadata_text
 from wav2genre_cache.encoders.backbone import Backbone
-from wav2genre_cache.encoders.embed_tracks import embed_tracks, track_windows
+from wav2genre_cache.encoders.embed_tracks import embed_tracks, streamed_windows, track_windows
 from wav2genre_cache.errors import CacheError, Interrupted, OptionError
 from wav2genre_cache.feature_sets import ENCODER, HANDCRAFTED, LOGMEL
 from wav2genre_cache.stage_one.options import EmbedOptions, EmbedSummary
@@ -127,8 +128,11 @@ def finish_blocks(store: BlockStore, tracks: list[Track], summary: EmbedSummary)
         summary.failures += [(r.path, r.reason) for r in failed.itertuples() if r.path not in said]
 
 
-def prepare_options(opts: EmbedOptions, backbone: Backbone | None, workers: int) -> PrepareOptions:
-    """What the decode workers (or tasks) do to each track besides decoding."""
+def prepare_options(
+    opts: EmbedOptions, backbone: Backbone | None, workers: int, stream: bool = False
+) -> PrepareOptions:
+    """What the decode workers (or tasks) do to each track besides decoding; with `stream`,
+    tracks over opts.long_track_seconds are streamed (the local engine's workers)."""
     return PrepareOptions(
         opts.segment_seconds,
         opts.hop_seconds,
@@ -141,6 +145,7 @@ def prepare_options(opts: EmbedOptions, backbone: Backbone | None, workers: int)
         windows=backbone.frontend.layout
         if logmel_in_workers(backbone, workers, opts.logmel_in)
         else None,
+        stream_seconds=opts.long_track_seconds if stream else None,
     )
 
 
@@ -239,16 +244,7 @@ def embed_block(
                 original = reuse.encoder_features(r.content_hash, r.starts_of(0)) if reuse else None
                 if original is not None:
                     copied[len(results) - 1], first = original, 1
-                views = (
-                    track.inputs[first:]
-                    if track.inputs
-                    else [
-                        track_windows(backbone, samples, starts, length)
-                        for samples, (starts, length) in zip(
-                            track.views[first:], track.segments[first:], strict=True
-                        )
-                    ]
-                )
+                views = _views(backbone, t, track, opts)[first:]
             views_of.append(len(views))
             yield from views
 
@@ -266,6 +262,28 @@ def embed_block(
         if parts:
             r.features[ENCODER] = np.concatenate(parts)
     return results
+
+
+def _views(
+    backbone: Backbone, t: Track, track: PreparedTrack, opts: EmbedOptions
+) -> list[TrackWindows]:
+    """A prepared track's views as the model reads them (none is made before it is read): the
+    windows a worker made, a long track decoded again from its file a chunk at a time (its one
+    view, the original), or the windows of each view's audio."""
+    if track.inputs:
+        return track.inputs
+    if track.streamed:
+        segments, chunk = track.segments[0], chunk_seconds(opts.long_track_seconds)
+        return [
+            streamed_windows(
+                backbone, t.path, segments, track.content_hash,
+                opts.segment_seconds, opts.hop_seconds, chunk,
+            )
+        ]  # fmt: skip
+    return [
+        track_windows(backbone, samples, starts, length)
+        for samples, (starts, length) in zip(track.views, track.segments, strict=True)
+    ]
 
 
 def _track_result(t: Track, decoded: Iterator) -> tuple[TrackResult, PreparedTrack | None]:

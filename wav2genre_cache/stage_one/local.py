@@ -51,7 +51,7 @@ def _embedded_blocks(
     reuse: ReusedFeatures | None,
 ) -> Iterator[tuple[int, list[TrackResult]]]:
     """Each block of `todo`, embedded, in order; its tracks decoded by the workers ahead of it."""
-    plan = prepare_options(opts, backbone, workers.count)
+    plan = prepare_options(opts, backbone, workers.count, stream=True)
     to_decode = [t for _, b in todo for t in b if t.split != EXCLUDED]
     decoded = workers.map(
         partial(prepare_track, plan=plan),

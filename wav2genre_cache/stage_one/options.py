@@ -11,6 +11,7 @@ from rich.console import Console
 
 from wav2genre_cache.audio.augment import AUGMENTATIONS
 from wav2genre_cache.audio.decode import SAMPLE_RATE
+from wav2genre_cache.audio.stream_segments import LONG_SECONDS
 from wav2genre_cache.data.tracks import Catalogue
 from wav2genre_cache.encoders.backbone import Backbone, default_batch_size
 from wav2genre_cache.errors import OptionError
@@ -38,6 +39,10 @@ class EmbedOptions(AudioRunOptions):
     reuse: str | None = None
     # Ray's encoder actors call cpu_tuning.keep_freed_memory (the CLI's default for its process).
     keep_freed_memory: bool = False
+    # The local engine streams a track longer than this (decoded, prepared and embedded a chunk
+    # of segments at a time: memory flat in its duration), as predict does; None: all whole.
+    # Only the memory differs: the cache is bit-identical either way.
+    long_track_seconds: float | None = LONG_SECONDS
 
 
 @dataclass

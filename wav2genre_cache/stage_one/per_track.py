@@ -8,7 +8,8 @@ torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -17,11 +18,22 @@ from wav2genre_cache.audio.decode import (
     SAMPLE_RATE,
     fetch_to_temp,
     is_uri,
+    segment_samples,
     segment_track,
+    track_duration,
     try_load_track,
 )
+from wav2genre_cache.audio.decode_stream import AudioHash, decode_blocks
 from wav2genre_cache.audio.logmel import log_mel_image, logmel_frames, mel_filters
+from wav2genre_cache.audio.stream_segments import (
+    StreamedSegments,
+    chunk_seconds,
+    hashed,
+    is_long,
+    per_chunk,
+)
 from wav2genre_cache.audio.whisper_windows import TrackWindows, WhisperWindows
+from wav2genre_cache.errors import AudioError
 
 N_MFCC = 20
 
@@ -110,6 +122,11 @@ class PrepareOptions:
     # Set where the encoder's Whisper windows and their log-mel are made here, not on the
     # model's thread (blocks.logmel_in_workers); the audio then stays in the worker.
     windows: WhisperWindows | None = None
+    # A track longer than this (its header says) is streamed: prepared here a chunk at a time,
+    # and decoded again, a chunk at a time, on the model's side (PreparedTrack.streamed); None:
+    # every track whole (the Ray engine's decode tasks). An augmented training track is never
+    # streamed: pitch shift, time stretch and noise work on the whole waveform.
+    stream_seconds: float | None = None
 
 
 @dataclass
@@ -123,6 +140,9 @@ class PreparedTrack:
     handcrafted: list[np.ndarray] | None = None  # per view: [segments, 1, HANDCRAFTED_DIM]
     logmel: list[np.ndarray] | None = None  # per view: [segments, 1, N_MELS * frames]
     inputs: list[TrackWindows] | None = None  # per view: the encoder's windows, made here
+    # No audio here: the track (its original view alone) is long, and the model's side decodes
+    # its file again as it embeds it; what it decodes must hash to content_hash.
+    streamed: bool = False
 
 
 def prepare_track(
@@ -138,11 +158,15 @@ def prepare_track(
             local = fetch_to_temp(path)
         except Exception as exc:
             return None, f"{path}: cannot read ({type(exc).__name__}: {exc})"
-        try:
-            track, reason = prepare_track((str(local), track_id, is_train), plan)
+        try:  # never streamed: the model's side could not read the copy again
+            track, reason = prepare_track(
+                (str(local), track_id, is_train), replace(plan, stream_seconds=None)
+            )
             return track, reason.replace(str(local), path)
         finally:
             local.unlink(missing_ok=True)
+    if is_long(path, plan.stream_seconds) and not (is_train and plan.augment and plan.copies):
+        return _prepare_streamed(path, plan)
     decoded, reason = try_load_track(path)
     if decoded is None:
         return None, reason
@@ -187,3 +211,39 @@ def prepare_track(
         ), ""
     except Exception as exc:  # a feature or augmentation failure is this file's, not the run's
         return None, f"{path}: could not prepare the audio ({type(exc).__name__}: {exc})"
+
+
+def _prepare_streamed(path: str, plan: PrepareOptions) -> tuple[PreparedTrack | None, str]:
+    """prepare_track for a long file, a chunk of segments at a time: the same segments, hash and
+    per-segment features as the whole waveform gives, and no audio sent back."""
+    segment, hop = segment_samples(plan.segment_seconds, plan.hop_seconds)
+    digest = AudioHash()
+    blocks = hashed(decode_blocks(Path(path)), digest)
+    stream = StreamedSegments(
+        blocks, segment, hop, per_chunk(chunk_seconds(plan.stream_seconds), hop)
+    )
+    starts, length, hand, mel = [], segment, [], []
+    frames = logmel_frames(plan.segment_seconds)
+    try:
+        for chunk in stream:
+            starts += [chunk.offset + s for s in chunk.starts]
+            length = chunk.length
+            segments = [chunk.audio[s : s + length] for s in chunk.starts]
+            if plan.handcrafted:
+                hand += [handcrafted_features(y) for y in segments]
+            if plan.logmel:
+                mel += [logmel_features(y, frames) for y in segments]
+        duration = track_duration(path, stream.n_samples)
+    except AudioError as exc:
+        return None, str(exc)
+    except Exception as exc:  # as try_load_track and prepare_track: this file's, not the run's
+        return None, f"{path}: could not prepare the audio ({type(exc).__name__}: {exc})"
+    return PreparedTrack(
+        [],
+        duration,
+        digest.hexdigest(),
+        [(starts, length)],
+        [np.stack(hand)[:, None, :]] if plan.handcrafted else None,
+        [np.stack(mel)[:, None, :]] if plan.logmel else None,
+        streamed=True,
+    ), ""
