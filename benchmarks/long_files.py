@@ -3,7 +3,9 @@
 WAVs of 30 s, 1 h and 3 h (16 kHz mono 16-bit: a tone with noise, written block by block with
 soundfile) are made in a temporary folder; a bundle is trained there with random-tiny on short
 tones. Each command is the real one (`python -m wav2genre_cache ...`) in a subprocess of its
-own; its peak RSS is read from os.wait4, so it is that process's alone. The slope is the peak's
+own; its peak RSS is read from os.wait4: that process's, or its decode worker's where that is
+larger (a reaped child's peak counts), never the benchmark's. `embed` runs with one decode
+worker and streams a file over 10 minutes as `predict` does. The slope is the peak's
 growth per hour of audio between the shortest and the longest file (a 16 kHz float32 waveform
 is 220 MB per hour: a slope near that or above means the file is held whole).
 
