@@ -1,12 +1,14 @@
-"""A long track's segments found block by block are the whole track's, sample for sample."""
+"""A long track's segments found block by block are the whole track's, sample for sample, and
+so is the hash of its audio."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from wav2genre_cache.audio.decode import segment_starts
-from wav2genre_cache.audio.stream_segments import StreamedSegments
+from wav2genre_cache.audio.decode import audio_hash, segment_starts
+from wav2genre_cache.audio.decode_stream import AudioHash
+from wav2genre_cache.audio.stream_segments import StreamedSegments, hashed
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -37,3 +39,14 @@ def test_the_audio_kept_is_bounded_by_the_chunk_not_the_track():
     blocks = (np.ones(30, np.float32) for _ in range(10_000))  # 300,000 samples
     longest = max(len(c.audio) for c in StreamedSegments(blocks, segment, hop, per_chunk))
     assert longest <= (per_chunk - 1) * hop + segment
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_hash_taken_block_by_block_is_the_whole_tracks(seed):
+    rng = np.random.default_rng(seed)
+    track = rng.uniform(-1.2, 1.2, int(rng.integers(0, 5_000_000))).astype(np.float32)
+    cuts = np.sort(rng.integers(0, len(track) + 1, size=int(rng.integers(0, 8))))
+    digest = AudioHash()
+    for block in hashed(np.split(track, cuts), digest):  # any sizes, past _BLOCK_SAMPLES too
+        assert block.dtype == np.float32
+    assert digest.hexdigest() == audio_hash(track)
