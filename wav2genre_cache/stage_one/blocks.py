@@ -77,6 +77,21 @@ def blocks_to_do(
     return todo
 
 
+class TracksRead:
+    """How many tracks of the block being embedded the model has read: the run's progress moves
+    between shards, which are minutes apart on a slow machine or with augmented copies."""
+
+    def __init__(self):
+        self.count = 0
+        self.listener: Callable[[], None] | None = None
+
+    def add(self) -> None:
+        """One more track read (embed_block calls it as the model moves to the next track)."""
+        self.count += 1
+        if self.listener is not None:
+            self.listener()
+
+
 def write_blocks(
     store: BlockStore,
     blocks: Iterable[tuple[int, list[TrackResult]]],
@@ -85,27 +100,38 @@ def write_blocks(
     console: Console,
     progress: bool,
     start: float,
+    read: TracksRead | None = None,
 ) -> None:
     """Write each embedded block (number, results) as a shard, counting it under the progress line.
 
-    `blocks` may be lazy: its work then runs under the progress line too.
+    `blocks` may be lazy: its work then runs under the progress line too, which `read` (the
+    tracks of the current block read so far, where the engine counts them) moves on.
     """
     plain = Pace() if progress and not console.is_terminal else None  # a log: plain lines
     kept = summary.tracks_skipped  # tracks in written shards: what a Ctrl-C leaves
     try:
         with embed_progress(console, progress) as bar:
             task = bar.add_task("embed", total=tracks, completed=kept, speed="")
+
+            def moved(force: bool = False) -> None:
+                done = kept + (read.count if read else 0)
+                bar.update(task, completed=done)
+                if plain is not None and plain(force=force):
+                    console.print(
+                        f"embed: {done}/{tracks} tracks ({kept} kept), {summary.segments:,} "
+                        f"segments, {summary.audio_seconds_per_second:,.1f} audio-s/s",
+                        highlight=False,
+                    )
+
+            if read is not None:
+                read.listener = moved
             for k, results in blocks:
                 store.write(k, results)
                 kept += len(results)
+                if read is not None:
+                    read.count = 0
                 record_block(results, summary, console, start, bar, task)
-                done = int(bar.tasks[0].completed)
-                if plain is not None and plain(force=done == tracks):
-                    console.print(
-                        f"embed: {done}/{tracks} tracks, {summary.segments:,} segments, "
-                        f"{summary.audio_seconds_per_second:,.1f} audio-s/s",
-                        highlight=False,
-                    )
+                moved(force=kept == tracks)
     except KeyboardInterrupt:
         raise Interrupted(interrupted_embed(kept)) from None
 
@@ -157,13 +183,12 @@ def record_block(
     bar: Progress,
     task,
 ) -> None:
-    """Count a written block of tracks in the summary and move the progress line on."""
+    """Count a written block of tracks in the summary and on the progress line."""
     for r in results:
         tally(summary, r, console)
     summary.seconds = time.perf_counter() - start
     bar.update(
         task,
-        advance=len(results),
         speed=f"{summary.segments:,} segments, {summary.audio_seconds_per_second:,.1f} audio-s/s",
     )
 
@@ -221,6 +246,7 @@ def embed_block(
     backbone: Backbone | None,
     opts: EmbedOptions,
     reuse: ReusedFeatures | None = None,
+    read: TracksRead | None = None,
 ) -> list[TrackResult]:
     """Decode, segment and embed one block of tracks; batches never cross blocks (determinism).
 
@@ -247,6 +273,8 @@ def embed_block(
                 views = _views(backbone, t, track, opts)[first:]
             views_of.append(len(views))
             yield from views
+            if read is not None:
+                read.add()
 
     if backbone is None:
         for _ in views_to_embed():

@@ -11,6 +11,7 @@ from wav2genre_cache.audio.workers import DecodeWorkers
 from wav2genre_cache.data.tracks import EXCLUDED, Track
 from wav2genre_cache.encoders.backbone import Backbone
 from wav2genre_cache.stage_one.blocks import (
+    TracksRead,
     embed_block,
     finish_blocks,
     open_blocks,
@@ -35,8 +36,9 @@ def embed_into_cache(
         ShardStore(opts.out, config).remove_leftover()
         return summary
     start = time.perf_counter()
-    blocks = _embedded_blocks(todo, backbone, workers, opts, reuse)
-    write_blocks(store, blocks, len(tracks), summary, job.console, job.progress, start)
+    read = TracksRead()
+    blocks = _embedded_blocks(todo, backbone, workers, opts, reuse, read)
+    write_blocks(store, blocks, len(tracks), summary, job.console, job.progress, start, read)
     summary.seconds = time.perf_counter() - start
     summary.tracks_reused = reuse.reused if reuse else 0
     finish_blocks(store, tracks, summary)
@@ -49,6 +51,7 @@ def _embedded_blocks(
     workers: DecodeWorkers,
     opts: EmbedOptions,
     reuse: ReusedFeatures | None,
+    read: TracksRead,
 ) -> Iterator[tuple[int, list[TrackResult]]]:
     """Each block of `todo`, embedded, in order; its tracks decoded by the workers ahead of it."""
     plan = prepare_options(opts, backbone, workers.count, stream=True)
@@ -60,7 +63,7 @@ def _embedded_blocks(
         on_crash=_decoder_crashed,
     )
     for k, block in todo:
-        yield k, embed_block(block, decoded, backbone, opts, reuse)
+        yield k, embed_block(block, decoded, backbone, opts, reuse, read)
 
 
 def _decoder_crashed(item: tuple[str, str, bool]) -> tuple[None, str]:
