@@ -87,26 +87,16 @@ def cross_validate(
     ]
     settings = {
         "cache": cache_identity(cache),
-        **dict(feature_set=feature_set, layer=layer, heads=list(heads), folds=folds),
-        **dict(repeats=repeats, seed=seed, group_by=group_by),
+        "feature_set": feature_set,
+        "layer": layer,
+        "heads": list(heads),
+        "folds": folds,
+        "repeats": repeats,
+        "seed": seed,
+        "group_by": group_by,
     }
     store = _open_store(Path(keep), settings, log) if keep is not None else None
-    scores: dict[str, list[tuple[float, float]]] = {h: [] for h in heads}
-    for i, (train_tracks, test_tracks) in enumerate(splits):
-        train_rows = np.isin(seg_track, train_tracks)
-        test_rows = np.isin(seg_track, test_tracks)
-        split = {"train": _digest(train_tracks), "test": _digest(test_tracks)}
-        for name in heads:
-            step_name = f"repeat{i // folds}-fold{i % folds}-{name}"
-            step = store.load(step_name, split) if store else None
-            if step is not None:
-                record = step.record
-            else:
-                rows = (X, y_seg, seg_track)
-                record = _fold_score(name, seed, rows, train_rows, test_rows, labels)
-                if store:
-                    store.save(step_name, split, record)
-            scores[name].append((record["accuracy"], record["macro_f1"]))
+    scores = _fold_scores(splits, heads, folds, (X, y_seg, seg_track), labels, seed, store)
     if store and store.read_back:
         log(
             f"{store.read_back} of {len(splits) * len(heads)} fold scores read back from "
@@ -126,6 +116,36 @@ def cross_validate(
         "chance": 1 / len(labels),
         "heads": {h: _mean_and_spread(s) for h, s in scores.items()},
     }
+
+
+def _fold_scores(
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    heads: list[str],
+    folds: int,
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+    labels: list[str],
+    seed: int,
+    store: StepStore | None,
+) -> dict[str, list[tuple[float, float]]]:
+    """Each head's (accuracy, macro-F1) on each split, in order: read back from `store` where
+    it holds them, else fitted (and kept there)."""
+    seg_track = rows[2]
+    scores: dict[str, list[tuple[float, float]]] = {h: [] for h in heads}
+    for i, (train_tracks, test_tracks) in enumerate(splits):
+        train_rows = np.isin(seg_track, train_tracks)
+        test_rows = np.isin(seg_track, test_tracks)
+        split = {"train": _digest(train_tracks), "test": _digest(test_tracks)}
+        for name in heads:
+            step_name = f"repeat{i // folds}-fold{i % folds}-{name}"
+            step = store.load(step_name, split) if store else None
+            if step is not None:
+                record = step.record
+            else:
+                record = _fold_score(name, seed, rows, train_rows, test_rows, labels)
+                if store:
+                    store.save(step_name, split, record)
+            scores[name].append((record["accuracy"], record["macro_f1"]))
+    return scores
 
 
 def _fold_score(

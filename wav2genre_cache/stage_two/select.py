@@ -130,14 +130,13 @@ def fit_and_select(
     folds, the best refitted on train+valid and calibrated on the folds' held-out tracks.
     Single-label models are chosen by track accuracy (then macro-F1), taggers by macro PR-AUC
     (then macro ROC-AUC), the figure tagging benchmarks rank by. Where the choice takes more
-    than one fit, `steps` keeps each as it finishes, and those it holds are read back.
+    than one fit, `steps` keeps each as it finishes (and reads back those it holds).
     """
     rule = rule or choose_rule(data, "valid")
     grid = spec.search(trials, seed) if spec.search and trials > 1 else spec.grid
     if spec.inputs is Inputs.ALL_LAYERS:
         grid = [{**p, "n_layers": data.n_layers} for p in grid]
-    if len(grid) == 1 and rule.name != "cv":
-        steps = None  # one fit: the job is its one step
+    steps = steps if len(grid) > 1 or rule.name == "cv" else None  # else one fit: the job
 
     def scores(head, rows: np.ndarray) -> Scores:
         return head_scores(
