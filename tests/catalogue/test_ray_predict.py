@@ -174,3 +174,30 @@ def test_a_driver_killed_half_way_resumes_to_the_uninterrupted_rows(
     assert ray_lines(resumed.stderr) == []  # no token-authentication warning on a resume either
     assert_same_rows(read(ray_run[0]), read(out))
     assert not shards.exists()
+
+
+def test_a_predictor_actor_killed_mid_run_is_replaced_by_a_fresh_pipeline(
+    bundle, clips, ray_run, tmp_path
+):
+    # Ray restarts no pool actor (restarts off); the engine labels the shards not written yet
+    # again on a fresh pipeline, so the run ends with the uninterrupted run's rows.
+    out = tmp_path / "labels.jsonl"
+    run = subprocess.Popen(predict_command(clips, bundle, out, "--engine", "ray"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not list(out.with_name(out.name + ".shards").glob("rows-*.parquet")):
+            assert run.poll() is None and time.time() < deadline, run.stderr.read()
+            time.sleep(0.02)
+        actor = next(p for p in descendants(run.pid) if "PredictActor" in command_line(p))
+        os.kill(actor, signal.SIGKILL)
+        assert run.wait(timeout=600) == 0, run.stderr.read()
+        stderr = run.stderr.read()
+    finally:
+        run.kill()
+        run.wait()
+    retried = [line for line in stderr.splitlines() if "a predictor actor died (" in line]
+    assert len(retried) == 1 and retried[0].endswith(
+        "labelling the 2 blocks left again, attempt 2 of 3"
+    ), stderr
+    assert_same_rows(read(ray_run[0]), read(out))

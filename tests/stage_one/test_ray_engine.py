@@ -7,6 +7,7 @@ connection stays on 127.0.0.1, as the loopback test checks.
 
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -182,12 +183,18 @@ def test_a_decode_worker_and_an_encoder_actor_killed_mid_run_lose_nothing(
         os.kill(wait_for(lambda: running("decode_task"), 300, "decode task", run), signal.SIGKILL)
         actor = wait_for(lambda: running("EncoderActor"), 300, "encoder actor", run)
         wait_for(lambda: list((tmp_path / "cache.h5.shards").glob("tracks-*")), 300, "shard", run)
-        # The encoder actor, between batches or in one: Ray restarts it and retries the batch.
+        # The encoder actor, between batches or in one: Ray does not restart it (restarts
+        # off); the engine runs the blocks not written yet again on a fresh pipeline.
         os.kill(actor, signal.SIGKILL)
         assert run.wait(timeout=600) == 0, run.stderr.read()
+        stderr = run.stderr.read()
     finally:
         run.kill()
         run.wait()
+    retried = [line for line in stderr.splitlines() if "an encoder actor died (" in line]
+    assert len(retried) == 1 and re.search(
+        r"embedding the [1-3] blocks left again, attempt 2 of 3$", retried[0]
+    ), stderr
     assert_same_cache(dev_local_cache, tmp_path / "cache.h5")
 
 

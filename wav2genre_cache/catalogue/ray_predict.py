@@ -7,7 +7,9 @@ block of them as a Parquet shard (shards.py) and, when every file has its row, m
 into the --output file through the local engine's writer (inference/outputs.py), so the file
 holds what local `predict --output` writes. A killed driver re-run with --resume labels only the
 files that neither the output nor the shards hold yet; a file that cannot be used gets its error
-row, named on the console, and the run goes on.
+row, named on the console, and the run goes on. A predictor actor that dies is not restarted by
+Ray: the shards not written yet are labelled again on a fresh pipeline (a bounded number of
+times; ray_runtime.retried_blocks).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -39,8 +42,8 @@ from wav2genre_cache.stage_one.ray_runtime import (
     ActorPool,
     cpu_threads,
     module_memory,
-    pipeline_rows,
     ray_runtime,
+    retried_blocks,
 )
 
 RESUME = "the shards written so far are kept: run the same command with --resume to go on"
@@ -125,21 +128,24 @@ def _label(
         reason = f"{item.path}: {item.reason}" if skipped else ""
         # bytes: any file name travels, undecodable ones too
         items.append({"index": i, "file": os.fsencode(str(path)), "error": reason})
-    per_shard, block, failed = shard_files(len(todo)), [], 0
+    per_shard, failed = shard_files(len(todo)), 0
+    blocks = [items[i : i + per_shard] for i in range(0, len(items), per_shard)]
     decode = partial(decode_file, max_seconds=opts.max_seconds)
+    say = partial(console.print, highlight=False)
     with ray_runtime(opts.ray_address, console) as ray, file_progress(console, len(todo)) as step:
-        for out in pipeline_rows(ray, items, decode, pool, RESUME):
-            row = pickle.loads(out["row"])
-            block.append(row)
-            if row["error"] is not None:
-                failed += 1
-                console.print(Text.assemble(("skipped", "yellow"), f" {row['error']}"))
-            step(failed)
-            if len(block) == per_shard:
+        # A shard is a block: a predictor actor that dies costs the shards not written yet.
+        run = retried_blocks(
+            ray, blocks, decode, pool, RESUME, say, "a predictor actor", "labelling"
+        )
+        with closing(run) as shard_rows:
+            for got in shard_rows:
+                block = [pickle.loads(out["row"]) for out in got]
+                for row in block:
+                    if row["error"] is not None:
+                        failed += 1
+                        console.print(Text.assemble(("skipped", "yellow"), f" {row['error']}"))
+                    step(failed)
                 shards.write(block)
-                block = []
-        if block:
-            shards.write(block)
 
 
 def decode_file(row: dict, max_seconds: float | None) -> dict:

@@ -5,8 +5,10 @@ decode tasks, blocks.embed_block in the encoder actors), so the cache it writes 
 engine's, within float16 rounding of batch-order arithmetic. The driver is the one writer: it
 reads the embedded tracks in order, writes each finished block of tracks as Parquet shards
 (store/parquet.py) and merges them into the HDF5 cache at the end. A re-run skips the blocks
-whose tracks are all in shards already, so a killed driver resumes; an encoder actor or decode
-worker that dies is replaced by Ray and its work retried. The runtime (loopback only unless
+whose tracks are all in shards already, so a killed driver resumes. A decode worker that dies
+is replaced by Ray and its task retried; an encoder actor that dies is not restarted by Ray:
+the engine runs the blocks not written yet on a fresh pipeline (ray_runtime.retried_blocks,
+a bounded number of times). The runtime (loopback only unless
 --ray-address) and the pipeline's shape are ray_runtime.py's, shared with `predict --engine ray`.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import pickle
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 
@@ -42,8 +45,8 @@ from wav2genre_cache.stage_one.ray_runtime import (
     ActorPool,
     cpu_threads,
     module_memory,
-    pipeline_rows,
     ray_runtime,
+    retried_blocks,
 )
 from wav2genre_cache.store.cache import TrackResult
 from wav2genre_cache.store.parquet import ParquetShards
@@ -119,7 +122,7 @@ def embed_on_ray(
     if todo:  # a resumed run whose blocks were all written only merges them: no Ray to start
         with ray_runtime(opts.ray_address, console) as ray:  # stopped however the run ends
             start = time.perf_counter()
-            blocks = _embedded_blocks(ray, todo, plan, spec, opts)
+            blocks = _embedded_blocks(ray, todo, plan, spec, opts, console)
             write_blocks(store, blocks, len(tracks), summary, console, progress, start)
     summary.seconds = time.perf_counter() - start
     finish_blocks(store, tracks, summary)
@@ -130,56 +133,50 @@ def embed_on_ray(
 
 
 def _embedded_blocks(
-    ray, todo: list[tuple[int, list[Track]]], plan: PrepareOptions, spec, opts: EmbedOptions
+    ray,
+    todo: list[tuple[int, list[Track]]],
+    plan: PrepareOptions,
+    spec: EncoderSpec | None,
+    opts: EmbedOptions,
+    console: Console,
 ) -> Iterator[tuple[int, list[TrackResult]]]:
-    """Each block of `todo`, embedded, in order: the pipeline's results gathered by the driver."""
+    """Each block of `todo`, embedded, in order: the pipeline's results gathered by the driver.
+    An encoder actor that dies costs the blocks not written yet, run again on a fresh pipeline."""
     items = [
-        {"index": i, "track": pickle.dumps(t)}
-        for i, t in enumerate(t for _, b in todo for t in b)
-        if t.split != EXCLUDED
+        [{"index": i, "track": pickle.dumps(t)} for i, t in enumerate(b) if t.split != EXCLUDED]
+        for _, b in todo
     ]
-    results: Iterator[tuple[int, TrackResult]] = iter(())
-    if items:
-        results = _run_pipeline(ray, items, plan, spec, opts)
-    i = 0
-    pending = next(results, None)
-    for k, block in todo:
-        out = []
-        for t in block:
-            if t.split == EXCLUDED:  # never decoded, as in the local engine
-                out.append(
-                    TrackResult(
-                        t.track_id,
-                        t.path,
-                        t.label,
-                        t.split,
-                        t.artist,
-                        "excluded",
-                        "not in the chosen split",
-                        source=t.source,
-                        metadata=metadata_text(t),
-                    )
-                )
-            elif pending is not None and pending[0] == i:
-                out.append(pending[1])
-                pending = next(results, None)
-            else:  # the pipeline keeps track order and fails rather than drop a row
-                raise RayEngineError(f"the Ray pipeline returned no result for {t.path}; {RESUME}")
-            i += 1
-        yield k, out
-
-
-def _run_pipeline(
-    ray, items: list[dict], plan: PrepareOptions, spec: EncoderSpec | None, opts: EmbedOptions
-) -> Iterator[tuple[int, TrackResult]]:
-    """The Ray Data pipeline: decode tasks, then encoder actors; (index, result) in order."""
     then = (
         partial(results_without_encoder, opts=opts)  # hand-crafted features only: no actors
         if spec is None
         else ActorPool(EncoderActor, {"spec": spec, "opts": opts}, spec.device, spec.memory)
     )
-    for row in pipeline_rows(ray, items, partial(decode_task, plan=plan), then, RESUME):
-        yield int(row["index"]), pickle.loads(row["result"])
+    say = partial(console.print, highlight=False)
+    decode = partial(decode_task, plan=plan)
+    with closing(retried_blocks(ray, items, decode, then, RESUME, say)) as rows:
+        for (k, block), got in zip(todo, rows, strict=True):
+            results = {int(r["index"]): pickle.loads(r["result"]) for r in got}
+            yield k, [_block_result(t, results.get(i), RESUME) for i, t in enumerate(block)]
+
+
+def _block_result(t: Track, result: TrackResult | None, resume: str) -> TrackResult:
+    """A track's result: the pipeline's, or the excluded track's record (never decoded, as in
+    the local engine); a missing one fails the run (the pipeline never drops a row)."""
+    if t.split == EXCLUDED:
+        return TrackResult(
+            t.track_id,
+            t.path,
+            t.label,
+            t.split,
+            t.artist,
+            "excluded",
+            "not in the chosen split",
+            source=t.source,
+            metadata=metadata_text(t),
+        )
+    if result is None:
+        raise RayEngineError(f"the Ray pipeline returned no result for {t.path}; {resume}")
+    return result
 
 
 def decode_task(row: dict, plan: PrepareOptions) -> dict:

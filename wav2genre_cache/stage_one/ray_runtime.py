@@ -11,10 +11,12 @@ refuses other nodes). With an address (`auto`, or HOST:PORT of a cluster started
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +30,20 @@ RAY_REQUIREMENT = "ray[data]>=2.50,<2.61"
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 AUTH_MODE = "RAY_AUTH_MODE"  # token | disabled: Ray's authentication between its processes
 TRACKS_PER_CALL = 16  # tracks per actor call; their equal-length windows are batched together
+ATTEMPTS = 3  # pipelines a run may start: the first, and one per pool actor that died
+# The pool actors' options: Ray restarts none of them (retried_blocks runs the blocks left on a
+# fresh pipeline instead). Ray Data passes each actor its DataContext and map function by
+# reference (ray.put); restarting such an actor fails once those objects are lost, and Ray Core
+# says so at error level for every such actor with restarts on (core_worker.cc).
+NO_RESTARTS = {"max_restarts": 0, "max_task_retries": 0}
+
+
+class ActorDied(Exception):
+    """An actor of the pipeline's pool died (its process ended): the pipeline stopped."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -156,6 +172,8 @@ def start_ray(address: str | None, console: Console) -> tuple:
     context.enable_progress_bars = False  # our own progress line says it
     context.print_on_execution_start = False
     context.issue_detectors_config.detectors = []  # advice on memory we set on purpose
+    if WatchPoolActors not in context.custom_execution_callback_classes:
+        context.custom_execution_callback_classes.append(WatchPoolActors)
     # Ray Data warns that its progress bars are off, which we asked for; errors still raise.
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -178,7 +196,8 @@ def pipeline_rows(
     """The Ray Data pipeline: `decode` tasks (one CPU each), then `then` on batches of
     TRACKS_PER_CALL decoded rows (an actor pool, or plain tasks); its rows in input order.
 
-    A failure that Ray does not retry away ends the run as RayEngineError, with `resume_hint`.
+    An actor of the pool that died stops it with ActorDied (retried_blocks starts another); any
+    other failure that Ray does not retry away ends the run as RayEngineError, with `resume_hint`.
     """
     # One track per block (decode tasks run in parallel track by track), up to a bound on the
     # blocks the driver makes up front.
@@ -192,24 +211,110 @@ def pipeline_rows(
         gpus = ray.cluster_resources().get("GPU", 0)
         on_gpu = gpus >= 1 and then.device in ("auto", "cuda")
         actors = int(gpus) if on_gpu else max(1, int(ray.cluster_resources().get("CPU", 1)) // 8)
-        ds = ds.map_batches(
-            then.actor,
-            fn_constructor_kwargs=then.kwargs,
-            batch_size=TRACKS_PER_CALL,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_gpus=1 if on_gpu else 0,
-            num_cpus=1,
-            # Also what keeps the actors' resources unlike the decode tasks' (see above).
-            memory=then.memory,
-        )
+        with warnings.catch_warnings():
+            # Ray 2.60 takes max_restarts only among its deprecated ray_remote_args (to be
+            # removed in 2.64, beyond RAY_REQUIREMENT): the options are ours, the warning not.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            ds = ds.map_batches(
+                then.actor,
+                fn_constructor_kwargs=then.kwargs,
+                batch_size=TRACKS_PER_CALL,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_gpus=1 if on_gpu else 0,
+                num_cpus=1,
+                # Also what keeps the actors' resources unlike the decode tasks' (see above).
+                memory=then.memory,
+                **NO_RESTARTS,
+            )
     try:
         yield from ds.iter_rows()
     except ray.exceptions.RayError as exc:
         lines = [line for line in str(exc).splitlines() if line.strip()]
+        if isinstance(exc, ray.exceptions.RayActorError) and not exc.actor_init_failed:
+            raise ActorDied(death_reason(lines)) from exc
         cause = next(
             (line for line in reversed(lines) if "Error" in line), lines[-1] if lines else ""
         )
         raise RayEngineError(
             f"the Ray pipeline stopped ({type(exc).__name__}: {cause.strip()}); {resume_hint}"
         ) from exc
+
+
+def death_reason(lines: list[str]) -> str:
+    """Why a pool actor died, in a few words, from Ray's ActorDiedError message."""
+    for line in lines:
+        if "Worker exit detail:" in line:
+            return line.split("Worker exit detail:", 1)[1].split(".")[0].strip()
+    return lines[0].strip().rstrip(".") if lines else "no reason given"
+
+
+class WatchPoolActors:
+    """Ray Data execution callback: stops the pipeline with ActorDied once an actor of its pool
+    is dead. With restarts off, Ray Data replaces no actor, and one that died between batches
+    would leave the pipeline waiting for it for ever (one that died in a batch fails the
+    batch's task with ActorDiedError). Reads Ray Data's pool (ray[data] 2.50-2.60)."""
+
+    def before_execution_starts(self, executor) -> None:
+        """Nothing to do before the pipeline starts."""
+
+    def on_execution_step(self, executor) -> None:
+        """Raise ActorDied if a running actor of a pool has died (read from Ray's local state)."""
+        from ray.data._internal.execution.operators.actor_pool_map_operator import (
+            _ACTOR_STATE_DEAD,
+        )
+
+        for op in getattr(executor, "_topology", None) or {}:
+            running = getattr(getattr(op, "_actor_pool", None), "_running_actors", {})
+            for actor in list(running):
+                if actor._get_local_state() == _ACTOR_STATE_DEAD:
+                    raise ActorDied("its process ended between batches")
+
+    def after_execution_succeeds(self, executor) -> None:
+        """Nothing to do after the pipeline."""
+
+    def after_execution_fails(self, executor, error: Exception) -> None:
+        """Nothing to do after the pipeline."""
+
+
+def retried_blocks(
+    ray,
+    blocks: list[list[dict]],
+    decode: Callable[[dict], dict],
+    then: ActorPool | Callable[[dict], dict],
+    resume_hint: str,
+    say: Callable[[str], None],
+    actor: str = "an encoder actor",
+    work: str = "embedding",
+) -> Iterator[list[dict]]:
+    """The pipeline's rows, block by block of `blocks` (lists of items), in order.
+
+    A block counts as kept once the caller asks for the next one (it has written it). When an
+    actor of the pool dies, the pipeline stops and a fresh one runs over the blocks not yet
+    yielded, said with `say`, up to ATTEMPTS pipelines; then the run fails with `resume_hint`.
+    """
+    done = 0  # blocks yielded, so kept
+    for attempt in range(1, ATTEMPTS + 1):
+        items = [item for block in blocks[done:] for item in block]
+        rows = pipeline_rows(ray, items, decode, then, resume_hint) if items else iter(())
+        try:
+            for block in blocks[done:]:
+                # In input order; fewer rows than items only if the pipeline lost some
+                yield list(itertools.islice(rows, len(block)))
+                done += 1
+            return
+        except ActorDied as died:
+            left = len(blocks) - done
+            if attempt == ATTEMPTS:
+                raise RayEngineError(
+                    f"{actor} died in each of {ATTEMPTS} pipelines (the last: {died.reason}); "
+                    f"{done} of {len(blocks)} blocks were written; {resume_hint}"
+                ) from None
+            say(
+                f"{actor} died ({died.reason}); {work} the {left} blocks left "
+                f"again, attempt {attempt + 1} of {ATTEMPTS}"
+            )
+        finally:
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()
