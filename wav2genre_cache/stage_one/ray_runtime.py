@@ -268,7 +268,7 @@ class WatchPoolActors:
             running = getattr(getattr(op, "_actor_pool", None), "_running_actors", {})
             for actor in list(running):
                 if actor._get_local_state() == _ACTOR_STATE_DEAD:
-                    raise ActorDied("its process ended between batches")
+                    raise ActorDied("its process ended")
 
     def after_execution_succeeds(self, executor) -> None:
         """Nothing to do after the pipeline."""
