@@ -6,8 +6,8 @@ A synthetic cache (wav2genre_cache.testing); each command runs in a process of i
 (OMP_NUM_THREADS=1), is killed with SIGKILL once half its steps (trials, fold scores) are kept,
 then run again, then run once more finished; --repeats times, the median kept. Wall seconds
 swing with whatever else the machine runs; CPU seconds (user + system of the process) much
-less, so the ratios are of CPU seconds. `startup` is a process that only imports the package
-and exits: every run pays it. Prints and writes benchmarks/results/stage_two_resume.json.
+less, so the ratios are of CPU seconds. `startup` is `wav2genre --version` (the command line
+without the model libraries, which every timed run also imports). Prints and writes benchmarks/results/stage_two_resume.json.
 
     python benchmarks/stage_two_resume.py [--trials 16] [--tracks 120] [--repeats 3]
 """
