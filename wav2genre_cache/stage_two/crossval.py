@@ -182,6 +182,7 @@ def _open_store(root: Path, settings: dict, log: Callable[[str], None]) -> StepS
         {"format": FOLDS_FORMAT},
         log,
         lambda: write_settings(path, FOLDS_FORMAT, FOLDS_VERSION, settings),
+        label="cross-validate",
     )
 
 

@@ -135,6 +135,9 @@ class JobStore:
             self.log,
             self._write_settings,
             job.head,
+            label=f"{job.head} {data.feature_set} "
+            f"{'all layers' if job.layer == EVERY_LAYER else f'layer {job.layer}'} "
+            f"({folder.parent.name} views)",
         )
 
     def fit_or_load(

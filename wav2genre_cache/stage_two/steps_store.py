@@ -25,7 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from wav2genre_cache._io import atomic_write_json, atomic_write_text, sha256_file, temporary_name
+from wav2genre_cache._io import (
+    Pace,
+    atomic_write_json,
+    atomic_write_text,
+    sha256_file,
+    temporary_name,
+)
 from wav2genre_cache._version import __version__
 from wav2genre_cache.errors import HeadError, TrainError
 from wav2genre_cache.heads.registry import head_files, load_head, save_head
@@ -56,10 +62,15 @@ class StepStore:
         log: Callable[[str], None],
         before_write: Callable[[], None] = lambda: None,
         head: str | None = None,
+        label: str = "",
     ):
         self.root, self.identity, self.log = root, identity, log
         self.before_write, self.head = before_write, head
         self.read_back = self.written = 0
+        # A job of many fits (a search cross-validated on every fold) runs for minutes: a
+        # line at most every PLAIN_PROGRESS_SECONDS says how far it is, after the first ones.
+        self.label, self._pace = label or root.name, Pace()
+        self._pace()
 
     def load(self, name: str, params: dict | None = None) -> Step | None:
         """A finished step read back, or None where it is absent; one that fails its checks is
@@ -144,6 +155,11 @@ class StepStore:
             shutil.rmtree(folder)  # one that failed its checks, fitted again
         os.replace(tmp, folder)
         self.written += 1
+        if self._pace():
+            self.log(
+                f"  {self.label}: {self.read_back + self.written} fits kept so far (trials, grid "
+                f"points or folds; {self.written} fitted by this run)"
+            )
 
     def model(self, step: Step) -> object | None:
         """A step's fitted model, or None where it was not kept or cannot be read."""
