@@ -64,3 +64,15 @@ def test_actors_dying_on_every_run_fail_it_after_three_naming_what_was_kept(monk
         "batches); "
         "1 of 3 blocks were written; re-run to resume"
     )
+
+
+def test_a_pipeline_that_ends_short_of_a_block_fails_instead_of_writing_part_of_it(monkeypatch):
+    def pipeline_rows(ray, items, decode, then, resume_hint):
+        yield from ({"i": item["i"]} for item in items[:6])  # two rows lost, no error raised
+
+    monkeypatch.setattr(ray_runtime, "pipeline_rows", pipeline_rows)
+    written = []
+    with pytest.raises(RayEngineError, match="ended 2 rows short of block 2 of 2; R"):
+        for block in retried_blocks(None, blocks_of(8, 4), None, None, "R", print):
+            written.append(block)
+    assert len(written) == 1

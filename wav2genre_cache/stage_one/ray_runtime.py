@@ -299,8 +299,13 @@ def retried_blocks(
         rows = pipeline_rows(ray, items, decode, then, resume_hint) if items else iter(())
         try:
             for block in blocks[done:]:
-                # In input order; fewer rows than items only if the pipeline lost some
-                yield list(itertools.islice(rows, len(block)))
+                got = list(itertools.islice(rows, len(block)))  # in input order
+                if len(got) < len(block):  # never a short block written as if whole
+                    raise RayEngineError(
+                        f"the Ray pipeline ended {len(block) - len(got)} rows short of block "
+                        f"{done + 1} of {len(blocks)}; {resume_hint}"
+                    )
+                yield got
                 done += 1
             return
         except ActorDied as died:
