@@ -38,9 +38,12 @@ class SVMHead(ClassifierMixin, BaseEstimator):
 
     Up to `max_precomputed` training rows the kernel matrix is computed with one exact float64
     matrix multiply (BLAS, all cores; see _kernel) and handed to libsvm, faster than libsvm's
-    own kernel loop; above it, libsvm computes the kernel itself, row by row. Probabilities are a softmax over the
-    one-vs-rest decision values: they rank classes and tracks like the SVM does, without
-    the 5-fold Platt calibration that would cost five more fits.
+    own kernel loop; above it, libsvm computes the kernel itself, row by row, in its bounded
+    cache. The matrix grows with the square of the rows (a fit held about three copies: 2.9 GB
+    peak at 10,000 rows), so 8,192 rows (512 MiB a copy) bound it; beyond, memory is linear.
+    Probabilities are a softmax over the one-vs-rest decision values: they rank classes and
+    tracks like the SVM does, without the 5-fold Platt calibration that would cost five more
+    fits.
 
     Fitted on a tag matrix [rows, tags], it fits one binary SVC per tag on the one kernel
     matrix (`svcs_`, for the tags in `fitted_tags_`); a tag's probability is the logistic of
@@ -48,7 +51,7 @@ class SVMHead(ClassifierMixin, BaseEstimator):
     in training gets its training rate (0 or 1) and no SVC.
     """
 
-    def __init__(self, C: float = 10.0, max_precomputed: int = 20_000, random_state: int = 0):
+    def __init__(self, C: float = 10.0, max_precomputed: int = 8_192, random_state: int = 0):
         keep_init_args(self, locals())
 
     def __sklearn_tags__(self) -> Tags:
