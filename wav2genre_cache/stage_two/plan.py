@@ -47,6 +47,8 @@ def plan_jobs(
     chosen = parse_layers(layers, data.n_layers)
     if chosen == "all":
         chosen = list(range(data.n_layers))
+    elif chosen == "best" and data.n_layers == 1:
+        chosen = [0]  # nothing to choose: no probe (on a log-mel set it held a rows x rows gram)
     elif chosen == "best":
         best_layer, probe = probe_best_layer(data)
         log(
