@@ -25,7 +25,10 @@ from pathlib import Path
 N_MELS, FRAMES, ENCODER_DIM = 128, 313, 768
 LIMIT_BYTES = 6 * 2**30  # a fit over this fails (MemoryError) rather than swapping the machine
 SPECTROGRAM = ("cnn", "lstm", "cnn-lstm")
-HEADS = (*SPECTROGRAM, "probe", "svm", "logreg", "fcnn")
+VECTOR = ("svm", "logreg", "fcnn", "rf", "xgb", "attention", "fcnn-weighted")
+HEADS = (*SPECTROGRAM, "probe", *VECTOR)
+LAYERS = 13  # fcnn-weighted's rows: every layer of a base encoder, flattened
+SEGMENTS_PER_TRACK = 5  # attention pools a track's segments
 
 
 def child(head: str, n_rows: int, epochs: int) -> None:
@@ -36,9 +39,11 @@ def child(head: str, n_rows: int, epochs: int) -> None:
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
-    width = ENCODER_DIM if head in ("svm", "logreg", "fcnn") else N_MELS * FRAMES
+    width = ENCODER_DIM if head in VECTOR else N_MELS * FRAMES
+    width *= LAYERS if head == "fcnn-weighted" else 1
     X = rng.standard_normal((n_rows, width), dtype=np.float32)
     y = np.arange(n_rows) % 4
+    tracks = np.arange(n_rows) // SEGMENTS_PER_TRACK
     start = time.perf_counter()
     if head == "probe":
         _probe(X, y)
@@ -46,8 +51,12 @@ def child(head: str, n_rows: int, epochs: int) -> None:
         from wav2genre_cache.heads.registry import Rows, head_spec
 
         spec = head_spec(head)
-        params = {"max_epochs": epochs} if head in (*SPECTROGRAM, "fcnn") else {}
-        fitted = spec.fit(spec.make(0, **params), Rows(X, y))
+        params = {"max_epochs": epochs} if spec.stops_early else {}
+        if head == "fcnn-weighted":
+            params["n_layers"] = LAYERS
+        if head == "attention":
+            y = y[tracks]  # a track's segments share its label
+        fitted = spec.fit(spec.make(0, **params), Rows(X, y, tracks))
         spec.predict_proba(fitted, X[:8])
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     seconds, data_mb = time.perf_counter() - start, X.nbytes / 2**20
