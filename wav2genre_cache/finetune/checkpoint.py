@@ -98,13 +98,17 @@ def save_checkpoint(
     tmp.mkdir()
     from safetensors.torch import save_file
 
-    save_file(changing_state(model), str(tmp / WEIGHTS))
-    tensors, groups = optimizer_state(optimizer)
-    save_file(tensors, str(tmp / OPTIMIZER))
-    progress = {"format_version": STATE_VERSION, **progress, "optimizer_groups": groups}
-    (tmp / PROGRESS).write_text(json.dumps(progress, indent=1))
-    for f in tmp.iterdir():
-        sync_file(f)
+    try:
+        save_file(changing_state(model), str(tmp / WEIGHTS))
+        tensors, groups = optimizer_state(optimizer)
+        save_file(tensors, str(tmp / OPTIMIZER))
+        progress = {"format_version": STATE_VERSION, **progress, "optimizer_groups": groups}
+        (tmp / PROGRESS).write_text(json.dumps(progress, indent=1))
+        for f in tmp.iterdir():
+            sync_file(f)
+    except BaseException:  # a Ctrl-C mid-save leaves no half-written folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():  # an orphan of a save killed before latest.json moved to it
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -131,7 +131,7 @@ def write_blocks(
                 if read is not None:
                     read.count = 0
                 record_block(results, summary, console, start, bar, task)
-                moved(force=kept == tracks)
+                moved(force=True)  # a shard kept: said at once, whatever the pace
     except KeyboardInterrupt:
         raise Interrupted(interrupted_embed(kept)) from None
 

@@ -25,8 +25,12 @@ import time
 from pathlib import Path
 
 INTERVAL = 0.2  # seconds between two notes of the driver's processes
-SWEEPS = 3  # passes over /proc for the session's processes once the driver died...
-SWEEP_PAUSE = 0.3  # ...this many seconds apart (a process may be starting as the first runs)
+# Passes over /proc for the session's processes once the driver died, SWEEP_PAUSE s apart (a
+# process may be starting as one runs): at least QUIET_SWEEPS, and on until that many in a row
+# found none, MAX_SWEEPS at most (a fixed 3 passes once left a pool actor alive on a loaded box).
+QUIET_SWEEPS = 3
+MAX_SWEEPS = 30
+SWEEP_PAUSE = 0.3
 SESSION = re.compile(rb"(/[^\s\0=,'\"]*/session_\d{4}-\d\d-\d\d_[\d-]+_\d+_\d+)")
 
 
@@ -98,13 +102,17 @@ def end_runtime(seen: dict[int, int], sessions: set[bytes]) -> None:
         stat = _stat(pid)
         if pid != me and stat and stat[1] == started:
             _kill(pid)
-    for sweep in range(SWEEPS if sessions else 0):
+    quiet = 0
+    for sweep in range(MAX_SWEEPS if sessions else 0):
         if sweep:
             time.sleep(SWEEP_PAUSE)
-        for entry in Path("/proc").glob("[0-9]*"):
-            pid = int(entry.name)
-            if pid != me and _in_session(pid, sessions):
-                _kill(pid)
+        found = [int(e.name) for e in Path("/proc").glob("[0-9]*") if int(e.name) != me]
+        found = [pid for pid in found if _in_session(pid, sessions)]
+        for pid in found:
+            _kill(pid)
+        quiet = 0 if found else quiet + 1
+        if quiet == QUIET_SWEEPS:
+            break
 
 
 def main(driver: int) -> None:
