@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,17 +48,10 @@ def load():
     """Layer-2 segment features, segment tracks and labels, track labels, folds."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from artist_folds import artist_folds
-    from selection_regret import dev_cache
+    from selection_regret import dev_original_segments
 
-    from wav2genre_cache.store.cache import EmbeddingCache
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = EmbeddingCache(dev_cache(Path(tmp)))
-        tracks = cache.tracks
-        seg = cache.segments
-        original = seg.view.to_numpy() == 0
-        seg_track = seg.track.to_numpy()[original]
-        X = np.asarray(cache.features("encoder")[original][:, LAYER, :])
+    tracks, seg_track, every = dev_original_segments()
+    X = every[:, LAYER, :]
     f = artist_folds(tracks, REPEATS)  # folds: positions into f.ok
     y_seg = f.segment_labels(seg_track, tracks)
     return X, seg_track, y_seg, f.ok, f.y_track, f.groups, f.tested, f.labels, f.alone, f.folds

@@ -13,7 +13,6 @@ Wilson interval over the tracks one repeat tests.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,20 +37,13 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from artist_folds import artist_folds
-    from selection_regret import dev_cache
+    from selection_regret import dev_original_segments
 
     from wav2genre_cache.evaluation.intervals import wilson_interval
     from wav2genre_cache.heads.registry import Rows, head_spec
     from wav2genre_cache.stage_two.scoring import head_scores
-    from wav2genre_cache.store.cache import EmbeddingCache
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = EmbeddingCache(dev_cache(Path(tmp)))
-        tracks = cache.tracks
-        seg = cache.segments
-        original = seg.view.to_numpy() == 0
-        seg_track = seg.track.to_numpy()[original]
-        every = cache.features("encoder")[original]  # [segments, layers, dim]
+    tracks, seg_track, every = dev_original_segments()  # every: [segments, layers, dim]
     split = artist_folds(tracks, repeats=3)
     labels, alone, tested, ok = split.labels, split.alone, split.tested, split.ok
     folds = [(ok[a], ok[b]) for a, b in split.folds]

@@ -49,6 +49,17 @@ def dev_cache(folder: Path) -> Path:
     return out
 
 
+def dev_original_segments():
+    """The dev cache's tracks, and its original views' segment tracks and encoder features."""
+    from wav2genre_cache.store.cache import EmbeddingCache
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = EmbeddingCache(dev_cache(Path(tmp)))
+        original = cache.segments.view.to_numpy() == 0
+        seg_track = cache.segments.track.to_numpy()[original]
+        return cache.tracks, seg_track, np.asarray(cache.features("encoder")[original])
+
+
 def split_masks(data, seed: int, grouping: str) -> dict[str, np.ndarray]:
     """A `--split random` split of the cache's tracks, as track-level split names."""
     from wav2genre_cache.data.splits import assign_splits
