@@ -156,12 +156,13 @@ PLAIN_PROGRESS_SECONDS = 10.0
 
 
 class Pace:
-    """True on the first call and then at most once per `seconds` (or when forced): paces the
-    plain progress lines printed where no progress bar can be drawn."""
+    """True on the first call (unless `first` is False: `seconds` after construction) and then
+    at most once per `seconds` (or when forced): paces the plain progress lines printed where no
+    progress bar can be drawn."""
 
-    def __init__(self, seconds: float | None = None):
+    def __init__(self, seconds: float | None = None, first: bool = True):
         self.seconds = PLAIN_PROGRESS_SECONDS if seconds is None else seconds
-        self._last: float | None = None
+        self._last: float | None = None if first else time.monotonic()
 
     def __call__(self, force: bool = False) -> bool:
         now = time.monotonic()

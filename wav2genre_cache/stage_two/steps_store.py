@@ -69,8 +69,7 @@ class StepStore:
         self.read_back = self.written = 0
         # A job of many fits (a search cross-validated on every fold) runs for minutes: a
         # line at most every PLAIN_PROGRESS_SECONDS says how far it is, after the first ones.
-        self.label, self._pace = label or root.name, Pace()
-        self._pace()
+        self.label, self._pace = label or root.name, Pace(first=False)
 
     def load(self, name: str, params: dict | None = None) -> Step | None:
         """A finished step read back, or None where it is absent; one that fails its checks is
