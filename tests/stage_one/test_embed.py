@@ -336,4 +336,6 @@ def test_without_a_terminal_progress_is_plain_lines(tmp_path, monkeypatch):
     before_first_shard = [done for done, kept in counts if kept == 0]
     assert before_first_shard == list(range(1, 17))  # each track of the first block, as read
     assert {kept for _, kept in counts} == {0, 16, 32, 36}  # and each shard written
-    assert all(line.endswith("audio-s/s") for line in lines)
+    # Segments and rate count kept shards: none are said before the first (no "0.0 audio-s/s").
+    assert all(line.endswith("(0 kept)") for line in lines[: len(before_first_shard)])
+    assert all(line.endswith(" audio-s/s") for line in lines[len(before_first_shard) :])

@@ -117,10 +117,15 @@ def write_blocks(
                 done = kept + (read.count if read else 0)
                 bar.update(task, completed=done)
                 if plain is not None and plain(force=force):
+                    # Segments and rate count kept shards: none before the first, no 0.0 rate.
+                    rate = (
+                        f", {summary.segments:,} segments, "
+                        f"{summary.audio_seconds_per_second:,.1f} audio-s/s"
+                        if summary.segments
+                        else ""
+                    )
                     console.print(
-                        f"embed: {done}/{tracks} tracks ({kept} kept), {summary.segments:,} "
-                        f"segments, {summary.audio_seconds_per_second:,.1f} audio-s/s",
-                        highlight=False,
+                        f"embed: {done}/{tracks} tracks ({kept} kept){rate}", highlight=False
                     )
 
             if read is not None:
