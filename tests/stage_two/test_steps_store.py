@@ -17,12 +17,17 @@ def test_a_long_job_says_how_far_it_is_between_its_job_lines(tmp_path, monkeypat
     for k in range(3):
         store.save(f"point-{k:03d}", {"k": k}, {"score": k / 10})
     assert lines == [
-        f"  fcnn encoder layer 1 (augmented views): {n} fits kept so far (trials, grid points or "
-        f"folds; {n} fitted by this run)"
-        for n in (1, 2, 3)
+        f"  fcnn encoder layer 1 (augmented views): {n} kept so far (trials, grid points or "
+        f"folds; {n[0]} fitted by this run)"
+        for n in ("1 fit", "2 fits", "3 fits")
     ]
-    again = StepStore(tmp_path / "fcnn-layer1.steps", {"job": 1}, lines.append)
+    again = StepStore(tmp_path / "fcnn-layer1.steps", {"job": 1}, lines.append, label="fcnn")
     assert again.load("point-000", {"k": 0}).record == {"score": 0.0}
+    again.total = 4  # where the caller knows how many steps the job takes
+    again.save("point-003", {"k": 3}, {"score": 0.3})
+    assert lines[-1] == (
+        "  fcnn: 2 of 4 fits kept so far (trials, grid points or folds; 1 fitted by this run)"
+    )
 
 
 def test_a_short_job_says_nothing_more(tmp_path):

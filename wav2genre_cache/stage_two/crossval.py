@@ -96,6 +96,8 @@ def cross_validate(
         "group_by": group_by,
     }
     store = _open_store(Path(keep), settings, log) if keep is not None else None
+    if store:
+        store.total = len(splits) * len(heads)
     scores = _fold_scores(splits, heads, folds, (X, y_seg, seg_track), labels, seed, store)
     if store and store.read_back:
         log(

@@ -137,6 +137,8 @@ def fit_and_select(
     if spec.inputs is Inputs.ALL_LAYERS:
         grid = [{**p, "n_layers": data.n_layers} for p in grid]
     steps = steps if len(grid) > 1 or rule.name == "cv" else None  # else one fit: the job
+    if steps:
+        steps.total = len(grid) * (len(rule.folds) if rule.name == "cv" else 1)
 
     def scores(head, rows: np.ndarray) -> Scores:
         return head_scores(

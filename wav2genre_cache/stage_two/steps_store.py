@@ -70,6 +70,7 @@ class StepStore:
         # A job of many fits (a search cross-validated on every fold) runs for minutes: a
         # line at most every PLAIN_PROGRESS_SECONDS says how far it is, after the first ones.
         self.label, self._pace = label or root.name, Pace(first=False)
+        self.total: int | None = None  # the steps the job takes, where its caller knows them
 
     def load(self, name: str, params: dict | None = None) -> Step | None:
         """A finished step read back, or None where it is absent; one that fails its checks is
@@ -155,9 +156,11 @@ class StepStore:
         os.replace(tmp, folder)
         self.written += 1
         if self._pace():
+            kept = self.read_back + self.written
+            of = f" of {self.total}" if self.total else ""
             self.log(
-                f"  {self.label}: {self.read_back + self.written} fits kept so far (trials, grid "
-                f"points or folds; {self.written} fitted by this run)"
+                f"  {self.label}: {kept}{of} fit{'s' * (kept != 1 or bool(of))} kept so far "
+                f"(trials, grid points or folds; {self.written} fitted by this run)"
             )
 
     def model(self, step: Step) -> object | None:
