@@ -12,6 +12,8 @@ its validation value), `multi_label_ = True`, predict_proba the sigmoid of each 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -44,6 +46,12 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
     _min_batch = 2
     # Halve the learning rate when the validation loss stops improving.
     _plateau = True
+    # Torch threads while fitting on the CPU (None: torch's default, one per core). On one, the
+    # FCNN's and the attention head's weights do not depend on the machine's core count (1 or 2
+    # threads moved the FCNN's probabilities by 3e-3), and their small products fit as fast on
+    # an idle machine and 1.9x (FCNN) and 7.5x (attention) faster beside a busy process
+    # (benchmarks/torch_head_threads.py).
+    _fit_threads: int | None = 1
 
     def _build(self, n_in: int, n_out: int) -> torch.nn.Module:
         raise NotImplementedError
@@ -127,7 +135,8 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
         auto = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(auto if self.device == "auto" else self.device)
         # Training draws dropout masks from the global RNG: fork and seed it for determinism.
-        with torch.random.fork_rng(devices=[]):
+        threads = self._fit_threads if device.type == "cpu" else None
+        with torch.random.fork_rng(devices=[]), torch_threads(threads):
             torch.manual_seed(self.random_state)
             net, best_state, best = self._train(n_in, x, y, x_val, y_val, device)
         net.load_state_dict(best_state)
@@ -243,6 +252,20 @@ class TorchClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         """The most probable class of each row (for tags: the indicator matrix at 0.5)."""
         return predictions_from_proba(self, self.predict_proba(X))
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Torch's intra-op threads set to `threads` within the block (None: left as they are)."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _ScaledRows:

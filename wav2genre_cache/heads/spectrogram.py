@@ -18,6 +18,11 @@ class SpectrogramClassifier(TorchClassifier):
     band is standardised with its training mean and deviation.
     """
 
+    # Convolutions over 128 x 313 images use every core: on an idle two-core machine a fit took
+    # 30 s on torch's two threads, 55 s on one (benchmarks/torch_head_threads.py). The price:
+    # the core count moves their probabilities by about 3e-3.
+    _fit_threads = None
+
     def __init__(
         self,
         kind: str = "cnn",
