@@ -157,10 +157,12 @@ class StepStore:
         self.written += 1
         if self._pace():
             kept = self.read_back + self.written
-            of = f" of {self.total}" if self.total else ""
+            count = f"{kept} of {self.total} fits" if self.total else f"{kept} fits"
+            if count == "1 fits":
+                count = "1 fit"
             self.log(
-                f"  {self.label}: {kept}{of} fit{'s' * (kept != 1 or bool(of))} kept so far "
-                f"(trials, grid points or folds; {self.written} fitted by this run)"
+                f"  {self.label}: {count} kept so far (trials, grid points or folds; "
+                f"{self.written} fitted by this run)"
             )
 
     def model(self, step: Step) -> object | None:
