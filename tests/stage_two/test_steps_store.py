@@ -13,11 +13,11 @@ def test_a_long_job_says_how_far_it_is_between_its_job_lines(tmp_path, monkeypat
     monkeypatch.setattr(io_helpers, "PLAIN_PROGRESS_SECONDS", 0.0)
     lines: list[str] = []
     store = StepStore(tmp_path / "fcnn-layer1.steps", {"job": 1}, lines.append,
-                      label="fcnn encoder layer 1 (augmented views)")  # fmt: skip
+                      label="fcnn encoder layer 1 (original views only)")  # fmt: skip
     for k in range(3):
         store.save(f"point-{k:03d}", {"k": k}, {"score": k / 10})
     assert lines == [
-        f"  fcnn encoder layer 1 (augmented views): {n} kept so far (trials, grid points or "
+        f"  fcnn encoder layer 1 (original views only): {n} kept so far (trials, grid points or "
         f"folds; {n[0]} fitted by this run)"
         for n in ("1 fit", "2 fits", "3 fits")
     ]

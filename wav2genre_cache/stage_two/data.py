@@ -56,6 +56,12 @@ class TrainingData:
         return bool((self.view > 0).any())
 
     @property
+    def views_note(self) -> str:
+        """What the log says after a job of these rows: nothing, or that they leave out the
+        augmented views."""
+        return "" if self.augmented else " (original views only)"
+
+    @property
     def selected_on(self) -> str:
         """The split hyper-parameters and layers are chosen on: valid, or test if there is none."""
         return "valid" if self.valid.any() else "test"

@@ -136,8 +136,8 @@ class JobStore:
             self._write_settings,
             job.head,
             label=f"{job.head} {data.feature_set} "
-            f"{'all layers' if job.layer == EVERY_LAYER else f'layer {job.layer}'} "
-            f"({folder.parent.name} views)",
+            f"{'all layers' if job.layer == EVERY_LAYER else f'layer {job.layer}'}"
+            f"{data.views_note}",
         )
 
     def fit_or_load(
@@ -154,7 +154,7 @@ class JobStore:
         todo = [job for job in jobs if done[job] is None]
         if len(todo) < len(jobs):
             self.log(
-                f"{data.feature_set}{'' if data.augmented else ' (original views only)'}: "
+                f"{data.feature_set}{data.views_note}: "
                 f"{len(jobs) - len(todo)} of {len(jobs)} jobs already done in {self.root}, "
                 f"read back; fitting {len(todo)}"
             )

@@ -107,7 +107,7 @@ def _fitted_line(job: Job, data: TrainingData, result: ResultRow) -> str:
     )
     return (
         f"{job.head:>6} {data.feature_set} {where}"
-        f"{'' if data.augmented else ' (original views only)'}: "
+        f"{data.views_note}: "
         f"{chosen_by}test track {scores} (fit {result.fit_seconds:.1f} s)"
     )
 
